@@ -1,0 +1,153 @@
+"""`a2b`: the command line. Works the same under `torchrun ... -m a2b_pipeline.cli train CONFIG`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+from a2b_pipeline.configs import ConfigError, load_config
+
+EXIT_STOPPED = 3  # a run stopped by a signal or a non-finite loss: resumable, not complete
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from a2b_pipeline.data.synthetic import summarize_manifest, write_synthetic_corpus
+
+    manifest = write_synthetic_corpus(args.out_dir, subjects=args.subjects,
+                                      recordings_per_subject=args.recordings_per_subject,
+                                      seconds=args.seconds, seed=args.seed)
+    print(json.dumps({"manifest": str(manifest), **summarize_manifest(manifest)}, indent=1))
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.set)
+    print(cfg.to_yaml(), end="")
+    print(f"# config hash: {cfg.config_hash()}")
+    return 0
+
+
+def _finish(state) -> int:  # state: TrainState
+    print(state.run_dir)
+    if state.message:
+        print(state.message, file=sys.stderr)
+    return 0 if state.status == "complete" else EXIT_STOPPED
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from a2b_pipeline.state import CheckpointError, TrainState, list_checkpoints
+    from a2b_pipeline.train import train
+
+    cfg = load_config(args.config, args.set)
+    state = TrainState.from_config(cfg, args.run_dir)
+    if args.fresh:
+        shutil.rmtree(state.run_dir, ignore_errors=True)
+    elif list_checkpoints(state.run_dir):
+        # Same config, same run directory: continue it rather than clobber it.
+        try:
+            state = TrainState.from_checkpoint(state.run_dir)
+            print(f"resuming {state.run_dir} from step {state.global_step} (--fresh to start over)",
+                  file=sys.stderr)
+        except CheckpointError as e:
+            print(f"warning: {e}; starting fresh", file=sys.stderr)
+    return _finish(train(state))
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from a2b_pipeline.state import TrainState
+    from a2b_pipeline.train import train
+
+    return _finish(train(TrainState.from_checkpoint(args.path)))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from a2b_pipeline.evaluate import evaluate_checkpoint
+
+    print(json.dumps(evaluate_checkpoint(args.checkpoint, args.split), indent=1, sort_keys=True))
+    return 0
+
+
+def cmd_corpus(args: argparse.Namespace) -> int:
+    from a2b_pipeline.corpus_cli import corpus_main
+
+    return corpus_main(args.root, args.type, args.json, args.to_manifest)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from a2b_pipeline.demo import run_demo
+
+    return run_demo(Path(args.dagster_home), Path(args.data_root))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="a2b", description="audio -> biosignal training pipeline")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("synth", help="write a synthetic corpus (wav + csv + manifest.csv)")
+    s.add_argument("out_dir")
+    s.add_argument("--subjects", type=int, default=6)
+    s.add_argument("--recordings-per-subject", type=int, default=3)
+    s.add_argument("--seconds", type=float, default=30.0)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(fn=cmd_synth)
+
+    for name, fn, text in (("validate", cmd_validate, "print the resolved config or its errors"),
+                           ("train", cmd_train, "train a config; prints the run directory")):
+        s = sub.add_parser(name, help=text)
+        s.add_argument("config")
+        s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value, e.g. --set train.max_steps=100")
+        if name == "train":
+            s.add_argument("--run-dir", default=None, help="default: checkpoint.dir/<name>-<config hash>")
+            s.add_argument("--fresh", action="store_true", help="delete the run directory and start over")
+        s.set_defaults(fn=fn)
+
+    s = sub.add_parser("resume", help="continue a run to its configured end")
+    s.add_argument("path", help="a run directory (its newest valid checkpoint) or a checkpoint directory")
+    s.set_defaults(fn=cmd_resume)
+
+    s = sub.add_parser("evaluate", help="metrics of a checkpoint on a split, as JSON")
+    s.add_argument("checkpoint", help="a checkpoint directory, or a run directory (its best checkpoint)")
+    s.add_argument("--split", default="test", choices=["train", "val", "test"])
+    s.set_defaults(fn=cmd_evaluate)
+
+    s = sub.add_parser("corpus", help="summarise a corpus in a published layout")
+    s.add_argument("root")
+    s.add_argument("--type", required=True, choices=["manifest", "synthetic", "hku956", "pmemo2019"])
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--to-manifest", default=None, metavar="OUT.csv")
+    s.set_defaults(fn=cmd_corpus)
+
+    s = sub.add_parser("demo", help="materialize the whole Dagster graph on configs/demo.yaml")
+    s.add_argument("--dagster-home", default=".dagster_home")
+    s.add_argument("--data-root", default="data")
+    s.set_defaults(fn=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from a2b_pipeline.data.recording import BadRecordingError
+    from a2b_pipeline.state import CheckpointError
+
+    try:
+        return args.fn(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (CheckpointError, BadRecordingError, FileNotFoundError, PermissionError, ValueError) as e:
+        if args.verbose:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,382 @@
+"""RunConfig: the whole experiment as data (pydantic v2). YAML in, YAML out.
+
+Every part forbids unknown keys so that a typo fails loudly before training starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class DatasetType(StrEnum):
+    synthetic = "synthetic"  # generated on first use into `root` (or read from `manifest`)
+    manifest = "manifest"  # a CSV/JSONL manifest, see data/manifest.py
+    hku956 = "hku956"  # HKU956 in its published layout under `root`
+    pmemo2019 = "pmemo2019"  # PMEmo2019 in its published layout under `root`
+
+
+class SyntheticSpec(_Strict):
+    subjects: PositiveInt = 6
+    recordings_per_subject: PositiveInt = 3
+    seconds: PositiveFloat = 30.0
+    seed: int = 0
+
+
+class DatasetConfig(_Strict):
+    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.+-]+$")]
+    type: DatasetType = DatasetType.manifest
+    manifest: str | None = None  # path or URL of a manifest (manifest/synthetic types)
+    root: str | None = None  # corpus root: directory or fsspec URL (synthetic/hku956/pmemo2019)
+    weight: NonNegativeFloat = 1.0
+    synthetic: SyntheticSpec = SyntheticSpec()
+    audio_dir: str | None = None  # hku956: local directory of <song_id>.mp3
+    signal_rates: dict[str, PositiveFloat] = {}  # hku956: override wristband rates per channel
+
+    @field_validator("weight")
+    @classmethod
+    def _finite_weight(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError(f"weight must be a finite number >= 0, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _has_source(self) -> DatasetConfig:
+        if self.type == DatasetType.manifest and not self.manifest:
+            raise ValueError(f"dataset {self.name!r} of type 'manifest' needs `manifest`")
+        if self.type in (DatasetType.hku956, DatasetType.pmemo2019) and not self.root:
+            raise ValueError(f"dataset {self.name!r} of type {self.type.value!r} needs `root`")
+        if self.type == DatasetType.synthetic and not (self.root or self.manifest):
+            raise ValueError(f"dataset {self.name!r} of type 'synthetic' needs `root` or `manifest`")
+        return self
+
+
+class WeightMilestone(_Strict):
+    """From `step` on, the MetaDataLoader draws with `weights` (one per dataset)."""
+
+    step: NonNegativeInt
+    weights: list[NonNegativeFloat]
+
+
+class DataConfig(_Strict):
+    datasets: Annotated[list[DatasetConfig], Field(min_length=1)]
+    batch_size: PositiveInt = 16
+    num_workers: NonNegativeInt = 0
+    channels: Annotated[list[str], Field(min_length=1)] = ["eda"]
+    sample_rate: PositiveInt = 16000
+    n_mels: PositiveInt = 32
+    frame_rate: PositiveFloat = 50.0  # log-mel frames per second
+    target_rate: PositiveFloat = 4.0  # biosignal samples per second
+    window_seconds: PositiveFloat = 8.0
+    hop_seconds: PositiveFloat = 4.0
+    normalize: Literal["global", "subject", "none"] = "subject"
+    val_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.2
+    test_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.2
+    on_bad_recording: Literal["error", "skip"] = "error"
+    duration_tolerance_seconds: NonNegativeFloat = 1.0
+    cache_dir: str | None = None  # remote downloads and feature cache; default: ~/.cache/a2b
+    weight_schedule: list[WeightMilestone] = []
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError(
+                f"val_fraction + test_fraction must be < 1, got {self.val_fraction} + {self.test_fraction}"
+            )
+        names = [d.name for d in self.datasets]
+        if len(set(names)) != len(names):
+            raise ValueError(f"dataset names must be unique, got {names}")
+        if sum(d.weight for d in self.datasets) <= 0:
+            raise ValueError("datasets.*.weight: all weights are zero; at least one must be > 0")
+        for i, m in enumerate(self.weight_schedule):
+            if len(m.weights) != len(self.datasets):
+                raise ValueError(
+                    f"weight_schedule.{i}.weights has {len(m.weights)} weights "
+                    f"for {len(self.datasets)} datasets"
+                )
+            if sum(m.weights) <= 0 or not all(math.isfinite(w) for w in m.weights):
+                raise ValueError(f"weight_schedule.{i}.weights must be finite and not all zero")
+        steps = [m.step for m in self.weight_schedule]
+        if steps != sorted(steps):
+            raise ValueError(f"weight_schedule steps must increase, got {steps}")
+        if len(set(self.channels)) != len(self.channels):
+            raise ValueError(f"channels must be unique, got {self.channels}")
+        return self
+
+    def weights_at(self, step: int) -> list[float]:
+        weights = [d.weight for d in self.datasets]
+        for m in self.weight_schedule:
+            if step >= m.step:
+                weights = list(m.weights)
+        return weights
+
+
+# ---- models: a discriminated union on `name` ----
+
+
+class FreezeRule(_Strict):
+    """Parameters whose names start with `prefix` are frozen until step `until_step`."""
+
+    prefix: str
+    until_step: NonNegativeInt | None = None  # None: frozen for the whole run
+
+
+class _ModelBase(_Strict):
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
+    freeze: list[FreezeRule] = []
+
+
+class ConvGRUConfig(_ModelBase):
+    name: Literal["conv_gru"] = "conv_gru"
+    conv_channels: PositiveInt = 64
+    hidden: PositiveInt = 64
+    layers: PositiveInt = 1
+    bidirectional: bool = False
+
+
+class TCNConfig(_ModelBase):
+    name: Literal["tcn"] = "tcn"
+    channels: PositiveInt = 64
+    levels: PositiveInt = 4
+    kernel_size: PositiveInt = 3
+
+
+class TransformerConfig(_ModelBase):
+    name: Literal["transformer"] = "transformer"
+    d_model: PositiveInt = 64
+    heads: PositiveInt = 4
+    layers: PositiveInt = 2
+    ff_mult: PositiveInt = 2
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> TransformerConfig:
+        if self.d_model % self.heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by heads ({self.heads})")
+        return self
+
+
+class PretrainedEncoderConfig(_ModelBase):
+    """A frozen audio encoder loaded from a local safetensors file, plus a trained head."""
+
+    name: Literal["pretrained_encoder"] = "pretrained_encoder"
+    weights: str  # local .safetensors with the encoder's weights; nothing is fetched
+    encoder_channels: PositiveInt = 64
+    encoder_layers: PositiveInt = 3
+    hidden: PositiveInt = 64
+    freeze_encoder: bool = True
+
+
+ModelConfig = Annotated[
+    ConvGRUConfig | TCNConfig | TransformerConfig | PretrainedEncoderConfig,
+    Field(discriminator="name"),
+]
+
+
+class OptimizerConfig(_Strict):
+    name: Literal["adamw", "sgd", "adam"] = "adamw"
+    lr: PositiveFloat = 1e-3
+    weight_decay: NonNegativeFloat = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    momentum: NonNegativeFloat = 0.9  # sgd only
+    eps: PositiveFloat = 1e-8
+
+
+class SchedulerConfig(_Strict):
+    name: Literal["constant", "cosine", "linear", "onecycle", "plateau"] = "cosine"
+    warmup_steps: NonNegativeInt = 0
+    min_lr_ratio: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
+    plateau_factor: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
+    plateau_patience: NonNegativeInt = 2  # in validations
+
+
+class LossTerm(_Strict):
+    name: Literal["mse", "l1", "huber", "ccc", "pearson"]
+    weight: NonNegativeFloat = 1.0
+
+
+class LossConfig(_Strict):
+    terms: Annotated[list[LossTerm], Field(min_length=1)] = [LossTerm(name="mse")]
+    channel_weights: list[NonNegativeFloat] | None = None
+    huber_delta: PositiveFloat = 1.0
+
+
+class TrainConfig(_Strict):
+    max_steps: PositiveInt | None = None  # optimizer steps; None: run num_epochs
+    num_epochs: PositiveInt | None = 10
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    grad_accum_steps: PositiveInt = 1
+    grad_clip: PositiveFloat | None = 1.0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    compile: bool = False
+    num_threads: PositiveInt | None = None  # CPU threads; fixed so a resume is bit-exact
+    log_every_n_steps: PositiveInt = 10
+    val_every_n_steps: PositiveInt | None = None  # None: validate at the end of each epoch
+    early_stopping_patience: NonNegativeInt | None = None  # in validations without improvement
+    ema_decay: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
+    loss: LossConfig = LossConfig()
+    progress_bar: bool = True
+    deterministic: bool = True
+
+    @model_validator(mode="after")
+    def _has_end(self) -> TrainConfig:
+        if self.max_steps is None and self.num_epochs is None:
+            raise ValueError("train: set max_steps or num_epochs (or both)")
+        return self
+
+
+class CheckpointConfig(_Strict):
+    dir: str = "runs"  # run directories are created under it
+    every_n_steps: PositiveInt | None = None  # None: at each validation
+    keep_last: PositiveInt = 2
+    metric: str = "val/pearson"
+    mode: Literal["max", "min"] = "max"
+
+    @field_validator("metric")
+    @classmethod
+    def _metric_name(cls, v: str) -> str:
+        if not v.startswith("val/"):
+            raise ValueError(f"checkpoint.metric must be a validation metric 'val/<name>', got {v!r}")
+        return v
+
+
+class TrackingConfig(_Strict):
+    wandb_mode: Literal["offline", "online", "disabled"] = "offline"
+    project: str = "a2b"
+    entity: str | None = None
+    run_name: str | None = None
+    tags: list[str] = []
+
+
+class RunConfig(_Strict):
+    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.+-]+$")] = "run"
+    seed: int = 0
+    data: DataConfig
+    model: ModelConfig = ConvGRUConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    train: TrainConfig = TrainConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> RunConfig:
+        cw = self.train.loss.channel_weights
+        if cw is not None and len(cw) != len(self.data.channels):
+            raise ValueError(
+                f"train.loss.channel_weights has {len(cw)} weights for {len(self.data.channels)} channels"
+            )
+        return self
+
+    def config_hash(self) -> str:
+        """sha256 of the canonical JSON: the identity of an experiment."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+class ConfigError(ValueError):
+    """A config that can't be used; the message names each bad field and value."""
+
+
+def format_validation_error(err: ValidationError, source: str = "config") -> str:
+    lines = [f"{source}: {err.error_count()} invalid field(s)"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (typo?)"
+        value = e.get("input")
+        shown = repr(value) if not isinstance(value, dict) else "{...}"
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        lines.append(f"  {loc}: {msg} (got {shown})")
+    return "\n".join(lines)
+
+
+def _parse_scalar(text: str) -> Any:
+    # YAML gives the natural types: 1e-3 -> float, true -> bool, [a, b] -> list, null -> None
+    return yaml.safe_load(text) if text != "" else ""
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `dotted.key=value` overrides; list items are addressed by index."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like dotted.key=value")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node: Any = raw
+        for i, part in enumerate(parts[:-1]):
+            if isinstance(node, list):
+                idx = _index(part, node, ".".join(parts[: i + 1]))
+                node = node[idx]
+            else:
+                node = node.setdefault(part, {})
+                if not isinstance(node, dict | list):
+                    raise ConfigError(f"override {key!r}: {'.'.join(parts[: i + 1])} is not a mapping")
+        last = parts[-1]
+        if isinstance(node, list):
+            node[_index(last, node, key)] = _parse_scalar(value)
+        else:
+            node[last] = _parse_scalar(value)
+    return raw
+
+
+def _index(part: str, node: list, where: str) -> int:
+    try:
+        idx = int(part)
+    except ValueError:
+        raise ConfigError(f"override: {where} indexes a list, use a number") from None
+    if not -len(node) <= idx < len(node):
+        raise ConfigError(f"override: {where} is out of range (list has {len(node)} items)")
+    return idx
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read YAML, apply overrides, validate. Relative paths in it are relative to the working directory."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        cfg = RunConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, str(path))) from None
+    return cfg
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, source)) from None

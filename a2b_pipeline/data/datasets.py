@@ -1,0 +1,201 @@
+"""Loaded recordings, normalisation statistics and time-aligned windows of (log-mel, biosignal)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from a2b_pipeline.configs import DataConfig
+from a2b_pipeline.data.audio import read_audio
+from a2b_pipeline.data.features import log_mel, n_frames, read_channels, resample_channels, signal_end
+from a2b_pipeline.data.recording import BadRecordingError, Recording
+
+_MIN_STD = 1e-6
+
+
+@dataclass
+class LoadedRecording:
+    features: torch.Tensor  # [T_frames, n_mels] raw log-mel, frame j at j / frame_rate
+    target: torch.Tensor  # [T_target, C] raw signal, sample j at j / target_rate; NaN where unknown
+    rec: Recording
+
+
+def load_recording(rec: Recording, data: DataConfig) -> LoadedRecording:
+    """Decode and featurise one recording; the single place where audio is decoded.
+
+    Both tensors are cut at the usable length: the audio, limited by `rec.duration_seconds`, and the
+    shortest signal channel. Raises BadRecordingError naming the recording for any unusable input.
+    """
+    try:
+        wave = read_audio(rec.audio_path, data.sample_rate)
+    except BadRecordingError as e:
+        raise BadRecordingError(rec, e.path, e.reason) from None
+    audio_seconds = wave.shape[0] / data.sample_rate
+    limit = min(audio_seconds, rec.duration_seconds or math.inf)
+    series = read_channels(rec, data.channels)
+    end = signal_end(series)
+    if abs(end - limit) > data.duration_tolerance_seconds:
+        path = rec.signals[data.channels[0]].path
+        raise BadRecordingError(
+            rec,
+            path,
+            f"signal ends at {end:.2f} s of the audio but the audio lasts {limit:.2f} s "
+            f"(differ by more than duration_tolerance_seconds={data.duration_tolerance_seconds})",
+        )
+    usable = min(limit, end)
+    if usable < data.window_seconds:
+        raise BadRecordingError(
+            rec, rec.audio_path, f"too short: {usable:.2f} s usable, a window is {data.window_seconds} s"
+        )
+    n_f = n_frames(round(usable * data.sample_rate), data.sample_rate, data.frame_rate)
+    features = log_mel(wave, data.sample_rate, data.n_mels, data.frame_rate)[:n_f]
+    n_t = math.ceil(usable * data.target_rate - 1e-9)
+    target = resample_channels(series, data.target_rate, n_t)
+    return LoadedRecording(features=features, target=target, rec=rec)
+
+
+def subject_key(rec: Recording) -> str:
+    # Subject ids are only unique within a corpus.
+    return f"{rec.dataset}/{rec.subject_id}"
+
+
+@dataclass
+class NormStats:
+    """Normalisation of features and targets, JSON-able (saved with checkpoints for inference).
+
+    Features: (x - feature_mean) / feature_std per mel bin, from the train split.
+    Targets by `mode`: "global": train-split mean/std per channel; "subject": per subject, the mean/std of that
+    subject's own recordings in any split (baselines are personal and, at inference time, known from a
+    calibration recording; a val/test subject's stats never touch the model's weights); "none": identity.
+    """
+
+    mode: str
+    channels: list[str]
+    feature_mean: list[float]
+    feature_std: list[float]
+    target_mean: list[float]
+    target_std: list[float]
+    subjects: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # key -> {"mean", "std"}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> NormStats:
+        return cls(**d)
+
+    def target_stats(self, dataset: str, subject: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, std) [C] used for a subject's targets."""
+        if self.mode == "none":
+            n = len(self.channels)
+            return torch.zeros(n), torch.ones(n)
+        if self.mode == "subject":
+            key = f"{dataset}/{subject}"
+            if key not in self.subjects:
+                raise KeyError(f"no normalisation statistics for subject {key!r} (mode 'subject')")
+            s = self.subjects[key]
+            return torch.tensor(s["mean"]), torch.tensor(s["std"])
+        return torch.tensor(self.target_mean), torch.tensor(self.target_std)
+
+    def normalize_features(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - torch.tensor(self.feature_mean)) / torch.tensor(self.feature_std)
+
+    def normalize_target(self, y: torch.Tensor, dataset: str, subject: str) -> torch.Tensor:
+        mean, std = self.target_stats(dataset, subject)
+        return (y - mean) / std
+
+    def denormalize_target(self, y: torch.Tensor, dataset: str, subject: str) -> torch.Tensor:
+        mean, std = self.target_stats(dataset, subject)
+        return y * std.to(y) + mean.to(y)
+
+
+def _moments(tensors: list[torch.Tensor], width: int) -> tuple[list[float], list[float]]:
+    """NaN-ignoring per-column mean and std over the rows of all tensors, accumulated in float64."""
+    n = torch.zeros(width, dtype=torch.float64)
+    s = torch.zeros(width, dtype=torch.float64)
+    ss = torch.zeros(width, dtype=torch.float64)
+    for t in tensors:
+        t = t.double()
+        ok = torch.isfinite(t)
+        t = torch.where(ok, t, 0.0)
+        n += ok.sum(0)
+        s += t.sum(0)
+        ss += t.square().sum(0)
+    n = n.clamp_min(1)
+    mean = s / n
+    std = (ss / n - mean.square()).clamp_min(0).sqrt()
+    std = torch.where(std < _MIN_STD, torch.ones_like(std), std)  # a constant column stays as it is
+    return mean.tolist(), std.tolist()
+
+
+def compute_norm_stats(
+    train: list[LoadedRecording], everything: list[LoadedRecording], data: DataConfig
+) -> NormStats:
+    """Feature and global target stats from `train` only; per-subject target stats from each subject's own
+    recordings in `everything` (see NormStats)."""
+    if not train:
+        raise ValueError("cannot compute normalisation statistics: the train split has no recordings")
+    fm, fs = _moments([r.features for r in train], data.n_mels)
+    tm, ts = _moments([r.target for r in train], len(data.channels))
+    subjects: dict[str, dict[str, list[float]]] = {}
+    if data.normalize == "subject":
+        by_subject: dict[str, list[torch.Tensor]] = {}
+        for r in everything:
+            by_subject.setdefault(subject_key(r.rec), []).append(r.target)
+        for key in sorted(by_subject):
+            m, s = _moments(by_subject[key], len(data.channels))
+            subjects[key] = {"mean": m, "std": s}
+    return NormStats(data.normalize, list(data.channels), fm, fs, tm, ts, subjects)
+
+
+class WindowDataset(Dataset):
+    """Windows of `window_seconds` every `hop_seconds`, never crossing a recording.
+
+    Window k of a recording starts at s = k * hop_seconds: x = frames round(s*frame_rate) + [0, Fw), y = target
+    samples round(s*target_rate) + [0, Tw), with Fw = round(window_seconds*frame_rate) and
+    Tw = round(window_seconds*target_rate). Windows whose target has gaps (NaN) are left out.
+    """
+
+    def __init__(self, loaded: list[LoadedRecording], data: DataConfig, norm: NormStats):
+        self.loaded = loaded
+        self.norm = norm
+        self.frames_per_window = round(data.window_seconds * data.frame_rate)
+        self.targets_per_window = round(data.window_seconds * data.target_rate)
+        self._feat_stats = (torch.tensor(norm.feature_mean), torch.tensor(norm.feature_std))
+        self._target_stats = [norm.target_stats(r.rec.dataset, r.rec.subject_id) for r in loaded]
+        self.index: list[tuple[int, int, int, float]] = []  # (recording, frame start, target start, second)
+        fw, tw = self.frames_per_window, self.targets_per_window
+        for i, r in enumerate(loaded):
+            for k in itertools.count():
+                s = k * data.hop_seconds
+                f0, t0 = round(s * data.frame_rate), round(s * data.target_rate)
+                if f0 + fw > r.features.shape[0] or t0 + tw > r.target.shape[0]:
+                    break
+                if torch.isfinite(r.target[t0 : t0 + tw]).all():
+                    self.index.append((i, f0, t0, s))
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        r, f0, t0, _ = self.index[i]
+        rec = self.loaded[r]
+        fm, fs = self._feat_stats
+        tm, ts = self._target_stats[r]
+        x = (rec.features[f0 : f0 + self.frames_per_window] - fm) / fs
+        y = (rec.target[t0 : t0 + self.targets_per_window] - tm) / ts
+        return x.float(), y.float()
+
+    def window_info(self, i: int) -> tuple[Recording, float]:
+        """The recording of window i and the audio second where it starts (for plots and reports)."""
+        r, _, _, s = self.index[i]
+        return self.loaded[r].rec, s
+
+    @property
+    def recordings(self) -> list[Recording]:
+        return [r.rec for r in self.loaded]

@@ -1,0 +1,52 @@
+"""wandb tracking: offline by default, disabled in tests, one run id for the life of a TrainState."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from a2b_pipeline.configs import RunConfig
+
+STEP_KEY = "trainer/global_step"
+
+
+class Tracker:
+    """A thin wandb wrapper. Only rank 0 tracks; `disabled` never imports wandb."""
+
+    def __init__(self, cfg: RunConfig, run_dir: str, run_id: str | None, rank: int = 0):
+        self.run: Any = None
+        self.run_id = run_id
+        self.run_path: str | None = None
+        if rank != 0 or cfg.tracking.wandb_mode == "disabled":
+            return
+        import wandb
+
+        os.environ.setdefault("WANDB_SILENT", "true")
+        self.run_id = run_id or wandb.util.generate_id()
+        t = cfg.tracking
+        self.run = wandb.init(
+            project=t.project,
+            entity=t.entity,
+            name=t.run_name or f"{cfg.name}-{cfg.config_hash()}",
+            id=self.run_id,
+            resume="allow",  # a resumed TrainState continues the same wandb run
+            mode=t.wandb_mode,
+            dir=run_dir,
+            config=cfg.model_dump(mode="json"),
+            tags=t.tags,
+        )
+        # Log against our own step axis: wandb drops rows whose internal step goes backwards,
+        # which would lose the steps replayed after a crash between checkpoints.
+        self.run.define_metric(STEP_KEY)
+        self.run.define_metric("*", step_metric=STEP_KEY)
+        entity = self.run.entity or t.entity or "offline"
+        self.run_path = f"{entity}/{t.project}/{self.run_id}"
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        if self.run is not None:
+            self.run.log({**metrics, STEP_KEY: step})
+
+    def finish(self, exit_code: int = 0) -> None:
+        if self.run is not None:
+            self.run.finish(exit_code=exit_code)
+            self.run = None

@@ -1,0 +1,570 @@
+"""train(state) -> state: the training loop, readable top to bottom.
+
+Everything a step depends on is in the TrainState (config, step, epoch, RNG, loader
+positions, optimizer) so that a run resumed from any checkpoint continues bit for bit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from a2b_pipeline.configs import RunConfig
+from a2b_pipeline.data.meta_dataloader import MetaDataLoader
+from a2b_pipeline.data.pipeline import PreparedData, make_loader, prepare_data
+from a2b_pipeline.metrics import MetricAccumulator, make_loss
+from a2b_pipeline.models import build_model, model_io
+from a2b_pipeline.state import (
+    CheckpointError,
+    DataLoaderState,
+    MetaDataLoaderState,
+    MetricState,
+    ModelState,
+    OptimizerState,
+    RNGState,
+    TrainState,
+    checkpoint_name,
+    load_tensors,
+    prune_checkpoints,
+    set_pointer,
+)
+from a2b_pipeline.tracking import Tracker
+
+log = logging.getLogger("a2b_pipeline.train")
+
+
+def train(state: TrainState) -> TrainState:
+    cfg = state.config
+    rank, world_size, local_rank = init_distributed()
+    if state.model is not None and state.world_size != world_size:
+        raise CheckpointError(
+            f"{state.checkpoint.last_path}: written with world size {state.world_size}, resumed with {world_size}"
+        )
+    state.world_size = world_size
+    ensure_writable(Path(state.run_dir))  # fail before any work, naming the path
+    device = pick_device(cfg, local_rank)
+    configure_determinism(cfg, state)
+    if state.model is None:
+        seed_everything(cfg.seed + rank)
+
+    # ---- data, model, optimizer ----
+    data = prepare_data(cfg)
+    if state.data_version and state.data_version != data.data_version:
+        log.warning("data changed since this run started (data version %s -> %s)",
+                    state.data_version, data.data_version)
+    state.data_version = data.data_version
+    train_loader = make_loader(data, cfg, "train", rank=rank, world_size=world_size)
+    val_loader = make_loader(data, cfg, "val") if rank == 0 and _has_split(data, "val") else None
+    io = model_io(cfg)
+    raw_model = build_model(cfg.model, io).to(device)
+    optimizer = build_optimizer(cfg, raw_model)
+    ema = EMA(raw_model, cfg.train.ema_decay) if cfg.train.ema_decay else None
+    scaler = torch.amp.GradScaler(device.type) if cfg.train.precision == "fp16" else None
+    plateau = {"scale": 1.0, "best": math.inf if cfg.checkpoint.mode == "min" else -math.inf, "bad": 0}
+    if state.model is not None:
+        restore(state, raw_model, optimizer, ema, scaler, plateau, train_loader, rank)
+    else:
+        train_loader.set_epoch(state.epoch)
+    model: nn.Module = raw_model
+    if world_size > 1:
+        model = nn.parallel.DistributedDataParallel(
+            raw_model, device_ids=[local_rank] if device.type == "cuda" else None
+        )
+    if cfg.train.compile:
+        model = torch.compile(model)  # the checkpoint keeps raw_model's keys (no `_orig_mod.`)
+    loss_fn = make_loss(cfg.train.loss, io.channels)
+    autocast = autocast_context(cfg, device)
+
+    tracker = Tracker(cfg, state.run_dir, state.wandb_run_id, rank)
+    state.wandb_run_id, state.wandb_run_path = tracker.run_id, tracker.run_path
+    stop = StopRequest()
+    total_steps = planned_steps(cfg, len(train_loader))
+    batches = micro_batches(train_loader, state, cfg.train.num_epochs)
+    accum = cfg.train.grad_accum_steps
+    nonfinite = torch.zeros((), dtype=torch.bool, device=device)  # checked at log steps: no per-step sync
+    state.status, state.message = "running", ""
+    bar = progress_bar(cfg, state, total_steps, rank)
+    log.info("training %s on %s: step %d of %d, run dir %s", cfg.name, device, state.global_step,
+             total_steps, state.run_dir)
+
+    # ---- the loop ----
+    try:
+        while state.global_step < total_steps:
+            step = state.global_step
+            apply_freeze(raw_model, cfg, step)
+            train_loader.set_weights(cfg.data.weights_at(step))
+            set_lr(optimizer, lr_at(cfg, step, total_steps, plateau["scale"]))
+            model.train()
+            step_loss = torch.zeros((), device=device)
+            got = 0
+            for micro in range(accum):
+                batch = next(batches, None)
+                if batch is None:
+                    break
+                x, y = (t.to(device, non_blocking=True) for t in batch)
+                sync = micro == accum - 1 or world_size == 1
+                with (contextlib.nullcontext() if sync else model.no_sync()), autocast:
+                    loss = loss_fn(model(x), y)
+                (scaler.scale(loss / accum) if scaler else loss / accum).backward()
+                step_loss += loss.detach()
+                got += 1
+                state.samples_seen += x.shape[0] * world_size
+            if got == 0:
+                break  # the configured number of epochs is done
+            step_loss /= got
+            if got < accum:  # a short last accumulation: average over what it had
+                for p in raw_model.parameters():
+                    if p.grad is not None:
+                        p.grad.mul_(accum / got)
+            nonfinite |= ~torch.isfinite(step_loss)
+            if scaler:
+                scaler.unscale_(optimizer)
+            if cfg.train.grad_clip:
+                norm = nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.train.grad_clip)
+                if not scaler:  # fp16: the scaler skips non-finite steps itself
+                    nonfinite |= ~torch.isfinite(norm)
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if ema:
+                ema.update(raw_model)
+            state.global_step += 1
+            step = state.global_step
+            bar.update(1)
+
+            log_now = step % cfg.train.log_every_n_steps == 0 or step == total_steps
+            validate_now = step % val_interval(cfg, len(train_loader)) == 0 or step == total_steps
+            stop_now = broadcast_flag(stop.requested, world_size, device)
+            every = cfg.checkpoint.every_n_steps
+            save_now = validate_now or stop_now or bool(every and step % every == 0)
+            if (log_now or save_now) and bool(nonfinite):  # the only per-interval host sync
+                return stop_on_nonfinite(state, tracker, step)
+            if log_now:
+                metrics = {"train/loss": float(step_loss), "train/lr": optimizer.param_groups[0]["lr"],
+                           "train/epoch": float(state.epoch)}
+                record(state, tracker, metrics, step, rank)
+                bar.set_postfix(loss=f"{metrics['train/loss']:.4f}")
+            early_stop = False
+            if validate_now:
+                early_stop = validate_and_track_best(state, cfg, raw_model, ema, val_loader, loss_fn, autocast,
+                                                     device, tracker, plateau, rank)
+                early_stop = broadcast_flag(early_stop, world_size, device)
+            if stop_now:
+                state.status = "stopped"
+                state.message = f"stopped by signal {stop.requested} at step {step}; resume with `a2b resume`"
+                log.warning(state.message)
+            elif early_stop:
+                state.status = "complete"
+                state.message = (f"early stopping at step {step}: {cfg.checkpoint.metric} did not improve "
+                                 f"for {state.bad_validations} validations")
+                log.info(state.message)
+            elif step >= total_steps:
+                state.status = "complete"
+            if save_now or state.status != "running":
+                save_checkpoint(state, raw_model, optimizer, ema, scaler, plateau, train_loader, rank,
+                                best=state.checkpoint.best_step == step)
+            if state.status != "running":
+                break
+        if state.status == "running":  # nothing left to do (a finished run resumed, or epochs ran out)
+            state.status = "complete"
+            if state.checkpoint.last_path != _ckpt_path(state):
+                save_checkpoint(state, raw_model, optimizer, ema, scaler, plateau, train_loader, rank,
+                                best=False)
+    except BaseException as e:
+        state.status = "failed" if not isinstance(e, KeyboardInterrupt) else "stopped"
+        state.message = f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        bar.close()
+        stop.restore()
+        tracker.finish(0 if state.status in ("complete", "stopped") else 1)
+        if world_size > 1 and dist.is_initialized():
+            dist.barrier()
+    return state
+
+
+# ---- helpers, in the order the loop uses them ----
+
+
+def init_distributed() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank); joins the process group when launched by torchrun."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    if world_size > 1:
+        return dist.get_rank(), world_size, int(os.environ.get("LOCAL_RANK", "0"))
+    return 0, 1, 0
+
+
+def ensure_writable(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-probe"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise PermissionError(f"checkpoint.dir: can't write the run directory {run_dir} ({e})") from None
+
+
+def pick_device(cfg: RunConfig, local_rank: int) -> torch.device:
+    want = cfg.train.device
+    if want == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is 'cuda' but no CUDA device is available")
+    if want in ("auto", "cuda") and torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def configure_determinism(cfg: RunConfig, state: TrainState) -> None:
+    # CPU kernels give different bits with different thread counts: a resume reuses the first count.
+    state.num_threads = state.num_threads or cfg.train.num_threads or torch.get_num_threads()
+    torch.set_num_threads(state.num_threads)
+    if cfg.train.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _has_split(data: PreparedData, split: str) -> bool:
+    return any(len(ds) for ds in data.splits.get(split, {}).values())
+
+
+def build_optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
+    o = cfg.optimizer
+    params = list(model.parameters())  # frozen ones too: freezing by step toggles requires_grad
+    if o.name == "sgd":
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    if o.name == "adam":
+        return torch.optim.Adam(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+    return torch.optim.AdamW(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+
+
+class EMA:
+    """Exponential moving average of the weights; validation and `best` use it when enabled."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.shadow[k].lerp_(v, 1.0 - self.decay)
+            else:
+                self.shadow[k].copy_(v)
+
+    @contextlib.contextmanager
+    def swapped_in(self, model: nn.Module) -> Iterator[None]:
+        backup = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(self.shadow)
+        try:
+            yield
+        finally:
+            model.load_state_dict(backup)
+
+
+def autocast_context(cfg: RunConfig, device: torch.device) -> Any:
+    if cfg.train.precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def planned_steps(cfg: RunConfig, batches_per_epoch: int) -> int:
+    t = cfg.train
+    by_epochs = math.ceil(batches_per_epoch * t.num_epochs / t.grad_accum_steps) if t.num_epochs else None
+    candidates = [s for s in (t.max_steps, by_epochs) if s is not None]
+    return min(candidates)
+
+
+def val_interval(cfg: RunConfig, batches_per_epoch: int) -> int:
+    if cfg.train.val_every_n_steps:
+        return cfg.train.val_every_n_steps
+    return max(1, math.ceil(batches_per_epoch / cfg.train.grad_accum_steps))  # once per epoch
+
+
+def micro_batches(loader: MetaDataLoader, state: TrainState, num_epochs: int | None) -> Iterator[Any]:
+    """Batches across epoch boundaries; state.epoch advances when the loader is exhausted."""
+    while num_epochs is None or state.epoch < num_epochs:
+        yield from loader
+        state.epoch += 1
+        loader.set_epoch(state.epoch)
+
+
+def apply_freeze(model: nn.Module, cfg: RunConfig, step: int) -> None:
+    for rule in cfg.model.freeze:
+        frozen = rule.until_step is None or step < rule.until_step
+        for name, p in model.named_parameters():
+            if name.startswith(rule.prefix):
+                p.requires_grad_(not frozen)
+
+
+def lr_at(cfg: RunConfig, step: int, total: int, plateau_scale: float = 1.0) -> float:
+    """The learning rate of `step`: a pure function of the step, so resume needs no scheduler state."""
+    base, s = cfg.optimizer.lr, cfg.scheduler
+    warm = s.warmup_steps
+    if s.name == "onecycle" and warm == 0:
+        warm = max(1, int(0.3 * total))
+    if step < warm:
+        start = base / 25 if s.name == "onecycle" else 0.0
+        return start + (base - start) * (step + 1) / warm
+    if s.name in ("constant", "plateau"):
+        return base * plateau_scale
+    progress = min(1.0, (step - warm) / max(1, total - warm))
+    floor = s.min_lr_ratio
+    if s.name == "linear":
+        return base * (1.0 - (1.0 - floor) * progress)
+    return base * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress)))  # cosine, onecycle
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for g in optimizer.param_groups:
+        g["lr"] = lr
+
+
+def record(state: TrainState, tracker: Tracker, metrics: dict[str, float], step: int, rank: int) -> None:
+    if rank != 0:
+        return
+    state.metrics.extend(MetricState(name=k, value=v, step=step) for k, v in metrics.items())
+    tracker.log(metrics, step)
+
+
+def stop_on_nonfinite(state: TrainState, tracker: Tracker, step: int) -> TrainState:
+    state.status = "stopped"
+    state.message = (f"non-finite loss or gradient by step {step}: training stopped; the last good "
+                     f"checkpoint {state.checkpoint.last_path} is kept (lower the learning rate, check the data)")
+    log.error(state.message)
+    return state
+
+
+@torch.no_grad()
+def evaluate_loader(model: nn.Module, loader: MetaDataLoader, loss_fn: Any, autocast: Any,
+                    device: torch.device, channels: list[str], prefix: str) -> dict[str, float]:
+    model.eval()
+    acc = MetricAccumulator(channels)
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        with autocast:
+            pred = model(x)
+        acc.update(pred.float(), y, loss_fn(pred, y))
+    model.train()
+    return acc.compute(prefix)
+
+
+def validate_and_track_best(state: TrainState, cfg: RunConfig, model: nn.Module, ema: EMA | None,
+                            loader: MetaDataLoader | None, loss_fn: Any, autocast: Any, device: torch.device,
+                            tracker: Tracker, plateau: dict[str, float], rank: int) -> bool:
+    """Validate (rank 0), record metrics, update best/plateau/early-stopping. Returns: stop early?"""
+    if rank != 0 or loader is None:
+        return False
+    with ema.swapped_in(model) if ema else contextlib.nullcontext():
+        metrics = evaluate_loader(model, loader, loss_fn, autocast, device, cfg.data.channels, "val")
+    record(state, tracker, metrics, state.global_step, rank)
+    value = metrics.get(cfg.checkpoint.metric)
+    if value is None or not math.isfinite(value):
+        return False
+    ck = state.checkpoint
+    better = ck.best_value is None or (value > ck.best_value if cfg.checkpoint.mode == "max"
+                                       else value < ck.best_value)
+    if better:
+        ck.best_value, ck.best_step = value, state.global_step
+        state.bad_validations = 0
+    else:
+        state.bad_validations += 1
+    if cfg.scheduler.name == "plateau":
+        improved = value > plateau["best"] if cfg.checkpoint.mode == "max" else value < plateau["best"]
+        if improved:
+            plateau["best"], plateau["bad"] = value, 0
+        else:
+            plateau["bad"] += 1
+            if plateau["bad"] > cfg.scheduler.plateau_patience:
+                plateau["scale"] *= cfg.scheduler.plateau_factor
+                plateau["bad"] = 0
+    patience = cfg.train.early_stopping_patience
+    return patience is not None and state.bad_validations > patience
+
+
+def broadcast_flag(flag: Any, world_size: int, device: torch.device) -> bool:
+    """Every rank stops together: any rank's flag counts."""
+    if world_size == 1:
+        return bool(flag)
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+# ---- checkpoints ----
+
+
+def _ckpt_path(state: TrainState) -> str:
+    return str(Path(state.run_dir) / checkpoint_name(state.global_step))
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], OptimizerState]:
+    sd = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"{idx}.{k}"] = v
+            else:
+                scalars.setdefault(str(idx), {})[k] = v
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
+    meta = OptimizerState(name=type(optimizer).__name__, param_groups=groups, scalar_state=scalars,
+                          lr=groups[0]["lr"])
+    return tensors, meta
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+                   meta: OptimizerState) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for key, v in tensors.items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = v
+    for idx, st in meta.scalar_state.items():
+        state.setdefault(int(idx), {}).update(st)
+    groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in meta.param_groups]
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def gather_rng(world_size: int) -> list[RNGState]:
+    mine = RNGState.capture()
+    if world_size == 1:
+        return [mine]
+    everyone: list[Any] = [None] * world_size
+    dist.all_gather_object(everyone, mine.model_dump(mode="json"))
+    return [RNGState.model_validate(r) for r in everyone]
+
+
+def save_checkpoint(state: TrainState, model: nn.Module, optimizer: torch.optim.Optimizer, ema: EMA | None,
+                    scaler: Any, plateau: dict[str, float], loader: MetaDataLoader, rank: int,
+                    best: bool) -> None:
+    rngs = gather_rng(state.world_size)  # every rank takes part; only rank 0 writes
+    if rank != 0:
+        return
+    cfg = state.config
+    opt_tensors, opt_meta = optimizer_tensors(optimizer)
+    opt_meta.scaler = scaler.state_dict() if scaler else None
+    opt_meta.plateau = dict(plateau)
+    io = model_io(cfg)
+    first = next(model.parameters())
+    state.rng = rngs
+    state.optimizer = opt_meta
+    state.model = ModelState(
+        name=cfg.model.name, num_parameters=sum(p.numel() for p in model.parameters()),
+        dtype=first.dtype, device=first.device, ema_file="ema.safetensors" if ema else None,
+        input_shape=(io.in_frames, io.n_mels), output_shape=(io.out_steps, io.channels),
+    )
+    state.meta_loader = meta_loader_state(loader)
+    path = Path(_ckpt_path(state))
+    state.checkpoint.last_path = str(path)
+    if best:
+        state.checkpoint.best_path = str(path)
+    tensors = {"model.safetensors": model.state_dict(), "optimizer.safetensors": opt_tensors}
+    if ema:
+        tensors["ema.safetensors"] = ema.shadow
+    state.to_checkpoint(path, tensors)
+    set_pointer(state.run_dir, "last", path)
+    if best:
+        set_pointer(state.run_dir, "best", path)
+    prune_checkpoints(state.run_dir, cfg.checkpoint.keep_last,
+                      protect=[state.checkpoint.best_path, state.checkpoint.last_path])
+
+
+def meta_loader_state(loader: MetaDataLoader) -> MetaDataLoaderState:
+    sd = loader.state_dict()
+    names = getattr(loader, "names", None) or [str(i) for i in range(len(loader.dataloaders))]
+    loaders = [DataLoaderState(name=n, batches_consumed=c, num_batches=len(dl))
+               for n, c, dl in zip(names, sd["consumed"], loader.dataloaders, strict=True)]
+    return MetaDataLoaderState(**sd, loaders=loaders)
+
+
+def restore(state: TrainState, model: nn.Module, optimizer: torch.optim.Optimizer, ema: EMA | None,
+            scaler: Any, plateau: dict[str, float], loader: MetaDataLoader, rank: int) -> None:
+    """Load everything the state points to; RNG last, so nothing built afterwards shifts it."""
+    ckpt = Path(state.checkpoint.last_path or "")
+    model.load_state_dict(_checked_weights(load_tensors(ckpt, "model.safetensors", state), model, ckpt))
+    assert state.optimizer is not None
+    load_optimizer(optimizer, load_tensors(ckpt, "optimizer.safetensors", state), state.optimizer)
+    if ema and state.model and state.model.ema_file:
+        ema.shadow = load_tensors(ckpt, state.model.ema_file, state)
+    if scaler and state.optimizer.scaler:
+        scaler.load_state_dict(state.optimizer.scaler)
+    plateau.update(state.optimizer.plateau)
+    if state.meta_loader is not None:
+        loader.load_state_dict(state.meta_loader.loader_state_dict())
+    if rank < len(state.rng):
+        state.rng[rank].restore()
+
+
+def _checked_weights(tensors: dict[str, torch.Tensor], model: nn.Module, where: Path) -> dict[str, torch.Tensor]:
+    """Refuse weights that don't fit this model, naming the keys and shapes."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(tensors))
+    extra = sorted(set(tensors) - set(own))
+    shapes = [f"{k}: {tuple(tensors[k].shape)} vs {tuple(own[k].shape)}"
+              for k in own.keys() & tensors.keys() if tensors[k].shape != own[k].shape]
+    if missing or extra or shapes:
+        raise CheckpointError(f"{where}/model.safetensors does not fit model {type(model).__name__}: "
+                              f"missing keys {missing[:5]}, unexpected keys {extra[:5]}, wrong shapes {shapes[:5]}")
+    return tensors
+
+
+# ---- process plumbing ----
+
+
+class StopRequest:
+    """SIGTERM/SIGINT set a flag; the loop checkpoints at the next step boundary and stops."""
+
+    def __init__(self) -> None:
+        self.requested: int | None = None
+        self._old: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now
+        self.requested = signum
+
+    def restore(self) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+        self._old.clear()
+
+
+def progress_bar(cfg: RunConfig, state: TrainState, total: int, rank: int) -> Any:
+    from tqdm import tqdm
+
+    show = cfg.train.progress_bar and rank == 0 and sys.stderr.isatty()
+    return tqdm(total=total, initial=state.global_step, disable=not show, desc=cfg.name, unit="step")
