@@ -17,9 +17,13 @@ EXIT_STOPPED = 3  # a run stopped by a signal or a non-finite loss: resumable, n
 def cmd_synth(args: argparse.Namespace) -> int:
     from a2b_pipeline.data.synthetic import summarize_manifest, write_synthetic_corpus
 
-    manifest = write_synthetic_corpus(args.out_dir, subjects=args.subjects,
-                                      recordings_per_subject=args.recordings_per_subject,
-                                      seconds=args.seconds, seed=args.seed)
+    manifest = write_synthetic_corpus(
+        args.out_dir,
+        subjects=args.subjects,
+        recordings_per_subject=args.recordings_per_subject,
+        seconds=args.seconds,
+        seed=args.seed,
+    )
     print(json.dumps({"manifest": str(manifest), **summarize_manifest(manifest)}, indent=1))
     return 0
 
@@ -50,8 +54,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         # Same config, same run directory: continue it rather than clobber it.
         try:
             state = TrainState.from_checkpoint(state.run_dir)
-            print(f"resuming {state.run_dir} from step {state.global_step} (--fresh to start over)",
-                  file=sys.stderr)
+            print(
+                f"resuming {state.run_dir} from step {state.global_step} (--fresh to start over)",
+                file=sys.stderr,
+            )
         except CheckpointError as e:
             print(f"warning: {e}; starting fresh", file=sys.stderr)
     return _finish(train(state))
@@ -96,12 +102,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(fn=cmd_synth)
 
-    for name, fn, text in (("validate", cmd_validate, "print the resolved config or its errors"),
-                           ("train", cmd_train, "train a config; prints the run directory")):
+    for name, fn, text in (
+        ("validate", cmd_validate, "print the resolved config or its errors"),
+        ("train", cmd_train, "train a config; prints the run directory"),
+    ):
         s = sub.add_parser(name, help=text)
         s.add_argument("config")
-        s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config value, e.g. --set train.max_steps=100")
+        s.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config value, e.g. --set train.max_steps=100",
+        )
         if name == "train":
             s.add_argument("--run-dir", default=None, help="default: checkpoint.dir/<name>-<config hash>")
             s.add_argument("--fresh", action="store_true", help="delete the run directory and start over")
@@ -132,8 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     from a2b_pipeline.data.recording import BadRecordingError
     from a2b_pipeline.state import CheckpointError
 

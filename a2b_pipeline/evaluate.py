@@ -38,8 +38,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Tr
     return state, model.to(device).eval()
 
 
-def evaluate_checkpoint(path: str | Path, split: str = "test", data: PreparedData | None = None,
-                        device: str = "cpu") -> dict[str, float]:
+def evaluate_checkpoint(
+    path: str | Path, split: str = "test", data: PreparedData | None = None, device: str = "cpu"
+) -> dict[str, float]:
     """Loss, MAE, MSE, Pearson r and CCC (per channel and mean) of a checkpoint on a split."""
     state, model = load_model(path, device)
     cfg = state.config
@@ -53,8 +54,9 @@ def evaluate_checkpoint(path: str | Path, split: str = "test", data: PreparedDat
 
 
 @torch.no_grad()
-def predict_windows(path: str | Path, split: str = "test", n: int = 4,
-                    data: PreparedData | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+def predict_windows(
+    path: str | Path, split: str = "test", n: int = 4, data: PreparedData | None = None
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """(true, predicted) targets [T_target, C] of the first `n` windows of a split, normalised units."""
     state, model = load_model(path)
     data = data or prepare_data(state.config)

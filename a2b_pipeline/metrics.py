@@ -71,8 +71,17 @@ class MetricAccumulator:
         p = pred.detach().double().reshape(-1, pred.shape[-1])
         t = true.detach().double().reshape(-1, true.shape[-1])
         d = p - t
-        s = torch.stack([p.sum(0), t.sum(0), (p * p).sum(0), (t * t).sum(0), (p * t).sum(0),
-                         d.abs().sum(0), (d * d).sum(0)])
+        s = torch.stack(
+            [
+                p.sum(0),
+                t.sum(0),
+                (p * p).sum(0),
+                (t * t).sum(0),
+                (p * t).sum(0),
+                d.abs().sum(0),
+                (d * d).sum(0),
+            ]
+        )
         self.sums = s if self.sums is None else self.sums + s
         self.n += p.shape[0]
         if loss is not None:

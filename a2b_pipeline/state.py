@@ -96,7 +96,9 @@ class RNGState(_Schema):
     def capture(cls) -> RNGState:
         version, internal, gauss = random.getstate()
         _, keys, pos, has_gauss, cached = np.random.get_state()
-        cuda = [s.numpy().tobytes() for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else []
+        cuda = (
+            [s.numpy().tobytes() for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else []
+        )
         return cls(
             python=(version, tuple(internal), gauss),
             numpy_keys=[int(k) for k in keys],
@@ -110,8 +112,13 @@ class RNGState(_Schema):
     def restore(self) -> None:
         random.setstate((self.python[0], tuple(self.python[1]), self.python[2]))
         np.random.set_state(
-            ("MT19937", np.array(self.numpy_keys, dtype=np.uint32), self.numpy_pos,
-             self.numpy_has_gauss, self.numpy_cached_gaussian)
+            (
+                "MT19937",
+                np.array(self.numpy_keys, dtype=np.uint32),
+                self.numpy_pos,
+                self.numpy_has_gauss,
+                self.numpy_cached_gaussian,
+            )
         )
         torch.set_rng_state(torch.frombuffer(bytearray(self.torch_cpu), dtype=torch.uint8))
         if self.torch_cuda and torch.cuda.is_available():
@@ -138,7 +145,7 @@ class OptimizerState(_Schema):
     scalar_state: dict[str, dict[str, float | int | None]] = {}  # non-tensor per-param state
     lr: float
     scaler: dict[str, float | int] | None = None  # GradScaler state (fp16)
-    plateau: dict[str, float | int] = {}  # ReduceLROnPlateau-like state: scale, best, bad
+    plateau: dict[str, float | int | None] = {}  # ReduceLROnPlateau-like state: scale, best, bad
 
 
 class DataLoaderState(_Schema):
@@ -177,7 +184,9 @@ class MetricState(_Schema):
     @classmethod
     def _explain(cls, v: Any) -> Any:
         if isinstance(v, str) and not re.match(r"^(train|val|test)/.+", v):
-            raise ValueError(f"metric name {v!r} must look like 'train/<name>', 'val/<name>' or 'test/<name>'")
+            raise ValueError(
+                f"metric name {v!r} must look like 'train/<name>', 'val/<name>' or 'test/<name>'"
+            )
         return v
 
 
@@ -271,7 +280,9 @@ class TrainState(_Schema):
 
     # ---- writing ----
 
-    def to_checkpoint(self, path: str | Path, tensors: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
+    def to_checkpoint(
+        self, path: str | Path, tensors: dict[str, dict[str, torch.Tensor]] | None = None
+    ) -> Path:
         """Write this state (and the given tensor files) as checkpoint `path`, atomically.
 
         Files go into a temporary sibling directory, are fsynced, train_state.json goes last

@@ -23,7 +23,7 @@ from torch import nn
 
 from a2b_pipeline.configs import RunConfig
 from a2b_pipeline.data.meta_dataloader import MetaDataLoader
-from a2b_pipeline.data.pipeline import PreparedData, make_loader, prepare_data
+from a2b_pipeline.data.pipeline import PreparedData, loader_weights, make_loader, prepare_data
 from a2b_pipeline.metrics import MetricAccumulator, make_loss
 from a2b_pipeline.models import build_model, model_io
 from a2b_pipeline.state import (
@@ -50,7 +50,8 @@ def train(state: TrainState) -> TrainState:
     rank, world_size, local_rank = init_distributed()
     if state.model is not None and state.world_size != world_size:
         raise CheckpointError(
-            f"{state.checkpoint.last_path}: written with world size {state.world_size}, resumed with {world_size}"
+            f"{state.checkpoint.last_path}: written with world size {state.world_size}, "
+            f"resumed with {world_size}"
         )
     state.world_size = world_size
     ensure_writable(Path(state.run_dir))  # fail before any work, naming the path
@@ -62,8 +63,11 @@ def train(state: TrainState) -> TrainState:
     # ---- data, model, optimizer ----
     data = prepare_data(cfg)
     if state.data_version and state.data_version != data.data_version:
-        log.warning("data changed since this run started (data version %s -> %s)",
-                    state.data_version, data.data_version)
+        log.warning(
+            "data changed since this run started (data version %s -> %s)",
+            state.data_version,
+            data.data_version,
+        )
     state.data_version = data.data_version
     train_loader = make_loader(data, cfg, "train", rank=rank, world_size=world_size)
     val_loader = make_loader(data, cfg, "val") if rank == 0 and _has_split(data, "val") else None
@@ -72,7 +76,7 @@ def train(state: TrainState) -> TrainState:
     optimizer = build_optimizer(cfg, raw_model)
     ema = EMA(raw_model, cfg.train.ema_decay) if cfg.train.ema_decay else None
     scaler = torch.amp.GradScaler(device.type) if cfg.train.precision == "fp16" else None
-    plateau = {"scale": 1.0, "best": math.inf if cfg.checkpoint.mode == "min" else -math.inf, "bad": 0}
+    plateau: dict[str, Any] = {"scale": 1.0, "best": None, "bad": 0}
     if state.model is not None:
         restore(state, raw_model, optimizer, ema, scaler, plateau, train_loader, rank)
     else:
@@ -96,15 +100,21 @@ def train(state: TrainState) -> TrainState:
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)  # checked at log steps: no per-step sync
     state.status, state.message = "running", ""
     bar = progress_bar(cfg, state, total_steps, rank)
-    log.info("training %s on %s: step %d of %d, run dir %s", cfg.name, device, state.global_step,
-             total_steps, state.run_dir)
+    log.info(
+        "training %s on %s: step %d of %d, run dir %s",
+        cfg.name,
+        device,
+        state.global_step,
+        total_steps,
+        state.run_dir,
+    )
 
     # ---- the loop ----
     try:
         while state.global_step < total_steps:
             step = state.global_step
             apply_freeze(raw_model, cfg, step)
-            train_loader.set_weights(cfg.data.weights_at(step))
+            train_loader.set_weights(loader_weights(train_loader, cfg, step))
             set_lr(optimizer, lr_at(cfg, step, total_steps, plateau["scale"]))
             model.train()
             step_loss = torch.zeros((), device=device)
@@ -115,7 +125,7 @@ def train(state: TrainState) -> TrainState:
                     break
                 x, y = (t.to(device, non_blocking=True) for t in batch)
                 sync = micro == accum - 1 or world_size == 1
-                with (contextlib.nullcontext() if sync else model.no_sync()), autocast:
+                with contextlib.nullcontext() if sync else model.no_sync(), autocast:
                     loss = loss_fn(model(x), y)
                 (scaler.scale(loss / accum) if scaler else loss / accum).backward()
                 step_loss += loss.detach()
@@ -155,14 +165,18 @@ def train(state: TrainState) -> TrainState:
             if (log_now or save_now) and bool(nonfinite):  # the only per-interval host sync
                 return stop_on_nonfinite(state, tracker, step)
             if log_now:
-                metrics = {"train/loss": float(step_loss), "train/lr": optimizer.param_groups[0]["lr"],
-                           "train/epoch": float(state.epoch)}
+                metrics = {
+                    "train/loss": float(step_loss),
+                    "train/lr": optimizer.param_groups[0]["lr"],
+                    "train/epoch": float(state.epoch),
+                }
                 record(state, tracker, metrics, step, rank)
                 bar.set_postfix(loss=f"{metrics['train/loss']:.4f}")
             early_stop = False
             if validate_now:
-                early_stop = validate_and_track_best(state, cfg, raw_model, ema, val_loader, loss_fn, autocast,
-                                                     device, tracker, plateau, rank)
+                early_stop = validate_and_track_best(
+                    state, cfg, raw_model, ema, val_loader, loss_fn, autocast, device, tracker, plateau, rank
+                )
                 early_stop = broadcast_flag(early_stop, world_size, device)
             if stop_now:
                 state.status = "stopped"
@@ -170,21 +184,33 @@ def train(state: TrainState) -> TrainState:
                 log.warning(state.message)
             elif early_stop:
                 state.status = "complete"
-                state.message = (f"early stopping at step {step}: {cfg.checkpoint.metric} did not improve "
-                                 f"for {state.bad_validations} validations")
+                state.message = (
+                    f"early stopping at step {step}: {cfg.checkpoint.metric} did not improve "
+                    f"for {state.bad_validations} validations"
+                )
                 log.info(state.message)
             elif step >= total_steps:
                 state.status = "complete"
             if save_now or state.status != "running":
-                save_checkpoint(state, raw_model, optimizer, ema, scaler, plateau, train_loader, rank,
-                                best=state.checkpoint.best_step == step)
+                save_checkpoint(
+                    state,
+                    raw_model,
+                    optimizer,
+                    ema,
+                    scaler,
+                    plateau,
+                    train_loader,
+                    rank,
+                    best=state.checkpoint.best_step == step,
+                )
             if state.status != "running":
                 break
         if state.status == "running":  # nothing left to do (a finished run resumed, or epochs ran out)
             state.status = "complete"
             if state.checkpoint.last_path != _ckpt_path(state):
-                save_checkpoint(state, raw_model, optimizer, ema, scaler, plateau, train_loader, rank,
-                                best=False)
+                save_checkpoint(
+                    state, raw_model, optimizer, ema, scaler, plateau, train_loader, rank, best=False
+                )
     except BaseException as e:
         state.status = "failed" if not isinstance(e, KeyboardInterrupt) else "stopped"
         state.message = f"{type(e).__name__}: {e}"
@@ -359,15 +385,24 @@ def record(state: TrainState, tracker: Tracker, metrics: dict[str, float], step:
 
 def stop_on_nonfinite(state: TrainState, tracker: Tracker, step: int) -> TrainState:
     state.status = "stopped"
-    state.message = (f"non-finite loss or gradient by step {step}: training stopped; the last good "
-                     f"checkpoint {state.checkpoint.last_path} is kept (lower the learning rate, check the data)")
+    state.message = (
+        f"non-finite loss or gradient by step {step}: training stopped; the last good "
+        f"checkpoint {state.checkpoint.last_path} is kept (lower the learning rate, check the data)"
+    )
     log.error(state.message)
     return state
 
 
 @torch.no_grad()
-def evaluate_loader(model: nn.Module, loader: MetaDataLoader, loss_fn: Any, autocast: Any,
-                    device: torch.device, channels: list[str], prefix: str) -> dict[str, float]:
+def evaluate_loader(
+    model: nn.Module,
+    loader: MetaDataLoader,
+    loss_fn: Any,
+    autocast: Any,
+    device: torch.device,
+    channels: list[str],
+    prefix: str,
+) -> dict[str, float]:
     model.eval()
     acc = MetricAccumulator(channels)
     for x, y in loader:
@@ -379,9 +414,19 @@ def evaluate_loader(model: nn.Module, loader: MetaDataLoader, loss_fn: Any, auto
     return acc.compute(prefix)
 
 
-def validate_and_track_best(state: TrainState, cfg: RunConfig, model: nn.Module, ema: EMA | None,
-                            loader: MetaDataLoader | None, loss_fn: Any, autocast: Any, device: torch.device,
-                            tracker: Tracker, plateau: dict[str, float], rank: int) -> bool:
+def validate_and_track_best(
+    state: TrainState,
+    cfg: RunConfig,
+    model: nn.Module,
+    ema: EMA | None,
+    loader: MetaDataLoader | None,
+    loss_fn: Any,
+    autocast: Any,
+    device: torch.device,
+    tracker: Tracker,
+    plateau: dict[str, Any],
+    rank: int,
+) -> bool:
     """Validate (rank 0), record metrics, update best/plateau/early-stopping. Returns: stop early?"""
     if rank != 0 or loader is None:
         return False
@@ -392,15 +437,17 @@ def validate_and_track_best(state: TrainState, cfg: RunConfig, model: nn.Module,
     if value is None or not math.isfinite(value):
         return False
     ck = state.checkpoint
-    better = ck.best_value is None or (value > ck.best_value if cfg.checkpoint.mode == "max"
-                                       else value < ck.best_value)
+    better = ck.best_value is None or (
+        value > ck.best_value if cfg.checkpoint.mode == "max" else value < ck.best_value
+    )
     if better:
         ck.best_value, ck.best_step = value, state.global_step
         state.bad_validations = 0
     else:
         state.bad_validations += 1
     if cfg.scheduler.name == "plateau":
-        improved = value > plateau["best"] if cfg.checkpoint.mode == "max" else value < plateau["best"]
+        best = plateau["best"]
+        improved = best is None or (value > best if cfg.checkpoint.mode == "max" else value < best)
         if improved:
             plateau["best"], plateau["bad"] = value, 0
         else:
@@ -439,13 +486,15 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch
             else:
                 scalars.setdefault(str(idx), {})[k] = v
     groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
-    meta = OptimizerState(name=type(optimizer).__name__, param_groups=groups, scalar_state=scalars,
-                          lr=groups[0]["lr"])
+    meta = OptimizerState(
+        name=type(optimizer).__name__, param_groups=groups, scalar_state=scalars, lr=groups[0]["lr"]
+    )
     return tensors, meta
 
 
-def load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
-                   meta: OptimizerState) -> None:
+def load_optimizer(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: OptimizerState
+) -> None:
     state: dict[int, dict[str, Any]] = {}
     for key, v in tensors.items():
         idx, name = key.split(".", 1)
@@ -465,9 +514,17 @@ def gather_rng(world_size: int) -> list[RNGState]:
     return [RNGState.model_validate(r) for r in everyone]
 
 
-def save_checkpoint(state: TrainState, model: nn.Module, optimizer: torch.optim.Optimizer, ema: EMA | None,
-                    scaler: Any, plateau: dict[str, float], loader: MetaDataLoader, rank: int,
-                    best: bool) -> None:
+def save_checkpoint(
+    state: TrainState,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    ema: EMA | None,
+    scaler: Any,
+    plateau: dict[str, Any],
+    loader: MetaDataLoader,
+    rank: int,
+    best: bool,
+) -> None:
     rngs = gather_rng(state.world_size)  # every rank takes part; only rank 0 writes
     if rank != 0:
         return
@@ -480,9 +537,13 @@ def save_checkpoint(state: TrainState, model: nn.Module, optimizer: torch.optim.
     state.rng = rngs
     state.optimizer = opt_meta
     state.model = ModelState(
-        name=cfg.model.name, num_parameters=sum(p.numel() for p in model.parameters()),
-        dtype=first.dtype, device=first.device, ema_file="ema.safetensors" if ema else None,
-        input_shape=(io.in_frames, io.n_mels), output_shape=(io.out_steps, io.channels),
+        name=cfg.model.name,
+        num_parameters=sum(p.numel() for p in model.parameters()),
+        dtype=first.dtype,
+        device=first.device,
+        ema_file="ema.safetensors" if ema else None,
+        input_shape=(io.in_frames, io.n_mels),
+        output_shape=(io.out_steps, io.channels),
     )
     state.meta_loader = meta_loader_state(loader)
     path = Path(_ckpt_path(state))
@@ -496,20 +557,33 @@ def save_checkpoint(state: TrainState, model: nn.Module, optimizer: torch.optim.
     set_pointer(state.run_dir, "last", path)
     if best:
         set_pointer(state.run_dir, "best", path)
-    prune_checkpoints(state.run_dir, cfg.checkpoint.keep_last,
-                      protect=[state.checkpoint.best_path, state.checkpoint.last_path])
+    prune_checkpoints(
+        state.run_dir,
+        cfg.checkpoint.keep_last,
+        protect=[state.checkpoint.best_path, state.checkpoint.last_path],
+    )
 
 
 def meta_loader_state(loader: MetaDataLoader) -> MetaDataLoaderState:
     sd = loader.state_dict()
-    names = getattr(loader, "names", None) or [str(i) for i in range(len(loader.dataloaders))]
-    loaders = [DataLoaderState(name=n, batches_consumed=c, num_batches=len(dl))
-               for n, c, dl in zip(names, sd["consumed"], loader.dataloaders, strict=True)]
+    names = getattr(loader, "dataset_names", None) or [str(i) for i in range(len(loader.dataloaders))]
+    loaders = [
+        DataLoaderState(name=n, batches_consumed=c, num_batches=len(dl))
+        for n, c, dl in zip(names, sd["consumed"], loader.dataloaders, strict=True)
+    ]
     return MetaDataLoaderState(**sd, loaders=loaders)
 
 
-def restore(state: TrainState, model: nn.Module, optimizer: torch.optim.Optimizer, ema: EMA | None,
-            scaler: Any, plateau: dict[str, float], loader: MetaDataLoader, rank: int) -> None:
+def restore(
+    state: TrainState,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    ema: EMA | None,
+    scaler: Any,
+    plateau: dict[str, Any],
+    loader: MetaDataLoader,
+    rank: int,
+) -> None:
     """Load everything the state points to; RNG last, so nothing built afterwards shifts it."""
     ckpt = Path(state.checkpoint.last_path or "")
     model.load_state_dict(_checked_weights(load_tensors(ckpt, "model.safetensors", state), model, ckpt))
@@ -526,16 +600,23 @@ def restore(state: TrainState, model: nn.Module, optimizer: torch.optim.Optimize
         state.rng[rank].restore()
 
 
-def _checked_weights(tensors: dict[str, torch.Tensor], model: nn.Module, where: Path) -> dict[str, torch.Tensor]:
+def _checked_weights(
+    tensors: dict[str, torch.Tensor], model: nn.Module, where: Path
+) -> dict[str, torch.Tensor]:
     """Refuse weights that don't fit this model, naming the keys and shapes."""
     own = model.state_dict()
     missing = sorted(set(own) - set(tensors))
     extra = sorted(set(tensors) - set(own))
-    shapes = [f"{k}: {tuple(tensors[k].shape)} vs {tuple(own[k].shape)}"
-              for k in own.keys() & tensors.keys() if tensors[k].shape != own[k].shape]
+    shapes = [
+        f"{k}: {tuple(tensors[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own.keys() & tensors.keys()
+        if tensors[k].shape != own[k].shape
+    ]
     if missing or extra or shapes:
-        raise CheckpointError(f"{where}/model.safetensors does not fit model {type(model).__name__}: "
-                              f"missing keys {missing[:5]}, unexpected keys {extra[:5]}, wrong shapes {shapes[:5]}")
+        raise CheckpointError(
+            f"{where}/model.safetensors does not fit model {type(model).__name__}: "
+            f"missing keys {missing[:5]}, unexpected keys {extra[:5]}, wrong shapes {shapes[:5]}"
+        )
     return tensors
 
 

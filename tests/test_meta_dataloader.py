@@ -257,8 +257,9 @@ def test_resume_in_a_later_epoch_with_set_epoch_loop() -> None:
     assert rest == [full[1][7:], full[2]]
 
 
-def test_resume_after_set_weights_mid_epoch() -> None:
-    sizes, batch_size = [400, 400], 1
+@pytest.mark.parametrize("stop_at", [150, 1024, 1100])  # the mixer draws its uniforms in blocks of 1024
+def test_resume_after_set_weights_mid_epoch(stop_at: int) -> None:
+    sizes, batch_size = [1200, 1200], 1
 
     def run(meta: MetaDataLoader, stop_at: int | None) -> list[Key]:
         out: list[Key] = []
@@ -271,7 +272,7 @@ def test_resume_after_set_weights_mid_epoch() -> None:
         return out
 
     full = run(build(sizes, [0.8, 0.2], batch_size=batch_size), None)
-    head = run(first := build(sizes, [0.8, 0.2], batch_size=batch_size), 150)
+    head = run(first := build(sizes, [0.8, 0.2], batch_size=batch_size), stop_at)
     meta = resumed(sizes, [0.8, 0.2], first.state_dict(), batch_size=batch_size)
     assert meta.weights == [0.2, 0.8]
     assert head + take(meta) == full
@@ -345,6 +346,10 @@ def test_state_dict_is_json_and_checked_on_load() -> None:
         build([16, 16, 16], [1.0, 1.0, 1.0]).load_state_dict(state)
     with pytest.raises(ValueError, match="batches consumed"):
         build([16, 4], [1.0, 1.0]).load_state_dict({**state, "consumed": [1, 2]})
+    with pytest.raises(ValueError, match="generator_state"):
+        build([16, 16], [1.0, 1.0]).load_state_dict({**state, "generator_state": [1, 2, 3]})
+    with pytest.raises(ValueError, match="lacks"):
+        build([16, 16], [1.0, 1.0]).load_state_dict({k: v for k, v in state.items() if k != "epoch"})
 
 
 # ------------------------------------------------------------------------------------ sharded sampler

@@ -20,9 +20,10 @@ def is_url(path: str) -> bool:
 def open_binary(path: str):
     """A binary file object for a local path or any fsspec URL (s3://, https://, file://, memory://)."""
     if is_url(path):
-        import fsspec  # imported lazily: s3fs & co. are slow to import and local runs don't need them
+        # through the download cache (keyed by URL + ETag + size); errors name the bucket and key
+        from a2b_pipeline.data import remote
 
-        return fsspec.open(path, "rb").open()
+        return remote.open_binary(path)
     return open(path, "rb")
 
 

@@ -28,17 +28,18 @@ class LoadedRecording:
 def load_recording(rec: Recording, data: DataConfig) -> LoadedRecording:
     """Decode and featurise one recording; the single place where audio is decoded.
 
-    Both tensors are cut at the usable length: the audio, limited by `rec.duration_seconds`, and the
-    shortest signal channel. Raises BadRecordingError naming the recording for any unusable input.
+    Both tensors end with the audio (limited by `rec.duration_seconds`); targets are NaN where a signal
+    channel has no data. Raises BadRecordingError naming the recording for any unusable input.
     """
-    try:
-        wave = read_audio(rec.audio_path, data.sample_rate)
-    except BadRecordingError as e:
-        raise BadRecordingError(rec, e.path, e.reason) from None
-    audio_seconds = wave.shape[0] / data.sample_rate
+    # Decoding and resampling go through the feature cache (keyed by the sources' content + the settings;
+    # URLs are downloaded once): an unchanged recording is never decoded twice.
+    from a2b_pipeline.data import feature_cache
+
+    all_features, n_samples = feature_cache.audio_features(rec, data, lambda path: _decode(path, data))
+    audio_seconds = n_samples / data.sample_rate
     limit = min(audio_seconds, rec.duration_seconds or math.inf)
-    series = read_channels(rec, data.channels)
-    end = signal_end(series)
+    all_target, extent = feature_cache.target(rec, data, lambda local_rec: _read_target(local_rec, data))
+    end, start = extent["end"], extent["start"]
     if abs(end - limit) > data.duration_tolerance_seconds:
         path = rec.signals[data.channels[0]].path
         raise BadRecordingError(
@@ -47,16 +48,34 @@ def load_recording(rec: Recording, data: DataConfig) -> LoadedRecording:
             f"signal ends at {end:.2f} s of the audio but the audio lasts {limit:.2f} s "
             f"(differ by more than duration_tolerance_seconds={data.duration_tolerance_seconds})",
         )
-    usable = min(limit, end)
+    usable = min(limit, end) - max(0.0, start)  # seconds with all data
     if usable < data.window_seconds:
         raise BadRecordingError(
             rec, rec.audio_path, f"too short: {usable:.2f} s usable, a window is {data.window_seconds} s"
         )
-    n_f = n_frames(round(usable * data.sample_rate), data.sample_rate, data.frame_rate)
-    features = log_mel(wave, data.sample_rate, data.n_mels, data.frame_rate)[:n_f]
-    n_t = math.ceil(usable * data.target_rate - 1e-9)
-    target = resample_channels(series, data.target_rate, n_t)
+    # Both grids run to the audio's usable end; target samples past the signal's last one are NaN, and
+    # WindowDataset leaves out windows that reach them.
+    n_f = n_frames(round(limit * data.sample_rate), data.sample_rate, data.frame_rate)
+    features = all_features[:n_f]
+    n_t = math.ceil(limit * data.target_rate - 1e-9)
+    target = feature_cache.extend_target(all_target, n_t)
     return LoadedRecording(features=features, target=target, rec=rec)
+
+
+def _decode(path: str, data: DataConfig) -> tuple[torch.Tensor, int]:
+    """Log-mel frames of the whole audio file and its length in samples at data.sample_rate."""
+    wave = read_audio(path, data.sample_rate)
+    return log_mel(wave, data.sample_rate, data.n_mels, data.frame_rate), int(wave.shape[0])
+
+
+def _read_target(rec: Recording, data: DataConfig) -> tuple[torch.Tensor, dict[str, float]]:
+    """Targets on t = j / target_rate up to the last signal sample (later ones are NaN by construction),
+    with the second where the shortest channel ends and the latest channel start."""
+    series = read_channels(rec, data.channels)
+    last = max(float(t[-1]) for t, _ in series)
+    n = math.floor(last * data.target_rate + 1e-9) + 1
+    extent = {"end": signal_end(series), "start": max(float(t[0]) for t, _ in series)}
+    return resample_channels(series, data.target_rate, max(n, 0)), extent
 
 
 def subject_key(rec: Recording) -> str:
@@ -69,8 +88,8 @@ class NormStats:
     """Normalisation of features and targets, JSON-able (saved with checkpoints for inference).
 
     Features: (x - feature_mean) / feature_std per mel bin, from the train split.
-    Targets by `mode`: "global": train-split mean/std per channel; "subject": per subject, the mean/std of that
-    subject's own recordings in any split (baselines are personal and, at inference time, known from a
+    Targets by `mode`: "global": train-split mean/std per channel; "subject": per subject, the mean/std of
+    that subject's own recordings in any split (baselines are personal and, at inference time, known from a
     calibration recording; a val/test subject's stats never touch the model's weights); "none": identity.
     """
 
@@ -156,8 +175,8 @@ def compute_norm_stats(
 class WindowDataset(Dataset):
     """Windows of `window_seconds` every `hop_seconds`, never crossing a recording.
 
-    Window k of a recording starts at s = k * hop_seconds: x = frames round(s*frame_rate) + [0, Fw), y = target
-    samples round(s*target_rate) + [0, Tw), with Fw = round(window_seconds*frame_rate) and
+    Window k of a recording starts at s = k * hop_seconds: x = frames round(s*frame_rate) + [0, Fw),
+    y = target samples round(s*target_rate) + [0, Tw), with Fw = round(window_seconds*frame_rate) and
     Tw = round(window_seconds*target_rate). Windows whose target has gaps (NaN) are left out.
     """
 

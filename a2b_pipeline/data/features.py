@@ -7,7 +7,6 @@ round(s*target_rate) .., the same seconds on both sides.
 
 from __future__ import annotations
 
-import csv
 import functools
 import io
 import math
@@ -52,7 +51,7 @@ def n_frames(n_samples: int, sample_rate: int, frame_rate: float) -> int:
 
 
 def log_mel(wave: torch.Tensor, sample_rate: int, n_mels: int, frame_rate: float) -> torch.Tensor:
-    """Log-mel power frames [T_frames, n_mels] float32; frame j is centred on sample j * sample_rate/frame_rate.
+    """Log-mel power frames [T_frames, n_mels] float32; frame j is centred on sample j*sample_rate/frame_rate.
 
     Frames start at the rounded exact sample positions, so a non-integer hop (e.g. 22050 Hz at 100 fps)
     doesn't drift out of alignment with the target grid.
@@ -94,23 +93,11 @@ def _read_table(path: str, rec: Recording | None) -> dict[str, np.ndarray]:
                 return {k: np.asarray(z[k], dtype=np.float64).reshape(-1) for k in z.files}
         except (ValueError, OSError) as e:
             raise BadRecordingError(rec, path, f"not a readable .npz of numeric arrays ({e})") from None
-    rows = list(csv.reader(io.StringIO(raw.decode("utf-8-sig"))))
-    if not rows:
-        raise BadRecordingError(rec, path, "signal file is empty (no header row)")
-    header = [h.strip() for h in rows[0]]
-    body = [r for r in rows[1:] if r]
-    out = {}
-    for c, name in enumerate(header):
-        col = np.empty(len(body))
-        for i, r in enumerate(body):
-            try:
-                col[i] = float(r[c])
-            except (ValueError, IndexError):
-                cell = repr(r[c]) if c < len(r) else "missing"
-                raise BadRecordingError(rec, path, f"line {i + 2}, column {name!r}: not a number ({cell})") \
-                    from None
-        out[name] = col
-    return out
+    # corpora.parse_signal_csv: a header row or none (columns '0', '1', ...; a raw Empatica preamble is
+    # dropped), empty cells -> NaN (a wide file's listener may stop early), non-numbers -> BadRecordingError
+    from a2b_pipeline.data.corpora import parse_signal_csv
+
+    return parse_signal_csv(raw.decode("utf-8-sig"), path, rec)
 
 
 def read_channels(rec: Recording, channels: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -124,11 +111,16 @@ def read_channels(rec: Recording, channels: Sequence[str]) -> list[tuple[np.ndar
         if src.path not in tables:
             tables[src.path] = _read_table(src.path, rec)
         table = tables[src.path]
-        if src.column not in table:
+        column = src.column
+        if src.time_column is None and column not in table:  # fixed-rate file: its one value column
+            from a2b_pipeline.data.corpora import pick_value_column
+
+            column = pick_value_column(table, src.column) or column
+        if column not in table:
             raise BadRecordingError(
                 rec, src.path, f"missing channel column {src.column!r} (has {sorted(table)})"
             )
-        values = table[src.column]
+        values = table[column]
         if src.time_column is None:
             if not src.rate:
                 raise BadRecordingError(rec, src.path, f"channel {ch!r} has no time column and no rate")
@@ -137,13 +129,18 @@ def read_channels(rec: Recording, channels: Sequence[str]) -> list[tuple[np.ndar
             raise BadRecordingError(rec, src.path, f"missing time column {src.time_column!r}")
         else:
             times = table[src.time_column]
+        # empty cells at the end of a column: that listener's recording stopped before the file's last row
+        n_valid = len(values) - int(np.argmax(~np.isnan(values[::-1]))) if np.isfinite(values).any() else 0
+        values, times = values[:n_valid], times[:n_valid]
         if len(values) < 2:
             raise BadRecordingError(rec, src.path, f"channel {src.column!r} has {len(values)} samples")
         for name, arr in ((src.column, values), (src.time_column or "time", times)):
             bad = np.flatnonzero(~np.isfinite(arr))
             if bad.size:
                 raise BadRecordingError(
-                    rec, src.path, f"column {name!r} has NaN/inf values ({bad.size}, first at data row {bad[0] + 1})"
+                    rec,
+                    src.path,
+                    f"column {name!r} has NaN/inf values ({bad.size}, first at data row {bad[0] + 1})",
                 )
         steps = np.flatnonzero(np.diff(times) <= 0)
         if steps.size:
@@ -159,7 +156,9 @@ def signal_end(series: list[tuple[np.ndarray, np.ndarray]]) -> float:
     return min(float(t[-1] + np.median(np.diff(t))) for t, _ in series)
 
 
-def resample_channels(series: list[tuple[np.ndarray, np.ndarray]], target_rate: float, n: int) -> torch.Tensor:
+def resample_channels(
+    series: list[tuple[np.ndarray, np.ndarray]], target_rate: float, n: int
+) -> torch.Tensor:
     """Linear interpolation onto t = j / target_rate, j < n: [n, C] float32; NaN outside a channel's span."""
     grid = np.arange(n) / target_rate
     cols = [np.interp(grid, t, v, left=np.nan, right=np.nan) for t, v in series]

@@ -33,6 +33,19 @@ from torch.utils.data import DataLoader, Sampler
 __all__ = ["MetaDataLoader", "ShardedEpochSampler", "derive_seed"]
 
 _STATE_FORMAT = 1
+_STATE_KEYS = frozenset(
+    {
+        "format",
+        "split",
+        "seed",
+        "epoch",
+        "consumed",
+        "weights",
+        "generator_state",
+        "draw_block",
+        "draw_offset",
+    }
+)
 # Uniforms are drawn in blocks: one torch call per block instead of one per batch keeps the per-draw cost to
 # a list index and a bisect (the benchmark compares against plain DataLoaders).
 _DRAW_BLOCK = 1024
@@ -254,6 +267,9 @@ class MetaDataLoader:
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         """The next ``__iter__`` resumes exactly at ``sd``'s position without reading the skipped batches."""
         bad = "MetaDataLoader.load_state_dict:"
+        missing = sorted(_STATE_KEYS - sd.keys())
+        if missing:
+            raise ValueError(f"{bad} state lacks {missing}")
         if sd.get("format") != _STATE_FORMAT:
             raise ValueError(f"{bad} state format {sd.get('format')!r}, expected {_STATE_FORMAT}")
         if sd["split"] != self.split:
@@ -272,11 +288,16 @@ class MetaDataLoader:
         block_len, cursor = int(sd["draw_block"]), int(sd["draw_offset"])
         if not 0 <= cursor <= block_len:
             raise ValueError(f"{bad} draw_offset {cursor} is outside its block of {block_len}")
+        try:
+            block_state = torch.tensor(sd["generator_state"], dtype=torch.uint8)
+            torch.Generator().set_state(block_state)  # fail here, not at the next __iter__
+        except (RuntimeError, TypeError, ValueError, OverflowError) as e:
+            raise ValueError(f"{bad} generator_state is not a CPU torch.Generator state ({e})") from None
         self._iteration += 1
         self.epoch = int(sd["epoch"])
         self._consumed = consumed
         self._weights = weights
-        self._block_state = torch.tensor(sd["generator_state"], dtype=torch.uint8)
+        self._block_state = block_state
         self._block_len = block_len
         self._cursor = cursor
 

@@ -15,6 +15,7 @@ the key: a missing bucket, a missing key, refused or absent credentials, an unre
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -165,7 +166,11 @@ def _filesystem(url: str) -> tuple[Any, str]:
         os.environ.get("AWS_ENDPOINT_URL_S3"),
         os.environ.get("AWS_PROFILE"),
         # a change of credentials in the environment needs a new client; only a hash is kept, in memory
-        hash(tuple(os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"))),
+        hash(
+            tuple(
+                os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+            )
+        ),
     )
     with _FS_LOCK:
         fs = _FS.get(key)
@@ -224,7 +229,9 @@ def _translate(exc: BaseException, url: str) -> RemoteError:
         )
     if isinstance(exc, FileNotFoundError):
         if bucket:
-            return RemoteNotFoundError(f"{shown}: no such object (key {key!r} in bucket {bucket!r}){where}", url)
+            return RemoteNotFoundError(
+                f"{shown}: no such object (key {key!r} in bucket {bucket!r}){where}", url
+            )
         return RemoteNotFoundError(f"{shown}: no such file", url)
     if name in ("EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError", "ConnectionError"):
         return RemoteError(f"{shown}: cannot reach the storage endpoint{where}: {text}", url)
@@ -329,7 +336,9 @@ def list_tree(root: str | os.PathLike[str]) -> dict[str, FileInfo]:
             is_dir = fs.isdir(rpath)
         if not is_dir:
             bucket, key = _bucket_key(s)
-            raise RemoteNotFoundError(f"{redact(s)}: nothing under key prefix {key!r} in bucket {bucket!r}", s)
+            raise RemoteNotFoundError(
+                f"{redact(s)}: nothing under key prefix {key!r} in bucket {bucket!r}", s
+            )
     return out
 
 
@@ -359,12 +368,56 @@ def fetch(path: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None
         return local
     info = file_info(s)
     dest = _cache_path(s, info, cache_dir)
-    try:
-        if dest.stat().st_size == info.size or info.size < 0:
-            return str(dest)
-    except FileNotFoundError:
-        pass
+    if _cached(dest, info):
+        return str(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    # one download per file: threads wait on a lock, processes (workers, ranks, parallel runs) on a file lock
+    with _download_lock(str(dest)), _file_lock(dest.parent / ".lock"):
+        if _cached(dest, info):
+            return str(dest)
+        _download(s, info, dest)
+    # drop older versions of this URL (best effort; open files stay readable on POSIX)
+    for sib in dest.parent.parent.iterdir():
+        if sib != dest.parent and sib.is_dir():
+            shutil.rmtree(sib, ignore_errors=True)
+    return str(dest)
+
+
+def _cached(dest: Path, info: FileInfo) -> bool:
+    try:
+        return dest.stat().st_size == info.size or info.size < 0
+    except FileNotFoundError:
+        return False
+
+
+_DL_LOCKS: dict[str, threading.Lock] = {}
+
+
+def _download_lock(key: str) -> threading.Lock:
+    with _FS_LOCK:
+        lock = _DL_LOCKS.get(key)
+        if lock is None:
+            lock = _DL_LOCKS[key] = threading.Lock()
+        return lock
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: the atomic rename alone keeps the cache consistent
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _download(s: str, info: FileInfo, dest: Path) -> None:
+    """Download to a temporary file beside `dest`, check the size, fsync, rename into place."""
     tmp = dest.parent / f".{dest.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part"
     fs, rpath = _filesystem(s)
     try:
@@ -373,7 +426,7 @@ def fetch(path: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None
         got = tmp.stat().st_size
         if info.size >= 0 and got != info.size:
             raise RemoteError(
-                f"{redact(s)}: downloaded {got} bytes, expected {info.size} (object changed during download?)",
+                f"{redact(s)}: downloaded {got} bytes, expected {info.size} (changed during the download?)",
                 s,
             )
         with open(tmp, "rb") as f:
@@ -382,11 +435,6 @@ def fetch(path: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None
     finally:
         if tmp.exists():
             tmp.unlink()
-    # drop older versions of this URL (best effort; open files stay readable on POSIX)
-    for sib in dest.parent.parent.iterdir():
-        if sib != dest.parent and sib.is_dir():
-            shutil.rmtree(sib, ignore_errors=True)
-    return str(dest)
 
 
 def open_binary(path: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None) -> IO[bytes]:
@@ -413,7 +461,5 @@ def forget_listings() -> None:
     _KNOWN.clear()
     with _FS_LOCK:
         for fs in _FS.values():
-            try:
+            with contextlib.suppress(Exception):  # best effort
                 fs.invalidate_cache()
-            except Exception:  # noqa: BLE001 - best effort
-                pass

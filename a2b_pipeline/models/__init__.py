@@ -53,8 +53,9 @@ class ConvGRU(nn.Module):
         super().__init__()
         self.out_steps = io.out_steps
         self.frontend = ConvFrontEnd(io.n_mels, cfg.conv_channels, 2, cfg.dropout)
-        self.gru = nn.GRU(cfg.conv_channels, cfg.hidden, cfg.layers, batch_first=True,
-                          bidirectional=cfg.bidirectional)
+        self.gru = nn.GRU(
+            cfg.conv_channels, cfg.hidden, cfg.layers, batch_first=True, bidirectional=cfg.bidirectional
+        )
         self.head = nn.Linear(cfg.hidden * (2 if cfg.bidirectional else 1), io.channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -103,8 +104,15 @@ class Transformer(nn.Module):
         super().__init__()
         self.out_steps = io.out_steps
         self.patch = nn.Conv1d(io.n_mels, cfg.d_model, kernel_size=4, stride=4)  # 4x fewer tokens
-        layer = nn.TransformerEncoderLayer(cfg.d_model, cfg.heads, cfg.d_model * cfg.ff_mult, cfg.dropout,
-                                           activation="gelu", batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            cfg.d_model,
+            cfg.heads,
+            cfg.d_model * cfg.ff_mult,
+            cfg.dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
         self.encoder = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
         self.register_buffer("pos", _sinusoid(max(io.in_frames // 4 + 1, 1), cfg.d_model), persistent=False)
         self.head = nn.Sequential(nn.LayerNorm(cfg.d_model), nn.Linear(cfg.d_model, io.channels))
@@ -171,8 +179,9 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def build_model(cfg: ConvGRUConfig | TCNConfig | TransformerConfig | PretrainedEncoderConfig,
-                io: ModelIO) -> nn.Module:
+def build_model(
+    cfg: ConvGRUConfig | TCNConfig | TransformerConfig | PretrainedEncoderConfig, io: ModelIO
+) -> nn.Module:
     return MODELS[cfg.name](cfg, io)
 
 

@@ -1,0 +1,185 @@
+"""Corpus manifests: one row per recording, CSV (with a header) or JSONL (one object per line).
+
+Columns: recording_id, subject_id, audio_path, signal_path; optional offset_seconds (the signal's t=0 is at
+this second of the audio), duration_seconds (usable length), signal_rate (Hz, for signal files without a
+`time` column). Relative paths are relative to the manifest's folder (or URL).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import posixpath
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import soundfile as sf
+
+from a2b_pipeline.data.audio import is_url, open_binary
+from a2b_pipeline.data.recording import Listing, Recording, SignalSource, Skipped
+
+REQUIRED = ("recording_id", "subject_id", "audio_path", "signal_path")
+OPTIONAL = ("offset_seconds", "duration_seconds", "signal_rate")
+
+
+class ManifestError(ValueError):
+    """A manifest that can't be used; the message names the file, and the row and column when it can."""
+
+
+def _read_rows(path: str) -> list[dict[str, Any]]:
+    try:
+        with open_binary(path) as f:
+            text = f.read().decode("utf-8-sig")
+    except FileNotFoundError:
+        raise ManifestError(f"manifest not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ManifestError(f"{path}: cannot read manifest ({e})") from None
+    if path.lower().endswith((".jsonl", ".ndjson")):
+        rows = []
+        for line_no, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ManifestError(f"{path}, line {line_no}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise ManifestError(
+                    f"{path}, line {line_no}: expected a JSON object, got {type(row).__name__}"
+                )
+            rows.append(row)
+        columns = sorted({k for r in rows for k in r})
+        missing = [c for c in REQUIRED if not any(c in r for r in rows)]
+    else:
+        reader = csv.DictReader(io.StringIO(text))
+        columns = [c.strip() for c in reader.fieldnames or []]
+        reader.fieldnames = columns
+        rows = [r for r in reader if any((v or "").strip() for v in r.values() if isinstance(v, str))]
+        missing = [c for c in REQUIRED if c not in columns]
+    if missing:
+        raise ManifestError(f"{path}: missing column(s) {missing} (has {columns})")
+    if not rows:
+        raise ManifestError(f"{path}: manifest has no rows")
+    return rows
+
+
+def _resolve(base: str, p: str) -> str:
+    if is_url(p) or os.path.isabs(p):
+        return p
+    if is_url(base):
+        return posixpath.join(base, p)
+    return os.path.normpath(os.path.join(base, p))
+
+
+def _text(row: dict[str, Any], col: str) -> str:
+    v = row.get(col)
+    if v is None or (isinstance(v, str) and not v.strip()):
+        raise ValueError(f"column {col!r}: missing or empty")
+    return str(v).strip()
+
+
+def _number(row: dict[str, Any], col: str, *, positive: bool = False) -> float | None:
+    v = row.get(col)
+    if v is None or (isinstance(v, str) and not v.strip()):
+        return None
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        x = math.nan
+    if not math.isfinite(x) or (positive and x <= 0):
+        kind = "a positive number" if positive else "a finite number"
+        raise ValueError(f"column {col!r}: not {kind} ({v!r})")
+    return x
+
+
+def signal_columns(path: str) -> list[str]:
+    """Column names of a signal file (CSV header, or .npz keys)."""
+    with open_binary(path) as f:
+        if path.lower().endswith(".npz"):
+            with np.load(io.BytesIO(f.read()), allow_pickle=False) as z:
+                return list(z.files)
+        return [c.strip() for c in f.readline().decode("utf-8-sig").strip().split(",")]
+
+
+def read_manifest_listing(
+    path_or_url: str,
+    dataset_name: str,
+    *,
+    channels: Sequence[str] | None = None,
+    on_bad: Literal["error", "skip"] = "error",
+) -> Listing:
+    """Recordings of a manifest. File-level problems (not found, missing columns, no rows) always raise
+    ManifestError; row-level ones (empty or bad values, duplicate ids, missing local files) raise in
+    "error" mode and become Skipped entries in "skip" mode.
+
+    `channels`: config channel names, each read from the signal file's column of that name; None reads the
+    channels from the signal files' headers (every column but `time`).
+    """
+    path = str(path_or_url)
+    rows = _read_rows(path)
+    base = posixpath.dirname(path) if is_url(path) else os.path.dirname(os.path.abspath(path))
+    listing = Listing()
+    seen: set[str] = set()
+    for i, row in enumerate(rows, 1):
+        try:
+            rid = _text(row, "recording_id")
+            if rid in seen:
+                raise ValueError(f"column 'recording_id': duplicate id {rid!r}")
+            audio = _resolve(base, _text(row, "audio_path"))
+            signal = _resolve(base, _text(row, "signal_path"))
+            for col, p in (("audio_path", audio), ("signal_path", signal)):
+                if not is_url(p) and not os.path.isfile(p):
+                    raise ValueError(f"column {col!r}: file not found: {p}")
+            rate = _number(row, "signal_rate", positive=True)
+            time_col = None if rate else "time"
+            names = (
+                list(channels) if channels is not None else [c for c in signal_columns(signal) if c != "time"]
+            )
+            rec = Recording(
+                dataset=dataset_name,
+                recording_id=rid,
+                subject_id=_text(row, "subject_id"),
+                audio_path=audio,
+                signals={c: SignalSource(signal, c, time_col, rate) for c in names},
+                offset_seconds=_number(row, "offset_seconds") or 0.0,
+                duration_seconds=_number(row, "duration_seconds", positive=True),
+                row=i,
+                source=path,
+            )
+        except (ValueError, OSError) as e:  # OSError: a remote signal file's header couldn't be read
+            msg = f"{path}, row {i}: {e}"
+            if on_bad == "error":
+                raise ManifestError(msg) from None
+            listing.skipped.append(Skipped(path=path, reason=msg, row=i, dataset=dataset_name))
+            continue
+        seen.add(rid)
+        listing.recordings.append(rec)
+    return listing
+
+
+def read_manifest(
+    path_or_url: str, dataset_name: str, *, channels: Sequence[str] | None = None
+) -> list[Recording]:
+    """All recordings of a manifest; any problem raises ManifestError naming file, row and column."""
+    return read_manifest_listing(path_or_url, dataset_name, channels=channels).recordings
+
+
+def summarize_manifest(path: str) -> dict[str, Any]:
+    """Counts for a human: recordings, subjects, hours of audio, channels (from the signal files)."""
+    recs = read_manifest(path, "summary")
+    seconds = 0.0
+    for r in recs:
+        with open_binary(r.audio_path) as f:
+            seconds += sf.info(f).duration
+    channels = sorted({c for r in recs for c in r.signals})
+    return {
+        "manifest": str(path),
+        "recordings": len(recs),
+        "subjects": len({r.subject_id for r in recs}),
+        "hours": seconds / 3600.0,
+        "channels": channels,
+    }

@@ -1,0 +1,212 @@
+"""RunConfig -> PreparedData (listed, loaded, split, normalised windows) -> MetaDataLoader per split."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from a2b_pipeline.configs import RunConfig
+from a2b_pipeline.data.adapters import list_recordings
+from a2b_pipeline.data.datasets import (
+    LoadedRecording,
+    NormStats,
+    WindowDataset,
+    compute_norm_stats,
+    load_recording,
+)
+from a2b_pipeline.data.meta_dataloader import MetaDataLoader, ShardedEpochSampler, derive_seed
+from a2b_pipeline.data.recording import BadRecordingError, Listing, Recording, Skipped
+from a2b_pipeline.data.splits import SPLITS, split_recordings
+
+log = logging.getLogger(__name__)
+
+# DataConfig fields that change what the windows contain (batching, workers and weights don't).
+_DATA_KEYS = (
+    "channels",
+    "sample_rate",
+    "n_mels",
+    "frame_rate",
+    "target_rate",
+    "window_seconds",
+    "hop_seconds",
+    "normalize",
+    "val_fraction",
+    "test_fraction",
+    "on_bad_recording",
+    "duration_tolerance_seconds",
+)
+
+
+@dataclass
+class PreparedData:
+    splits: dict[str, dict[str, WindowDataset]]  # split -> dataset name -> dataset (names in config order)
+    recordings: dict[str, dict[str, list[Recording]]]  # split -> dataset name -> recordings
+    skipped: list[Skipped]
+    norm: NormStats  # from the train split only
+    data_version: str  # sha256 over the listing (paths, sizes, mtimes/etags) + data settings
+
+
+def _file_id(path: str) -> list:
+    """What identifies a file's version: size and mtime (local) or size and ETag (URL; from the corpus
+    listing when the adapter listed it, so an unchanged bucket costs no request per file)."""
+    from a2b_pipeline.data import remote
+
+    try:
+        info = remote.file_info(path)
+    except FileNotFoundError:
+        return [path, None]
+    return [path, info.size, info.version]
+
+
+def compute_data_version(cfg: RunConfig, listings: dict[str, Listing]) -> str:
+    """sha256 (16 hex) over the data settings, the split seed and every listed recording's files."""
+    h = hashlib.sha256()
+    data = cfg.data.model_dump(mode="json")
+    settings = {k: data[k] for k in _DATA_KEYS}
+    settings["datasets"] = [{k: v for k, v in d.items() if k != "weight"} for d in data["datasets"]]
+    h.update(json.dumps({"seed": cfg.seed, "data": settings}, sort_keys=True).encode())
+    for name, listing in listings.items():
+        for rec in listing.recordings:
+            files = [rec.audio_path, *sorted({s.path for s in rec.signals.values()})]
+            item = [name, rec.recording_id, rec.subject_id, rec.offset_seconds, rec.duration_seconds]
+            h.update(json.dumps(item + [_file_id(p) for p in files]).encode())
+        for s in listing.skipped:
+            h.update(json.dumps([name, "skipped", s.path, s.row]).encode())
+    return h.hexdigest()[:16]
+
+
+def _load_all(recs: list[Recording], cfg: RunConfig) -> tuple[list[LoadedRecording], list[Skipped]]:
+    def one(rec: Recording) -> LoadedRecording | BadRecordingError:
+        try:
+            return load_recording(rec, cfg.data)
+        except BadRecordingError as e:
+            return e
+
+    # Threads: decoding (libsndfile) and torch ops release the GIL; results keep the input order.
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        results = list(pool.map(one, recs))
+    loaded, skipped = [], []
+    for r in results:
+        if isinstance(r, BadRecordingError):
+            if cfg.data.on_bad_recording == "error":
+                raise r
+            log.warning("skipping bad recording: %s", r)
+            skipped.append(Skipped(path=r.path, reason=r.reason, row=r.row, dataset=r.dataset))
+        else:
+            loaded.append(r)
+    return loaded, skipped
+
+
+def prepare_data(cfg: RunConfig) -> PreparedData:
+    """List, load, split (by subject, per dataset), normalise (train stats) and window every dataset."""
+    listings: dict[str, Listing] = {}
+    loaded_by: dict[str, dict[str, list[LoadedRecording]]] = {s: {} for s in SPLITS}
+    skipped: list[Skipped] = []
+    for ds in cfg.data.datasets:
+        listing = list_recordings(ds, cfg.data)
+        listings[ds.name] = listing
+        skipped += listing.skipped
+        loaded, bad = _load_all(listing.recordings, cfg)
+        skipped += bad
+        if not loaded:
+            raise ValueError(
+                f"dataset {ds.name!r}: no usable recordings ({len(listing.recordings)} listed, "
+                f"{len(listing.skipped) + len(bad)} skipped)"
+            )
+        by_id = {id(lr.rec): lr for lr in loaded}
+        parts = split_recordings(
+            [lr.rec for lr in loaded], cfg.data.val_fraction, cfg.data.test_fraction, cfg.seed
+        )
+        for split, recs in parts.items():
+            loaded_by[split][ds.name] = [by_id[id(r)] for r in recs]
+    train = [lr for lst in loaded_by["train"].values() for lr in lst]
+    everything = [lr for part in loaded_by.values() for lst in part.values() for lr in lst]
+    norm = compute_norm_stats(train, everything, cfg.data)
+    splits = {
+        s: {name: WindowDataset(lst, cfg.data, norm) for name, lst in part.items()}
+        for s, part in loaded_by.items()
+    }
+    if not any(len(d) for d in splits["train"].values()):
+        raise ValueError("the train split has no windows (recordings shorter than window_seconds?)")
+    recordings = {
+        s: {name: [lr.rec for lr in lst] for name, lst in part.items()} for s, part in loaded_by.items()
+    }
+    return PreparedData(splits, recordings, skipped, norm, compute_data_version(cfg, listings))
+
+
+def seed_worker(worker_id: int) -> None:
+    """worker_init_fn: seed python and numpy from the worker's torch seed (base seed from the loader's own
+    generator + worker id), so any randomness in a worker is reproducible."""
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def make_loader(
+    prepared: PreparedData, cfg: RunConfig, split: str, *, rank: int = 0, world_size: int = 1
+) -> MetaDataLoader:
+    """One DataLoader per dataset with windows in `split` (config order), mixed by a MetaDataLoader.
+
+    Train draws with the config weights at step 0 (the trainer applies weight_schedule via `loader_weights`);
+    val/test weigh every dataset 1, since an evaluation pass reads them all anyway. The returned loader
+    carries `dataset_names` and `dataset_indices` (positions in cfg.data.datasets) of its loaders.
+    """
+    if split not in prepared.splits:
+        raise KeyError(f"unknown split {split!r}; have {sorted(prepared.splits)}")
+    pin = cfg.train.device != "cpu" and torch.cuda.is_available()
+    weights = cfg.data.weights_at(0)
+    loaders, used, indices = [], [], []
+    for i, ds_cfg in enumerate(cfg.data.datasets):
+        ds = prepared.splits[split].get(ds_cfg.name)
+        if ds is None or len(ds) == 0:
+            continue
+        sampler = ShardedEpochSampler(
+            len(ds),
+            shuffle=split == "train",
+            seed=derive_seed("dataset", cfg.seed, i),
+            rank=rank,
+            world_size=world_size,
+        )
+        gen = torch.Generator().manual_seed(derive_seed("workers", cfg.seed, i))
+        loaders.append(
+            DataLoader(
+                ds,
+                batch_size=cfg.data.batch_size,
+                sampler=sampler,
+                num_workers=cfg.data.num_workers,
+                generator=gen,
+                worker_init_fn=seed_worker,
+                pin_memory=pin,
+                persistent_workers=False,
+                drop_last=False,
+            )
+        )
+        used.append(ds_cfg.name)
+        indices.append(i)
+    if not loaders:
+        raise ValueError(f"split {split!r} has no windows in any dataset")
+    w = [weights[i] for i in indices] if split == "train" else [1.0] * len(loaders)
+    if not any(w):
+        raise ValueError(
+            f"split {split!r}: every dataset with windows ({used}) has weight 0 at step 0; "
+            "datasets with positive weight have no windows in this split"
+        )
+    meta = MetaDataLoader(loaders, split, w, seed=cfg.seed)
+    meta.dataset_names = used  # type: ignore[attr-defined]
+    meta.dataset_indices = indices  # type: ignore[attr-defined]
+    return meta
+
+
+def loader_weights(loader: MetaDataLoader, cfg: RunConfig, step: int) -> list[float]:
+    """cfg.data.weights_at(step) restricted to the loader's datasets (some may have been dropped)."""
+    weights = cfg.data.weights_at(step)
+    return [weights[i] for i in loader.dataset_indices]  # type: ignore[attr-defined]

@@ -1,0 +1,141 @@
+"""Asset checks that read what an asset recorded and look at the files themselves.
+
+(The window-level checks, targets finite and split coverage, are computed inside `dataset_splits`,
+where the decoded windows are in memory: see its `check_specs`.)
+"""
+
+import math
+from typing import Any
+
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetKey,
+    MetadataValue,
+    asset_check,
+)
+
+from a2b_pipeline.defs.assets import corpus_manifest, evaluation, experiments
+from a2b_pipeline.defs.common import upstream_record
+from a2b_pipeline.defs.resources import QualityGate
+
+
+def _audio_problem(path: str) -> str | None:
+    import soundfile as sf
+
+    from a2b_pipeline.data import remote
+
+    try:
+        with remote.open_binary(path) as f:
+            info = sf.info(f)
+    except remote.RemoteNotFoundError:
+        return "missing"
+    except (OSError, RuntimeError, ValueError) as e:  # soundfile raises LibsndfileError (a RuntimeError)
+        return f"does not decode as audio: {e}"
+    if info.frames <= 0 or info.samplerate <= 0:
+        return "decodes to no samples"
+    return None
+
+
+def _signal_problem(path: str, columns: set[str]) -> str | None:
+    from a2b_pipeline.data import remote
+    from a2b_pipeline.data.manifest import signal_columns
+
+    try:
+        have = set(signal_columns(path))
+    except remote.RemoteNotFoundError:
+        return "missing"
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        return f"unreadable signal file: {e}"
+    lacking = sorted(columns - have)
+    return f"lacks column(s) {lacking} (has {sorted(have)})" if lacking else None
+
+
+def _targets(context: AssetCheckExecutionContext, asset: str) -> list[str]:
+    """The experiment of the run; when a check is executed on its own (no partition), every
+    experiment that has a materialization of the asset."""
+    if context.has_partition_key:
+        return [context.partition_key]
+    keys = context.instance.get_dynamic_partitions(experiments.name)
+    status = context.instance.get_materialized_partitions(AssetKey(asset))
+    return [k for k in keys if k in status]
+
+
+@asset_check(
+    asset=corpus_manifest,
+    blocking=True,
+    description="Every listed audio file exists and its header decodes (soundfile); every signal file "
+    "exists and has the columns the config reads. Blocks dataset_splits when it fails.",
+)
+def corpus_files_readable(context: AssetCheckExecutionContext) -> AssetCheckResult:
+    problems: list[str] = []
+    audio = signals = 0
+    datasets = []
+    for name in _targets(context, "corpus_manifest"):
+        datasets += upstream_record(context, "corpus_manifest", name)["datasets"]
+    for ds in datasets:
+        for rec in ds["recordings"]:
+            audio += 1
+            if err := _audio_problem(rec["audio_path"]):
+                problems.append(f"{ds['name']} row {rec.get('row')}: {rec['audio_path']}: {err}")
+            by_file: dict[str, set[str]] = {}
+            for src in rec["signals"].values():
+                by_file.setdefault(src["path"], set()).add(src["column"])
+            for path, cols in by_file.items():
+                signals += 1
+                if err := _signal_problem(path, cols):
+                    problems.append(f"{ds['name']} row {rec.get('row')}: {path}: {err}")
+    return AssetCheckResult(
+        passed=not problems,
+        metadata={
+            "audio_files_checked": audio,
+            "signal_files_checked": signals,
+            "problems": MetadataValue.json(problems[:100]),
+            "problem_count": len(problems),
+        },
+        description=None if not problems else f"{len(problems)} unreadable file(s); first: {problems[0]}",
+    )
+
+
+@asset_check(
+    asset=evaluation,
+    description="Every test metric is finite, and the gate metric (QualityGate resource, default "
+    "test/pearson) is at or above its floor.",
+)
+def evaluation_metrics_ok(context: AssetCheckExecutionContext, quality: QualityGate) -> AssetCheckResult:
+    problems: list[str] = []
+    values: dict[str, float | None] = {}
+    checkpoints: dict[str, str] = {}
+    for name in _targets(context, "evaluation"):
+        record = upstream_record(context, "evaluation", name)
+        metrics: dict[str, Any] = record["metrics"]
+        checkpoints[name] = record["checkpoint"]
+        bad = sorted(k for k, v in metrics.items() if not (isinstance(v, int | float) and math.isfinite(v)))
+        value = values[name] = metrics.get(quality.metric)
+        if bad:
+            problems.append(f"{name}: non-finite metrics {bad}")
+        if value is None:
+            problems.append(f"{name}: no metric {quality.metric!r} (has {sorted(metrics)})")
+        elif not math.isfinite(value) or value < quality.floor:
+            problems.append(f"{name}: {quality.metric} = {value:.4f} is below the floor {quality.floor}")
+    md: dict[str, Any] = {
+        "metric": quality.metric,
+        "floor": MetadataValue.float(float(quality.floor)),
+        "problems": MetadataValue.json(problems),
+    }
+    if len(values) == 1:
+        (value,) = values.values()
+        md["value"] = MetadataValue.float(float(value)) if value is not None else MetadataValue.null()
+        md["checkpoint"] = MetadataValue.path(next(iter(checkpoints.values())))
+    else:
+        md["values"] = MetadataValue.json(values)
+    return AssetCheckResult(
+        passed=not problems and bool(values),
+        severity=AssetCheckSeverity.ERROR,
+        metadata=md,
+        description="; ".join(problems) or (None if values else "no evaluation to check"),
+    )
+
+
+CHECKS = [corpus_files_readable, evaluation_metrics_ok]

@@ -1,0 +1,271 @@
+"""What the assets share: loading an experiment's effective config, JSON records on disk that pin
+what each materialization produced, lineage metadata, fingerprints of corpus files, the plot.
+
+Nothing here imports torch at module level: the code location loads fast and the heavy modules
+are imported inside asset bodies.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dagster import AssetKey, AssetRecordsFilter, Failure, MetadataValue
+
+from a2b_pipeline.defs.resources import ExperimentStore, TrainDevice, WandbTracking
+
+if TYPE_CHECKING:
+    from a2b_pipeline.configs import RunConfig
+    from a2b_pipeline.state import TrainState
+
+RECORDS_DIR = "dagster"
+RECORD_KEY = "record"
+RECORD_SHA_KEY = "record_sha256"
+
+
+@dataclass
+class Experiment:
+    """One partition: the config file, the effective config Dagster runs, and where its files go."""
+
+    name: str
+    config_file: Path
+    cfg: RunConfig
+    dir: Path
+
+    @property
+    def config_hash(self) -> str:
+        return self.cfg.config_hash()
+
+    @property
+    def records(self) -> Path:
+        return self.dir / RECORDS_DIR
+
+    def run_dir(self, data_version: str) -> Path:
+        """One training run per (config, data): a retry resumes here, new data or config starts anew."""
+        return self.dir / f"train-{self.config_hash}-{data_version[:12]}"
+
+
+def load_experiment(
+    name: str, store: ExperimentStore, tracking: WandbTracking, compute: TrainDevice
+) -> Experiment:
+    import a2b_pipeline.data.corpora  # noqa: F401  (registers the hku956 / pmemo2019 adapters)
+    from a2b_pipeline.configs import config_from_dict, load_config
+
+    config_file = store.config_path(name)
+    cfg = store.rebase(load_config(config_file))
+    raw = cfg.model_dump(mode="json")
+    tracking.apply(raw)
+    compute.apply(raw)
+    cfg = config_from_dict(raw, str(config_file))
+    exp = Experiment(name=name, config_file=config_file, cfg=cfg, dir=store.experiment_dir(cfg, name))
+    exp.records.mkdir(parents=True, exist_ok=True)
+    effective = exp.records / f"config-{exp.config_hash}.yaml"
+    if not effective.exists():
+        atomic_write(effective, cfg.to_yaml().encode())
+    return exp
+
+
+# ---- files ----
+
+
+def atomic_write(path: Path, blob: bytes) -> str:
+    """Write via a temporary sibling and rename; returns the sha256 of the bytes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return hashlib.sha256(blob).hexdigest()
+
+
+def sha256_bytes(blob: bytes) -> str:
+    return hashlib.sha256(blob).hexdigest()
+
+
+def sha256_json(obj: Any) -> str:
+    return sha256_bytes(json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode())
+
+
+def write_record(exp: Experiment, asset: str, payload: dict[str, Any]) -> tuple[Path, str]:
+    """`<experiment>/dagster/<asset>.json`: what this materialization produced, for the next asset."""
+    path = exp.records / f"{asset}.json"
+    sha = atomic_write(path, json.dumps(payload, indent=1, sort_keys=True, default=str).encode())
+    return path, sha
+
+
+def upstream_record(context: Any, asset: str, partition: str | None = None) -> dict[str, Any]:
+    """The record of the upstream asset's latest materialization of this partition, as the instance
+    knows it (not whatever file happens to be on disk): its sha256 must match what was recorded."""
+    partition = partition or context.partition_key
+    result = context.instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=AssetKey(asset), asset_partitions=[partition]), limit=1
+    )
+    if not result.records:
+        raise Failure(f"{asset} has no materialization for experiment {partition!r}: materialize it first")
+    mat = result.records[0].asset_materialization
+    assert mat is not None
+    md = mat.metadata
+    if RECORD_KEY not in md:
+        raise Failure(f"{asset} [{partition}]: its latest materialization has no {RECORD_KEY!r} metadata")
+    path = Path(str(md[RECORD_KEY].value))
+    try:
+        blob = path.read_bytes()
+    except OSError as e:
+        raise Failure(
+            f"{asset} [{partition}]: record {path} unreadable ({e}); materialize {asset} again"
+        ) from None
+    expected = md[RECORD_SHA_KEY].value if RECORD_SHA_KEY in md else None
+    if expected and sha256_bytes(blob) != expected:
+        raise Failure(
+            f"{asset} [{partition}]: {path} changed after its materialization was recorded "
+            f"(another run rewrote it?); materialize {asset} again"
+        )
+    return json.loads(blob)
+
+
+def write_planned_state(exp: Experiment, asset: str, data_version: str | None) -> tuple[TrainState, Path]:
+    """For the assets before training: the TrainState a training run of this experiment starts from."""
+    from a2b_pipeline.state import TrainState
+
+    run_dir = exp.run_dir(data_version) if data_version else exp.dir / f"train-{exp.config_hash}"
+    state = TrainState.from_config(exp.cfg, run_dir=run_dir)
+    state.data_version = data_version
+    path = exp.records / f"{asset}.train_state.json"
+    atomic_write(path, state.to_json().encode())
+    return state, path
+
+
+# ---- metadata ----
+
+
+def _num(v: float | None) -> MetadataValue:
+    return MetadataValue.float(float(v)) if v is not None and math.isfinite(v) else MetadataValue.null()
+
+
+def lineage_metadata(
+    exp: Experiment,
+    state: TrainState,
+    state_path: Path,
+    data_version: str | None,
+    record: tuple[Path, str],
+    checkpoint: Path | None = None,
+) -> dict[str, Any]:
+    """The metadata every materialization carries: which config, data, state and checkpoint."""
+    md: dict[str, Any] = {
+        "experiment": exp.name,
+        "config_file": MetadataValue.path(str(exp.config_file)),
+        "config_hash": state.config_hash,
+        "data_version": data_version or "",
+        "train_state": MetadataValue.path(str(state_path)),
+        "status": state.status,
+        "global_step": MetadataValue.int(state.global_step),
+        "best_metric": state.checkpoint.best_metric,
+        "best_value": _num(state.checkpoint.best_value),
+        "best_step": MetadataValue.int(state.checkpoint.best_step)
+        if state.checkpoint.best_step is not None
+        else MetadataValue.null(),
+        "wandb_run_path": state.wandb_run_path or MetadataValue.null(),
+        RECORD_KEY: MetadataValue.path(str(record[0])),
+        RECORD_SHA_KEY: record[1],
+    }
+    if checkpoint is not None:
+        md["checkpoint"] = MetadataValue.path(str(checkpoint))
+        md["checkpoint_sha256"] = sha256_bytes((checkpoint / "train_state.json").read_bytes())
+        md["model_sha256"] = state.checkpoint.files.get("model.safetensors", "")
+    else:
+        md["checkpoint"] = MetadataValue.null()
+        md["checkpoint_sha256"] = MetadataValue.null()
+    return md
+
+
+# ---- fingerprints of corpus files ----
+
+
+def source_fingerprint(path: str) -> dict[str, Any]:
+    """Size + version (mtime locally, ETag remotely) of a file, or of every file under a directory."""
+    from a2b_pipeline.data import remote
+
+    try:
+        return remote.file_info(path, refresh=True).as_dict()
+    except remote.RemoteNotFoundError:
+        pass
+    local = remote.to_local_path(path)
+    if not remote.is_url(path) and not os.path.isdir(local):
+        return {"missing": True}
+    try:
+        return {rel: info.as_dict() for rel, info in remote.list_tree(path).items()}
+    except remote.RemoteNotFoundError:
+        return {"missing": True}
+
+
+def corpus_sources(cfg: RunConfig) -> dict[str, str]:
+    """dataset name -> the file or directory whose change means a changed corpus (manifest or root)."""
+    out: dict[str, str] = {}
+    for ds in cfg.data.datasets:
+        if ds.manifest:
+            out[ds.name] = ds.manifest
+        elif ds.type.value == "synthetic" and ds.root:
+            out[ds.name] = ds.root.rstrip("/") + "/manifest.csv"
+        elif ds.root:
+            out[ds.name] = ds.root
+    return out
+
+
+def corpus_fingerprint(cfg: RunConfig) -> str:
+    """What the corpus sensor compares between ticks: manifests' / roots' stat, not their contents."""
+    return sha256_json({name: source_fingerprint(src) for name, src in sorted(corpus_sources(cfg).items())})
+
+
+# ---- plots ----
+
+
+def plot_predictions(
+    windows: list[tuple[Any, Any, Any]], channels: list[str], target_rate: float, title: str
+) -> bytes:
+    """PNG of predicted vs true biosignal of a few test windows: a row per window, a column per channel."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = max(1, len(windows))
+    cols = max(1, len(channels))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.2 * rows), squeeze=False, dpi=80)
+    for r, window in enumerate(windows):  # (true, predicted) or (x, true, predicted)
+        yt = np.asarray(window[-2], dtype=float)
+        yp = np.asarray(window[-1], dtype=float)
+        t = np.arange(yt.shape[0]) / target_rate
+        for c, ch in enumerate(channels):
+            ax = axes[r][c]
+            ax.plot(t, yt[:, c], label="true", color="black", linewidth=1.2)
+            ax.plot(t, yp[:, c], label="predicted", color="tab:orange", linewidth=1.2)
+            ax.set_title(f"window {r} · {ch}", fontsize=9)
+            ax.tick_params(labelsize=7)
+            if r == rows - 1:
+                ax.set_xlabel("seconds", fontsize=8)
+    axes[0][0].legend(fontsize=7, loc="upper right")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def png_markdown(png: bytes, alt: str = "predicted vs true") -> MetadataValue:
+    return MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})")

@@ -1,0 +1,32 @@
+"""Jobs over the experiment partitions: the whole graph (GPU-tagged), and the cheap data refresh."""
+
+from __future__ import annotations
+
+import json
+
+from dagster import AssetSelection, define_asset_job
+
+from a2b_pipeline.defs.assets import GPU_TAGS, experiments
+
+DATA_ASSETS = ["corpus_manifest", "dataset_splits", "meta_loader_spec"]
+
+# Run-level tags: what a run coordinator (tag concurrency limit on `gpu`) and the k8s run launcher
+# (`dagster-k8s/config` on the run pod) read. Tag values are strings, so the k8s config is JSON.
+RUN_GPU_TAGS = {k: v if isinstance(v, str) else json.dumps(v) for k, v in GPU_TAGS.items()}
+
+experiment_job = define_asset_job(
+    "experiment_job",
+    selection=AssetSelection.groups("a2b"),
+    partitions_def=experiments,
+    tags=RUN_GPU_TAGS,
+    description="Materialize an experiment end to end: corpus, splits, loader spec, training, best "
+    "checkpoint, evaluation (and their checks). Tagged for a GPU.",
+)
+
+data_refresh_job = define_asset_job(
+    "data_refresh_job",
+    selection=AssetSelection.assets(*DATA_ASSETS),
+    partitions_def=experiments,
+    description="Re-list, re-split and re-plan the data of an experiment (no training): downstream assets "
+    "show as stale when the corpus or config changed.",
+)

@@ -1,0 +1,586 @@
+"""The Dagster layer, end to end on a tiny config: real files, a real instance, no mocks.
+
+- the whole graph materialized in-process (through `run_demo`, into a persistent DAGSTER_HOME) and its
+  lineage: evaluation -> checkpoint -> TrainState -> config hash + data version of dataset_splits;
+- staleness: a changed config gives corpus_manifest a new data version and marks downstream stale;
+- the real webserver on a free 127.0.0.1 port, queried over GraphQL for the asset graph;
+- `dagster definitions validate` and `dagster asset list`;
+- a training_run materialization interrupted (SIGTERM / SIGKILL) resumes from its checkpoint;
+- checks failing where they should, sensors and the schedule, no secret in metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import tiny_config
+from dagster import (
+    AssetCheckKey,
+    AssetKey,
+    AssetRecordsFilter,
+    AssetSelection,
+    DagsterInstance,
+    build_schedule_context,
+    build_sensor_context,
+    materialize,
+)
+
+from a2b_pipeline.defs import defs
+from a2b_pipeline.defs.assets import ASSETS, experiments
+from a2b_pipeline.defs.checks import CHECKS
+from a2b_pipeline.defs.resources import ExperimentStore, QualityGate, TrainDevice, WandbTracking
+
+REPO = Path(__file__).resolve().parents[1]
+ASSET_NAMES = [
+    "corpus_manifest",
+    "dataset_splits",
+    "meta_loader_spec",
+    "training_run",
+    "best_checkpoint",
+    "evaluation",
+]
+FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"  # looks like a wandb key; must never show up
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("A2B_", "DAGSTER_"))}
+    env.update(extra)
+    return env
+
+
+def _write_config(configs: Path, name: str, tmp: Path, overrides: list[str]) -> Path:
+    configs.mkdir(parents=True, exist_ok=True)
+    path = configs / f"{name}.yaml"
+    path.write_text(tiny_config(tmp, [f"name={name}", *overrides]).to_yaml())
+    return path
+
+
+def _resources(root: Path, configs: Path, floor: float = -1.0) -> dict:
+    return {
+        "store": ExperimentStore(data_root=str(root), configs_dir=str(configs)),
+        "tracking": WandbTracking(mode="disabled"),
+        "compute": TrainDevice(device="cpu"),
+        "quality": QualityGate(metric="test/pearson", floor=floor),
+    }
+
+
+def _latest(instance: DagsterInstance, asset: str, partition: str):
+    res = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=AssetKey(asset), asset_partitions=[partition]), limit=1
+    )
+    return res.records[0].asset_materialization if res.records else None
+
+
+def _md(mat) -> dict:
+    return {k: v.value for k, v in mat.metadata.items()}
+
+
+# ---- the whole graph, once per module, in a persistent DAGSTER_HOME ----
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    from a2b_pipeline.demo import run_demo
+
+    tmp = tmp_path_factory.mktemp("dagster_demo")
+    configs = tmp / "configs"
+    _write_config(configs, "demo", tmp, [])
+    home, root = tmp / "home", tmp / "data"
+    old = os.environ.get("WANDB_API_KEY")
+    os.environ["WANDB_API_KEY"] = FAKE_KEY
+    log = tmp / "demo.out"
+    try:
+        with open(log, "w") as out:
+            code = run_demo(home, root, configs_dir=configs, tracking_mode="disabled", device="cpu", out=out)
+    finally:
+        if old is None:
+            os.environ.pop("WANDB_API_KEY", None)
+        else:
+            os.environ["WANDB_API_KEY"] = old
+    return {"code": code, "home": home, "root": root, "configs": configs, "tmp": tmp, "out": log.read_text()}
+
+
+def test_demo_materializes_everything_and_says_where_to_look(demo):
+    assert demo["code"] == 0, demo["out"]
+    out = demo["out"]
+    assert f"DAGSTER_HOME={demo['home']}" in out and "dagster dev" in out and "127.0.0.1:3000" in out
+    with DagsterInstance.from_config(str(demo["home"])) as instance:
+        for name in ASSET_NAMES:
+            assert _latest(instance, name, "demo") is not None, name
+        assert instance.get_dynamic_partitions(experiments.name) == ["demo"]
+
+
+def test_lineage_from_evaluation_back_to_config_and_data(demo):
+    from a2b_pipeline.state import TrainState
+
+    with DagsterInstance.from_config(str(demo["home"])) as instance:
+        md = {name: _md(_latest(instance, name, "demo")) for name in ASSET_NAMES}
+        ev_mat = _latest(instance, "evaluation", "demo")
+    splits, run, best, ev = md["dataset_splits"], md["training_run"], md["best_checkpoint"], md["evaluation"]
+
+    # evaluation names the checkpoint best_checkpoint recorded, with the same sha256
+    assert ev["checkpoint"] == best["checkpoint"]
+    assert ev["checkpoint_sha256"] == best["checkpoint_sha256"]
+    ckpt = Path(ev["checkpoint"])
+    import hashlib
+
+    assert hashlib.sha256((ckpt / "train_state.json").read_bytes()).hexdigest() == ev["checkpoint_sha256"]
+    # ... whose TrainState names the config hash and data version that dataset_splits recorded
+    state = TrainState.from_checkpoint(ckpt)
+    assert ev["train_state"] == str(ckpt / "train_state.json")
+    assert state.config_hash == splits["config_hash"] == ev["config_hash"]
+    assert state.data_version == splits["data_version"] == ev["data_version"]
+    assert state.status == "complete" and state.global_step == 6
+    assert run["status"] == "complete" and run["global_step"] == 6
+    assert best["best_metric"] == "val/pearson" and best["best_step"] == state.checkpoint.best_step
+    # every asset carries the same config hash; the records on disk match their sha256
+    assert {m["config_hash"] for m in md.values()} == {state.config_hash}
+    for m in md.values():
+        rec = Path(m["record"])
+        assert hashlib.sha256(rec.read_bytes()).hexdigest() == m["record_sha256"]
+        assert Path(m["train_state"]).exists()
+    # test metrics and the plot (inline PNG and a file)
+    assert {"test/pearson", "test/mse", "test/loss"} <= set(ev)
+    assert ev["plot"].startswith("![") and "data:image/png;base64," in ev["plot"]
+    assert Path(ev["plot_path"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the corpus listing: recordings and skipped count; dataset_splits' windows
+    cm = md["corpus_manifest"]
+    assert cm["recordings"] == 16 and cm["skipped_count"] == 0
+    assert splits["train_windows"] > 0 and splits["test_windows"] > 0
+    # Dagster data versions: the downstream run pinned the upstream version it read
+    assert ev_mat.tags.get("dagster/data_version")
+    assert "dagster/input_data_version/best_checkpoint" in ev_mat.tags
+
+
+def test_checks_ran_and_passed(demo):
+    with DagsterInstance.from_config(str(demo["home"])) as instance:
+        for asset, check in [
+            ("corpus_manifest", "corpus_files_readable"),
+            ("dataset_splits", "targets_finite"),
+            ("dataset_splits", "split_coverage"),
+            ("evaluation", "evaluation_metrics_ok"),
+        ]:
+            rec = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+                [AssetCheckKey(AssetKey(asset), check)]
+            )
+            ev = rec[AssetCheckKey(AssetKey(asset), check)]
+            assert ev.evaluation and ev.evaluation.passed, (asset, check)
+
+
+def test_no_secret_in_metadata_or_logs(demo):
+    with DagsterInstance.from_config(str(demo["home"])) as instance:
+        runs = instance.get_runs()
+        assert runs
+        for run in runs:
+            for event in instance.all_logs(run.run_id):
+                assert FAKE_KEY not in repr(event), event
+    for path in demo["root"].rglob("*"):
+        if path.is_file() and path.suffix in (".json", ".yaml", ".log", ".txt"):
+            assert FAKE_KEY not in path.read_text(errors="ignore"), path
+
+
+def test_changed_config_gives_new_data_version_and_marks_downstream_stale(demo, tmp_path):
+    from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+
+    home = demo["home"]
+    with DagsterInstance.from_config(str(home)) as instance:
+        graph = defs.resolve_asset_graph()
+        before = _latest(instance, "corpus_manifest", "demo").tags["dagster/data_version"]
+        fresh = CachingStaleStatusResolver(instance, graph)
+        assert fresh.get_status(AssetKey("evaluation"), "demo") == StaleStatus.FRESH
+        # a changed data setting: re-materialize corpus_manifest only
+        configs = tmp_path / "configs"
+        _write_config(configs, "demo", demo["tmp"], ["data.hop_seconds=2.0"])
+        res = materialize(
+            [*ASSETS],
+            instance=instance,
+            resources=_resources(demo["root"], configs),
+            partition_key="demo",
+            selection=[AssetKey("corpus_manifest")],
+        )
+        assert res.success
+        after = _latest(instance, "corpus_manifest", "demo").tags["dagster/data_version"]
+        assert after != before
+        resolver = CachingStaleStatusResolver(instance, graph)
+        assert resolver.get_status(AssetKey("dataset_splits"), "demo") == StaleStatus.STALE
+        causes = resolver.get_stale_root_causes(AssetKey("dataset_splits"), "demo")
+        assert any(c.dependency and c.dependency.asset_key == AssetKey("corpus_manifest") for c in causes)
+        # and the downstream guard refuses to run on a config its upstream was not built from
+        res = materialize(
+            [*ASSETS],
+            instance=instance,
+            resources=_resources(demo["root"], demo["configs"]),
+            partition_key="demo",
+            selection=[AssetKey("dataset_splits")],
+            raise_on_error=False,
+        )
+        assert not res.success
+        failure = res.get_step_failure_events()[0].event_specific_data.error.message
+        assert "changed since corpus_manifest was materialized" in failure
+
+
+def test_evaluation_check_fails_below_its_floor(demo):
+    from a2b_pipeline.defs.checks import evaluation_metrics_ok
+
+    with DagsterInstance.from_config(str(demo["home"])) as instance:
+        res = materialize(
+            [*ASSETS, *CHECKS],
+            instance=instance,
+            resources=_resources(demo["root"], demo["configs"], floor=1.5),
+            partition_key="demo",
+            selection=AssetSelection.checks(evaluation_metrics_ok),
+        )
+    (ev,) = res.get_asset_check_evaluations()
+    assert not ev.passed and "below the floor 1.5" in ev.description
+
+
+# ---- the real webserver and the CLI ----
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _listen_addresses(port: int) -> set[str]:
+    """Local addresses of LISTEN sockets on `port`, from /proc/net/tcp{,6} (no traffic involved)."""
+    found = set()
+    for name in ("tcp", "tcp6"):
+        try:
+            lines = Path(f"/proc/net/{name}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split()
+            addr, p = parts[1].split(":")
+            if int(p, 16) == port and parts[3] == "0A":  # 0A: LISTEN
+                if name == "tcp":
+                    found.add(socket.inet_ntoa(bytes.fromhex(addr)[::-1]))
+                else:
+                    found.add(addr)
+    return found
+
+
+def _graphql(port: int, query: str) -> dict:
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql",
+        data=json.dumps({"query": query}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=30) as r:
+        body = json.loads(r.read())
+    assert "errors" not in body, body
+    return body["data"]
+
+
+def test_webserver_on_localhost_serves_the_asset_graph_and_the_demo(demo, tmp_path):
+    port = _free_port()
+    env = _env(
+        DAGSTER_HOME=str(demo["home"]),
+        A2B_DATA_ROOT=str(demo["root"]),
+        A2B_CONFIGS_DIR=str(demo["configs"]),
+    )
+    with open(tmp_path / "webserver.log", "w") as log:
+        # no -h: the default bind address is what is under test
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "dagster-webserver"), "-w", "workspace.yaml", "-p", str(port)],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 90
+            while True:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=5) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    pass
+                assert proc.poll() is None, (tmp_path / "webserver.log").read_text()
+                assert time.monotonic() < deadline, "webserver did not come up"
+                time.sleep(0.5)
+            assert _listen_addresses(port) <= {"127.0.0.1", "0000000000000000FFFF00000100007F"}, (
+                _listen_addresses(port)
+            )
+            data = _graphql(port, "{ assetNodes { assetKey { path } dependencyKeys { path } opNames } }")
+            nodes = {n["assetKey"]["path"][-1]: n for n in data["assetNodes"]}
+            assert set(ASSET_NAMES) <= set(nodes), sorted(nodes)
+            for up, down in zip(ASSET_NAMES, ASSET_NAMES[1:], strict=False):
+                deps = [d["path"][-1] for d in nodes[down]["dependencyKeys"]]
+                assert deps == [up], (down, deps)
+            assert nodes["corpus_manifest"]["dependencyKeys"] == []
+            # the demo's materialization is what the UI shows for partition "demo"
+            data = _graphql(
+                port,
+                """{ assetOrError(assetKey: {path: ["evaluation"]}) { ... on Asset {
+                     assetMaterializations(partitions: ["demo"], limit: 1) { partition runId
+                       metadataEntries { label ... on PathMetadataEntry { path } } } } } }""",
+            )
+            (mat,) = data["assetOrError"]["assetMaterializations"]
+            assert mat["partition"] == "demo"
+            paths = {e["label"]: e.get("path") for e in mat["metadataEntries"]}
+            assert paths["checkpoint"] and Path(paths["checkpoint"]).is_dir()
+            assert "plot" in paths
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    assert f"http://127.0.0.1:{port}" in (tmp_path / "webserver.log").read_text()
+
+
+def test_cli_validates_workspace_and_lists_six_assets(tmp_path):
+    bindir = Path(sys.executable).parent
+    env = _env(DAGSTER_HOME=str(tmp_path))
+    r = subprocess.run(
+        [str(bindir / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = subprocess.run(
+        [str(bindir / "dagster"), "asset", "list", "-m", "a2b_pipeline.defs"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    listed = [line.strip() for line in r.stdout.splitlines() if line.strip()]
+    assert sorted(listed) == sorted(ASSET_NAMES), r.stdout
+
+
+def test_code_location_loads_without_torch_and_tags_training_for_a_gpu():
+    code = textwrap.dedent(
+        """
+        import sys, json
+        from a2b_pipeline.defs import defs
+        g = defs.resolve_asset_graph()
+        tr = defs.resolve_assets_def("training_run")
+        print(json.dumps({"torch": "torch" in sys.modules,
+                          "assets": sorted(k.to_user_string() for k in g.get_all_asset_keys()),
+                          "tags": dict(tr.op.tags), "pool": tr.op.pool}))
+        """
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout.strip().splitlines()[-1])
+    assert info["torch"] is False
+    assert info["assets"] == sorted(ASSET_NAMES)
+    assert info["tags"]["gpu"] == "1" and "nvidia.com/gpu" in json.dumps(info["tags"]["dagster-k8s/config"])
+    assert info["pool"] == "gpu"
+    job = defs.resolve_job_def("experiment_job")
+    assert job.tags["gpu"] == "1" and "nvidia.com/gpu" in job.tags["dagster-k8s/config"]
+
+
+# ---- interrupt and resume ----
+
+_TRAIN_SCRIPT = """
+import sys
+from dagster import AssetKey, DagsterInstance, materialize
+from a2b_pipeline.defs.assets import ASSETS
+from a2b_pipeline.defs.resources import default_resources
+with DagsterInstance.from_config(sys.argv[1]) as instance:
+    r = materialize(ASSETS, instance=instance, resources=default_resources(), partition_key="resume",
+                    selection=[AssetKey("training_run")], raise_on_error=False)
+sys.exit(0 if r.success else 3)
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_interrupted_training_run_resumes_from_its_checkpoint(tmp_path, sig):
+    from a2b_pipeline.state import TrainState, list_checkpoints
+
+    configs, root, home = tmp_path / "configs", tmp_path / "data", tmp_path / "home"
+    _write_config(
+        configs,
+        "resume",
+        tmp_path,
+        [
+            "train.max_steps=60",
+            "checkpoint.every_n_steps=2",
+            "train.val_every_n_steps=30",
+            "checkpoint.keep_last=50",
+        ],
+    )
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    with DagsterInstance.from_config(str(home)) as instance:
+        instance.add_dynamic_partitions(experiments.name, ["resume"])
+        res = materialize(
+            ASSETS,
+            instance=instance,
+            resources=_resources(root, configs),
+            partition_key="resume",
+            selection=[AssetKey(a) for a in ASSET_NAMES[:3]],
+        )
+        assert res.success
+        splits = _md(_latest(instance, "dataset_splits", "resume"))
+    cfg_hash, dv = splits["config_hash"], splits["data_version"]
+    run_dir = root / "runs" / "resume" / f"train-{cfg_hash}-{dv[:12]}"
+
+    script = tmp_path / "train_asset.py"
+    script.write_text(_TRAIN_SCRIPT)
+    env = _env(
+        A2B_DATA_ROOT=str(root),
+        A2B_CONFIGS_DIR=str(configs),
+        A2B_WANDB_MODE="disabled",
+        A2B_DEVICE="cpu",
+        DAGSTER_HOME=str(home),
+    )
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, str(script), str(home)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + 120
+        while not list_checkpoints(run_dir):
+            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        proc.send_signal(sig)
+        code = proc.wait(timeout=60)
+    assert code != 0  # interrupted: no materialization
+    interrupted = TrainState.from_checkpoint(run_dir)
+    assert 0 < interrupted.global_step < 60
+    if sig == signal.SIGTERM:  # a clean stop writes a checkpoint with status "stopped"
+        assert interrupted.status == "stopped", interrupted.message
+    history = [(m.name, m.step) for m in interrupted.metrics]
+
+    with DagsterInstance.from_config(str(home)) as instance:
+        assert _latest(instance, "training_run", "resume") is None  # the interrupted run materialized nothing
+        res = materialize(
+            ASSETS,
+            instance=instance,
+            resources=_resources(root, configs),
+            partition_key="resume",
+            selection=[AssetKey("training_run")],
+        )
+        assert res.success
+        md = _md(_latest(instance, "training_run", "resume"))
+    assert md["resumed_from_step"] == interrupted.global_step
+    assert md["global_step"] == 60 and md["status"] == "complete"
+    assert md["run_dir"] == str(run_dir)
+    final = TrainState.from_checkpoint(run_dir)
+    assert final.global_step == 60
+    # the metric history continues the interrupted run's instead of starting over
+    assert [(m.name, m.step) for m in final.metrics][: len(history)] == history
+    first_steps = [m.step for m in final.metrics if m.name == "train/loss"]
+    assert first_steps == sorted(set(first_steps))
+
+
+# ---- checks that fail, sensors, schedule ----
+
+
+def test_unreadable_audio_fails_the_blocking_corpus_check(tmp_path):
+    from a2b_pipeline.data.synthetic import write_synthetic_corpus
+
+    manifest = write_synthetic_corpus(
+        tmp_path / "corpus", subjects=4, recordings_per_subject=2, seconds=16.0, seed=0
+    )
+    wav = sorted((tmp_path / "corpus").rglob("*.wav"))[0]
+    wav.write_bytes(b"this is not audio" * 100)
+    configs = tmp_path / "configs"
+    raw = tiny_config(tmp_path, ["name=broken", "data.on_bad_recording=skip"]).model_dump(mode="json")
+    raw["data"]["datasets"] = [{"name": "corpus", "type": "manifest", "manifest": str(manifest)}]
+    configs.mkdir()
+    import yaml
+
+    (configs / "broken.yaml").write_text(yaml.safe_dump(raw))
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(experiments.name, ["broken"])
+    res = materialize(
+        [*ASSETS, *CHECKS],
+        instance=instance,
+        resources=_resources(tmp_path / "data", configs),
+        partition_key="broken",
+        selection=[AssetKey("corpus_manifest"), AssetKey("dataset_splits")],
+        raise_on_error=False,
+    )
+    evals = {e.check_name: e for e in res.get_asset_check_evaluations()}
+    check = evals["corpus_files_readable"]
+    assert not check.passed
+    assert str(wav) in check.description and "does not decode" in check.description
+    # blocking: dataset_splits did not run
+    mats = [e.asset_key.to_user_string() for e in res.get_asset_materialization_events()]
+    assert mats == ["corpus_manifest"]
+
+
+def test_configs_sensor_registers_experiments_and_corpus_sensor_notices_a_change(tmp_path):
+    from a2b_pipeline.data.synthetic import write_synthetic_corpus
+    from a2b_pipeline.defs.sensors import corpus_change_sensor, experiment_configs_sensor
+
+    manifest = write_synthetic_corpus(
+        tmp_path / "corpus", subjects=4, recordings_per_subject=2, seconds=16.0, seed=0
+    )
+    raw = tiny_config(tmp_path, ["name=watched"]).model_dump(mode="json")
+    raw["data"]["datasets"] = [{"name": "corpus", "type": "manifest", "manifest": str(manifest)}]
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    import yaml
+
+    (configs / "watched.yaml").write_text(yaml.safe_dump(raw))
+    (configs / "other.yml").write_text(yaml.safe_dump({**raw, "name": "other"}))
+    store = ExperimentStore(data_root=str(tmp_path / "data"), configs_dir=str(configs))
+    instance = DagsterInstance.ephemeral()
+
+    ctx = build_sensor_context(instance=instance, resources={"store": store})
+    result = experiment_configs_sensor(ctx)
+    (req,) = result.dynamic_partitions_requests
+    assert sorted(req.partition_keys) == ["other", "watched"] and not result.run_requests
+    instance.add_dynamic_partitions(experiments.name, list(req.partition_keys))
+    # an edited config: its data assets are refreshed
+    (configs / "watched.yaml").write_text(yaml.safe_dump({**raw, "seed": 1}))
+    result = experiment_configs_sensor(
+        build_sensor_context(instance=instance, resources={"store": store}, cursor=result.cursor)
+    )
+    assert [r.partition_key for r in result.run_requests] == ["watched"]
+    assert not result.dynamic_partitions_requests
+
+    first = corpus_change_sensor(build_sensor_context(instance=instance, resources={"store": store}))
+    assert not first.run_requests  # the first tick only records
+    again = corpus_change_sensor(
+        build_sensor_context(instance=instance, resources={"store": store}, cursor=first.cursor)
+    )
+    assert not again.run_requests
+    with open(manifest, "a") as f:  # a new row appended to the manifest
+        f.write("\n")
+    changed = corpus_change_sensor(
+        build_sensor_context(instance=instance, resources={"store": store}, cursor=again.cursor)
+    )
+    assert sorted(r.partition_key for r in changed.run_requests) == ["other", "watched"]
+    assert all(r.job_name in (None, "data_refresh_job") for r in changed.run_requests)
+
+
+def test_retrain_schedule_requests_one_gpu_run_per_experiment():
+    from a2b_pipeline.defs.schedules import RETRAIN_CRON, retrain_schedule
+
+    assert retrain_schedule.cron_schedule == RETRAIN_CRON == os.environ.get("A2B_RETRAIN_CRON", "0 3 * * 1")
+    instance = DagsterInstance.ephemeral()
+    ctx = build_schedule_context(instance=instance)
+    assert retrain_schedule.evaluate_tick(ctx).skip_message
+    instance.add_dynamic_partitions(experiments.name, ["a", "b"])
+    reqs = retrain_schedule.evaluate_tick(build_schedule_context(instance=instance)).run_requests
+    assert sorted(r.partition_key for r in reqs) == ["a", "b"]
+    assert all(r.tags["gpu"] == "1" for r in reqs)

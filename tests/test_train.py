@@ -1,0 +1,226 @@
+"""The trainer: it learns, resumes bit for bit after SIGKILL, stops cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+
+from a2b_pipeline.configs import config_from_dict
+from a2b_pipeline.data.pipeline import make_loader, prepare_data
+from a2b_pipeline.metrics import MetricAccumulator
+from a2b_pipeline.state import TrainState, checkpoint_name, load_tensors
+from a2b_pipeline.train import train
+
+REPO = Path(__file__).resolve().parents[1]
+A2B = [sys.executable, "-m", "a2b_pipeline.cli"]
+
+
+def tiny_config(tmp_path: Path, **train_overrides: Any) -> dict[str, Any]:
+    """Two small synthetic corpora (shared by every run of a test), a tiny conv+GRU."""
+    return {
+        "name": "tiny",
+        "seed": 0,
+        "data": {
+            "datasets": [
+                {
+                    "name": "a",
+                    "type": "synthetic",
+                    "root": str(tmp_path / "corpus_a"),
+                    "weight": 2.0,
+                    "synthetic": {"subjects": 4, "recordings_per_subject": 2, "seconds": 16, "seed": 1},
+                },
+                {
+                    "name": "b",
+                    "type": "synthetic",
+                    "root": str(tmp_path / "corpus_b"),
+                    "weight": 1.0,
+                    "synthetic": {"subjects": 3, "recordings_per_subject": 2, "seconds": 16, "seed": 2},
+                },
+            ],
+            "channels": ["eda", "hr"],
+            "batch_size": 4,
+            "num_workers": 0,
+            "n_mels": 16,
+            "window_seconds": 4,
+            "hop_seconds": 2,
+            "val_fraction": 0.25,
+            "test_fraction": 0.25,
+        },
+        "model": {"name": "conv_gru", "conv_channels": 16, "hidden": 16},
+        "optimizer": {"lr": 0.003},
+        "scheduler": {"name": "cosine", "warmup_steps": 5},
+        "train": {
+            "max_steps": 40,
+            "num_epochs": None,
+            "log_every_n_steps": 1,
+            "val_every_n_steps": 10,
+            "progress_bar": False,
+            "num_threads": 1,
+        },
+        "checkpoint": {"dir": str(tmp_path / "runs"), "every_n_steps": 5, "keep_last": 3},
+        "tracking": {"wandb_mode": "disabled"},
+    }
+
+
+def write_config(tmp_path: Path, raw: dict[str, Any], name: str) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([*A2B, *args], capture_output=True, text=True, cwd=REPO, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"a2b {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def wait_for(path: Path, proc: subprocess.Popen[str], timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not (path / "train_state.json").exists():
+        if proc.poll() is not None:
+            err = proc.stderr.read() if proc.stderr else ""
+            raise AssertionError(
+                f"training ended (code {proc.returncode}) before {path} appeared:\n{err[-3000:]}"
+            )
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} did not appear in {timeout} s")
+        time.sleep(0.01)
+
+
+def final_tensors(run_dir: Path) -> tuple[TrainState, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    state = TrainState.from_checkpoint(run_dir)
+    ckpt = Path(state.checkpoint.last_path)
+    return (
+        state,
+        load_tensors(ckpt, "model.safetensors", state),
+        load_tensors(ckpt, "optimizer.safetensors", state),
+    )
+
+
+def losses_after(state: TrainState, step: int) -> list[tuple[int, float]]:
+    return [(m.step, m.value) for m in state.metrics if m.name == "train/loss" and m.step > step]
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_sigkill_then_resume_is_bit_exact(tmp_path: Path, num_workers: int) -> None:
+    raw = tiny_config(tmp_path)
+    raw["data"]["num_workers"] = num_workers
+    # Run A: uninterrupted, in its own run directory.
+    cfg_a = write_config(tmp_path, raw, "a")
+    run_a = Path(run_cli("train", str(cfg_a), "--run-dir", str(tmp_path / "run_a")).stdout.strip())
+    state_a, weights_a, opt_a = final_tensors(run_a)
+    assert state_a.status == "complete" and state_a.global_step == 40
+    assert state_a.epoch >= 2, "the run must cross an epoch boundary for this test to mean anything"
+
+    # Run B: same config, SIGKILLed once its step-15 checkpoint exists, then resumed.
+    run_b = tmp_path / "run_b"
+    proc = subprocess.Popen(
+        [*A2B, "train", str(cfg_a), "--run-dir", str(run_b)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(run_b / checkpoint_name(15), proc)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    resumed_from = TrainState.from_checkpoint(run_b).global_step
+    assert 15 <= resumed_from < 40
+    run_cli("resume", str(run_b))
+    state_b, weights_b, opt_b = final_tensors(run_b)
+
+    assert state_b.status == "complete" and state_b.global_step == 40
+    assert weights_a.keys() == weights_b.keys() and opt_a.keys() == opt_b.keys()
+    for k in weights_a:
+        assert torch.equal(weights_a[k], weights_b[k]), f"weight {k} differs after resume"
+    for k in opt_a:
+        assert torch.equal(opt_a[k], opt_b[k]), f"optimizer tensor {k} differs after resume"
+    assert state_b.optimizer.param_groups == state_a.optimizer.param_groups
+    after_a, after_b = losses_after(state_a, resumed_from), losses_after(state_b, resumed_from)
+    assert len(after_a) == 40 - resumed_from and after_a == after_b
+
+
+def test_sigterm_checkpoints_and_stops(tmp_path: Path) -> None:
+    raw = tiny_config(tmp_path)
+    raw["train"]["max_steps"] = 2000
+    cfg = write_config(tmp_path, raw, "long")
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [*A2B, "train", str(cfg), "--run-dir", str(run)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(run / checkpoint_name(5), proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3, err[-2000:]
+    assert "stopped by signal" in err
+    state = TrainState.from_checkpoint(run)
+    assert state.status == "stopped" and 5 <= state.global_step < 2000
+    assert load_tensors(state.checkpoint.last_path, "model.safetensors", state)
+
+
+def test_learns_and_metric_is_real(tmp_path: Path) -> None:
+    raw = tiny_config(
+        tmp_path,
+    )
+    raw["train"].update(max_steps=120, val_every_n_steps=40, log_every_n_steps=20, num_threads=None)
+    raw["checkpoint"]["every_n_steps"] = None
+    cfg = config_from_dict(raw)
+    state = train(TrainState.from_config(cfg))
+    assert state.status == "complete"
+    assert state.checkpoint.best_value is not None and state.checkpoint.best_value >= 0.7
+    assert (Path(state.run_dir) / "best").resolve() == Path(state.checkpoint.best_path).resolve()
+
+    # A model that outputs the training mean (zero in normalised units), or the truth shuffled
+    # across windows, scores r near 0: the metric measures the fit, not the signal's shape.
+    data = prepare_data(cfg)
+    const, shuffled = MetricAccumulator(cfg.data.channels), MetricAccumulator(cfg.data.channels)
+    ys = torch.cat([y for _, y in make_loader(data, cfg, "val")])
+    g = torch.Generator().manual_seed(0)
+    const.update(torch.zeros_like(ys), ys)
+    shuffled.update(ys[torch.randperm(len(ys), generator=g)], ys)
+    assert abs(const.compute("val")["val/pearson"]) < 0.05
+    assert abs(shuffled.compute("val")["val/pearson"]) < 0.3
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
+    raw = tiny_config(tmp_path)
+    raw["optimizer"] = {"name": "sgd", "lr": 1e8, "momentum": 0.0}  # diverges within a few steps
+    raw["train"]["grad_clip"] = None
+    raw["scheduler"] = {"name": "constant"}
+    raw["checkpoint"]["every_n_steps"] = 1
+    state = train(TrainState.from_config(config_from_dict(raw)))
+    assert state.status == "stopped" and "non-finite" in state.message
+    good = TrainState.from_checkpoint(state.run_dir)
+    weights = load_tensors(good.checkpoint.last_path, "model.safetensors", good)
+    assert all(torch.isfinite(t).all() for t in weights.values())
+    assert good.global_step < state.global_step
+
+
+@pytest.mark.skipif(
+    not os.environ.get("A2B_DEMO_TEST"), reason="the full demo run is exercised by `a2b demo`"
+)
+def test_demo_config_reaches_r_08(tmp_path: Path) -> None:
+    raw = yaml.safe_load((REPO / "configs/demo.yaml").read_text())
+    for ds in raw["data"]["datasets"]:
+        ds["root"] = str(tmp_path / ds["name"])
+    raw["checkpoint"]["dir"] = str(tmp_path / "runs")
+    raw["tracking"]["wandb_mode"] = "disabled"
+    state = train(TrainState.from_config(config_from_dict(raw)))
+    assert state.checkpoint.best_value >= 0.8
