@@ -9,7 +9,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from a2b_pipeline.configs import ConfigError, load_config
+from a2b_pipeline.configs import ConfigError, check_paths, load_config
 
 EXIT_STOPPED = 3  # a run stopped by a signal or a non-finite loss: resumable, not complete
 
@@ -30,12 +30,17 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.set)
+    check_paths(cfg, source=args.config)
     print(cfg.to_yaml(), end="")
     print(f"# config hash: {cfg.config_hash()}")
     return 0
 
 
 def _finish(state) -> int:  # state: TrainState
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
     print(state.run_dir)
     if state.message:
         print(state.message, file=sys.stderr)
@@ -47,6 +52,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from a2b_pipeline.train import train
 
     cfg = load_config(args.config, args.set)
+    check_paths(cfg, args.run_dir, source=args.config)  # before anything is created
     state = TrainState.from_config(cfg, args.run_dir)
     if args.fresh:
         shutil.rmtree(state.run_dir, ignore_errors=True)
@@ -74,6 +80,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from a2b_pipeline.evaluate import evaluate_checkpoint
 
     print(json.dumps(evaluate_checkpoint(args.checkpoint, args.split), indent=1, sort_keys=True))
+    return 0
+
+
+def cmd_export_encoder(args: argparse.Namespace) -> int:
+    from a2b_pipeline.evaluate import export_encoder
+
+    out = export_encoder(args.checkpoint, args.out)
+    print(out)
     return 0
 
 
@@ -129,6 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", default="test", choices=["train", "val", "test"])
     s.set_defaults(fn=cmd_evaluate)
 
+    s = sub.add_parser("export-encoder", help="save a conv_gru checkpoint's front-end for `pretrained_encoder`")
+    s.add_argument("checkpoint", help="a checkpoint or run directory of a conv_gru model")
+    s.add_argument("out", help="the .safetensors file to write")
+    s.set_defaults(fn=cmd_export_encoder)
+
     s = sub.add_parser("corpus", help="summarise a corpus in a published layout")
     s.add_argument("root")
     s.add_argument("--type", required=True, choices=["manifest", "synthetic", "hku956", "pmemo2019"])
@@ -150,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    from torch.cuda import OutOfMemoryError
+
     from a2b_pipeline.data.recording import BadRecordingError
     from a2b_pipeline.state import CheckpointError
 
@@ -158,7 +179,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except (CheckpointError, BadRecordingError, FileNotFoundError, PermissionError, ValueError) as e:
+    except (
+        CheckpointError,
+        BadRecordingError,
+        FileNotFoundError,
+        PermissionError,
+        ValueError,
+        OutOfMemoryError,
+    ) as e:
         if args.verbose:
             raise
         print(f"error: {e}", file=sys.stderr)

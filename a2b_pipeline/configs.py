@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -196,7 +197,7 @@ ModelConfig = Annotated[
 
 class OptimizerConfig(_Strict):
     name: Literal["adamw", "sgd", "adam"] = "adamw"
-    lr: PositiveFloat = 1e-3
+    lr: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] = 1e-3  # inf would pass `PositiveFloat`
     weight_decay: NonNegativeFloat = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     momentum: NonNegativeFloat = 0.9  # sgd only
@@ -380,3 +381,23 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> RunConfig:
         return RunConfig.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, source)) from None
+
+
+def check_paths(cfg: RunConfig, run_dir: str | Path | None = None, source: str = "config") -> None:
+    """The filesystem checks a config can fail before any work starts: every local `manifest` exists,
+    and the run directory (`run_dir`, else under `checkpoint.dir`) can be created. Creates nothing;
+    raises ConfigError naming the field and the path."""
+    problems = []
+    for i, ds in enumerate(cfg.data.datasets):
+        if ds.manifest and "://" not in ds.manifest and not Path(ds.manifest).is_file():
+            problems.append(f"  data.datasets.{i}.manifest: manifest not found: {ds.manifest}")
+    field, target = ("--run-dir", Path(run_dir)) if run_dir else ("checkpoint.dir", Path(cfg.checkpoint.dir))
+    existing = target.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        problems.append(f"  {field}: can't create {target}: {existing} is not a directory")
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problems.append(f"  {field}: can't create or write {target}: {existing} is not writable")
+    if problems:
+        raise ConfigError("\n".join([f"{source}: {len(problems)} invalid path(s)", *problems]))

@@ -40,7 +40,7 @@ def run_demo(
     from a2b_pipeline.configs import ConfigError
     from a2b_pipeline.defs.assets import ASSETS, experiments
     from a2b_pipeline.defs.checks import CHECKS
-    from a2b_pipeline.defs.resources import default_resources
+    from a2b_pipeline.defs.resources import ExperimentStore, TrainDevice, WandbTracking, default_resources
 
     out = out or sys.stdout
     dagster_home = Path(dagster_home).expanduser().resolve()
@@ -51,14 +51,16 @@ def run_demo(
     if not (dagster_home / "dagster.yaml").exists():
         (dagster_home / "dagster.yaml").write_text(_INSTANCE_YAML)
 
-    resources = default_resources()
-    resources["store"] = resources["store"].model_copy(
-        update={"data_root": str(data_root), "configs_dir": str(configs)}
-    )
-    if tracking_mode:
-        resources["tracking"] = resources["tracking"].model_copy(update={"mode": tracking_mode})
-    if device:
-        resources["compute"] = resources["compute"].model_copy(update={"device": device})
+    env = default_resources()
+    tracking, compute = env["tracking"], env["compute"]
+    resources = {
+        **env,
+        "store": ExperimentStore(data_root=str(data_root), configs_dir=str(configs)),
+        "tracking": WandbTracking(
+            mode=tracking_mode or tracking.mode, project=tracking.project, entity=tracking.entity
+        ),
+        "compute": TrainDevice(device=device or compute.device, num_threads=compute.num_threads),
+    }
     try:
         resources["store"].config_path(experiment)
     except ConfigError as e:
@@ -77,10 +79,8 @@ def run_demo(
             raise_on_error=False,
             tags={"a2b/launched_by": "a2b demo"},
         )
-        done = {
-            e.event_specific_data.materialization.asset_key.to_user_string(): e.event_specific_data.materialization
-            for e in result.get_asset_materialization_events()
-        }
+        mats = [e.event_specific_data.materialization for e in result.get_asset_materialization_events()]
+        done = {m.asset_key.to_user_string(): m for m in mats}
         checks = result.get_asset_check_evaluations()
 
     print("", file=out)
@@ -88,7 +88,10 @@ def run_demo(
         name = a.key.to_user_string()
         print(f"  {'ok ' if name in done else 'FAILED'}  {name}", file=out)
     for c in checks:
-        print(f"  {'ok ' if c.passed else 'FAILED'}  check {c.asset_key.to_user_string()}:{c.check_name}", file=out)
+        print(
+            f"  {'ok ' if c.passed else 'FAILED'}  check {c.asset_key.to_user_string()}:{c.check_name}",
+            file=out,
+        )
     ev = done.get("evaluation")
     if ev is not None:
         md = ev.metadata
@@ -105,7 +108,7 @@ def run_demo(
         f"  DAGSTER_HOME={dagster_home} A2B_DATA_ROOT={data_root} A2B_CONFIGS_DIR={configs} dagster dev",
         file=out,
     )
-    print("and open http://127.0.0.1:3000/assets (partition {!r}).".format(experiment), file=out)
+    print(f"and open http://127.0.0.1:3000/assets (partition {experiment!r}).", file=out)
     if not ok:
         print("a2b demo: some steps failed; the run's logs are in the UI under Runs.", file=out)
     return 0 if ok else 1

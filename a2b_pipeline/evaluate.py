@@ -66,3 +66,21 @@ def predict_windows(
             x, y = ds[i]
             out.append((y.numpy(), model(x[None])[0].float().numpy()))
     return out
+
+
+def export_encoder(path: str | Path, out: str | Path) -> Path:
+    """Write a trained conv_gru front-end as the weights of a `pretrained_encoder` model.
+
+    The encoder then needs `encoder_channels` = the run's `conv_channels` and `encoder_layers: 2`.
+    """
+    from safetensors.torch import save_file
+
+    state, model = load_model(path)
+    if state.config.model.name != "conv_gru":
+        raise ValueError(f"{path}: export-encoder needs a conv_gru checkpoint, got {state.config.model.name!r}")
+    weights = {f"net.{k.removeprefix('frontend.')}": v.contiguous() for k, v in model.state_dict().items()
+               if k.startswith("frontend.")}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(weights, str(out))
+    return out

@@ -212,6 +212,7 @@ class TrainState(_Schema):
     epoch: NonNegativeInt = 0
     global_step: NonNegativeInt = 0
     samples_seen: NonNegativeInt = 0
+    batches_drawn: dict[str, NonNegativeInt] = {}  # training batches drawn per dataset, over the whole run
     world_size: int = 1
     num_threads: int | None = None  # CPU thread count of the first attempt: resume must match
     data_version: str | None = None
@@ -347,6 +348,10 @@ def prune_checkpoints(run_dir: str | Path, keep_last: int, protect: list[str | N
     for ckpt in list_checkpoints(run_dir)[:-keep_last]:
         if ckpt.resolve() not in keep:
             shutil.rmtree(ckpt, ignore_errors=True)
+    # Temporary directories of writes that never finished (a killed process). One process writes a run
+    # directory, and its own write is done when it prunes, so any left now are dead.
+    for tmp in Path(run_dir).glob(".tmp-step_*"):
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def sha256_file(path: Path) -> str:

@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,10 @@ from a2b_pipeline.tracking import Tracker
 
 log = logging.getLogger("a2b_pipeline.train")
 
+# Plugin point: each hook is called as hook(model, state) right after the model is built (before its
+# weights are restored), e.g. to register forward hooks for profiling, or to inject faults in tests.
+MODEL_HOOKS: list[Callable[[nn.Module, TrainState], Any]] = []
+
 
 def train(state: TrainState) -> TrainState:
     cfg = state.config
@@ -73,6 +77,8 @@ def train(state: TrainState) -> TrainState:
     val_loader = make_loader(data, cfg, "val") if rank == 0 and _has_split(data, "val") else None
     io = model_io(cfg)
     raw_model = build_model(cfg.model, io).to(device)
+    for hook in MODEL_HOOKS:
+        hook(raw_model, state)
     optimizer = build_optimizer(cfg, raw_model)
     ema = EMA(raw_model, cfg.train.ema_decay) if cfg.train.ema_decay else None
     scaler = torch.amp.GradScaler(device.type) if cfg.train.precision == "fp16" else None
@@ -96,6 +102,7 @@ def train(state: TrainState) -> TrainState:
     stop = StopRequest()
     total_steps = planned_steps(cfg, len(train_loader))
     batches = micro_batches(train_loader, state, cfg.train.num_epochs)
+    names: list[str] = train_loader.dataset_names  # type: ignore[attr-defined]
     accum = cfg.train.grad_accum_steps
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)  # checked at log steps: no per-step sync
     state.status, state.message = "running", ""
@@ -131,6 +138,8 @@ def train(state: TrainState) -> TrainState:
                 step_loss += loss.detach()
                 got += 1
                 state.samples_seen += x.shape[0] * world_size
+                drawn = names[train_loader.last_loader or 0]
+                state.batches_drawn[drawn] = state.batches_drawn.get(drawn, 0) + 1
             if got == 0:
                 break  # the configured number of epochs is done
             step_loss /= got
@@ -162,7 +171,8 @@ def train(state: TrainState) -> TrainState:
             stop_now = broadcast_flag(stop.requested, world_size, device)
             every = cfg.checkpoint.every_n_steps
             save_now = validate_now or stop_now or bool(every and step % every == 0)
-            if (log_now or save_now) and bool(nonfinite):  # the only per-interval host sync
+            # the only host syncs: at log and checkpoint steps
+            if (log_now or save_now) and broadcast_flag(nonfinite, world_size, device):
                 return stop_on_nonfinite(state, tracker, step)
             if log_now:
                 metrics = {
@@ -214,13 +224,17 @@ def train(state: TrainState) -> TrainState:
     except BaseException as e:
         state.status = "failed" if not isinstance(e, KeyboardInterrupt) else "stopped"
         state.message = f"{type(e).__name__}: {e}"
+        if isinstance(e, torch.cuda.OutOfMemoryError):  # the step is lost, the last checkpoint is not
+            state.message = out_of_memory_message(state, device, e)
+            log.error(state.message)
+            raise torch.cuda.OutOfMemoryError(state.message) from e
         raise
     finally:
         bar.close()
         stop.restore()
         tracker.finish(0 if state.status in ("complete", "stopped") else 1)
         if world_size > 1 and dist.is_initialized():
-            dist.barrier()
+            check_ranks_agree(raw_model, rank, world_size)
     return state
 
 
@@ -383,6 +397,21 @@ def record(state: TrainState, tracker: Tracker, metrics: dict[str, float], step:
     tracker.log(metrics, step)
 
 
+def out_of_memory_message(state: TrainState, device: torch.device, e: BaseException) -> str:
+    cfg = state.config
+    last = state.checkpoint.last_path
+    kept = (
+        f"the newest checkpoint {last} is kept: `a2b resume {state.run_dir}` continues from it"
+        if last
+        else "no checkpoint was written yet"
+    )
+    return (
+        f"out of memory on {device} in step {state.global_step + 1} (data.batch_size="
+        f"{cfg.data.batch_size}, train.grad_accum_steps={cfg.train.grad_accum_steps}); {kept}, or start "
+        f"anew with a smaller batch size and more accumulation steps ({str(e).splitlines()[0][:200]})"
+    )
+
+
 def stop_on_nonfinite(state: TrainState, tracker: Tracker, step: int) -> TrainState:
     state.status = "stopped"
     state.message = (
@@ -466,6 +495,26 @@ def broadcast_flag(flag: Any, world_size: int, device: torch.device) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+def check_ranks_agree(model: nn.Module, rank: int, world_size: int) -> None:
+    """DDP keeps replicas identical; verify it at the end, so a silent desync can't go unnoticed."""
+    digest = weights_digest(model)
+    everyone: list[Any] = [None] * world_size
+    dist.all_gather_object(everyone, digest)
+    log.info("rank %d of %d: final weights sha256 %s", rank, world_size, digest)
+    if len(set(everyone)) != 1:
+        raise RuntimeError(f"ranks ended with different weights: {everyone}")
+
+
+def weights_digest(model: nn.Module) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 # ---- checkpoints ----

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import signal
@@ -190,13 +191,13 @@ def test_no_secret_in_metadata_or_logs(demo):
 
 
 def test_changed_config_gives_new_data_version_and_marks_downstream_stale(demo, tmp_path):
-    from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+    from dagster._core.definitions.data_version import StaleStatus
+    from dagster._utils.test.data_versions import get_stale_status_resolver
 
     home = demo["home"]
     with DagsterInstance.from_config(str(home)) as instance:
-        graph = defs.resolve_asset_graph()
         before = _latest(instance, "corpus_manifest", "demo").tags["dagster/data_version"]
-        fresh = CachingStaleStatusResolver(instance, graph)
+        fresh = get_stale_status_resolver(instance, ASSETS)
         assert fresh.get_status(AssetKey("evaluation"), "demo") == StaleStatus.FRESH
         # a changed data setting: re-materialize corpus_manifest only
         configs = tmp_path / "configs"
@@ -211,10 +212,12 @@ def test_changed_config_gives_new_data_version_and_marks_downstream_stale(demo, 
         assert res.success
         after = _latest(instance, "corpus_manifest", "demo").tags["dagster/data_version"]
         assert after != before
-        resolver = CachingStaleStatusResolver(instance, graph)
+        resolver = get_stale_status_resolver(instance, ASSETS)
         assert resolver.get_status(AssetKey("dataset_splits"), "demo") == StaleStatus.STALE
-        causes = resolver.get_stale_root_causes(AssetKey("dataset_splits"), "demo")
-        assert any(c.dependency and c.dependency.asset_key == AssetKey("corpus_manifest") for c in causes)
+        causes = resolver.get_stale_causes(AssetKey("dataset_splits"), "demo")
+        assert any(c.dependency and c.dependency.asset_key == AssetKey("corpus_manifest") for c in causes), (
+            causes
+        )
         # and the downstream guard refuses to run on a config its upstream was not built from
         res = materialize(
             [*ASSETS],
@@ -232,16 +235,19 @@ def test_changed_config_gives_new_data_version_and_marks_downstream_stale(demo, 
 def test_evaluation_check_fails_below_its_floor(demo):
     from a2b_pipeline.defs.checks import evaluation_metrics_ok
 
+    # executed on its own (as from the UI's check page): no partition, so it checks every experiment
     with DagsterInstance.from_config(str(demo["home"])) as instance:
         res = materialize(
             [*ASSETS, *CHECKS],
             instance=instance,
             resources=_resources(demo["root"], demo["configs"], floor=1.5),
-            partition_key="demo",
             selection=AssetSelection.checks(evaluation_metrics_ok),
+            raise_on_error=False,
         )
     (ev,) = res.get_asset_check_evaluations()
-    assert not ev.passed and "below the floor 1.5" in ev.description
+    assert (
+        not ev.passed and "demo: test/pearson" in ev.description and "below the floor 1.5" in ev.description
+    )
 
 
 # ---- the real webserver and the CLI ----
@@ -348,26 +354,21 @@ def test_webserver_on_localhost_serves_the_asset_graph_and_the_demo(demo, tmp_pa
 def test_cli_validates_workspace_and_lists_six_assets(tmp_path):
     bindir = Path(sys.executable).parent
     env = _env(DAGSTER_HOME=str(tmp_path))
-    r = subprocess.run(
-        [str(bindir / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert r.returncode == 0, r.stdout + r.stderr
-    r = subprocess.run(
-        [str(bindir / "dagster"), "asset", "list", "-m", "a2b_pipeline.defs"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert r.returncode == 0, r.stderr
-    listed = [line.strip() for line in r.stdout.splitlines() if line.strip()]
-    assert sorted(listed) == sorted(ASSET_NAMES), r.stdout
+    commands = {
+        "validate": [str(bindir / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
+        "list": [str(bindir / "dagster"), "asset", "list", "-m", "a2b_pipeline.defs"],
+    }
+    procs = {
+        k: subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for k, cmd in commands.items()
+    }
+    out = {k: (p.communicate(timeout=180), p.returncode) for k, p in procs.items()}
+    (stdout, stderr), code = out["validate"]
+    assert code == 0, stdout + stderr
+    (stdout, stderr), code = out["list"]
+    assert code == 0, stderr
+    listed = [line.strip() for line in stdout.splitlines() if line.strip()]
+    assert sorted(listed) == sorted(ASSET_NAMES), stdout
 
 
 def test_code_location_loads_without_torch_and_tags_training_for_a_gpu():
@@ -409,22 +410,31 @@ sys.exit(0 if r.success else 3)
 """
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
-def test_interrupted_training_run_resumes_from_its_checkpoint(tmp_path, sig):
-    from a2b_pipeline.state import TrainState, list_checkpoints
+def _attempt(script: Path, home: Path, env: dict, run_dir: Path, after_step: int, sig: int, log: Path) -> int:
+    """Materialize training_run in a subprocess; once a checkpoint past `after_step` exists, send `sig`."""
+    from a2b_pipeline.state import STEP_DIR, list_checkpoints
+
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, str(script), str(home)], cwd=REPO, env=env, stdout=out, stderr=out
+        )
+        deadline = time.monotonic() + 180
+        while not any(int(STEP_DIR.match(c.name)[1]) > after_step for c in list_checkpoints(run_dir)):
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        proc.send_signal(sig)
+        return proc.wait(timeout=60)
+
+
+def test_interrupted_training_run_resumes_from_its_checkpoint(tmp_path):
+    """Attempt 1 is SIGKILLed after its first checkpoint, attempt 2 resumes and is SIGTERMed (it stops
+    cleanly with a checkpoint), attempt 3 resumes from that one and completes: no attempt starts over."""
+    from a2b_pipeline.state import TrainState
 
     configs, root, home = tmp_path / "configs", tmp_path / "data", tmp_path / "home"
-    _write_config(
-        configs,
-        "resume",
-        tmp_path,
-        [
-            "train.max_steps=60",
-            "checkpoint.every_n_steps=2",
-            "train.val_every_n_steps=30",
-            "checkpoint.keep_last=50",
-        ],
-    )
+    overrides = ["train.max_steps=24", "checkpoint.every_n_steps=2", "train.val_every_n_steps=12"]
+    _write_config(configs, "resume", tmp_path, [*overrides, "checkpoint.keep_last=50"])
     home.mkdir()
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     with DagsterInstance.from_config(str(home)) as instance:
@@ -438,8 +448,9 @@ def test_interrupted_training_run_resumes_from_its_checkpoint(tmp_path, sig):
         )
         assert res.success
         splits = _md(_latest(instance, "dataset_splits", "resume"))
-    cfg_hash, dv = splits["config_hash"], splits["data_version"]
-    run_dir = root / "runs" / "resume" / f"train-{cfg_hash}-{dv[:12]}"
+    # the run directory the data assets planned (config hash + data version)
+    run_dir = Path(json.loads(Path(splits["train_state"]).read_text())["run_dir"])
+    assert run_dir.name == f"train-{splits['config_hash']}-{splits['data_version'][:12]}"
 
     script = tmp_path / "train_asset.py"
     script.write_text(_TRAIN_SCRIPT)
@@ -450,26 +461,26 @@ def test_interrupted_training_run_resumes_from_its_checkpoint(tmp_path, sig):
         A2B_DEVICE="cpu",
         DAGSTER_HOME=str(home),
     )
-    with open(tmp_path / "first.log", "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, str(script), str(home)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-        deadline = time.monotonic() + 120
-        while not list_checkpoints(run_dir):
-            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        proc.send_signal(sig)
-        code = proc.wait(timeout=60)
-    assert code != 0  # interrupted: no materialization
-    interrupted = TrainState.from_checkpoint(run_dir)
-    assert 0 < interrupted.global_step < 60
-    if sig == signal.SIGTERM:  # a clean stop writes a checkpoint with status "stopped"
-        assert interrupted.status == "stopped", interrupted.message
-    history = [(m.name, m.step) for m in interrupted.metrics]
+    # attempt 1: killed hard after its first checkpoint
+    code = _attempt(script, home, env, run_dir, 0, signal.SIGKILL, tmp_path / "attempt1.log")
+    assert code == -signal.SIGKILL
+    first = TrainState.from_checkpoint(run_dir)
+    assert 0 < first.global_step < 24
+    # attempt 2: resumes, then a clean SIGTERM stop with a checkpoint (status "stopped")
+    code = _attempt(script, home, env, run_dir, first.global_step, signal.SIGTERM, tmp_path / "attempt2.log")
+    assert code != 0  # stopped is not a materialization
+    assert f"from step {first.global_step}" in (tmp_path / "attempt2.log").read_text()
+    second = TrainState.from_checkpoint(run_dir)
+    assert second.status == "stopped", second.message
+    assert first.global_step < second.global_step < 24
+    history = [(m.name, m.step) for m in second.metrics]
+    assert [(m.name, m.step) for m in first.metrics] == history[: len(first.metrics)]
 
+    # attempt 3, in-process: resumes from the stopped checkpoint and completes
     with DagsterInstance.from_config(str(home)) as instance:
-        assert _latest(instance, "training_run", "resume") is None  # the interrupted run materialized nothing
+        assert (
+            _latest(instance, "training_run", "resume") is None
+        )  # the interrupted attempts materialized nothing
         res = materialize(
             ASSETS,
             instance=instance,
@@ -479,15 +490,15 @@ def test_interrupted_training_run_resumes_from_its_checkpoint(tmp_path, sig):
         )
         assert res.success
         md = _md(_latest(instance, "training_run", "resume"))
-    assert md["resumed_from_step"] == interrupted.global_step
-    assert md["global_step"] == 60 and md["status"] == "complete"
+    assert md["resumed_from_step"] == second.global_step
+    assert md["global_step"] == 24 and md["status"] == "complete"
     assert md["run_dir"] == str(run_dir)
     final = TrainState.from_checkpoint(run_dir)
-    assert final.global_step == 60
-    # the metric history continues the interrupted run's instead of starting over
+    assert final.global_step == 24 and final.status == "complete"
+    # the metric history continues the interrupted attempts' history instead of starting over
     assert [(m.name, m.step) for m in final.metrics][: len(history)] == history
-    first_steps = [m.step for m in final.metrics if m.name == "train/loss"]
-    assert first_steps == sorted(set(first_steps))
+    loss_steps = [m.step for m in final.metrics if m.name == "train/loss"]
+    assert loss_steps == sorted(set(loss_steps))
 
 
 # ---- checks that fail, sensors, schedule ----
@@ -573,14 +584,16 @@ def test_configs_sensor_registers_experiments_and_corpus_sensor_notices_a_change
     assert all(r.job_name in (None, "data_refresh_job") for r in changed.run_requests)
 
 
-def test_retrain_schedule_requests_one_gpu_run_per_experiment():
+def test_retrain_schedule_requests_one_gpu_run_per_experiment(tmp_path):
     from a2b_pipeline.defs.schedules import RETRAIN_CRON, retrain_schedule
 
     assert retrain_schedule.cron_schedule == RETRAIN_CRON == os.environ.get("A2B_RETRAIN_CRON", "0 3 * * 1")
-    instance = DagsterInstance.ephemeral()
-    ctx = build_schedule_context(instance=instance)
-    assert retrain_schedule.evaluate_tick(ctx).skip_message
-    instance.add_dynamic_partitions(experiments.name, ["a", "b"])
-    reqs = retrain_schedule.evaluate_tick(build_schedule_context(instance=instance)).run_requests
+    tick = datetime.datetime(2026, 1, 5, 3, 0, tzinfo=datetime.UTC)
+    with DagsterInstance.from_config(str(tmp_path)) as instance:  # schedule contexts need a persistent one
+        skipped = retrain_schedule(build_schedule_context(instance=instance, scheduled_execution_time=tick))
+        assert "no experiments" in skipped.skip_message
+        instance.add_dynamic_partitions(experiments.name, ["a", "b"])
+        reqs = retrain_schedule(build_schedule_context(instance=instance, scheduled_execution_time=tick))
     assert sorted(r.partition_key for r in reqs) == ["a", "b"]
+    assert {r.run_key for r in reqs} == {"retrain-a-20260105T0300", "retrain-b-20260105T0300"}
     assert all(r.tags["gpu"] == "1" for r in reqs)

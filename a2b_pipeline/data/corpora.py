@@ -39,9 +39,12 @@ required column is a ``CorpusError`` either way.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import math
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -159,8 +162,21 @@ def _is_number(cell: str) -> bool:
         return False
 
 
-def _rows(text: str) -> list[list[str]]:
-    return [r for r in csv.reader(io.StringIO(text)) if any(c.strip() for c in r)]
+def _float_grid(body: Sequence[Sequence[str]], width: int) -> np.ndarray | None:
+    """Fast path: cells as float64 [rows, width], NaN for empty or missing cells; None if any cell is not a
+    plain number (the caller then finds and names it)."""
+    try:
+        grid = np.array(
+            [[c if c.strip() else "nan" for c in (list(r[:width]) + [""] * (width - len(r)))] for r in body],
+            dtype=np.float64,
+        )
+    except ValueError:
+        return None
+    return grid.reshape(len(body), width)
+
+
+_PARSED: OrderedDict[str, dict[str, np.ndarray]] = OrderedDict()
+_PARSED_LOCK = threading.Lock()
 
 
 def parse_signal_csv(text: str, path: str = "", rec: Recording | None = None) -> dict[str, np.ndarray]:
@@ -169,42 +185,63 @@ def parse_signal_csv(text: str, path: str = "", rec: Recording | None = None) ->
     With a header row, columns keep their (stripped) names. Without one (the first row is all numbers) they
     are named '0', '1', ...; a raw Empatica E4 preamble (a one-cell row with a Unix start time, then a
     one-cell row with the rate) is dropped. Non-numeric cells raise BadRecordingError naming line and column.
+    The last few tables are remembered (read-only arrays): a PMEmo file is read once for all its listeners.
     """
-    rows = _rows(text)
-    if not rows:
+    key = hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()
+    with _PARSED_LOCK:
+        hit = _PARSED.get(key)
+        if hit is not None:
+            _PARSED.move_to_end(key)
+            return dict(hit)
+    out = _parse_signal_csv(text, path, rec)
+    for arr in out.values():
+        arr.flags.writeable = False
+    with _PARSED_LOCK:
+        _PARSED[key] = out
+        while len(_PARSED) > 32:
+            _PARSED.popitem(last=False)
+    return dict(out)
+
+
+def _parse_signal_csv(text: str, path: str, rec: Recording | None) -> dict[str, np.ndarray]:
+    numbered = [(i + 1, r) for i, r in enumerate(csv.reader(io.StringIO(text))) if any(c.strip() for c in r)]
+    if not numbered:
         raise BadRecordingError(rec, path, "signal file is empty")
-    first = rows[0]
+    first = numbered[0][1]
     if all(_is_number(c) for c in first if c.strip()):
-        width = max(len(r) for r in rows)
-        names = [str(i) for i in range(width)]
-        body, first_line = rows, 1
+        names = [str(i) for i in range(max(len(r) for _, r in numbered))]
+        body = numbered
         if (
             len(body) > 2
-            and len(body[0]) == 1
-            and len(body[1]) == 1
-            and float(body[0][0]) > 1e8
-            and 0 < float(body[1][0]) <= 10000
+            and len(body[0][1]) == 1
+            and len(body[1][1]) == 1
+            and float(body[0][1][0]) > 1e8
+            and 0 < float(body[1][1][0]) <= 10000
         ):
-            body, first_line = body[2:], 3
+            body = body[2:]
     else:
         names = [h.strip() for h in first]
-        body, first_line = rows[1:], 2
-    out: dict[str, np.ndarray] = {}
-    for c, name in enumerate(names):
-        col = np.full(len(body), np.nan)
-        for i, r in enumerate(body):
-            if c >= len(r):
-                continue
-            try:
-                col[i] = _float(r[c])
-            except ValueError:
-                raise BadRecordingError(
-                    rec, path, f"line {i + first_line}, column {name!r}: not a number ({r[c]!r})"
-                ) from None
-        if name in out and name:
+        body = numbered[1:]
+    seen: set[str] = set()
+    for name in names:
+        if name and name in seen:
             raise BadRecordingError(rec, path, f"column {name!r} appears twice in the header")
-        out[name] = col
-    return out
+        seen.add(name)
+    grid = _float_grid([r for _, r in body], len(names))
+    if grid is None:  # find the first bad cell, to name it
+        for line, r in body:
+            for c, name in enumerate(names[: len(r)]):
+                try:
+                    _float(r[c])
+                except ValueError:
+                    raise BadRecordingError(
+                        rec, path, f"line {line}, column {name!r}: not a number ({r[c]!r})"
+                    ) from None
+        grid = np.array(
+            [[_float(c) for c in (list(r[: len(names)]) + [""] * (len(names) - len(r)))] for _, r in body],
+            dtype=np.float64,
+        ).reshape(len(body), len(names))
+    return {name: np.ascontiguousarray(grid[:, c]) for c, name in enumerate(names)}
 
 
 def _valid_length(values: np.ndarray) -> int:
@@ -290,7 +327,7 @@ class _WideEDA:
 
 def _parse_wide_eda(text: str) -> _WideEDA:
     """Parse a PMEmo EDA file; ValueError(reason) for problems of the whole file."""
-    rows = [r for r in csv.reader(io.StringIO(text))]
+    rows = list(csv.reader(io.StringIO(text)))
     while rows and not any(c.strip() for c in rows[-1]):
         rows.pop()
     if not rows:
@@ -301,38 +338,45 @@ def _parse_wide_eda(text: str) -> _WideEDA:
     body = rows[1:]
     if not body:
         raise ValueError("no data rows")
-    times = np.empty(len(body))
-    for i, r in enumerate(body):
-        cell = r[0].strip() if r else ""
-        try:
-            t = float(cell)
-        except ValueError:
-            raise ValueError(f"line {i + 2}: time {cell!r} is not a number") from None
-        if not math.isfinite(t):
-            raise ValueError(f"line {i + 2}: time {cell!r} is not finite")
-        if i and t < times[i - 1]:
-            raise ValueError(f"time goes backwards at line {i + 2} ({times[i - 1]:g} -> {t:g})")
-        if i and t == times[i - 1]:
-            raise ValueError(f"time repeats at line {i + 2} ({t:g})")
-        times[i] = t
     width = max(len(header), max(len(r) for r in body))
-    columns, bad = [], {}
+    grid = _float_grid(body, width)
+    bad: dict[str, str] = {}
+    if grid is None:  # some cell is not a number: find which, column by column
+        grid = np.full((len(body), width), np.nan)
+        for i, r in enumerate(body):
+            for c, cell in enumerate(r[:width]):
+                name = header[c] if c < len(header) else ""
+                try:
+                    grid[i, c] = _float(cell)
+                except ValueError:
+                    if c == 0:
+                        raise ValueError(f"line {i + 2}: time {cell.strip()!r} is not a number") from None
+                    bad.setdefault(name, f"line {i + 2}, column {name!r}: not a number ({cell!r})")
+    times = grid[:, 0]
+    nonfinite = np.flatnonzero(~np.isfinite(times))
+    if nonfinite.size:
+        i = int(nonfinite[0])
+        cell = body[i][0].strip() if body[i] else ""
+        raise ValueError(f"line {i + 2}: time {cell!r} is not a number")
+    steps = np.diff(times)
+    back = np.flatnonzero(steps < 0)
+    if back.size:
+        i = int(back[0]) + 1
+        raise ValueError(f"time goes backwards at line {i + 2} ({times[i - 1]:g} -> {times[i]:g})")
+    same = np.flatnonzero(steps == 0)
+    if same.size:
+        i = int(same[0]) + 1
+        raise ValueError(f"time repeats at line {i + 2} ({times[i]:g})")
+    columns = []
     for c in range(1, width):
         name = header[c] if c < len(header) else ""
-        col = np.full(len(body), np.nan)
-        for i, r in enumerate(body):
-            if c < len(r):
-                try:
-                    col[i] = _float(r[c])
-                except ValueError:
-                    bad.setdefault(name, f"line {i + 2}, column {name!r}: not a number ({r[c]!r})")
-                    break
-        if not name and np.isnan(col).all():
+        col = grid[:, c]
+        if not name and np.isnan(col).all() and name not in bad:
             continue  # a trailing comma, not a listener
         columns.append((name, col))
     if not columns:
         raise ValueError("no subject columns (only a time column)")
-    return _WideEDA(header[0], times, columns, bad)
+    return _WideEDA(header[0], np.ascontiguousarray(times), columns, bad)
 
 
 def _music_file_index(tree: dict[str, remote.FileInfo], folder: str) -> dict[str, str]:

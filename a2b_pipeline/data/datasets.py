@@ -46,7 +46,8 @@ def load_recording(rec: Recording, data: DataConfig) -> LoadedRecording:
             rec,
             path,
             f"signal ends at {end:.2f} s of the audio but the audio lasts {limit:.2f} s "
-            f"(differ by more than duration_tolerance_seconds={data.duration_tolerance_seconds})",
+            f"(differ by more than duration_tolerance_seconds={data.duration_tolerance_seconds}; "
+            f"audio file {rec.audio_path}: one of the two is cut short?)",
         )
     usable = min(limit, end) - max(0.0, start)  # seconds with all data
     if usable < data.window_seconds:

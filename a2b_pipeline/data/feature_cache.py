@@ -1,7 +1,8 @@
 """On-disk cache of decoded audio features and resampled targets.
 
-An entry is keyed by (content hash of its source file(s), hash of the settings that shape it): an edited file
-or a changed setting gives a new key, so a stale entry is never found, let alone used. Each entry is one file
+An entry is keyed by (content hash of its source file(s), hash of the settings that shape it, hash of the
+source code that computes it): an edited file, a changed setting or changed decoding code gives a new key, so
+a stale entry is never found, let alone used. Each entry is one file
 
     MAGIC | 8-byte little-endian header length | JSON header | payload (raw arrays)
 
@@ -11,12 +12,15 @@ of it; an entry that fails (truncated, flipped bits, another key, another format
 into place, so concurrent workers (DataLoader workers, DDP ranks, parallel runs) only ever see whole
 entries; two writers of the same key write the same bytes and the last rename wins.
 
-The audio features of one clip are shared by every listener of that clip (PMEmo: ~30 recordings per song):
+The audio features of one clip are shared by every listener of that clip (PMEmo: one recording per listener):
 the cache key depends on the audio only, and in one process the same tensor is handed out again while it
 is alive, so a song is decoded once and held in memory once.
 
 Remote sources (``s3://...``) are first made local through :mod:`a2b_pipeline.data.remote` (downloaded once,
 keyed by URL + ETag + size).
+
+Entries live under ``<data.cache_dir or $A2B_CACHE_DIR or ~/.cache/a2b>/features``; ``A2B_FEATURE_CACHE=0``
+turns the disk cache off (everything is decoded, nothing written). Deleting the folder is always safe.
 """
 
 from __future__ import annotations
@@ -41,9 +45,21 @@ import torch
 from a2b_pipeline.data import remote
 from a2b_pipeline.data.recording import BadRecordingError, Recording
 
-# Bump when the code that computes features or targets changes its output: every old entry becomes a miss.
+# Bump to invalidate every entry by hand. Entries are also keyed by the source code of the functions that
+# compute them (code_version), so an edit of the decoding or resampling code never serves stale entries.
 FEATURE_CODE_VERSION = 1
 TARGET_CODE_VERSION = 1
+
+_FEATURE_CODE = (
+    "a2b_pipeline.data.audio:read_audio,resample,_sinc_kernel,open_binary",
+    "a2b_pipeline.data.features:log_mel,mel_filterbank,n_frames,_hz_to_mel,_mel_to_hz",
+    "a2b_pipeline.data.datasets:_decode",
+)
+_TARGET_CODE = (
+    "a2b_pipeline.data.features:_read_table,read_channels,signal_end,resample_channels",
+    "a2b_pipeline.data.corpora:parse_signal_csv,_parse_signal_csv,_float_grid,_float,_is_number,pick_value_column",
+    "a2b_pipeline.data.datasets:_read_target",
+)
 
 MAGIC = b"A2BFC\x01\n"
 _LEN = struct.Struct("<Q")
@@ -92,6 +108,33 @@ def _disabled() -> bool:
 
 
 # ---- hashing ----
+
+
+_CODE_HASHES: dict[tuple[str, ...], str] = {}
+
+
+def code_version(specs: tuple[str, ...]) -> str:
+    """sha256 over the source of the named functions ("module:fn,fn"); the module file when it has none."""
+    hit = _CODE_HASHES.get(specs)
+    if hit is not None:
+        return hit
+    import importlib
+    import inspect
+
+    h = hashlib.sha256()
+    for spec in specs:
+        mod_name, _, names = spec.partition(":")
+        mod = importlib.import_module(mod_name)
+        for name in names.split(","):
+            obj = getattr(mod, name, None)
+            try:
+                src = inspect.getsource(obj) if obj is not None else f"<missing {name}>"
+            except (OSError, TypeError):
+                src = f"{name}@{getattr(mod, '__file__', '')}"
+            h.update(f"{mod_name}.{name}\n{src}\n".encode())
+    digest = h.hexdigest()[:16]
+    _CODE_HASHES[specs] = digest
+    return digest
 
 
 def content_hash(path: str) -> str:
@@ -248,6 +291,7 @@ def audio_features(
         {
             "kind": "logmel",
             "v": FEATURE_CODE_VERSION,
+            "code": code_version(_FEATURE_CODE),
             "audio": content_hash(local),
             "sample_rate": data.sample_rate,
             "n_mels": data.n_mels,
@@ -299,6 +343,7 @@ def target(
         {
             "kind": "target",
             "v": TARGET_CODE_VERSION,
+            "code": code_version(_TARGET_CODE),
             "signals": parts,
             "channels": list(data.channels),
             "target_rate": data.target_rate,

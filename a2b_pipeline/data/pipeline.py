@@ -140,6 +140,11 @@ def prepare_data(cfg: RunConfig) -> PreparedData:
     recordings = {
         s: {name: [lr.rec for lr in lst] for name, lst in part.items()} for s, part in loaded_by.items()
     }
+    if skipped:  # one line for all, listing-time ones (a missing file) included
+        more = f"; ... and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+        reasons = "; ".join(s.reason if s.path in s.reason else f"{s.path}: {s.reason}" for s in skipped[:10])
+        reasons += more
+        log.warning("skipped %d bad recording(s): %s", len(skipped), reasons)
     return PreparedData(splits, recordings, skipped, norm, compute_data_version(cfg, listings))
 
 

@@ -322,6 +322,8 @@ def list_tree(root: str | os.PathLike[str]) -> dict[str, FileInfo]:
         fs.invalidate_cache(rpath)
         found = fs.find(rpath, detail=True)
     base = s.rstrip("/")
+    for stale in [k for k in _KNOWN if k.startswith(base + "/")]:  # deleted upstream since the last listing
+        del _KNOWN[stale]
     for name, d in sorted(found.items()):
         if d.get("type") == "directory":
             continue

@@ -6,7 +6,7 @@ import json
 
 from dagster import AssetSelection, define_asset_job
 
-from a2b_pipeline.defs.assets import GPU_TAGS, experiments
+from a2b_pipeline.defs.assets import GPU_TAGS
 
 DATA_ASSETS = ["corpus_manifest", "dataset_splits", "meta_loader_spec"]
 
@@ -17,7 +17,6 @@ RUN_GPU_TAGS = {k: v if isinstance(v, str) else json.dumps(v) for k, v in GPU_TA
 experiment_job = define_asset_job(
     "experiment_job",
     selection=AssetSelection.groups("a2b"),
-    partitions_def=experiments,
     tags=RUN_GPU_TAGS,
     description="Materialize an experiment end to end: corpus, splits, loader spec, training, best "
     "checkpoint, evaluation (and their checks). Tagged for a GPU.",
@@ -26,7 +25,6 @@ experiment_job = define_asset_job(
 data_refresh_job = define_asset_job(
     "data_refresh_job",
     selection=AssetSelection.assets(*DATA_ASSETS),
-    partitions_def=experiments,
     description="Re-list, re-split and re-plan the data of an experiment (no training): downstream assets "
     "show as stale when the corpus or config changed.",
 )

@@ -1,0 +1,254 @@
+"""MetaDataLoader overhead: the same batches through MetaDataLoader over 3 loaders and plain DataLoaders.
+
+Both arms iterate the *same* three torch DataLoaders (num_workers=0, so every cost lands in this process):
+  meta     one MetaDataLoader(loaders, weights 3:1:1), built before the clock starts, for a few epochs
+  replay   plain iter() of each DataLoader, taking batches in the order the MetaDataLoader drew them
+           (recorded beforehand): the same batches in the same order, the minimal cost of any mixing
+  chain    plain DataLoaders one after the other: the same batches in another order, no mixing at all
+Equality of the batches of meta and replay is checked before timing.
+
+Scenarios:
+  windows  the real thing: WindowDataset windows of three synthetic corpora from prepare_data, demo batch size
+  tiny     a stress case: TensorDatasets of 8 floats, batch size 1, so the per-batch cost of the
+           MetaDataLoader itself shows (its absolute overhead per batch is reported in microseconds)
+
+    .venv/bin/python bench/loader.py [--quick] [--reps N]
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import _common as C
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+WEIGHTS = [3.0, 1.0, 1.0]
+
+
+def three_corpora_loaders(args: Any) -> tuple[list[DataLoader], int]:
+    from a2b_pipeline.data.pipeline import make_loader, prepare_data
+
+    raw = C.bench_config_dict(args.data_dir, quick=args.quick, threads=args.threads)
+    third = dict(raw["data"]["datasets"][1])
+    third.update(name="synth_c", root=third["root"].replace("synth_b", "synth_c"))
+    third["synthetic"] = {**third["synthetic"], "seed": 3}
+    raw["data"]["datasets"].append(third)
+    for ds, w in zip(raw["data"]["datasets"], WEIGHTS, strict=True):
+        ds["weight"] = w
+    from a2b_pipeline.configs import config_from_dict
+
+    cfg = config_from_dict(raw, "bench")
+    meta = make_loader(prepare_data(cfg), cfg, "train")
+    assert len(meta.dataloaders) == 3, meta.dataset_names  # type: ignore[attr-defined]
+    return list(meta.dataloaders), cfg.seed
+
+
+def tiny_loaders(n: int) -> tuple[list[DataLoader], int]:
+    from a2b_pipeline.data.meta_dataloader import ShardedEpochSampler
+
+    out = []
+    for i in range(3):
+        ds = TensorDataset(torch.randn(n, 8), torch.randn(n, 1))
+        sampler = ShardedEpochSampler(n, shuffle=True, seed=i)
+        out.append(DataLoader(ds, batch_size=1, sampler=sampler, generator=torch.Generator()))
+    return out, 0
+
+
+def record(loaders: list[DataLoader], seed: int, epoch: int) -> tuple[list[int], list[Any]]:
+    """The MetaDataLoader's draw order (loader index per batch) and batches for one epoch."""
+    from a2b_pipeline.data.meta_dataloader import MetaDataLoader
+
+    meta = MetaDataLoader(loaders, "train", WEIGHTS, seed=seed)
+    meta.set_epoch(epoch)
+    order, batches = [], []
+    for b in meta:
+        order.append(meta.last_loader)
+        batches.append(b)
+    return order, batches
+
+
+def plain_iters(loaders: list[DataLoader], seed: int, epoch: int) -> list[Any]:
+    """iter() of each loader positioned as MetaDataLoader positions it (sampler epoch, generator seed)."""
+    from a2b_pipeline.data.meta_dataloader import derive_seed
+
+    its = []
+    for i, dl in enumerate(loaders):
+        dl.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+        dl.generator.manual_seed(derive_seed("loader", seed, i, epoch))  # type: ignore[union-attr]
+        its.append(iter(dl))
+    return its
+
+
+def run_meta(meta: Any, epochs: int, stamps: list[float]) -> None:
+    for _ in range(epochs):  # the cursor moves on to the next epoch by itself
+        for _ in meta:
+            stamps.append(time.perf_counter())
+
+
+def run_replay(loaders: list[DataLoader], seed: int, orders: list[list[int]], stamps: list[float]) -> None:
+    for epoch, order in enumerate(orders):
+        its = plain_iters(loaders, seed, epoch)
+        for i in order:
+            next(its[i])
+            stamps.append(time.perf_counter())
+
+
+def run_chain(loaders: list[DataLoader], seed: int, epochs: int, stamps: list[float]) -> None:
+    for epoch in range(epochs):
+        for it in plain_iters(loaders, seed, epoch):
+            for _ in it:
+                stamps.append(time.perf_counter())
+
+
+class _TimedIter:
+    """Wraps a DataLoader iterator and sums the time spent inside its __next__."""
+
+    def __init__(self, it: Any, acc: list[float]) -> None:
+        self.it, self.acc = it, acc
+
+    def __iter__(self) -> _TimedIter:
+        return self
+
+    def __next__(self) -> Any:
+        t = time.perf_counter()
+        try:
+            return next(self.it)
+        finally:
+            self.acc[0] += time.perf_counter() - t
+
+
+def decompose(loaders: list[DataLoader], seed: int, epochs: int) -> tuple[float, float]:
+    """(MetaDataLoader's own seconds per batch, seconds per batch inside the DataLoaders), from one run:
+    the time spent inside the DataLoaders (creating their iterators and their __next__) is subtracted from
+    the whole. The sampler set_epoch and generator reseeding that MetaDataLoader does count as its own."""
+    from a2b_pipeline.data.meta_dataloader import MetaDataLoader
+
+    acc = [0.0]
+
+    class Timed(DataLoader):
+        def __iter__(self) -> Any:  # type: ignore[override]
+            t = time.perf_counter()
+            it = super().__iter__()  # creating the iterator is the DataLoader's cost too
+            acc[0] += time.perf_counter() - t
+            return _TimedIter(it, acc)
+
+    classes = [dl.__class__ for dl in loaders]
+    for dl in loaders:
+        dl.__class__ = Timed
+    try:
+        meta = MetaDataLoader(loaders, "train", WEIGHTS, seed=seed)
+        stamps = [time.perf_counter()]
+        run_meta(meta, epochs, stamps)
+    finally:
+        for dl, cls in zip(loaders, classes, strict=True):
+            dl.__class__ = cls
+    n = len(stamps) - 1
+    total = stamps[-1] - stamps[0]
+    return (total - acc[0]) / n, acc[0] / n
+
+
+def scenario(loaders: list[DataLoader], seed: int, n_reps: int, epochs: int) -> dict[str, Any]:
+    from a2b_pipeline.data.meta_dataloader import MetaDataLoader
+
+    orders = []
+    for e in range(epochs):
+        order, batches = record(loaders, seed, e)
+        orders.append(order)
+        if e == 0:  # replay yields exactly the MetaDataLoader's batches
+            its = plain_iters(loaders, seed, e)
+            for i, b in zip(order, batches, strict=True):
+                assert all(torch.equal(u, v) for u, v in zip(next(its[i]), b, strict=True))
+        del batches
+    arms = {
+        "meta": lambda meta, st: run_meta(meta, epochs, st),
+        "replay": lambda _, st: run_replay(loaders, seed, orders, st),
+        "chain": lambda _, st: run_chain(loaders, seed, epochs, st),
+    }
+    series = {k: C.Series() for k in arms}
+    own, inside = [], []
+    for rep in range(n_reps):
+        for arm in C.rotate(list(arms), rep):
+            meta = MetaDataLoader(loaders, "train", WEIGHTS, seed=seed)
+            stamps: list[float] = []
+            start = C.clocks()
+            stamps.append(start[0])
+            arms[arm](meta, stamps)
+            series[arm].add(len(stamps) - 1, C.Span.since(start), median_batch_s=C.median_interval(stamps))
+        o, i = decompose(loaders, seed, epochs)
+        own.append(o)
+        inside.append(i)
+    res: dict[str, Any] = {"batches_per_epoch": len(orders[0]), "epochs_per_measurement": epochs}
+    for arm, s in series.items():
+        res[arm] = s.summary()
+    for base in ("replay", "chain"):
+        meta_s, base_s = series["meta"], series[base]
+        res[f"meta_vs_{base}_wall"] = C.paired(meta_s.wall, base_s.wall)
+        res[f"meta_vs_{base}_cpu"] = C.paired(meta_s.cpu, base_s.cpu)
+        # per-batch median: robust to bursts of descheduling on a shared machine
+        res[f"meta_vs_{base}_median_batch"] = C.paired(
+            base_s.extra["median_batch_s"], meta_s.extra["median_batch_s"]
+        )
+    res["meta_own_us_per_batch"] = 1e6 * C.median(own)
+    res["loader_us_per_batch"] = 1e6 * C.median(inside)
+    res["meta_own_share"] = C.median([o / (o + i) for o, i in zip(own, inside, strict=True)])
+    return res
+
+
+def main() -> int:
+    args = C.parser(__doc__.split("\n")[0]).parse_args()
+    n_reps = C.reps(args, full=7, quick=2)
+    C.setup_torch(args.threads)
+    results = {}
+    loaders, seed = three_corpora_loaders(args)
+    results["windows"] = scenario(loaders, seed, n_reps, epochs=2 if args.quick else 4)
+    loaders, seed = tiny_loaders(300 if args.quick else 1500)
+    results["tiny"] = scenario(loaders, seed, n_reps, epochs=2 if args.quick else 4)
+
+    rows = []
+    for name, r in results.items():
+        rows.append(
+            [
+                name,
+                r["batches_per_epoch"],
+                f"{r['loader_us_per_batch']:.1f}",
+                f"{r['meta_own_us_per_batch']:.2f}",
+                f"{100 * r['meta_own_share']:.2f}%",
+                C.fmt_ratio(r["meta_vs_replay_median_batch"]),
+                C.fmt_ratio(r["meta_vs_replay_cpu"]),
+                C.fmt_ratio(r["meta_vs_replay_wall"]),
+                C.fmt_ratio(r["meta_vs_chain_median_batch"]),
+            ]
+        )
+    C.table(
+        f"MetaDataLoader over 3 DataLoaders vs plain DataLoaders, {n_reps} reps; ratios are meta/plain speed "
+        "per rep, median [min..max]",
+        [
+            "scenario",
+            "batches/epoch",
+            "DataLoader us/batch",
+            "meta own us/batch",
+            "meta own share",
+            "vs replay (median batch)",
+            "vs replay (cpu)",
+            "vs replay (wall)",
+            "vs chain (median batch)",
+        ],
+        rows,
+    )
+    share = results["windows"]["meta_own_share"]
+    ratio = results["windows"]["meta_vs_replay_median_batch"]["median"]
+    ok = share <= 0.01
+    print(
+        f"target (windows) within 1% of plain DataLoaders: {'met' if ok else 'NOT met'} "
+        f"(own share {100 * share:.2f}%, median-batch ratio {ratio:.3f})"
+    )
+    payload = {"quick": args.quick, "reps": n_reps, "weights": WEIGHTS, "scenarios": results}
+    C.write_json("loader", payload, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Shared test helpers: a tiny config on small synthetic corpora, and running the CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from a2b_pipeline.state import TrainState, load_tensors
+
+REPO = Path(__file__).resolve().parents[1]
+A2B = [sys.executable, "-m", "a2b_pipeline.cli"]
+
+
+def tiny_config(tmp_path: Path, **train_overrides: Any) -> dict[str, Any]:
+    """Two small synthetic corpora (shared by every run of a test), a tiny conv+GRU."""
+    return {
+        "name": "tiny",
+        "seed": 0,
+        "data": {
+            "datasets": [
+                {
+                    "name": "a",
+                    "type": "synthetic",
+                    "root": str(tmp_path / "corpus_a"),
+                    "weight": 2.0,
+                    "synthetic": {"subjects": 4, "recordings_per_subject": 2, "seconds": 16, "seed": 1},
+                },
+                {
+                    "name": "b",
+                    "type": "synthetic",
+                    "root": str(tmp_path / "corpus_b"),
+                    "weight": 1.0,
+                    "synthetic": {"subjects": 3, "recordings_per_subject": 2, "seconds": 16, "seed": 2},
+                },
+            ],
+            "channels": ["eda", "hr"],
+            "batch_size": 4,
+            "num_workers": 0,
+            "n_mels": 16,
+            "window_seconds": 4,
+            "hop_seconds": 2,
+            "val_fraction": 0.25,
+            "test_fraction": 0.25,
+        },
+        "model": {"name": "conv_gru", "conv_channels": 16, "hidden": 16},
+        "optimizer": {"lr": 0.003},
+        "scheduler": {"name": "cosine", "warmup_steps": 5},
+        "train": {
+            "max_steps": 40,
+            "num_epochs": None,
+            "log_every_n_steps": 1,
+            "val_every_n_steps": 10,
+            "progress_bar": False,
+            "num_threads": 1,
+        },
+        "checkpoint": {"dir": str(tmp_path / "runs"), "every_n_steps": 5, "keep_last": 3},
+        "tracking": {"wandb_mode": "disabled"},
+    }
+
+
+def write_config(tmp_path: Path, raw: dict[str, Any], name: str) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([*A2B, *args], capture_output=True, text=True, cwd=REPO, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"a2b {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def wait_for(path: Path, proc: subprocess.Popen[str], timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not (path / "train_state.json").exists():
+        if proc.poll() is not None:
+            err = proc.stderr.read() if proc.stderr else ""
+            raise AssertionError(
+                f"training ended (code {proc.returncode}) before {path} appeared:\n{err[-3000:]}"
+            )
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} did not appear in {timeout} s")
+        time.sleep(0.01)
+
+
+def final_tensors(run_dir: Path) -> tuple[TrainState, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    state = TrainState.from_checkpoint(run_dir)
+    ckpt = Path(state.checkpoint.last_path)
+    return (
+        state,
+        load_tensors(ckpt, "model.safetensors", state),
+        load_tensors(ckpt, "optimizer.safetensors", state),
+    )
+
+
+def losses_after(state: TrainState, step: int) -> list[tuple[int, float]]:
+    return [(m.step, m.value) for m in state.metrics if m.name == "train/loss" and m.step > step]
