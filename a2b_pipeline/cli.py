@@ -143,7 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", default="test", choices=["train", "val", "test"])
     s.set_defaults(fn=cmd_evaluate)
 
-    s = sub.add_parser("export-encoder", help="save a conv_gru checkpoint's front-end for `pretrained_encoder`")
+    s = sub.add_parser(
+        "export-encoder", help="save a conv_gru checkpoint's front-end for `pretrained_encoder`"
+    )
     s.add_argument("checkpoint", help="a checkpoint or run directory of a conv_gru model")
     s.add_argument("out", help="the .safetensors file to write")
     s.set_defaults(fn=cmd_export_encoder)

@@ -77,9 +77,14 @@ def export_encoder(path: str | Path, out: str | Path) -> Path:
 
     state, model = load_model(path)
     if state.config.model.name != "conv_gru":
-        raise ValueError(f"{path}: export-encoder needs a conv_gru checkpoint, got {state.config.model.name!r}")
-    weights = {f"net.{k.removeprefix('frontend.')}": v.contiguous() for k, v in model.state_dict().items()
-               if k.startswith("frontend.")}
+        raise ValueError(
+            f"{path}: export-encoder needs a conv_gru checkpoint, got {state.config.model.name!r}"
+        )
+    weights = {
+        f"net.{k.removeprefix('frontend.')}": v.contiguous()
+        for k, v in model.state_dict().items()
+        if k.startswith("frontend.")
+    }
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file(weights, str(out))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from typing import Any
 
 from a2b_pipeline.configs import RunConfig
@@ -22,7 +23,7 @@ class Tracker:
         import wandb
 
         os.environ.setdefault("WANDB_SILENT", "true")
-        self.run_id = run_id or wandb.util.generate_id()
+        self.run_id = run_id or uuid.uuid4().hex[:12]  # stored in TrainState, reused on resume
         t = cfg.tracking
         self.run = wandb.init(
             project=t.project,

@@ -290,6 +290,7 @@ def _graphql(port: int, query: str) -> dict:
     return body["data"]
 
 
+@pytest.mark.slow
 def test_webserver_on_localhost_serves_the_asset_graph_and_the_demo(demo, tmp_path):
     port = _free_port()
     env = _env(
@@ -351,6 +352,7 @@ def test_webserver_on_localhost_serves_the_asset_graph_and_the_demo(demo, tmp_pa
     assert f"http://127.0.0.1:{port}" in (tmp_path / "webserver.log").read_text()
 
 
+@pytest.mark.slow
 def test_cli_validates_workspace_and_lists_six_assets(tmp_path):
     bindir = Path(sys.executable).parent
     env = _env(DAGSTER_HOME=str(tmp_path))
@@ -427,6 +429,7 @@ def _attempt(script: Path, home: Path, env: dict, run_dir: Path, after_step: int
         return proc.wait(timeout=60)
 
 
+@pytest.mark.slow
 def test_interrupted_training_run_resumes_from_its_checkpoint(tmp_path):
     """Attempt 1 is SIGKILLed after its first checkpoint, attempt 2 resumes and is SIGTERMed (it stops
     cleanly with a checkpoint), attempt 3 resumes from that one and completes: no attempt starts over."""

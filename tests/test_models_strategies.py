@@ -23,8 +23,9 @@ def _losses(state: TrainState) -> list[float]:
     return [m.value for m in state.metrics if m.name == "train/loss"]
 
 
-def _fit(tmp_path: Path, model: dict[str, Any] | None = None, loss: dict[str, Any] | None = None,
-         **train_cfg: Any) -> TrainState:
+def _fit(
+    tmp_path: Path, model: dict[str, Any] | None = None, loss: dict[str, Any] | None = None, **train_cfg: Any
+) -> TrainState:
     raw = tiny_config(tmp_path)
     if model:
         raw["model"] = model
@@ -54,8 +55,13 @@ MODEL_CONFIGS = {
     "conv_gru": {"name": "conv_gru", "conv_channels": 16, "hidden": 16},
     "tcn": {"name": "tcn", "channels": 16, "levels": 3},
     "transformer": {"name": "transformer", "d_model": 16, "heads": 2, "layers": 1},
-    "pretrained_encoder": {"name": "pretrained_encoder", "weights": "<file>", "encoder_channels": 16,
-                           "encoder_layers": 2, "hidden": 16},
+    "pretrained_encoder": {
+        "name": "pretrained_encoder",
+        "weights": "<file>",
+        "encoder_channels": 16,
+        "encoder_layers": 2,
+        "hidden": 16,
+    },
 }
 
 
@@ -86,8 +92,10 @@ def test_pretrained_encoder_stays_frozen_and_loads_from_local_file(tmp_path: Pat
         assert torch.equal(trained.encoder.state_dict()[k], v)
     missing = {**model, "weights": str(tmp_path / "nope.safetensors")}
     with pytest.raises(FileNotFoundError, match="nope.safetensors"):
-        build_model(config_from_dict({**tiny_config(tmp_path), "model": missing}).model,
-                    model_io(config_from_dict(tiny_config(tmp_path))))
+        build_model(
+            config_from_dict({**tiny_config(tmp_path), "model": missing}).model,
+            model_io(config_from_dict(tiny_config(tmp_path))),
+        )
 
 
 def load_tensors_file(path: Path) -> dict[str, torch.Tensor]:
@@ -115,7 +123,10 @@ def test_export_encoder_feeds_pretrained_encoder(tmp_path: Path) -> None:
         {"terms": [{"name": "huber"}], "huber_delta": 0.5},
         {"terms": [{"name": "ccc"}]},
         {"terms": [{"name": "pearson"}]},
-        {"terms": [{"name": "mse", "weight": 0.5}, {"name": "ccc", "weight": 1.0}], "channel_weights": [2.0, 1.0]},
+        {
+            "terms": [{"name": "mse", "weight": 0.5}, {"name": "ccc", "weight": 1.0}],
+            "channel_weights": [2.0, 1.0],
+        },
     ],
     ids=["mse", "l1", "huber", "ccc", "pearson", "mse+ccc-weighted"],
 )
@@ -123,7 +134,9 @@ def test_loss_lowers(tmp_path: Path, loss: dict[str, Any]) -> None:
     _lowers_loss(_fit(tmp_path, loss=loss))
 
 
-@pytest.mark.parametrize("optimizer", [{"name": "sgd", "lr": 0.05, "momentum": 0.9}, {"name": "adam", "lr": 0.003}])
+@pytest.mark.parametrize(
+    "optimizer", [{"name": "sgd", "lr": 0.05, "momentum": 0.9}, {"name": "adam", "lr": 0.003}]
+)
 def test_optimizers_learn(tmp_path: Path, optimizer: dict[str, Any]) -> None:
     raw = tiny_config(tmp_path)
     raw["optimizer"] = optimizer
@@ -199,7 +212,10 @@ def _schedule_config(tmp_path: Path) -> dict[str, Any]:
     for ds in raw["data"]["datasets"]:
         ds["synthetic"]["seconds"] = 40
     raw["data"].update(batch_size=1, window_seconds=2, hop_seconds=1)
-    raw["data"]["weight_schedule"] = [{"step": 0, "weights": [0.85, 0.15]}, {"step": 40, "weights": [0.15, 0.85]}]
+    raw["data"]["weight_schedule"] = [
+        {"step": 0, "weights": [0.85, 0.15]},
+        {"step": 40, "weights": [0.15, 0.85]},
+    ]
     raw["train"].update(max_steps=80, val_every_n_steps=1000, log_every_n_steps=10)
     raw["checkpoint"].update(every_n_steps=5, keep_last=100)
     return raw
@@ -219,8 +235,13 @@ def test_weight_schedule_shifts_the_mix_and_resumes_exactly(tmp_path: Path) -> N
 
     # Killed mid-schedule (after the switch at step 40), resumed: identical to the straight run.
     run_b = tmp_path / "run_b"
-    proc = subprocess.Popen([*A2B, "train", str(cfg), "--run-dir", str(run_b)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*A2B, "train", str(cfg), "--run-dir", str(run_b)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_for(run_b / checkpoint_name(45), proc)
         proc.send_signal(signal.SIGKILL)
