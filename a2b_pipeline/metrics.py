@@ -42,9 +42,14 @@ def make_loss(cfg: LossConfig, n_channels: int):
             return 1.0 - _pearson_per_window(pred, true).mean(0)
         raise ValueError(f"unknown loss term {name!r}")
 
+    on_device: dict[torch.device, torch.Tensor] = {}
+
     def loss_fn(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
         pred = pred.float()
-        w = cw.to(pred.device)
+        # copied to the device once: a blocking host-to-device copy every step would sync the GPU every step
+        w = on_device.get(pred.device)
+        if w is None:
+            w = on_device[pred.device] = cw.to(pred.device)
         total = pred.new_zeros(())
         for term in cfg.terms:
             total = total + term.weight * (per_channel(term.name, pred, true) * w).mean()

@@ -47,6 +47,7 @@ def tiny_config(tmp_path: Path, **train_overrides: Any) -> dict[str, Any]:
             "hop_seconds": 2,
             "val_fraction": 0.25,
             "test_fraction": 0.25,
+            "cache_dir": str(tmp_path / "cache"),  # never the user's ~/.cache
         },
         "model": {"name": "conv_gru", "conv_channels": 16, "hidden": 16},
         "optimizer": {"lr": 0.003},

@@ -66,9 +66,15 @@ def log_mel(wave: torch.Tensor, sample_rate: int, n_mels: int, frame_rate: float
     window = torch.hann_window(n_fft, periodic=True)
     fb = mel_filterbank(sample_rate, n_fft, n_mels)
     offsets = torch.arange(n_fft)
+    # An integer hop (16 kHz at 50 fps) frames by a strided view instead of a gather: the same frames, the
+    # same bits, about twice as fast (bench/data_throughput.py).
+    framed = padded.unfold(0, n_fft, int(hop)) if hop == int(hop) else None
     chunks = []
     for i in range(0, t, 4096):  # chunks bound the memory of the framed copy for long songs
-        frames = padded[starts[i : i + 4096, None] + offsets]  # [t, n_fft], centred on the start samples
+        if framed is not None:
+            frames = framed[i : min(i + 4096, t)]
+        else:
+            frames = padded[starts[i : i + 4096, None] + offsets]  # [t, n_fft], centred on the start samples
         spec = torch.fft.rfft(frames * window, dim=-1)
         chunks.append((spec.real.square() + spec.imag.square()) @ fb)
     mel = torch.cat(chunks) if chunks else torch.zeros(0, n_mels)
