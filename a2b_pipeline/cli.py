@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("demo", help="materialize the whole Dagster graph on configs/demo.yaml")
     s.add_argument("--dagster-home", default=".dagster_home")
-    s.add_argument("--data-root", default="data")
+    s.add_argument("--data-root", default=".", help="relative paths in configs resolve under it")
     s.set_defaults(fn=cmd_demo)
     return p
 

@@ -17,6 +17,8 @@ _INSTANCE_YAML = """\
 # Written by `a2b demo`: a local Dagster instance (SQLite under this directory).
 telemetry:
   enabled: false
+nux:
+  enabled: false
 """
 
 
@@ -95,7 +97,7 @@ def run_demo(
     ev = done.get("evaluation")
     if ev is not None:
         md = ev.metadata
-        metrics = {k: v.value for k, v in md.items() if k.startswith("test/") and k.count("/") == 1}
+        metrics = {k: v.value for k, v in md.items() if k.startswith("test/") and "_" not in k}
         print("", file=out)
         print("  test metrics: " + ", ".join(f"{k}={v:.3f}" for k, v in sorted(metrics.items())), file=out)
         print(f"  checkpoint:   {md['checkpoint'].value}", file=out)

@@ -462,6 +462,8 @@ def validate_and_track_best(
     with ema.swapped_in(model) if ema else contextlib.nullcontext():
         metrics = evaluate_loader(model, loader, loss_fn, autocast, device, cfg.data.channels, "val")
     record(state, tracker, metrics, state.global_step, rank)
+    shown = {k: round(v, 4) for k, v in metrics.items() if k.count("_") == 0 or k == "val/loss"}
+    log.info("step %d (epoch %d): %s", state.global_step, state.epoch, shown)
     value = metrics.get(cfg.checkpoint.metric)
     if value is None or not math.isfinite(value):
         return False

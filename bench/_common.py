@@ -149,6 +149,13 @@ class StepClock:
     def __exit__(self, *exc: Any) -> None:
         self._handle.remove()
 
+    def median_steps(self, skip: int) -> dict[str, float]:
+        """Median seconds per step after step `skip`, by each clock."""
+        st = self.stamps[skip:]
+        walls = [b[0] - a[0] for a, b in zip(st, st[1:], strict=False)]
+        cpus = [b[1] - a[1] for a, b in zip(st, st[1:], strict=False)]
+        return {"median_step_wall_s": median(walls), "median_step_cpu_s": median(cpus)}
+
     def window(self, skip: int) -> tuple[int, Span]:
         if len(self.stamps) < skip + 2:
             raise RuntimeError(f"only {len(self.stamps)} optimizer steps were stamped (need {skip + 2})")

@@ -1,12 +1,13 @@
-"""GPU throughput of the default architectures (conv_gru, tcn, transformer) in fp32, bf16, bf16 + torch.compile.
+"""GPU throughput of the default architectures (conv_gru, tcn, transformer): fp32, bf16, bf16 + compile.
 
 For each architecture (its default config, the demo's data shapes) and precision:
   model     a bare loop on batches already on the GPU: steps/s and samples/s (CUDA events), and the share of
             wall time the GPU is busy (kernel time from torch.profiler over a few steps / their wall time)
   train()   the same architecture and precision through train() and the real data path (make_loader, pinned
-            memory, non_blocking copies), validation/checkpoints/logging beyond the run: steps/s from a
-            global optimizer step hook (the last stamp waits for the GPU). train/model near 1 means the
-            loader and the trainer keep up with the GPU; well below 1 means the GPU waits for them.
+            memory, non_blocking copies; corpora 4x the demo's so batches are full), validation, checkpoints
+            and logging beyond the run: steps/s from a global optimizer step hook (the last stamp waits for
+            the GPU), samples/s from the mean batch. train/model (samples/s) near 1 means the loader and
+            the trainer keep up with the GPU; well below 1 means the GPU waits for them.
   loader    windows/s of the training loader alone on this host, against the model's samples/s
 Then a sync audit: train() with torch.cuda.set_sync_debug_mode("warn"); synchronizing calls are counted per
 step (steps that don't log must have none).
@@ -109,8 +110,10 @@ def model_loop(cfg: Any, precision: str, device: torch.device, steps: int, warmu
 
 
 def train_cfg(args: Any, arch: str, precision: str, device: torch.device, steps: int, **over: Any) -> Any:
+    from a2b_pipeline.configs import config_from_dict
+
     never = 10**9
-    return C.bench_config(
+    raw = C.bench_config_dict(
         args.data_dir,
         quick=args.quick,
         threads=args.threads,
@@ -128,6 +131,11 @@ def train_cfg(args: Any, arch: str, precision: str, device: torch.device, steps:
         },
         checkpoint={"every_n_steps": never},
     )
+    if not args.quick:  # 4x the demo's corpora: epochs of ~30 batches of 64, so few are partial
+        for ds in raw["data"]["datasets"]:
+            ds["root"] = ds["root"].replace("/demo/", "/gpu/")
+            ds["synthetic"].update(subjects=4 * ds["synthetic"]["subjects"], seconds=60)
+    return config_from_dict(raw, "bench")
 
 
 def run_train(cfg: Any, run_dir: Any, device: torch.device, on_step: Any = None) -> C.StepClock:
@@ -149,6 +157,7 @@ def run_train(cfg: Any, run_dir: Any, device: torch.device, on_step: Any = None)
     shutil.rmtree(run_dir, ignore_errors=True)
     if state.status != "complete":
         raise RuntimeError(state.message)
+    clock.mean_batch = state.samples_seen / max(1, state.global_step)  # type: ignore[attr-defined]
     return clock
 
 
@@ -172,25 +181,18 @@ def sync_audit(args: Any, arch: str, device: torch.device) -> dict[str, Any]:
     def on_step(n: int) -> None:
         step_of[0] = n
 
-    torch.cuda.set_sync_debug_mode("warn")
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            orig = warnings.showwarning
+    def note(message: Any, category: Any, filename: str, lineno: int, *a: Any, **k: Any) -> None:
+        if "synchroniz" in str(message):
+            per_step.setdefault(step_of[0], []).append(f"{filename}:{lineno}")
 
-            def note(message: Any, category: Any, filename: str, lineno: int, *a: Any, **k: Any) -> None:
-                per_step.setdefault(step_of[0], []).append(f"{filename}:{lineno}")
-
-            warnings.showwarning = note
-            try:
-                run_train(cfg, args.data_dir / "runs" / "gpu-audit", device, on_step)
-            finally:
-                warnings.showwarning = orig
-        for w in caught:  # catch_warnings(record=True) collects instead of showing
-            if "synchroniz" in str(w.message):
-                per_step.setdefault(-1, []).append(f"{w.filename}:{w.lineno}")
-    finally:
-        torch.cuda.set_sync_debug_mode(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = note  # restored by catch_warnings
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            run_train(cfg, args.data_dir / "runs" / "gpu-audit", device, on_step)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
     steps = range(1, 3 * log_every)
     return {
         "warnings_total": sum(len(v) for v in per_step.values()),
@@ -235,7 +237,9 @@ def main() -> int:
                 clock = run_train(cfg, args.data_dir / "runs" / "gpu", device)
                 n, span = clock.window(warmup)
                 res["train_steps_per_s"] = n / span.wall
-                res["train_vs_model"] = res["train_steps_per_s"] / res["model"]["steps_per_s"]
+                res["train_mean_batch"] = clock.mean_batch  # type: ignore[attr-defined]
+                res["train_samples_per_s"] = res["train_steps_per_s"] * res["train_mean_batch"]
+                res["train_vs_model"] = res["train_samples_per_s"] / res["model"]["samples_per_s"]
             except Exception as e:  # one failing combination (e.g. compile) must not hide the others
                 res["error"] = f"{type(e).__name__}: {e}"
                 traceback.print_exc()
@@ -248,7 +252,7 @@ def main() -> int:
                     f"{m['steps_per_s']:.1f}" if m else "-",
                     f"{m['samples_per_s']:.0f}" if m else "-",
                     "-" if busy is None else f"{100 * busy:.0f}%",
-                    f"{res['train_steps_per_s']:.1f}" if "train_steps_per_s" in res else "-",
+                    f"{res['train_samples_per_s']:.0f}" if "train_samples_per_s" in res else "-",
                     f"{res['train_vs_model']:.2f}" if "train_vs_model" in res else "-",
                     res.get("error", "")[:60],
                 ]
@@ -258,7 +262,15 @@ def main() -> int:
     C.table(
         f"{name}: batch {args.batch}, {steps} timed steps after {warmup} warm-up, "
         f"deterministic={not args.nondeterministic}, train() with {args.workers} loader workers",
-        ["arch/precision", "model steps/s", "samples/s", "GPU busy", "train() steps/s", "train/model", "error"],
+        [
+            "arch/precision",
+            "model steps/s",
+            "samples/s",
+            "GPU busy",
+            "train() samples/s",
+            "train/model",
+            "error",
+        ],
         rows,
     )
     cfg = train_cfg(args, archs[0], "fp32", device, 1)

@@ -205,6 +205,13 @@ def _wait(pid: int, ready: Callable[[], bool], what: str, timeout: float = 60.0)
     return True
 
 
+def _wait_capped(pid: int, run_dir: Path, seconds: float, max_step: int) -> bool:
+    """Wait `seconds`, or less once checkpoint `max_step` exists: a random moment that doesn't let the
+    run get far, so the kill plan fits in the run on a fast machine too. False if the child exited."""
+    deadline = time.monotonic() + seconds
+    return _wait(pid, lambda: time.monotonic() > deadline or _newest_step(run_dir) >= max_step, "moment")
+
+
 def _check_run_dir(run_dir: Path, not_before: int) -> TrainState | None:
     """What a crash may leave: the newest committed checkpoint loads and verifies, it is never a
     temporary directory, every committed checkpoint verifies, and the pointers point at committed ones."""
@@ -231,7 +238,7 @@ def test_sigkill_and_sigterm_at_random_points_then_resume_is_bit_exact(tmp_path:
     cfg = tiny_config(
         tmp_path,
         [
-            "train.max_steps=60",
+            "train.max_steps=80",
             "train.log_every_n_steps=5",
             "train.val_every_n_steps=10",
             "checkpoint.every_n_steps=1",  # a checkpoint every step: many kills land inside a write
@@ -250,14 +257,13 @@ def test_sigkill_and_sigterm_at_random_points_then_resume_is_bit_exact(tmp_path:
         before, tmps_before = _newest_step(run), _tmp_dirs(run)
         pid = _train_in_child(run, cfg)
         if kind == "sigkill-anytime":  # start-up (data, restore) or any point of a step
-            time.sleep(rng.uniform(0.0, 1.0))
-            alive = _exit_code(pid, block=False) is None
+            alive = _wait_capped(pid, run, rng.uniform(0.0, 0.5), before + 3)
         elif kind == "sigkill-in-write":  # a checkpoint being written: its temporary directory exists
             alive = _wait(pid, lambda old=tmps_before: bool(_tmp_dirs(run) - old), "checkpoint write")
             time.sleep(rng.uniform(0.0, 0.002))
         else:  # some time after the child committed its first checkpoint
             alive = _wait(pid, lambda old=before: _newest_step(run) > old, "new checkpoint")
-            time.sleep(rng.uniform(0.0, 0.15))
+            alive = alive and _wait_capped(pid, run, rng.uniform(0.0, 0.15), before + 3)
         assert alive, f"the run ended before the {len(outcomes) + 1}th kill ({kind}); raise max_steps"
         os.kill(pid, signal.SIGTERM if kind == "sigterm" else signal.SIGKILL)
         code = _exit_code(pid, block=True)
@@ -277,13 +283,13 @@ def test_sigkill_and_sigterm_at_random_points_then_resume_is_bit_exact(tmp_path:
     assert sum(":tmp:" in o for o in kills) >= 3, (
         f"too few kills landed inside a checkpoint write: {outcomes}"
     )
-    assert 0 < step < 60, outcomes
+    assert 0 < step < 80, outcomes
 
     # one last resume finishes the run: bit-identical to the uninterrupted one, and tidy
     assert _exit_code(_train_in_child(run, cfg), block=True) == 0
     state, got = _final(run)
     ref_state, want = _final(reference)
-    assert state.status == "complete" and state.global_step == 60
+    assert state.status == "complete" and state.global_step == 80
     _assert_identical(got, want)
     assert state.optimizer.param_groups == ref_state.optimizer.param_groups
     assert state.epoch == ref_state.epoch and state.samples_seen == ref_state.samples_seen

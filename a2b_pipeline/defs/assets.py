@@ -534,7 +534,7 @@ def training_run(
         # Not a materialization: the checkpoint is kept, and launching again resumes from it.
         raise Failure(
             description=f"training {state.status} at step {state.global_step}: {state.message}. "
-            f"Launch training_run again to resume from {last}.",
+            f"Launch training_run again to resume from {last} (or with config `fresh: true` to start over).",
             metadata=md,
         )
     if state.data_version != data_version:
