@@ -34,7 +34,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Tr
         raise CheckpointError(f"{ckpt}: holds no model weights")
     model = build_model(state.config.model, model_io(state.config))
     name = state.model.ema_file or state.model.file
-    model.load_state_dict(_checked_weights(load_tensors(ckpt, name, state), model, ckpt))
+    model.load_state_dict(_checked_weights(load_tensors(ckpt, name, state), model, ckpt, name))
     return state, model.to(device).eval()
 
 

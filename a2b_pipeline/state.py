@@ -48,6 +48,11 @@ class CheckpointError(RuntimeError):
     """A checkpoint that can't be trusted: missing, truncated, tampered, foreign or too new."""
 
 
+class SchemaTooNewError(CheckpointError):
+    """Written by a newer a2b_pipeline: never skipped over to resume an older checkpoint of the run,
+    which would train over (and replace) what the newer version wrote."""
+
+
 # ---- JSON-able torch types ----
 
 
@@ -250,7 +255,7 @@ class TrainState(_Schema):
             raise CheckpointError(f"{source}: not valid JSON ({e})") from None
         version = raw.get("schema_version") if isinstance(raw, dict) else None
         if isinstance(version, int) and version > SCHEMA_VERSION:
-            raise CheckpointError(
+            raise SchemaTooNewError(
                 f"{source}: schema_version {version} is newer than this a2b_pipeline understands "
                 f"({SCHEMA_VERSION}); upgrade a2b_pipeline to load it"
             )
@@ -274,6 +279,8 @@ class TrainState(_Schema):
         for ckpt in reversed(list_checkpoints(path)):
             try:
                 return _load_verified(ckpt)
+            except SchemaTooNewError:
+                raise
             except CheckpointError as e:
                 errors.append(str(e))  # fall back to the next newest, as after a crash mid-write
         detail = "; ".join(errors) if errors else "it holds no step_* checkpoint"

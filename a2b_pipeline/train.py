@@ -462,7 +462,7 @@ def validate_and_track_best(
     with ema.swapped_in(model) if ema else contextlib.nullcontext():
         metrics = evaluate_loader(model, loader, loss_fn, autocast, device, cfg.data.channels, "val")
     record(state, tracker, metrics, state.global_step, rank)
-    shown = {k: round(v, 4) for k, v in metrics.items() if k.count("_") == 0 or k == "val/loss"}
+    shown = {k: round(v, 4) for k, v in metrics.items() if "_" not in k}
     log.info("step %d (epoch %d): %s", state.global_step, state.epoch, shown)
     value = metrics.get(cfg.checkpoint.metric)
     if value is None or not math.isfinite(value):
@@ -639,9 +639,11 @@ def restore(
     ckpt = Path(state.checkpoint.last_path or "")
     model.load_state_dict(_checked_weights(load_tensors(ckpt, "model.safetensors", state), model, ckpt))
     assert state.optimizer is not None
-    load_optimizer(optimizer, load_tensors(ckpt, "optimizer.safetensors", state), state.optimizer)
+    opt_tensors = load_tensors(ckpt, "optimizer.safetensors", state)
+    load_optimizer(optimizer, _checked_optimizer(opt_tensors, optimizer, ckpt), state.optimizer)
     if ema and state.model and state.model.ema_file:
-        ema.shadow = load_tensors(ckpt, state.model.ema_file, state)
+        name = state.model.ema_file
+        ema.shadow = _checked_weights(load_tensors(ckpt, name, state), model, ckpt, name)
     if scaler and state.optimizer.scaler:
         scaler.load_state_dict(state.optimizer.scaler)
     plateau.update(state.optimizer.plateau)
@@ -652,7 +654,7 @@ def restore(
 
 
 def _checked_weights(
-    tensors: dict[str, torch.Tensor], model: nn.Module, where: Path
+    tensors: dict[str, torch.Tensor], model: nn.Module, where: Path, name: str = "model.safetensors"
 ) -> dict[str, torch.Tensor]:
     """Refuse weights that don't fit this model, naming the keys and shapes."""
     own = model.state_dict()
@@ -665,8 +667,29 @@ def _checked_weights(
     ]
     if missing or extra or shapes:
         raise CheckpointError(
-            f"{where}/model.safetensors does not fit model {type(model).__name__}: "
+            f"{where}/{name} does not fit model {type(model).__name__}: "
             f"missing keys {missing[:5]}, unexpected keys {extra[:5]}, wrong shapes {shapes[:5]}"
+        )
+    return tensors
+
+
+def _checked_optimizer(
+    tensors: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, where: Path
+) -> dict[str, torch.Tensor]:
+    """Refuse optimizer tensors ("<param index>.<name>") for parameters this model doesn't have, or whose
+    per-parameter moments don't have the parameter's shape; torch itself would fail steps later."""
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    extra, shapes = [], []
+    for key, v in tensors.items():
+        idx, _, name = key.partition(".")
+        if not (idx.isdigit() and int(idx) < len(params) and name):
+            extra.append(key)
+        elif v.dim() and v.shape != params[int(idx)].shape:
+            shapes.append(f"{key}: {tuple(v.shape)} vs {tuple(params[int(idx)].shape)}")
+    if extra or shapes:
+        raise CheckpointError(
+            f"{where}/optimizer.safetensors does not fit the optimizer of {len(params)} parameters: "
+            f"unexpected keys {sorted(extra)[:5]}, wrong shapes {sorted(shapes)[:5]}"
         )
     return tensors
 

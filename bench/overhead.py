@@ -26,6 +26,7 @@ import contextlib
 import math
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,134 @@ def arm_configs(args: Any, steps: int) -> dict[str, Any]:
     }
 
 
+# ---- attribution: the loop's own time ----
+
+
+class Attribution:
+    """Splits each step's time into the work every loop shares (the model's forward, Tensor.backward,
+    optimizer.step, optimizer.zero_grad, clip_grad_norm_, DataLoader __next__) and the rest: the loop's own
+    time (the bare loop's Python and loss; train()'s bookkeeping, loss, MetaDataLoader). Both are measured in
+    the same steps, so the own time is far less noisy than a difference of two runs' step times.
+    """
+
+    def __init__(self) -> None:
+        self.step = 0  # optimizer steps completed
+        self.shared: dict[int, float] = {}
+        self._depth = 0
+        self._t_fwd = 0.0
+        self._t_opt: tuple[int, float] | None = None
+        self._undo: list[Any] = []
+
+    def add(self, step: int, dt: float) -> None:
+        self.shared[step] = self.shared.get(step, 0.0) + dt
+
+    def on_step(self, n: int) -> None:
+        self.step = n
+
+    def _timed(self, fn: Any) -> Any:
+        def wrapper(*a: Any, **k: Any) -> Any:
+            step, t = self.step, time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                self.add(step, time.perf_counter() - t)
+
+        return wrapper
+
+    def __enter__(self) -> Attribution:
+        import torch.nn.modules.module as mm
+        import torch.optim.optimizer as oo
+        import torch.utils.data.dataloader as dl
+
+        def fwd_pre(module: Any, inp: Any) -> None:
+            if self._depth == 0:
+                self._t_fwd = time.perf_counter()
+            self._depth += 1
+
+        def fwd_post(module: Any, inp: Any, out: Any) -> None:
+            self._depth -= 1
+            if self._depth == 0:
+                self.add(self.step, time.perf_counter() - self._t_fwd)
+
+        def opt_pre(opt: Any, a: Any, k: Any) -> None:
+            self._t_opt = (self.step, time.perf_counter())
+
+        def opt_post(opt: Any, a: Any, k: Any) -> None:
+            if self._t_opt is not None:
+                self.add(self._t_opt[0], time.perf_counter() - self._t_opt[1])
+                self._t_opt = None
+
+        self._undo = [
+            mm.register_module_forward_pre_hook(fwd_pre),
+            mm.register_module_forward_hook(fwd_post),
+            oo.register_optimizer_step_pre_hook(opt_pre),
+            oo.register_optimizer_step_post_hook(opt_post),
+        ]
+        for owner, name in (
+            (torch.Tensor, "backward"),
+            (torch.optim.Optimizer, "zero_grad"),
+            (torch.nn.utils, "clip_grad_norm_"),
+            (dl._BaseDataLoaderIter, "__next__"),
+        ):
+            original = getattr(owner, name)
+            setattr(owner, name, self._timed(original))
+            self._undo.append((owner, name, original))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for u in self._undo:
+            if isinstance(u, tuple):
+                setattr(*u)
+            else:
+                u.remove()
+        self._undo = []
+
+    def own_per_step(self, clock: C.StepClock, skip: int) -> tuple[float, float]:
+        """(median own seconds per step, median step seconds) over the steps after `skip` (wall clock)."""
+        st = [w for w, _ in clock.stamps]
+        own, dur = [], []
+        for k in range(skip + 1, len(st)):  # step k+1 ran while k steps were done
+            d = st[k] - st[k - 1]
+            dur.append(d)
+            own.append(d - self.shared.get(k, 0.0))
+        return C.median(own), C.median(dur)
+
+
+def attribute(
+    args: Any, cfgs: dict[str, Any], data: Any, names: list[str], steps: int, warmup: int, n_reps: int
+) -> dict[str, Any]:
+    own: dict[str, list[float]] = {n: [] for n in names}
+    dur: dict[str, list[float]] = {n: [] for n in names}
+    for rep in range(n_reps):
+        for name in C.rotate(names, rep):
+            att = Attribution()
+            clock = C.StepClock(att.on_step)
+            with att:
+                if name == "a":
+                    bare_loop(cfgs["a"], data, steps, clock)
+                else:
+                    run_dir = args.data_dir / "runs" / f"overhead-att-{name}"
+                    run_train(cfgs[name], run_dir, clock)
+                    shutil.rmtree(run_dir, ignore_errors=True)
+            o, d = att.own_per_step(clock, warmup)
+            own[name].append(o)
+            dur[name].append(d)
+    out: dict[str, Any] = {}
+    base_own, base_dur = C.median(own["a"]), C.median(dur["a"])
+    for name in names:
+        extra = [(o - oa) / da for o, oa, da in zip(own[name], own["a"], dur["a"], strict=True)]
+        out[name] = {
+            "own_ms_per_step": 1e3 * C.median(own[name]),
+            "step_ms": 1e3 * C.median(dur[name]),
+            "own_ms_per_step_reps": [1e3 * x for x in own[name]],
+            "extra_vs_a_share": C.median(extra),
+            "extra_vs_a_share_min": min(extra),
+            "extra_vs_a_share_max": max(extra),
+        }
+    out["a_own_ms"], out["a_step_ms"] = 1e3 * base_own, 1e3 * base_dur
+    return out
+
+
 # ---- host-read audit ----
 
 _CONVERSIONS = ("item", "tolist", "__bool__", "__float__", "__int__")
@@ -201,7 +330,7 @@ def main() -> int:
     args = p.parse_args()
     steps = args.steps or (30 if args.quick else 60)
     warmup = args.warmup or (3 if args.quick else 5)
-    n_reps = C.reps(args, full=7, quick=2)
+    n_reps = C.reps(args, full=5, quick=2)
     names = ["a"] + [a for a in args.arms if a in ARMS and a != "a"]
     C.setup_torch(args.threads)
 
@@ -291,6 +420,32 @@ def main() -> int:
     if parity:
         print(f"parity: max |w_a - w_b| after {steps} steps = {parity['max_abs_weight_diff_a_vs_b']:.2e}")
 
+    att = attribute(args, cfgs, data, names, steps, warmup, max(2, n_reps - 2))
+    C.table(
+        "Own time per step (median over steps, then over reps): step time minus the time inside the model's "
+        "forward, backward, optimizer step/zero_grad, clip_grad_norm_ and DataLoader __next__",
+        ["arm", "step ms", "own ms", "extra own vs (a), share of (a)'s step"],
+        [
+            [
+                f"({n}) {ARMS[n]}",
+                f"{att[n]['step_ms']:.2f}",
+                f"{att[n]['own_ms_per_step']:.3f}",
+                "-"
+                if n == "a"
+                else f"{100 * att[n]['extra_vs_a_share']:+.2f}% "
+                f"[{100 * att[n]['extra_vs_a_share_min']:+.2f}..{100 * att[n]['extra_vs_a_share_max']:+.2f}]",
+            ]
+            for n in names
+        ],
+    )
+    if "b" in att:
+        extra = att["b"]["extra_vs_a_share"]
+        print(
+            f"target (b) within 2% of (a), by attribution: {'met' if extra <= 0.02 else 'NOT met'} "
+            f"(train() adds {att['b']['own_ms_per_step'] - att['a_own_ms']:.3f} ms of own time per "
+            f"step = {100 * extra:.2f}% of the bare loop's step)"
+        )
+
     sync = audit(args)
     print(
         f"host reads from the trainer (each a host-device sync on GPU): {sync['reads_on_non_log_steps']} on "
@@ -310,6 +465,7 @@ def main() -> int:
             "prepare_data_s": prep.wall,
             "arms": results,
             "parity": parity,
+            "attribution": att,
             "host_read_audit": sync,
         },
         args.json,

@@ -62,6 +62,12 @@ def tiny_config(tmp_path: Path, overrides: list[str] | None = None) -> RunConfig
     return config_from_dict(apply_overrides(raw, overrides or []), "tiny_config")
 
 
+@pytest.fixture(autouse=True)
+def _private_feature_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Configs without data.cache_dir must not write into the user's ~/.cache/a2b."""
+    monkeypatch.setenv("A2B_CACHE_DIR", str(tmp_path / "feature-cache"))
+
+
 @pytest.fixture
 def tiny_cfg(tmp_path: Path) -> RunConfig:
     return tiny_config(tmp_path)

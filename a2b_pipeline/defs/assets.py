@@ -175,7 +175,8 @@ def corpus_manifest(
                 for p in [r.audio_path, *(s.path for s in r.signals.values())]:
                     if p not in files:
                         try:
-                            files[p] = remote.file_info(p, refresh=True).as_dict()
+                            # the listing just fetched sizes/ETags: no request per file
+                            files[p] = remote.file_info(p).as_dict()
                         except remote.RemoteNotFoundError:
                             files[p] = {"missing": True}
             skipped += [{**asdict(s), "dataset": s.dataset or ds.name} for s in listing.skipped]
