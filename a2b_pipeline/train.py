@@ -60,7 +60,7 @@ def train(state: TrainState) -> TrainState:
     state.world_size = world_size
     ensure_writable(Path(state.run_dir))  # fail before any work, naming the path
     device = pick_device(cfg, local_rank)
-    configure_determinism(cfg, state)
+    configure_determinism(cfg, state, device)
     if state.model is None:
         seed_everything(cfg.seed + rank)
 
@@ -117,13 +117,13 @@ def train(state: TrainState) -> TrainState:
     )
 
     # ---- the loop ----
+    model.train()  # once: validation (evaluate_loader) switches the model back to train mode itself
     try:
         while state.global_step < total_steps:
             step = state.global_step
             apply_freeze(raw_model, cfg, step)
             train_loader.set_weights(loader_weights(train_loader, cfg, step))
             set_lr(optimizer, lr_at(cfg, step, total_steps, plateau["scale"]))
-            model.train()
             step_loss = torch.zeros((), device=device)
             got = 0
             for micro in range(accum):
@@ -253,13 +253,13 @@ def init_distributed() -> tuple[int, int, int]:
 
 
 def ensure_writable(run_dir: Path) -> None:
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-probe"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        raise PermissionError(f"checkpoint.dir: can't write the run directory {run_dir} ({e})") from None
+    """Fail now if the run directory can't be created or written; create nothing yet."""
+    existing = run_dir.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"checkpoint.dir: can't write the run directory {run_dir} ({existing} is "
+                              f"{'not a directory' if not existing.is_dir() else 'not writable'})")
 
 
 def pick_device(cfg: RunConfig, local_rank: int) -> torch.device:
@@ -272,11 +272,13 @@ def pick_device(cfg: RunConfig, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
-def configure_determinism(cfg: RunConfig, state: TrainState) -> None:
+def configure_determinism(cfg: RunConfig, state: TrainState, device: torch.device) -> None:
     # CPU kernels give different bits with different thread counts: a resume reuses the first count.
     state.num_threads = state.num_threads or cfg.train.num_threads or torch.get_num_threads()
     torch.set_num_threads(state.num_threads)
-    if cfg.train.deterministic:
+    # The CPU kernels used here are deterministic already; the switch (which also imports inductor,
+    # seconds of start-up) is for CUDA, where cuBLAS and cuDNN need it.
+    if cfg.train.deterministic and device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False

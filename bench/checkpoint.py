@@ -7,6 +7,7 @@ Arms (rotating order per repetition; each writes a fresh directory and then load
   checkpoint   state.to_checkpoint(dir, {"model.safetensors": state_dict})
                TrainState.from_checkpoint(dir) + load_tensors(dir, "model.safetensors", state)
                -> model.load_state_dict
+Every arm and part starts after an (untimed) os.sync(), so none pays for the dirty pages of the one before.
 The checkpoint writes into a temporary directory, fsyncs, records the sha256 of every file in
 train_state.json and renames; loading verifies the sha256 of every file (from_checkpoint) and of the bytes
 it parses (load_tensors). Loading ends with load_state_dict in every arm, so lazily mapped tensors are
@@ -100,6 +101,7 @@ def main() -> int:
     times: dict[str, dict[str, list[float]]] = {a: {"save": [], "load": []} for a in arms}
     for rep in range(n_reps):
         for a in C.rotate(list(arms), rep):
+            os.sync()  # every arm starts with no dirty pages left by the one before (not timed)
             s, ld = arms[a](rep)
             times[a]["save"].append(s)
             times[a]["load"].append(ld)
@@ -113,6 +115,7 @@ def main() -> int:
     parts: dict[str, list[float]] = {}
 
     def part(name: str, fn: Any) -> Any:
+        os.sync()
         t = time.perf_counter()
         out = fn()
         parts.setdefault(name, []).append(time.perf_counter() - t)
@@ -126,11 +129,22 @@ def main() -> int:
             with open(f, "wb") as fh:
                 fh.write(blob)
 
+        # a new file each time: ext4 flushes a file truncated and rewritten in place on close (auto_da_alloc)
+        f.unlink(missing_ok=True)
         part("write (no fsync)", write)
-        part("fsync", lambda f=f: fsync_path(f))
+
+        def write_fsync(f: Path = f, blob: bytes = blob) -> None:
+            with open(f, "wb") as fh:
+                fh.write(blob)
+                fh.flush()
+                os.fsync(fh.fileno())
+
+        f.unlink()
+        part("write + fsync", write_fsync)
         part("sha256 of the bytes", lambda blob=blob: hashlib.sha256(blob).hexdigest())
         data = part("read file to bytes", lambda f=f: f.read_bytes())
         part("parse bytes (safetensors.load)", lambda data=data: load(data))
+        f.unlink()
         part("save_file (direct)", lambda f=f: save_file(sd, str(f)))
         part("load_file + load_state_dict", lambda f=f: model.load_state_dict(load_file(str(f))))
         f.unlink()

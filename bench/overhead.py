@@ -87,11 +87,6 @@ def run_train(cfg: Any, run_dir: Path, clock: C.StepClock) -> tuple[Any, C.Span]
 
     shutil.rmtree(run_dir, ignore_errors=True)
     state = TrainState.from_config(cfg, run_dir)
-    if cfg.tracking.wandb_mode != "disabled":
-        # tracking.Tracker calls wandb.util.generate_id(), which wandb 0.31 no longer has: give it an id
-        import uuid
-
-        state.wandb_run_id = uuid.uuid4().hex[:8]
     start = C.clocks()
     with clock:
         state = train(state)

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 from conftest import tiny_config
 from dagster import (
+    AssetCheckSeverity,
     AssetCheckKey,
     AssetKey,
     AssetRecordsFilter,
@@ -507,7 +508,8 @@ def test_interrupted_training_run_resumes_from_its_checkpoint(tmp_path):
 # ---- checks that fail, sensors, schedule ----
 
 
-def test_unreadable_audio_fails_the_blocking_corpus_check(tmp_path):
+@pytest.mark.parametrize("mode", ["error", "skip"])
+def test_unreadable_audio_blocks_or_is_skipped_per_config(tmp_path, mode):
     from a2b_pipeline.data.synthetic import write_synthetic_corpus
 
     manifest = write_synthetic_corpus(
@@ -516,7 +518,7 @@ def test_unreadable_audio_fails_the_blocking_corpus_check(tmp_path):
     wav = sorted((tmp_path / "corpus").rglob("*.wav"))[0]
     wav.write_bytes(b"this is not audio" * 100)
     configs = tmp_path / "configs"
-    raw = tiny_config(tmp_path, ["name=broken", "data.on_bad_recording=skip"]).model_dump(mode="json")
+    raw = tiny_config(tmp_path, ["name=broken", f"data.on_bad_recording={mode}"]).model_dump(mode="json")
     raw["data"]["datasets"] = [{"name": "corpus", "type": "manifest", "manifest": str(manifest)}]
     configs.mkdir()
     import yaml
@@ -536,9 +538,15 @@ def test_unreadable_audio_fails_the_blocking_corpus_check(tmp_path):
     check = evals["corpus_files_readable"]
     assert not check.passed
     assert str(wav) in check.description and "does not decode" in check.description
-    # blocking: dataset_splits did not run
-    mats = [e.asset_key.to_user_string() for e in res.get_asset_materialization_events()]
-    assert mats == ["corpus_manifest"]
+    mats = [e for e in res.get_asset_materialization_events()]
+    if mode == "error":  # blocking: dataset_splits did not run
+        assert [e.asset_key.to_user_string() for e in mats] == ["corpus_manifest"]
+    else:  # a warning: dataset_splits ran, skipping and counting the bad recording
+        assert check.severity == AssetCheckSeverity.WARN
+        assert [e.asset_key.to_user_string() for e in mats] == ["corpus_manifest", "dataset_splits"]
+        md = mats[1].materialization.metadata
+        skipped_keys = [k for k in md if "skip" in k]
+        assert skipped_keys and str(wav) in str({k: md[k].value for k in skipped_keys}), md.keys()
 
 
 def test_configs_sensor_registers_experiments_and_corpus_sensor_notices_a_change(tmp_path):

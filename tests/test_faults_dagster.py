@@ -161,7 +161,6 @@ def test_dagster_dev_listens_on_loopback_only_and_prints_no_secret(tmp_path: Pat
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
     out = log_path.read_text()
-    print('DEBUG', pids, sockets)
     assert ("127.0.0.1", port) in sockets or ("::ffff:127.0.0.1", port) in sockets, (sockets, out[-2000:])
     exposed = [(ip, p) for ip, p in sockets if ip not in LOOPBACK]
     assert not exposed, f"dagster dev listens beyond loopback: {exposed} (all: {sockets})"

@@ -66,8 +66,9 @@ def log_mel(wave: torch.Tensor, sample_rate: int, n_mels: int, frame_rate: float
     window = torch.hann_window(n_fft, periodic=True)
     fb = mel_filterbank(sample_rate, n_fft, n_mels)
     offsets = torch.arange(n_fft)
-    # An integer hop (16 kHz at 50 fps) frames by a strided view instead of a gather: the same frames, the
-    # same bits, about twice as fast (bench/data_throughput.py).
+    # An integer hop (16 kHz at 50 fps) frames by a strided view instead of a gather: the same frames and
+    # bits without the [frames, n_fft] int64 index (16 MB for 40 s of audio); as fast on a quiet machine,
+    # up to 2x faster when memory bandwidth is contended (bench/RESULTS.md).
     framed = padded.unfold(0, n_fft, int(hop)) if hop == int(hop) else None
     chunks = []
     for i in range(0, t, 4096):  # chunks bound the memory of the framed copy for long songs

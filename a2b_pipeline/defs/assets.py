@@ -196,6 +196,7 @@ def corpus_manifest(
             "datasets": datasets,
             "skipped": skipped,
             "files": files,
+            "on_bad_recording": exp.cfg.data.on_bad_recording,
         },
     )
     state, state_path = write_planned_state(exp, "corpus_manifest", data_version)

@@ -66,14 +66,18 @@ def _targets(context: AssetCheckExecutionContext, asset: str) -> list[str]:
     asset=corpus_manifest,
     blocking=True,
     description="Every listed audio file exists and its header decodes (soundfile); every signal file "
-    "exists and has the columns the config reads. Blocks dataset_splits when it fails.",
+    "exists and has the columns the config reads. Blocks dataset_splits when it fails, unless "
+    "data.on_bad_recording is skip (then a warning).",
 )
 def corpus_files_readable(context: AssetCheckExecutionContext) -> AssetCheckResult:
     problems: list[str] = []
     audio = signals = 0
     datasets = []
+    skip_mode = True
     for name in _targets(context, "corpus_manifest"):
-        datasets += upstream_record(context, "corpus_manifest", name)["datasets"]
+        record = upstream_record(context, "corpus_manifest", name)
+        datasets += record["datasets"]
+        skip_mode &= record.get("on_bad_recording") == "skip"
     for ds in datasets:
         for rec in ds["recordings"]:
             audio += 1
@@ -88,6 +92,9 @@ def corpus_files_readable(context: AssetCheckExecutionContext) -> AssetCheckResu
                     problems.append(f"{ds['name']} row {rec.get('row')}: {path}: {err}")
     return AssetCheckResult(
         passed=not problems,
+        # data.on_bad_recording: skip -> a warning (dataset_splits skips and counts the bad files);
+        # error -> blocks dataset_splits
+        severity=AssetCheckSeverity.WARN if skip_mode else AssetCheckSeverity.ERROR,
         metadata={
             "audio_files_checked": audio,
             "signal_files_checked": signals,
