@@ -258,8 +258,10 @@ def ensure_writable(run_dir: Path) -> None:
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise PermissionError(f"checkpoint.dir: can't write the run directory {run_dir} ({existing} is "
-                              f"{'not a directory' if not existing.is_dir() else 'not writable'})")
+        raise PermissionError(
+            f"checkpoint.dir: can't write the run directory {run_dir} ({existing} is "
+            f"{'not a directory' if not existing.is_dir() else 'not writable'})"
+        )
 
 
 def pick_device(cfg: RunConfig, local_rank: int) -> torch.device:

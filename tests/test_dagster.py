@@ -26,8 +26,8 @@ from pathlib import Path
 import pytest
 from conftest import tiny_config
 from dagster import (
-    AssetCheckSeverity,
     AssetCheckKey,
+    AssetCheckSeverity,
     AssetKey,
     AssetRecordsFilter,
     AssetSelection,
