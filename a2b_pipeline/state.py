@@ -33,6 +33,7 @@ from pydantic import (
     NonNegativeInt,
     PlainSerializer,
     PlainValidator,
+    PrivateAttr,
     ValidationError,
     field_validator,
 )
@@ -231,6 +232,8 @@ class TrainState(_Schema):
     wandb_run_id: str | None = None
     wandb_run_path: str | None = None
     created_at: float = Field(default_factory=time.time)
+    # (checkpoint dir, file) -> bytes that from_checkpoint verified, until load_tensors parses them
+    _verified: dict[tuple[str, str], bytes] = PrivateAttr(default_factory=dict)
     updated_at: float = Field(default_factory=time.time)
 
     # ---- construction ----
@@ -381,12 +384,10 @@ def load_tensors(ckpt_dir: str | Path, name: str, state: TrainState | None = Non
     expected = state.checkpoint.files.get(name)
     if expected is None:
         raise CheckpointError(f"{file}: not listed in {ckpt_dir / STATE_FILE}")
-    try:
-        blob = file.read_bytes()  # read once: hash and parse the same bytes
-    except OSError as e:
-        raise CheckpointError(f"{file}: unreadable ({e})") from None
-    if hashlib.sha256(blob).hexdigest() != expected:
-        raise CheckpointError(f"{file}: sha256 mismatch (truncated or modified after it was written)")
+    # from_checkpoint already read and verified these bytes: parse them, don't read and hash twice
+    blob = state._verified.pop((str(ckpt_dir.resolve()), name), None)
+    if blob is None:
+        blob = _read_verified(file, expected)
     try:
         return load(blob)
     except (SafetensorError, OSError, ValueError) as e:
@@ -401,20 +402,29 @@ def _load_verified(ckpt: Path) -> TrainState:
     except (OSError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{state_file}: unreadable ({e})") from None
     state = TrainState.from_json(text, str(state_file))
-    for name, digest in state.checkpoint.files.items():
-        file = ckpt / name
-        if not file.exists():
-            raise CheckpointError(f"{file}: missing")
-        if sha256_file(file) != digest:
-            raise CheckpointError(f"{file}: sha256 mismatch (truncated or modified after it was written)")
-    # Paths point where the checkpoint is now, so a copied or moved run directory still resumes.
     ckpt = ckpt.resolve()
+    for name, digest in state.checkpoint.files.items():
+        state._verified[(str(ckpt), name)] = _read_verified(ckpt / name, digest)
+    # Paths point where the checkpoint is now, so a copied or moved run directory still resumes.
     state.run_dir = str(ckpt.parent)
     state.checkpoint.last_path = str(ckpt)
     if state.checkpoint.best_path:
         best = ckpt.parent / Path(state.checkpoint.best_path).name
         state.checkpoint.best_path = str(best) if (best / STATE_FILE).exists() else None
     return state
+
+
+def _read_verified(file: Path, digest: str) -> bytes:
+    """The file's bytes, if their sha256 is the recorded one: hash and parse the same bytes."""
+    try:
+        blob = file.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"{file}: missing") from None
+    except OSError as e:
+        raise CheckpointError(f"{file}: unreadable ({e})") from None
+    if hashlib.sha256(blob).hexdigest() != digest:
+        raise CheckpointError(f"{file}: sha256 mismatch (truncated or modified after it was written)")
+    return blob
 
 
 def _write_synced(path: Path, blob: bytes) -> str:

@@ -168,8 +168,10 @@ def train(state: TrainState) -> TrainState:
 
             log_now = step % cfg.train.log_every_n_steps == 0 or step == total_steps
             validate_now = step % val_interval(cfg, len(train_loader)) == 0 or step == total_steps
-            stop_now = broadcast_flag(stop.requested, world_size, device)
             every = cfg.checkpoint.every_n_steps
+            due = log_now or validate_now or bool(every and step % every == 0)
+            # Ranks agree on a signal at steps they all sync at anyway; one process checks every step.
+            stop_now = broadcast_flag(stop.requested, world_size, device) if world_size == 1 or due else False
             save_now = validate_now or stop_now or bool(every and step % every == 0)
             # the only host syncs: at log and checkpoint steps
             if (log_now or save_now) and broadcast_flag(nonfinite, world_size, device):

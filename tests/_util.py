@@ -103,3 +103,28 @@ def final_tensors(run_dir: Path) -> tuple[TrainState, dict[str, torch.Tensor], d
 
 def losses_after(state: TrainState, step: int) -> list[tuple[int, float]]:
     return [(m.step, m.value) for m in state.metrics if m.name == "train/loss" and m.step > step]
+
+
+def start_training(config: Path, run_dir: Path) -> subprocess.Popen[str]:
+    """`a2b train CONFIG --run-dir RUN_DIR` in a child process."""
+    return subprocess.Popen(
+        [*A2B, "train", str(config), "--run-dir", str(run_dir)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def kill_after(config: Path, run_dir: Path, step: int) -> int:
+    """Train, SIGKILL once the step's checkpoint exists; returns the step a resume starts from."""
+    import signal
+
+    proc = start_training(config, run_dir)
+    try:
+        wait_for(run_dir / f"step_{step:09d}", proc)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    return TrainState.from_checkpoint(run_dir).global_step

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import signal
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from _util import A2B, REPO, final_tensors, run_cli, tiny_config, wait_for, write_config
+from _util import final_tensors, kill_after, run_cli, tiny_config, write_config
 from safetensors.torch import save_file
 
 from a2b_pipeline.configs import config_from_dict
@@ -235,19 +233,7 @@ def test_weight_schedule_shifts_the_mix_and_resumes_exactly(tmp_path: Path) -> N
 
     # Killed mid-schedule (after the switch at step 40), resumed: identical to the straight run.
     run_b = tmp_path / "run_b"
-    proc = subprocess.Popen(
-        [*A2B, "train", str(cfg), "--run-dir", str(run_b)],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        wait_for(run_b / checkpoint_name(45), proc)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait(timeout=60)
-    assert 45 <= TrainState.from_checkpoint(run_b).global_step < 80
+    assert 45 <= kill_after(cfg, run_b, 45) < 80
     run_cli("resume", str(run_b))
     state_b, weights_b, opt_b = final_tensors(run_b)
     assert state_b.batches_drawn == end

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from _util import A2B, REPO, final_tensors, losses_after, run_cli, tiny_config, wait_for, write_config
+from _util import (
+    REPO,
+    final_tensors,
+    kill_after,
+    losses_after,
+    run_cli,
+    start_training,
+    tiny_config,
+    wait_for,
+    write_config,
+)
 
 from a2b_pipeline.configs import config_from_dict
 from a2b_pipeline.data.pipeline import make_loader, prepare_data
@@ -32,20 +41,7 @@ def test_sigkill_then_resume_is_bit_exact(tmp_path: Path, num_workers: int) -> N
 
     # Run B: same config, SIGKILLed once its step-15 checkpoint exists, then resumed.
     run_b = tmp_path / "run_b"
-    proc = subprocess.Popen(
-        [*A2B, "train", str(cfg_a), "--run-dir", str(run_b)],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        wait_for(run_b / checkpoint_name(15), proc)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
-    resumed_from = TrainState.from_checkpoint(run_b).global_step
+    resumed_from = kill_after(cfg_a, run_b, 15)
     assert 15 <= resumed_from < 40
     run_cli("resume", str(run_b))
     state_b, weights_b, opt_b = final_tensors(run_b)
@@ -66,13 +62,7 @@ def test_sigterm_checkpoints_and_stops(tmp_path: Path) -> None:
     raw["train"]["max_steps"] = 2000
     cfg = write_config(tmp_path, raw, "long")
     run = tmp_path / "run"
-    proc = subprocess.Popen(
-        [*A2B, "train", str(cfg), "--run-dir", str(run)],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_training(cfg, run)
     wait_for(run / checkpoint_name(5), proc)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
