@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -83,8 +84,9 @@ def train(state: TrainState) -> TrainState:
     ema = EMA(raw_model, cfg.train.ema_decay) if cfg.train.ema_decay else None
     scaler = torch.amp.GradScaler(device.type) if cfg.train.precision == "fp16" else None
     plateau: dict[str, Any] = {"scale": 1.0, "best": None, "bad": 0}
+    parts = Checkpointed(raw_model, optimizer, ema, scaler, plateau, train_loader, rank)
     if state.model is not None:
-        restore(state, raw_model, optimizer, ema, scaler, plateau, train_loader, rank)
+        restore(state, parts)
     else:
         train_loader.set_epoch(state.epoch)
     model: nn.Module = raw_model
@@ -204,25 +206,13 @@ def train(state: TrainState) -> TrainState:
             elif step >= total_steps:
                 state.status = "complete"
             if save_now or state.status != "running":
-                save_checkpoint(
-                    state,
-                    raw_model,
-                    optimizer,
-                    ema,
-                    scaler,
-                    plateau,
-                    train_loader,
-                    rank,
-                    best=state.checkpoint.best_step == step,
-                )
+                save_checkpoint(state, parts, best=state.checkpoint.best_step == step)
             if state.status != "running":
                 break
         if state.status == "running":  # nothing left to do (a finished run resumed, or epochs ran out)
             state.status = "complete"
             if state.checkpoint.last_path != _ckpt_path(state):
-                save_checkpoint(
-                    state, raw_model, optimizer, ema, scaler, plateau, train_loader, rank, best=False
-                )
+                save_checkpoint(state, parts, best=False)
     except BaseException as e:
         state.status = "failed" if not isinstance(e, KeyboardInterrupt) else "stopped"
         state.message = f"{type(e).__name__}: {e}"
@@ -571,17 +561,21 @@ def gather_rng(world_size: int) -> list[RNGState]:
     return [RNGState.model_validate(r) for r in everyone]
 
 
-def save_checkpoint(
-    state: TrainState,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    ema: EMA | None,
-    scaler: Any,
-    plateau: dict[str, Any],
-    loader: MetaDataLoader,
-    rank: int,
-    best: bool,
-) -> None:
+@dataclass
+class Checkpointed:
+    """The live objects a checkpoint is saved from and restored into, beside the TrainState."""
+
+    model: nn.Module  # unwrapped: no DDP or compile prefixes in the saved keys
+    optimizer: torch.optim.Optimizer
+    ema: EMA | None
+    scaler: Any  # torch.amp.GradScaler for fp16, else None
+    plateau: dict[str, Any]
+    loader: MetaDataLoader
+    rank: int
+
+
+def save_checkpoint(state: TrainState, parts: Checkpointed, best: bool) -> None:
+    model, optimizer, ema, scaler, plateau, loader, rank = astuple_shallow(parts)
     rngs = gather_rng(state.world_size)  # every rank takes part; only rank 0 writes
     if rank != 0:
         return
@@ -621,6 +615,10 @@ def save_checkpoint(
     )
 
 
+def astuple_shallow(parts: Checkpointed) -> tuple[Any, ...]:
+    return tuple(getattr(parts, f.name) for f in fields(parts))  # dataclasses.astuple would deep-copy
+
+
 def meta_loader_state(loader: MetaDataLoader) -> MetaDataLoaderState:
     sd = loader.state_dict()
     names = getattr(loader, "dataset_names", None) or [str(i) for i in range(len(loader.dataloaders))]
@@ -631,17 +629,9 @@ def meta_loader_state(loader: MetaDataLoader) -> MetaDataLoaderState:
     return MetaDataLoaderState(**sd, loaders=loaders)
 
 
-def restore(
-    state: TrainState,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    ema: EMA | None,
-    scaler: Any,
-    plateau: dict[str, Any],
-    loader: MetaDataLoader,
-    rank: int,
-) -> None:
+def restore(state: TrainState, parts: Checkpointed) -> None:
     """Load everything the state points to; RNG last, so nothing built afterwards shifts it."""
+    model, optimizer, ema, scaler, plateau, loader, rank = astuple_shallow(parts)
     ckpt = Path(state.checkpoint.last_path or "")
     model.load_state_dict(_checked_weights(load_tensors(ckpt, "model.safetensors", state), model, ckpt))
     assert state.optimizer is not None
