@@ -191,7 +191,11 @@ def make_loader(
                 generator=gen,
                 worker_init_fn=seed_worker,
                 pin_memory=pin,
-                persistent_workers=False,
+                # Workers outlive an epoch: forking them per epoch per dataset cost more than the
+                # epoch itself on short epochs. Their base seed is drawn once per process (from the
+                # loader's own generator), so augmentation must derive its randomness per sample
+                # (e.g. from epoch and index) to stay exact across a resume; windows have none.
+                persistent_workers=cfg.data.num_workers > 0,
                 drop_last=False,
             )
         )
