@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import time
@@ -128,3 +129,62 @@ def kill_after(config: Path, run_dir: Path, step: int) -> int:
         proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
     return TrainState.from_checkpoint(run_dir).global_step
+
+
+def dagster_env(**extra: str) -> dict[str, str]:
+    """This environment without A2B_/DAGSTER_ settings, plus `extra`."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("A2B_", "DAGSTER_"))}
+    env.update(extra)
+    return env
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(command: str, port: int, env: dict[str, str], log_path: Path, timeout: float = 90.0):
+    """Run a Dagster server (`dagster-webserver` or `dagster dev`, without -h: its default bind is under
+    test) from the repo root until /server_info answers; stop its whole process group afterwards."""
+    import os
+    import signal
+    import urllib.request
+
+    exe = str(Path(sys.executable).parent / command.split()[0])
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [exe, *command.split()[1:], "-w", "workspace.yaml", "-p", str(port)],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=5) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    pass
+                assert proc.poll() is None, log_path.read_text()[-3000:]
+                assert time.monotonic() < deadline, (
+                    f"{command} did not come up:\n{log_path.read_text()[-3000:]}"
+                )
+                time.sleep(0.5)
+            yield proc
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()

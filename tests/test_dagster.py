@@ -24,6 +24,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from _util import dagster_env, free_port, serving
 from conftest import tiny_config
 from dagster import (
     AssetCheckKey,
@@ -52,12 +53,6 @@ ASSET_NAMES = [
     "evaluation",
 ]
 FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"  # looks like a wandb key; must never show up
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("A2B_", "DAGSTER_"))}
-    env.update(extra)
-    return env
 
 
 def _write_config(configs: Path, name: str, tmp: Path, overrides: list[str]) -> Path:
@@ -254,12 +249,6 @@ def test_evaluation_check_fails_below_its_floor(demo):
 # ---- the real webserver and the CLI ----
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _listen_addresses(port: int) -> set[str]:
     """Local addresses of LISTEN sockets on `port`, from /proc/net/tcp{,6} (no traffic involved)."""
     found = set()
@@ -293,70 +282,42 @@ def _graphql(port: int, query: str) -> dict:
 
 @pytest.mark.slow
 def test_webserver_on_localhost_serves_the_asset_graph_and_the_demo(demo, tmp_path):
-    port = _free_port()
-    env = _env(
+    port = free_port()
+    env = dagster_env(
         DAGSTER_HOME=str(demo["home"]),
         A2B_DATA_ROOT=str(demo["root"]),
         A2B_CONFIGS_DIR=str(demo["configs"]),
     )
-    with open(tmp_path / "webserver.log", "w") as log:
-        # no -h: the default bind address is what is under test
-        proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "dagster-webserver"), "-w", "workspace.yaml", "-p", str(port)],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+    with serving("dagster-webserver", port, env, tmp_path / "webserver.log"):
+        assert _listen_addresses(port) <= {"127.0.0.1", "0000000000000000FFFF00000100007F"}, (
+            _listen_addresses(port)
         )
-        try:
-            deadline = time.monotonic() + 90
-            while True:
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=5) as r:
-                        if r.status == 200:
-                            break
-                except OSError:
-                    pass
-                assert proc.poll() is None, (tmp_path / "webserver.log").read_text()
-                assert time.monotonic() < deadline, "webserver did not come up"
-                time.sleep(0.5)
-            assert _listen_addresses(port) <= {"127.0.0.1", "0000000000000000FFFF00000100007F"}, (
-                _listen_addresses(port)
-            )
-            data = _graphql(port, "{ assetNodes { assetKey { path } dependencyKeys { path } opNames } }")
-            nodes = {n["assetKey"]["path"][-1]: n for n in data["assetNodes"]}
-            assert set(ASSET_NAMES) <= set(nodes), sorted(nodes)
-            for up, down in zip(ASSET_NAMES, ASSET_NAMES[1:], strict=False):
-                deps = [d["path"][-1] for d in nodes[down]["dependencyKeys"]]
-                assert deps == [up], (down, deps)
-            assert nodes["corpus_manifest"]["dependencyKeys"] == []
-            # the demo's materialization is what the UI shows for partition "demo"
-            data = _graphql(
-                port,
-                """{ assetOrError(assetKey: {path: ["evaluation"]}) { ... on Asset {
-                     assetMaterializations(partitions: ["demo"], limit: 1) { partition runId
-                       metadataEntries { label ... on PathMetadataEntry { path } } } } } }""",
-            )
-            (mat,) = data["assetOrError"]["assetMaterializations"]
-            assert mat["partition"] == "demo"
-            paths = {e["label"]: e.get("path") for e in mat["metadataEntries"]}
-            assert paths["checkpoint"] and Path(paths["checkpoint"]).is_dir()
-            assert "plot" in paths
-        finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        data = _graphql(port, "{ assetNodes { assetKey { path } dependencyKeys { path } opNames } }")
+        nodes = {n["assetKey"]["path"][-1]: n for n in data["assetNodes"]}
+        assert set(ASSET_NAMES) <= set(nodes), sorted(nodes)
+        for up, down in zip(ASSET_NAMES, ASSET_NAMES[1:], strict=False):
+            deps = [d["path"][-1] for d in nodes[down]["dependencyKeys"]]
+            assert deps == [up], (down, deps)
+        assert nodes["corpus_manifest"]["dependencyKeys"] == []
+        # the demo's materialization is what the UI shows for partition "demo"
+        data = _graphql(
+            port,
+            """{ assetOrError(assetKey: {path: ["evaluation"]}) { ... on Asset {
+                 assetMaterializations(partitions: ["demo"], limit: 1) { partition runId
+                   metadataEntries { label ... on PathMetadataEntry { path } } } } } }""",
+        )
+        (mat,) = data["assetOrError"]["assetMaterializations"]
+        assert mat["partition"] == "demo"
+        paths = {e["label"]: e.get("path") for e in mat["metadataEntries"]}
+        assert paths["checkpoint"] and Path(paths["checkpoint"]).is_dir()
+        assert "plot" in paths
     assert f"http://127.0.0.1:{port}" in (tmp_path / "webserver.log").read_text()
 
 
 @pytest.mark.slow
 def test_cli_validates_workspace_and_lists_six_assets(tmp_path):
     bindir = Path(sys.executable).parent
-    env = _env(DAGSTER_HOME=str(tmp_path))
+    env = dagster_env(DAGSTER_HOME=str(tmp_path))
     commands = {
         "validate": [str(bindir / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
         "list": [str(bindir / "dagster"), "asset", "list", "-m", "a2b_pipeline.defs"],
@@ -387,7 +348,7 @@ def test_code_location_loads_without_torch_and_tags_training_for_a_gpu():
         """
     )
     r = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", code], cwd=REPO, env=dagster_env(), capture_output=True, text=True, timeout=120
     )
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout.strip().splitlines()[-1])
@@ -458,7 +419,7 @@ def test_interrupted_training_run_resumes_from_its_checkpoint(tmp_path):
 
     script = tmp_path / "train_asset.py"
     script.write_text(_TRAIN_SCRIPT)
-    env = _env(
+    env = dagster_env(
         A2B_DATA_ROOT=str(root),
         A2B_CONFIGS_DIR=str(configs),
         A2B_WANDB_MODE="disabled",

@@ -13,16 +13,14 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
+from _util import dagster_env, free_port, serving
 from conftest import tiny_config
 
 defs = pytest.importorskip("a2b_pipeline.defs", reason="the Dagster layer (a2b_pipeline.defs) is not there")
@@ -40,19 +38,7 @@ SECRET = "f00dfacef00dfacef00dfacef00dfacef00dface"  # the shape of a wandb API 
 ASSET_ORDER = ["corpus_manifest", "dataset_splits", "meta_loader_spec", "training_run", "best_checkpoint"]
 
 
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("A2B_", "DAGSTER_", "WANDB_"))}
-    env.update(extra)
-    return env
-
-
 # ---- dagster dev listens on loopback only ----
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _session_pids(sid: int) -> list[int]:
@@ -113,53 +99,24 @@ LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
 
 
 def test_dagster_dev_listens_on_loopback_only_and_prints_no_secret(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     home = tmp_path / "home"
     home.mkdir()
-    env = _env(
+    env = dagster_env(
         DAGSTER_HOME=str(home),
         A2B_DATA_ROOT=str(tmp_path / "data"),
         A2B_CONFIGS_DIR=str(tmp_path / "configs"),
         WANDB_API_KEY=SECRET,
     )
     log_path = tmp_path / "dagster_dev.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(  # no -h: the default is what is under test
-            [str(Path(sys.executable).parent / "dagster"), "dev", "-w", "workspace.yaml", "-p", str(port)],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            deadline = time.monotonic() + 150
-            while True:
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=5) as r:
-                        if r.status == 200:
-                            break
-                except OSError:
-                    pass
-                assert proc.poll() is None, log_path.read_text()[-3000:]
-                assert time.monotonic() < deadline, "dagster dev did not come up:\n" + log_path.read_text()
-                time.sleep(0.5)
-            # the code location loaded (its server is up too) before we look at every process's sockets
-            with urllib.request.urlopen(
-                f"http://127.0.0.1:{port}/graphql?query=%7Bversion%7D", timeout=30
-            ) as r:
-                assert r.status == 200
-            time.sleep(2.0)
-            pids = _session_pids(proc.pid)
-            assert len(pids) >= 2, f"expected dagster dev to start a webserver and more: {pids}"
-            sockets = _listening(set().union(*(_socket_inodes(p) for p in pids)))
-        finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+    with serving("dagster dev", port, env, log_path, timeout=150) as proc:
+        # the code location loaded (its server is up too) before we look at every process's sockets
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/graphql?query=%7Bversion%7D", timeout=30) as r:
+            assert r.status == 200
+        time.sleep(2.0)
+        pids = _session_pids(proc.pid)
+        assert len(pids) >= 2, f"expected dagster dev to start a webserver and more: {pids}"
+        sockets = _listening(set().union(*(_socket_inodes(p) for p in pids)))
     out = log_path.read_text()
     assert ("127.0.0.1", port) in sockets or ("::ffff:127.0.0.1", port) in sockets, (sockets, out[-2000:])
     exposed = [(ip, p) for ip, p in sockets if ip not in LOOPBACK]
