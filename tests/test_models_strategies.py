@@ -239,3 +239,20 @@ def test_weight_schedule_shifts_the_mix_and_resumes_exactly(tmp_path: Path) -> N
     assert state_b.batches_drawn == end
     assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
     assert all(torch.equal(opt_a[k], opt_b[k]) for k in opt_a)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_learns_on_cpu(tmp_path: Path, precision: str) -> None:
+    state = _fit(tmp_path, precision=precision)
+    _lowers_loss(state)
+    weights = load_tensors(state.checkpoint.last_path, "model.safetensors", state)
+    assert all(t.dtype == torch.float32 for t in weights.values())  # autocast: fp32 master weights
+    assert (state.optimizer.scaler is not None) == (precision == "fp16")  # GradScaler only for fp16
+
+
+def test_grad_accumulation_counts_micro_batches(tmp_path: Path) -> None:
+    state = _fit(tmp_path, grad_accum_steps=3)
+    _lowers_loss(state)
+    assert state.global_step == 40
+    assert sum(state.batches_drawn.values()) == 40 * 3
+    assert state.samples_seen <= 40 * 3 * 4
