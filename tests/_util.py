@@ -188,3 +188,32 @@ def serving(command: str, port: int, env: dict[str, str], log_path: Path, timeou
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+
+LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
+
+
+def listening_sockets() -> list[tuple[str, int, str]]:
+    """(local address, port, inode) of every LISTEN TCP socket, from /proc/net/tcp{,6} (no traffic)."""
+    import socket
+
+    found = []
+    for name in ("tcp", "tcp6"):
+        try:
+            lines = Path(f"/proc/net/{name}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split()
+            if parts[3] != "0A":  # 0A: LISTEN
+                continue
+            addr, port = parts[1].split(":")
+            raw = bytes.fromhex(addr)
+            if name == "tcp":
+                ip = socket.inet_ntop(socket.AF_INET, raw[::-1])
+            else:  # four little-endian 32-bit words
+                ip = socket.inet_ntop(
+                    socket.AF_INET6, b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
+                )
+            found.append((ip, int(port, 16), parts[9]))
+    return found

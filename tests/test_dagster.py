@@ -15,7 +15,6 @@ import datetime
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -24,7 +23,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from _util import dagster_env, free_port, serving
+from _util import LOOPBACK, dagster_env, free_port, listening_sockets, serving
 from conftest import tiny_config
 from dagster import (
     AssetCheckKey,
@@ -249,25 +248,6 @@ def test_evaluation_check_fails_below_its_floor(demo):
 # ---- the real webserver and the CLI ----
 
 
-def _listen_addresses(port: int) -> set[str]:
-    """Local addresses of LISTEN sockets on `port`, from /proc/net/tcp{,6} (no traffic involved)."""
-    found = set()
-    for name in ("tcp", "tcp6"):
-        try:
-            lines = Path(f"/proc/net/{name}").read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            parts = line.split()
-            addr, p = parts[1].split(":")
-            if int(p, 16) == port and parts[3] == "0A":  # 0A: LISTEN
-                if name == "tcp":
-                    found.add(socket.inet_ntoa(bytes.fromhex(addr)[::-1]))
-                else:
-                    found.add(addr)
-    return found
-
-
 def _graphql(port: int, query: str) -> dict:
     req = urllib.request.Request(
         f"http://127.0.0.1:{port}/graphql",
@@ -289,9 +269,8 @@ def test_webserver_on_localhost_serves_the_asset_graph_and_the_demo(demo, tmp_pa
         A2B_CONFIGS_DIR=str(demo["configs"]),
     )
     with serving("dagster-webserver", port, env, tmp_path / "webserver.log"):
-        assert _listen_addresses(port) <= {"127.0.0.1", "0000000000000000FFFF00000100007F"}, (
-            _listen_addresses(port)
-        )
+        addresses = {ip for ip, p, _ in listening_sockets() if p == port}
+        assert addresses and addresses <= LOOPBACK, addresses
         data = _graphql(port, "{ assetNodes { assetKey { path } dependencyKeys { path } opNames } }")
         nodes = {n["assetKey"]["path"][-1]: n for n in data["assetNodes"]}
         assert set(ASSET_NAMES) <= set(nodes), sorted(nodes)

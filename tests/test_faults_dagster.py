@@ -13,14 +13,13 @@
 from __future__ import annotations
 
 import os
-import socket
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
-from _util import dagster_env, free_port, serving
+from _util import LOOPBACK, dagster_env, free_port, listening_sockets, serving
 from conftest import tiny_config
 
 defs = pytest.importorskip("a2b_pipeline.defs", reason="the Dagster layer (a2b_pipeline.defs) is not there")
@@ -71,33 +70,6 @@ def _socket_inodes(pid: int) -> set[str]:
     return inodes
 
 
-def _listening(inodes: set[str]) -> list[tuple[str, int]]:
-    """(local address, port) of the LISTEN TCP sockets among `inodes`, from /proc/net/tcp{,6}."""
-    found = []
-    for name in ("tcp", "tcp6"):
-        try:
-            lines = Path(f"/proc/net/{name}").read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            parts = line.split()
-            if parts[3] != "0A" or parts[9] not in inodes:  # 0A: LISTEN
-                continue
-            addr, port = parts[1].split(":")
-            raw = bytes.fromhex(addr)
-            if name == "tcp":
-                ip = socket.inet_ntop(socket.AF_INET, raw[::-1])
-            else:  # four little-endian 32-bit words
-                ip = socket.inet_ntop(
-                    socket.AF_INET6, b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
-                )
-            found.append((ip, int(port, 16)))
-    return found
-
-
-LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
-
-
 def test_dagster_dev_listens_on_loopback_only_and_prints_no_secret(tmp_path: Path) -> None:
     port = free_port()
     home = tmp_path / "home"
@@ -116,7 +88,8 @@ def test_dagster_dev_listens_on_loopback_only_and_prints_no_secret(tmp_path: Pat
         time.sleep(2.0)
         pids = _session_pids(proc.pid)
         assert len(pids) >= 2, f"expected dagster dev to start a webserver and more: {pids}"
-        sockets = _listening(set().union(*(_socket_inodes(p) for p in pids)))
+        inodes = set().union(*(_socket_inodes(p) for p in pids))
+        sockets = [(ip, p) for ip, p, inode in listening_sockets() if inode in inodes]
     out = log_path.read_text()
     assert ("127.0.0.1", port) in sockets or ("::ffff:127.0.0.1", port) in sockets, (sockets, out[-2000:])
     exposed = [(ip, p) for ip, p in sockets if ip not in LOOPBACK]
