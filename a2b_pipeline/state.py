@@ -321,7 +321,7 @@ class TrainState(_Schema):
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 os.replace(tmp, path)
-            _fsync_dir(path.parent)
+            fsync_path(path.parent)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -446,7 +446,8 @@ def _fsync_and_sha256(path: Path) -> str:
         return digest.result()
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory (a directory: so a rename in it survives a crash)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

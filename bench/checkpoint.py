@@ -45,14 +45,6 @@ def big_model(args: Any, mb: float) -> tuple[Any, torch.nn.Module]:
     return cfg, build_model(cfg.model, model_io(cfg))
 
 
-def fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def main() -> int:
     p = C.parser(__doc__.split("\n")[0])
     p.add_argument("--mb", type=float, default=None, help="model size in MB (default 100, quick 25)")
@@ -62,7 +54,7 @@ def main() -> int:
     C.setup_torch(args.threads)
     from safetensors.torch import load, load_file, save, save_file
 
-    from a2b_pipeline.state import TrainState, load_tensors
+    from a2b_pipeline.state import TrainState, fsync_path, load_tensors
 
     cfg, model = big_model(args, mb)
     sd = model.state_dict()

@@ -91,16 +91,8 @@ def _count(name: str) -> None:
         STATS[name] += 1
 
 
-_KEY_LOCKS: dict[str, threading.Lock] = {}
-
-
-def _key_lock(key: str) -> threading.Lock:
-    """One lock per cache key: threads loading recordings of the same song wait for one decode."""
-    with _LOCK:
-        lock = _KEY_LOCKS.get(key)
-        if lock is None:
-            lock = _KEY_LOCKS[key] = threading.Lock()
-        return lock
+# One lock per cache key: threads loading recordings of the same song wait for one decode.
+_key_lock = remote.KeyedLocks()
 
 
 def _disabled() -> bool:

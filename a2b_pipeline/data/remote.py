@@ -392,15 +392,19 @@ def _cached(dest: Path, info: FileInfo) -> bool:
         return False
 
 
-_DL_LOCKS: dict[str, threading.Lock] = {}
+class KeyedLocks:
+    """One lock per key, so threads working on the same file or entry wait for one another only."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+
+    def __call__(self, key: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(key, threading.Lock())
 
 
-def _download_lock(key: str) -> threading.Lock:
-    with _FS_LOCK:
-        lock = _DL_LOCKS.get(key)
-        if lock is None:
-            lock = _DL_LOCKS[key] = threading.Lock()
-        return lock
+_download_lock = KeyedLocks()
 
 
 @contextmanager
