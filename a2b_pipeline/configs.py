@@ -253,6 +253,9 @@ class CheckpointConfig(_Strict):
     keep_last: PositiveInt = 2
     metric: str = "val/pearson"
     mode: Literal["max", "min"] = "max"
+    # Write in a background thread: the loop waits only for a host copy of the tensors (and for the
+    # previous write, if it is still running when the next is due). The copy costs host memory.
+    async_write: bool = True
 
     @field_validator("metric")
     @classmethod

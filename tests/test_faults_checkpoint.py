@@ -1,7 +1,7 @@
 """Checkpoints from elsewhere, or damaged: refused by `a2b resume` and `a2b evaluate` with a message that
 names the file and the keys; nothing in them is executed, nothing is trained on them.
 
-The foreign files here carry a matching sha256 in train_state.json (as a checkpoint assembled from
+The foreign files here carry a matching checksum in train_state.json (as a checkpoint assembled from
 another run's files would), so it is the content check that refuses them, not the checksum. Damaged
 files (one flipped byte) are refused by the checksum; a run directory then resumes from the newest
 checkpoint that verifies. (test_state.py covers the state-level basics: truncated weights, a
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import xxhash
 from conftest import tiny_config
 from safetensors.torch import load_file, save_file
 
@@ -57,7 +58,8 @@ def run(tmp_path: Path, template: Path) -> Path:
 
 
 def _rewrite(ckpt: Path, name: str, blob: bytes) -> None:
-    """Replace a file of a checkpoint and record its sha256, as a foreign but self-consistent one would."""
+    """Replace a file of a checkpoint and record its checksum, as a foreign but self-consistent one would
+    (a bare sha256, as the first checkpoints of schema 1 recorded: both kinds are accepted)."""
     (ckpt / name).write_bytes(blob)
     state_file = ckpt / STATE_FILE
     raw = json.loads(state_file.read_text())
@@ -229,7 +231,7 @@ def test_pickle_with_stale_checksum_is_skipped_and_run_resumes_from_older(
     newest = run / checkpoint_name(6)
     (newest / "model.safetensors").write_bytes(_pickle_blob("torch.save"))  # checksum not updated
     code, err = _cli(capsys, "evaluate", str(newest))
-    assert code == 1 and f"{newest}/model.safetensors: sha256 mismatch" in err, err
+    assert code == 1 and f"{newest}/model.safetensors: checksum mismatch" in err, err
     assert TrainState.from_checkpoint(run).global_step == 4
     assert not MARKER.exists()
 
@@ -241,20 +243,20 @@ def test_pickle_with_stale_checksum_is_skipped_and_run_resumes_from_older(
 def test_flipped_byte_refused_and_run_resumes_from_newest_valid(
     run: Path, capsys: pytest.CaptureFixture[str], file: str
 ) -> None:
-    for ckpt in list_checkpoints(run):  # every tensor file of every checkpoint is listed with its sha256
+    for ckpt in list_checkpoints(run):  # every tensor file of every checkpoint is listed with its checksum
         state = json.loads((ckpt / STATE_FILE).read_text())
         listed = state["checkpoint"]["files"]
         on_disk = sorted(p.name for p in ckpt.iterdir() if p.name != STATE_FILE)
         assert sorted(listed) == on_disk == ["ema.safetensors", "model.safetensors", "optimizer.safetensors"]
         for name, digest in listed.items():
-            assert hashlib.sha256((ckpt / name).read_bytes()).hexdigest() == digest
+            assert digest == "xxh3_128:" + xxhash.xxh3_128((ckpt / name).read_bytes()).hexdigest()
 
     newest = run / checkpoint_name(6)
     blob = bytearray((newest / file).read_bytes())
     blob[len(blob) // 2] ^= 0x01  # one bit, deep in the tensor data: still parses as safetensors
     (newest / file).write_bytes(bytes(blob))
     code, err = _cli(capsys, "resume", str(newest))
-    assert code == 1 and f"{newest}/{file}: sha256 mismatch" in err, err
+    assert code == 1 and f"{newest}/{file}: checksum mismatch" in err, err
 
     # the run directory falls back to step 4, and resuming from there finishes the run
     assert TrainState.from_checkpoint(run).global_step == 4

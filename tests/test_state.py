@@ -124,12 +124,35 @@ def test_tampered_and_truncated_files_are_refused_and_run_dir_falls_back(tmp_pat
     bad = _write(s, 20)
     weights = bad / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-7])  # truncated
-    with pytest.raises(CheckpointError, match="model.safetensors: sha256 mismatch"):
+    with pytest.raises(CheckpointError, match="model.safetensors: checksum mismatch"):
         TrainState.from_checkpoint(bad)
     assert TrainState.from_checkpoint(s.run_dir).global_step == 10  # the newest that verifies
     (good / "train_state.json").write_text('{"schema_version": 1, "config"')  # truncated JSON
     with pytest.raises(CheckpointError, match="no valid checkpoint.*not valid JSON"):
         TrainState.from_checkpoint(s.run_dir)
+
+
+def test_digests_xxh3_and_legacy_sha256(tmp_path: Path) -> None:
+    import hashlib
+
+    s = _state(tmp_path)
+    path = _write(s, 3)
+    weights = path / "model.safetensors"
+    raw = json.loads((path / "train_state.json").read_text())
+    assert raw["checkpoint"]["files"]["model.safetensors"].startswith("xxh3_128:")
+    # a bare 64-hex digest (what the first schema-1 checkpoints recorded) is a sha256, and is checked
+    for digest, ok in [
+        (hashlib.sha256(weights.read_bytes()).hexdigest(), True),
+        (hashlib.sha256(b"other bytes").hexdigest(), False),
+        ("md5:" + hashlib.md5(weights.read_bytes()).hexdigest(), False),
+    ]:
+        raw["checkpoint"]["files"]["model.safetensors"] = digest
+        (path / "train_state.json").write_text(json.dumps(raw))
+        if ok:
+            assert torch.equal(load_tensors(path, "model.safetensors")["w"], torch.full((3,), 3.0))
+        else:
+            with pytest.raises(CheckpointError, match="safetensors: (checksum mismatch|unknown digest)"):
+                TrainState.from_checkpoint(path)
 
 
 def test_half_written_checkpoint_is_invisible(tmp_path: Path) -> None:

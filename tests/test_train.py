@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -109,6 +110,79 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
     weights = load_tensors(good.checkpoint.last_path, "model.safetensors", good)
     assert all(torch.isfinite(t).all() for t in weights.values())
     assert good.global_step < state.global_step
+
+
+def test_async_checkpoint_writes_equal_sync_writes(tmp_path: Path) -> None:
+    """A background write saves the state of its own step, while the loop goes on changing the weights."""
+    runs = {}
+    for background in (True, False):
+        raw = tiny_config(tmp_path)
+        raw["train"]["max_steps"] = 12
+        raw["checkpoint"].update(every_n_steps=1, keep_last=20, async_write=background)
+        cfg = config_from_dict(raw)
+        runs[background] = train(TrainState.from_config(cfg, run_dir=tmp_path / f"async-{background}"))
+    done, ref = runs[True], runs[False]
+    assert done.status == ref.status == "complete"
+    last = TrainState.from_checkpoint(done.run_dir)
+    assert done.checkpoint.files == last.checkpoint.files and len(done.checkpoint.files) == 2
+    same = {"global_step", "epoch", "samples_seen", "batches_drawn", "rng", "optimizer", "meta_loader"}
+    for step in range(1, 13):
+        a = TrainState.from_checkpoint(Path(done.run_dir) / checkpoint_name(step))
+        b = TrainState.from_checkpoint(Path(ref.run_dir) / checkpoint_name(step))
+        assert a.model_dump(include=same) == b.model_dump(include=same), step
+        for name in b.checkpoint.files:
+            ta, tb = (
+                load_tensors(a.checkpoint.last_path, name, a),
+                load_tensors(b.checkpoint.last_path, name, b),
+            )
+            assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in tb), (step, name)
+
+
+def test_failed_background_write_fails_the_run_and_resume_completes(tmp_path: Path) -> None:
+    """The run directory vanishes after step 5 (replaced by a file): the write of step 8 fails in the
+    background, the run fails naming that checkpoint, and once the directory is back it resumes bit-exact."""
+    import shutil
+
+    from a2b_pipeline import train as train_module
+    from a2b_pipeline.state import CheckpointError
+
+    raw = tiny_config(tmp_path)
+    raw["train"]["max_steps"] = 12
+    raw["checkpoint"]["every_n_steps"] = 4
+    ref = train(TrainState.from_config(config_from_dict(raw), run_dir=tmp_path / "ref"))
+    run, away = tmp_path / "run", tmp_path / "run-away"
+
+    def hook(model: torch.nn.Module, state: TrainState) -> None:
+        def pull_run_dir(module: torch.nn.Module, args: object, out: object) -> None:
+            if module.training and state.global_step == 5 and not away.exists():
+                deadline = time.monotonic() + 60  # step 4's write (and its `last` pointer) is done first
+                while not ((run / "last").is_symlink() and os.readlink(run / "last") == checkpoint_name(4)):
+                    assert time.monotonic() < deadline, "step 4 was never written"
+                    time.sleep(0.01)
+                run.rename(away)
+                run.write_text("not a directory")
+
+        model.register_forward_hook(pull_run_dir)
+
+    train_module.MODEL_HOOKS.append(hook)
+    try:
+        with pytest.raises(
+            CheckpointError, match=f"{run.resolve()}/step_000000008: the checkpoint could not"
+        ):
+            train(TrainState.from_config(config_from_dict(raw), run_dir=run))
+    finally:
+        train_module.MODEL_HOOKS.remove(hook)
+    run.unlink()
+    shutil.move(away, run)
+    kept = TrainState.from_checkpoint(run)
+    assert kept.global_step == 4
+    state = train(kept)
+    assert state.status == "complete" and state.global_step == 12
+    _, got, got_opt = final_tensors(run)
+    _, want, want_opt = final_tensors(Path(ref.run_dir))
+    assert all(torch.equal(got[k], want[k]) for k in want) and all(
+        torch.equal(got_opt[k], want_opt[k]) for k in want_opt
+    )
 
 
 @pytest.mark.skipif(

@@ -556,7 +556,7 @@ def training_run(
     group_name=GROUP,
     code_version=CODE_VERSION,
     kinds={"pytorch"},
-    description="The training run's best checkpoint by `checkpoint.metric`, verified (sha256 of every file) "
+    description="The training run's best checkpoint by `checkpoint.metric`, verified (every file's checksum) "
     "and pinned by the sha256 of its train_state.json.",
 )
 def best_checkpoint(
@@ -572,7 +572,7 @@ def best_checkpoint(
         raise Failure(f"training_run [{exp.name}] recorded no checkpoint")
     ckpt = Path(chosen)
     try:
-        state = TrainState.from_checkpoint(ckpt)  # checks every file's sha256
+        state = TrainState.from_checkpoint(ckpt)  # checks every file's digest
     except CheckpointError as e:
         raise Failure(f"best checkpoint of {exp.name} does not verify: {e}") from None
     state_path = ckpt / "train_state.json"
@@ -583,7 +583,7 @@ def best_checkpoint(
         "data_version": state.data_version,
         "checkpoint": str(ckpt),
         "checkpoint_sha256": ckpt_sha,
-        "model_sha256": state.checkpoint.files.get("model.safetensors"),
+        "model_digest": state.checkpoint.files.get("model.safetensors"),
         "files": state.checkpoint.files,
         "step": state.global_step,
         "best_metric": state.checkpoint.best_metric,

@@ -185,7 +185,7 @@ def lineage_metadata(
     if checkpoint is not None:
         md["checkpoint"] = MetadataValue.path(str(checkpoint))
         md["checkpoint_sha256"] = sha256_bytes((checkpoint / "train_state.json").read_bytes())
-        md["model_sha256"] = state.checkpoint.files.get("model.safetensors", "")
+        md["model_digest"] = state.checkpoint.files.get("model.safetensors", "")
     else:
         md["checkpoint"] = MetadataValue.null()
         md["checkpoint_sha256"] = MetadataValue.null()
