@@ -47,14 +47,18 @@ _STATE_KEYS = frozenset(
     }
 )
 # Uniforms are drawn in blocks: one torch call per block instead of one per batch keeps the per-draw cost to
-# a list index and a bisect (the benchmark compares against plain DataLoaders).
+# a list index and a bisect (the benchmark compares against plain DataLoaders). A position is (state at the
+# block's start, draws used). A block is drawn in chunks into a reused buffer: the same values as one draw
+# of the block (uniform_ on CPU takes one generator step per value, in order), but a short epoch pays for
+# one small draw instead of 1024 uniforms.
 _DRAW_BLOCK = 1024
+_DRAW_CHUNK = 64
 
 
 def derive_seed(tag: str, *parts: int) -> int:
     """A 63-bit seed from a tag and integers; a hash, so nearby (seed, epoch) pairs give unrelated streams
     and the sampler's and the mixer's generators never share a seed even when built from the same run seed."""
-    data = ":".join([tag, *(str(int(p)) for p in parts)]).encode()
+    data = ":".join([tag, *map(str, map(int, parts))]).encode()
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") >> 1
 
 
@@ -193,24 +197,28 @@ class MetaDataLoader:
             if not isinstance(dl, DataLoader):
                 raise TypeError(f"dataloaders[{i}] is a {type(dl).__name__}, not a torch DataLoader")
         self.dataloaders: list[DataLoader] = loaders
+        # A DataLoader's sampler and batch size cannot be reassigned after construction: look them up once.
+        self._samplers = [_sampler_and_batch_size(dl) for dl in loaders]
         self.split = str(split)
         self.seed = int(seed)
         self._weights = _validate_weights(sampling_weights, len(loaders))
         self.last_loader: int | None = None
         self._gen = torch.Generator()
+        self._chunk = torch.empty(_DRAW_CHUNK, dtype=torch.float64)
         self._iteration = 0  # token of the live iterator; bumping it invalidates older ones
         self._lengths: list[int] | None = None  # len(dl) per loader, fixed while an epoch runs
+        self._avail: list[float] = []
         self._cum: list[float] = []
         self._total = 0.0
-        self._last_drawable = 0
         self._reset_position(0)
 
     # ----------------------------------------------------------------- position
     def _reset_position(self, epoch: int) -> None:
         self.epoch = int(epoch)
         self._consumed = [0] * len(self.dataloaders)
-        self._gen.manual_seed(derive_seed("meta", self.seed, self.epoch))
-        self._block_state = self._gen.get_state()  # generator state before the current block
+        # Generator state before the current block; None: the epoch's seed, which only __iter__ and
+        # state_dict() need (seeding and reading a state here cost time on every short epoch).
+        self._block_state: torch.Tensor | None = None
         self._block_len = _DRAW_BLOCK
         self._cursor = 0  # draws already used from the current block
 
@@ -241,14 +249,19 @@ class MetaDataLoader:
 
     def _rebuild_cdf(self) -> None:
         """Cumulative weights of the drawable loaders (positive weight, not exhausted this epoch)."""
-        avail = list(self._weights)
+        avail = self._weights
         if self._lengths is not None:  # outside an epoch run, lengths are unknown: all count as drawable
-            for i, (c, n) in enumerate(zip(self._consumed, self._lengths, strict=True)):
-                if c >= n:
-                    avail[i] = 0.0
+            left = zip(avail, self._consumed, self._lengths, strict=True)
+            avail = [w if c < n else 0.0 for w, c, n in left]
+        self._avail = avail
         self._cum = list(accumulate(avail))
         self._total = self._cum[-1]
-        self._last_drawable = max((i for i, w in enumerate(avail) if w > 0), default=0)
+
+    def _seek_block(self, gen: torch.Generator) -> torch.Generator:
+        """``gen`` set to the state at the start of the current block."""
+        if self._block_state is None:
+            return gen.manual_seed(derive_seed("meta", self.seed, self.epoch))
+        return gen.set_state(self._block_state)
 
     # -------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -259,7 +272,7 @@ class MetaDataLoader:
             "epoch": self.epoch,
             "consumed": list(self._consumed),
             "weights": list(self._weights),
-            "generator_state": self._block_state.tolist(),
+            "generator_state": self._seek_block(torch.Generator()).get_state().tolist(),
             "draw_block": self._block_len,
             "draw_offset": self._cursor,
         }
@@ -283,7 +296,7 @@ class MetaDataLoader:
         for i, (c, dl) in enumerate(zip(consumed, self.dataloaders, strict=True)):
             if not 0 <= c <= len(dl):
                 raise ValueError(f"{bad} state has {c} batches consumed for loader {i} of {len(dl)} batches")
-            _require_resumable(i, _sampler_and_batch_size(dl)[0])
+            _require_resumable(i, self._samplers[i][0])
         weights = _validate_weights(sd["weights"], n)
         block_len, cursor = int(sd["draw_block"]), int(sd["draw_offset"])
         if not 0 <= cursor <= block_len:
@@ -305,7 +318,7 @@ class MetaDataLoader:
     def _open(self, i: int) -> Iterator[Any]:
         """iter() of loader i positioned after the batches it already gave this epoch."""
         dl = self.dataloaders[i]
-        sampler, batch_size = _sampler_and_batch_size(dl)
+        sampler, batch_size = self._samplers[i]
         set_epoch = getattr(sampler, "set_epoch", None)
         if callable(set_epoch):
             set_epoch(self.epoch)
@@ -318,11 +331,18 @@ class MetaDataLoader:
             dl.generator.manual_seed(derive_seed("loader", self.seed, i, self.epoch))
         return iter(dl)
 
-    def _next_block(self) -> list[float]:
-        self._block_state = self._gen.get_state()
-        self._block_len = _DRAW_BLOCK
-        self._cursor = 0
-        return torch.rand(_DRAW_BLOCK, generator=self._gen, dtype=torch.float64).tolist()
+    def _draw_more(self, block: list[float]) -> list[float]:
+        """``block`` (the current block's uniforms drawn so far; ``self._gen`` sits right after them) extended
+        by one chunk, or the next block's first chunk once the current one is used up."""
+        if len(block) >= self._block_len:
+            self._block_state = self._gen.get_state()
+            self._block_len = _DRAW_BLOCK
+            self._cursor = 0
+            block = []
+        n = self._block_len - len(block)
+        buf = self._chunk if n >= _DRAW_CHUNK else self._chunk[:n]  # a loaded block may end mid-chunk
+        block += buf.uniform_(generator=self._gen).tolist()
+        return block
 
     def __iter__(self) -> Iterator[Any]:
         self._iteration += 1
@@ -339,10 +359,10 @@ class MetaDataLoader:
         for i in range(n_loaders):
             if self._weights[i] > 0 and consumed[i] < lengths[i]:
                 iters[i] = self._open(i)
-        # Re-draw the current block from its saved starting state: the position is (state, offset).
-        self._gen.set_state(self._block_state)
-        block = torch.rand(self._block_len, generator=self._gen, dtype=torch.float64).tolist()
-        n_block = len(block)
+        # The position is (block start state, offset): re-draw the block from its start, chunk by chunk.
+        self._seek_block(self._gen)
+        block: list[float] = []
+        n_block = 0
         try:
             while True:
                 if self._iteration != token:
@@ -353,14 +373,14 @@ class MetaDataLoader:
                 if total <= 0.0:  # every drawable loader is exhausted: the epoch is over
                     break
                 c = self._cursor
-                if c >= n_block:
-                    block = self._next_block()
-                    n_block, c = len(block), 0
+                while c >= n_block:  # more than once when resuming mid-block
+                    block = self._draw_more(block)
+                    n_block, c = len(block), self._cursor
                 self._cursor = c + 1
                 # Inverse CDF; u < 1 so u * total < total and zero-weight entries have empty intervals.
                 i = bisect_right(self._cum, block[c] * total)
                 if i >= n_loaders:  # float safety net, unreachable in practice
-                    i = self._last_drawable
+                    i = max((j for j, w in enumerate(self._avail) if w > 0), default=0)
                 it = iters[i]
                 if it is None:
                     it = iters[i] = self._open(i)
