@@ -97,6 +97,22 @@ def cmd_corpus(args: argparse.Namespace) -> int:
     return corpus_main(args.root, args.type, args.json, args.to_manifest)
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    from a2b_pipeline.data import cache_admin
+
+    cache_dir = args.cache_dir or (load_config(args.config).data.cache_dir if args.config else None)
+    if args.max_gb is None:
+        print(json.dumps(cache_admin.usage(cache_dir), indent=1))
+        return 0
+    report = cache_admin.prune(
+        cache_dir, int(args.max_gb * 1e9), keep_recent_s=args.keep_recent_min * 60, dry_run=args.dry_run
+    )
+    if not args.verbose:
+        report.pop("removed_paths")
+    print(json.dumps(report, indent=1))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from a2b_pipeline.demo import run_demo
 
@@ -156,6 +172,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.add_argument("--to-manifest", default=None, metavar="OUT.csv")
     s.set_defaults(fn=cmd_corpus)
+
+    s = sub.add_parser("cache", help="size of the feature and download cache; --max-gb prunes it (LRU)")
+    where = s.add_mutually_exclusive_group()
+    where.add_argument("--cache-dir", default=None, help="default: $A2B_CACHE_DIR, else ~/.cache/a2b")
+    where.add_argument("--config", default=None, help="use this config's data.cache_dir")
+    s.add_argument(
+        "--max-gb", type=float, default=None, help="delete least recently used entries down to this"
+    )
+    s.add_argument(
+        "--keep-recent-min", type=float, default=60.0, help="never delete entries used this recently"
+    )
+    s.add_argument("--dry-run", action="store_true", help="report what would be deleted, delete nothing")
+    s.set_defaults(fn=cmd_cache)
 
     s = sub.add_parser("demo", help="materialize the whole Dagster graph on configs/demo.yaml")
     s.add_argument("--dagster-home", default=".dagster_home")

@@ -17,7 +17,7 @@ from werkzeug.serving import make_server
 
 from a2b_pipeline.configs import config_from_dict
 from a2b_pipeline.corpus_cli import corpus_main
-from a2b_pipeline.data import feature_cache, remote
+from a2b_pipeline.data import cache_admin, feature_cache, remote
 from a2b_pipeline.data.corpora import CorpusError, scan_pmemo2019
 from a2b_pipeline.data.corpus_fixtures import write_pmemo2019_fixture
 from a2b_pipeline.data.pipeline import prepare_data
@@ -183,6 +183,8 @@ def test_bucket_loads_like_local_disk_and_second_pass_gets_nothing(s3, pmemo_loc
     prepared_s3 = prepare_data(remote_cfg)
     first = s3.object_reads("pmemo-bucket")
     assert first and max(first.values()) == 1, first  # each object downloaded once, however often it is read
+    downloads = sum(1 for method, _ in first if method == "GET")
+    assert cache_admin.usage(remote_cfg.data.cache_dir)["remote"]["entries"] == downloads  # `a2b cache`
     a, b = windows(prepared_local), windows(prepared_s3)
     assert a.keys() == b.keys() and len(a) > 0
     for k in a:

@@ -239,6 +239,7 @@ def get_or_build(
     if not _disabled():
         try:
             out = read_entry(path, key)
+            remote.touch(path)
             _count(f"{kind}_hit")
             return out
         except FileNotFoundError:

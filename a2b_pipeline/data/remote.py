@@ -387,9 +387,18 @@ def fetch(path: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None
 
 def _cached(dest: Path, info: FileInfo) -> bool:
     try:
-        return dest.stat().st_size == info.size or info.size < 0
+        hit = dest.stat().st_size == info.size or info.size < 0
     except FileNotFoundError:
         return False
+    if hit:
+        touch(dest)
+    return hit
+
+
+def touch(path: str | os.PathLike[str]) -> None:
+    """Mark a cache entry used (its mtime) for least-recently-used pruning (cache_admin); best effort."""
+    with contextlib.suppress(OSError):
+        os.utime(path)
 
 
 class KeyedLocks:

@@ -1,0 +1,58 @@
+"""`a2b cache`: the feature cache's size, and least-recently-used pruning that a later run rebuilds from."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+from conftest import tiny_config
+
+from a2b_pipeline.cli import main
+from a2b_pipeline.data import cache_admin, feature_cache
+from a2b_pipeline.data.pipeline import prepare_data
+
+DAY = 86400.0
+
+
+def _windows(tmp_path: Path) -> tuple[list[torch.Tensor], int]:
+    """Every training window of the tiny config, and how many entries the run had to build."""
+    feature_cache.forget_memory()  # read the disk cache as a new process would
+    feature_cache.reset_stats()
+    data = prepare_data(tiny_config(tmp_path))
+    built = feature_cache.STATS["features_miss"] + feature_cache.STATS["target_miss"]
+    return [t for ds in data.splits["train"].values() for i in range(len(ds)) for t in ds[i]], built
+
+
+def test_usage_and_lru_prune_then_a_run_rebuilds_what_was_pruned(tmp_path: Path, capsys) -> None:
+    cache_dir = tiny_config(tmp_path).data.cache_dir
+    first, built = _windows(tmp_path)
+    found = sorted(cache_admin.entries(cache_dir), key=lambda e: str(e.path))
+    assert built == len(found) > 4 and {e.section for e in found} == {"features"}
+    assert main(["cache", "--cache-dir", cache_dir]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["features"] == {"entries": len(found), "bytes": sum(e.size for e in found)}
+
+    # the first half was last used three days ago, the rest one day ago
+    now, half = time.time(), len(found) // 2
+    for i, e in enumerate(found):
+        os.utime(e.path, (now - (3 if i < half else 1) * DAY,) * 2)
+    keep = sum(e.size for e in found[half:])
+    assert main(["cache", "--cache-dir", cache_dir, "--max-gb", str(keep / 1e9), "--dry-run"]) == 0
+    assert json.loads(capsys.readouterr().out)["removed"] == half
+    assert len(cache_admin.entries(cache_dir)) == len(found)  # a dry run deletes nothing
+
+    report = cache_admin.prune(cache_dir, keep)
+    assert sorted(report["removed_paths"]) == sorted(str(e.path) for e in found[:half])
+    assert report["bytes_after"] == keep and not report["over_limit_in_use"]
+    # entries used within keep_recent_s stay, even over the limit
+    report = cache_admin.prune(cache_dir, 0, keep_recent_s=2 * DAY)
+    assert report["removed"] == 0 and report["over_limit_in_use"]
+
+    # the next run rebuilds exactly what was pruned, to the same bits, and its hits count as use
+    second, rebuilt = _windows(tmp_path)
+    assert rebuilt == half
+    assert len(first) == len(second) and all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+    assert all(e.used > now - 60 for e in cache_admin.entries(cache_dir))
