@@ -612,9 +612,9 @@ class CheckpointWriter:
                 buf = self._buffers.get((f, k))
                 if buf is None or buf.shape != v.shape or buf.dtype != v.dtype:
                     buf = torch.empty(v.shape, dtype=v.dtype, pin_memory=v.is_cuda)
-                staged[f][k] = buffers[(f, k)] = buf.copy_(v.detach(), non_blocking=True)
+                staged[f][k] = buffers[(f, k)] = buf.copy_(v.detach(), non_blocking=v.is_cuda)
         if any(v.is_cuda for t in tensors.values() for v in t.values()):
-            torch.cuda.synchronize()  # the non-blocking copies have landed before the writer reads them
+            torch.cuda.synchronize()  # the copies off the device have landed before the writer reads them
         self._buffers = buffers
         return staged
 
