@@ -273,6 +273,20 @@ class TrainState(_Schema):
     def to_json(self) -> str:
         return self.model_dump_json(indent=1)
 
+    def snapshot(self) -> TrainState:
+        """A copy that a background checkpoint write can serialise while the loop goes on changing this
+        state: the containers the loop changes in place are copied; the config and the metric records,
+        which nothing changes once made, are shared (a deep copy of a long run's metric history took
+        ~0.2 s per checkpoint)."""
+        return self.model_copy(
+            update={
+                "batches_drawn": dict(self.batches_drawn),
+                "rng": list(self.rng),
+                "metrics": list(self.metrics),
+                "checkpoint": self.checkpoint.model_copy(update={"files": dict(self.checkpoint.files)}),
+            }
+        )
+
     @classmethod
     def from_checkpoint(cls, path: str | Path) -> TrainState:
         """Load a checkpoint directory, or a run directory's newest checkpoint that verifies."""

@@ -597,7 +597,7 @@ class CheckpointWriter:
         if self._pool is None:
             self._files = write_checkpoint(state, path, tensors, best)
             return
-        state, tensors = state.model_copy(deep=True), self._stage(tensors)
+        state, tensors = state.snapshot(), self._stage(tensors)
         self._pending = self._pool.submit(write_checkpoint, state, path, tensors, best)
 
     def _stage(self, tensors: dict[str, dict[str, torch.Tensor]]) -> dict[str, dict[str, torch.Tensor]]:

@@ -132,6 +132,23 @@ def test_tampered_and_truncated_files_are_refused_and_run_dir_falls_back(tmp_pat
         TrainState.from_checkpoint(s.run_dir)
 
 
+def test_snapshot_keeps_what_it_was_while_the_live_state_changes(tmp_path: Path) -> None:
+    """What a background checkpoint write serialises must not move while the loop goes on."""
+    s = _state(tmp_path)
+    s.metrics.append(MetricState(name="train/loss", value=1.0, step=1))
+    s.batches_drawn["a"] = 1
+    snap = s.snapshot()
+    before = snap.to_json()
+    s.metrics.append(MetricState(name="train/loss", value=0.5, step=2))
+    s.batches_drawn["a"], s.batches_drawn["b"] = 2, 1
+    s.rng.append(RNGState.capture())
+    s.checkpoint.best_value, s.checkpoint.files["model.safetensors"] = 0.9, "xxh3_128:00"
+    s.global_step, s.status = 2, "complete"
+    assert snap.to_json() == before
+    snap.checkpoint.files["optimizer.safetensors"] = "xxh3_128:11"  # as to_checkpoint fills the copy's
+    assert "optimizer.safetensors" not in s.checkpoint.files
+
+
 def test_digests_xxh3_and_legacy_sha256(tmp_path: Path) -> None:
     import hashlib
 
