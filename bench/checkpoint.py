@@ -155,7 +155,7 @@ def main() -> int:
         part(
             "sha256 of the bytes (the digest before xxh3)", lambda blob=blob: hashlib.sha256(blob).hexdigest()
         )
-        part("xxh3_128 of the file (file_digest, mapped)", lambda f=f: file_digest(f))
+        part("xxh3_128 of the file (file_digest)", lambda f=f: file_digest(f))
         data = part("read file to bytes", lambda f=f: f.read_bytes())
         part("parse bytes (safetensors.load)", lambda data=data: load(data))
         f.unlink()
