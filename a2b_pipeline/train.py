@@ -128,7 +128,7 @@ def train(state: TrainState) -> TrainState:
             apply_freeze(raw_model, cfg, step)
             train_loader.set_weights(loader_weights(train_loader, cfg, step))
             set_lr(optimizer, lr_at(cfg, step, total_steps, plateau["scale"]))
-            step_loss = torch.zeros((), device=device)
+            step_loss: torch.Tensor | None = None  # summed on device: no tensor made, no host read per step
             got = 0
             for micro in range(accum):
                 batch = next(batches, None)
@@ -138,15 +138,17 @@ def train(state: TrainState) -> TrainState:
                 sync = micro == accum - 1 or world_size == 1
                 with contextlib.nullcontext() if sync else model.no_sync(), autocast:
                     loss = loss_fn(model(x), y)
-                (scaler.scale(loss / accum) if scaler else loss / accum).backward()
-                step_loss += loss.detach()
+                part = loss / accum if accum > 1 else loss  # x / 1 is x: one op fewer per step
+                (scaler.scale(part) if scaler else part).backward()
+                step_loss = loss.detach() if step_loss is None else step_loss + loss.detach()
                 got += 1
                 state.samples_seen += x.shape[0] * world_size
                 drawn = names[train_loader.last_loader or 0]
                 state.batches_drawn[drawn] = state.batches_drawn.get(drawn, 0) + 1
-            if got == 0:
+            if step_loss is None:
                 break  # the configured number of epochs is done
-            step_loss /= got
+            if got > 1:
+                step_loss = step_loss / got
             if got < accum:  # a short last accumulation: average over what it had
                 for p in raw_model.parameters():
                     if p.grad is not None:
