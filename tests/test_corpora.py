@@ -312,6 +312,29 @@ def test_feature_cache_second_pass_never_decodes(corpora, tmp_path):
         )
 
 
+def test_feature_cache_entries_of_earlier_versions_with_sha256_are_checked(tmp_path):
+    import hashlib
+    import json
+
+    import numpy as np
+
+    path, arrays = tmp_path / "e.a2bc", {"x": np.arange(12, dtype=np.float32).reshape(3, 4)}
+    feature_cache.write_entry(path, "k1", arrays, {"n": 3})
+    blob = path.read_bytes()
+    head = len(feature_cache.MAGIC) + 8
+    (hlen,) = feature_cache._LEN.unpack_from(blob, len(feature_cache.MAGIC))
+    header, payload = json.loads(blob[head : head + hlen]), blob[head + hlen :]
+    assert header.pop("xxh3_128")
+    header["sha256"] = hashlib.sha256(payload).hexdigest()  # as entries were written before xxh3
+    legacy = json.dumps(header, sort_keys=True).encode()
+    path.write_bytes(feature_cache.MAGIC + feature_cache._LEN.pack(len(legacy)) + legacy + payload)
+    got, meta = feature_cache.read_entry(path, "k1")
+    assert np.array_equal(got["x"], arrays["x"]) and meta == {"n": 3}
+    path.write_bytes(path.read_bytes()[:-1] + b"\x01")  # one byte of the payload changed
+    with pytest.raises(feature_cache.CorruptEntry, match="checksum mismatch"):
+        feature_cache.read_entry(path, "k1")
+
+
 def test_feature_cache_rebuilds_corrupt_and_stale_entries(corpora, tmp_path):
     root = tmp_path / "pm"
     shutil.copytree(corpora["pmemo"].root, root)

@@ -6,7 +6,8 @@ a stale entry is never found, let alone used. Each entry is one file
 
     MAGIC | 8-byte little-endian header length | JSON header | payload (raw arrays)
 
-whose header records the key, the arrays' dtypes and shapes and the payload's sha256. A reader checks all
+whose header records the key, the arrays' dtypes and shapes and the payload's xxh3-128 checksum (entries
+written before it carry a sha256, which is checked instead). A reader checks all
 of it; an entry that fails (truncated, flipped bits, another key, another format) is deleted, counted in
 ``STATS["corrupt"]`` and rebuilt. Writers write a temporary file beside the entry, fsync it and rename it
 into place, so concurrent workers (DataLoader workers, DDP ranks, parallel runs) only ever see whole
@@ -41,6 +42,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import xxhash
 
 from a2b_pipeline.data import remote
 from a2b_pipeline.data.recording import BadRecordingError, Recording
@@ -176,7 +178,7 @@ def write_entry(path: Path, key: str, arrays: dict[str, np.ndarray], meta: dict[
         chunks.append(a.tobytes())
     payload = b"".join(chunks)
     header = json.dumps(
-        {"key": key, "arrays": specs, "meta": meta, "sha256": hashlib.sha256(payload).hexdigest()},
+        {"key": key, "arrays": specs, "meta": meta, "xxh3_128": xxhash.xxh3_128_hexdigest(payload)},
         sort_keys=True,
     ).encode()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -212,7 +214,11 @@ def read_entry(path: Path, key: str) -> tuple[dict[str, np.ndarray], dict[str, A
     if not isinstance(header, dict) or header.get("key") != key:
         raise CorruptEntry("entry belongs to another key")
     payload = memoryview(blob)[start + hlen :]
-    if hashlib.sha256(payload).hexdigest() != header.get("sha256"):
+    if "xxh3_128" in header:  # 8x faster than sha256: a third of a warm epoch's time went into sha256
+        ok = xxhash.xxh3_128_hexdigest(payload) == header["xxh3_128"]
+    else:
+        ok = hashlib.sha256(payload).hexdigest() == header.get("sha256")
+    if not ok:
         raise CorruptEntry("payload checksum mismatch (truncated or damaged)")
     arrays, off = {}, 0
     try:
