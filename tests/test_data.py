@@ -240,6 +240,30 @@ def test_jsonl_manifest_matches_csv(synth_corpus):
     assert set(from_csv[0].signals) == {"eda", "hr"}  # discovered from the signal file's header
 
 
+def test_npz_signal_files_load_like_csv(tmp_path, synth_corpus):
+    """The manifest format allows .npz signal files (`time` + one array per channel): same windows."""
+    import csv
+
+    rows = list(csv.DictReader(synth_corpus.open()))
+    for r in rows:
+        csv_path = synth_corpus.parent / r["signal_path"]
+        table = list(csv.DictReader(csv_path.open()))
+        columns = {k: np.array([float(t[k]) for t in table]) for k in table[0]}
+        np.savez(csv_path.with_suffix(".npz"), **columns)
+        r["signal_path"] = str(Path(r["signal_path"]).with_suffix(".npz"))
+    npz_manifest = synth_corpus.with_name("manifest_npz.csv")
+    with npz_manifest.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    data = data_cfg()
+    from_csv, from_npz = read_manifest(str(synth_corpus), "d"), read_manifest(str(npz_manifest), "d")
+    assert set(from_npz[0].signals) == {"eda", "hr"} and from_npz[0].signals["eda"].path.endswith(".npz")
+    for a, b in zip(from_csv, from_npz, strict=True):
+        ra, rb = load_recording(a, data), load_recording(b, data)
+        assert torch.equal(ra.features, rb.features) and torch.equal(ra.target, rb.target), a.recording_id
+
+
 # ---- bad recordings ----
 
 
