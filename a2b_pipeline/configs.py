@@ -294,8 +294,11 @@ class RunConfig(_Strict):
         return self
 
     def config_hash(self) -> str:
-        """sha256 of the canonical JSON: the identity of an experiment."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """sha256 of the canonical JSON: the identity of an experiment. Settings that change how a run is
+        carried out but not one bit of what it computes are left out, so toggling them continues the same
+        run (and adding them kept the hashes, and run directories, of existing configs)."""
+        dump = self.model_dump(mode="json", exclude={"checkpoint": {"async_write"}})
+        blob = json.dumps(dump, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def to_yaml(self) -> str:

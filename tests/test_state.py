@@ -132,6 +132,14 @@ def test_tampered_and_truncated_files_are_refused_and_run_dir_falls_back(tmp_pat
         TrainState.from_checkpoint(s.run_dir)
 
 
+def test_config_hash_ignores_settings_that_change_no_result(tmp_path: Path) -> None:
+    base = _state(tmp_path).config
+    sync = base.model_copy(update={"checkpoint": base.checkpoint.model_copy(update={"async_write": False})})
+    lr = base.model_copy(update={"optimizer": base.optimizer.model_copy(update={"lr": 0.5})})
+    assert base.checkpoint.async_write and not sync.checkpoint.async_write
+    assert sync.config_hash() == base.config_hash() != lr.config_hash()
+
+
 def test_snapshot_keeps_what_it_was_while_the_live_state_changes(tmp_path: Path) -> None:
     """What a background checkpoint write serialises must not move while the loop goes on."""
     s = _state(tmp_path)
