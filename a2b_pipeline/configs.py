@@ -98,6 +98,9 @@ class DataConfig(_Strict):
     on_bad_recording: Literal["error", "skip"] = "error"
     duration_tolerance_seconds: NonNegativeFloat = 1.0
     cache_dir: str | None = None  # remote downloads and feature cache; default: ~/.cache/a2b
+    # After loading the data, prune the cache (least recently used first) down to this size; entries used
+    # in the last hour stay. None: never prune (`a2b cache --max-gb` prunes by hand).
+    cache_max_gb: PositiveFloat | None = None
     weight_schedule: list[WeightMilestone] = []
 
     @model_validator(mode="after")
@@ -273,6 +276,10 @@ class TrackingConfig(_Strict):
     tags: list[str] = []
 
 
+# How a run is carried out, not one bit of what it computes: config_hash leaves these out.
+NOT_HASHED: dict[str, Any] = {"checkpoint": {"async_write"}, "data": {"cache_max_gb"}}
+
+
 class RunConfig(_Strict):
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.+-]+$")] = "run"
     seed: int = 0
@@ -297,7 +304,7 @@ class RunConfig(_Strict):
         """sha256 of the canonical JSON: the identity of an experiment. Settings that change how a run is
         carried out but not one bit of what it computes are left out, so toggling them continues the same
         run (and adding them kept the hashes, and run directories, of existing configs)."""
-        dump = self.model_dump(mode="json", exclude={"checkpoint": {"async_write"}})
+        dump = self.model_dump(mode="json", exclude=NOT_HASHED)
         blob = json.dumps(dump, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -56,3 +56,21 @@ def test_usage_and_lru_prune_then_a_run_rebuilds_what_was_pruned(tmp_path: Path,
     assert rebuilt == half
     assert len(first) == len(second) and all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
     assert all(e.used > now - 60 for e in cache_admin.entries(cache_dir))
+
+
+def test_cache_max_gb_prunes_after_loading_and_keeps_what_the_run_used(tmp_path: Path, caplog) -> None:
+    cache_dir = tiny_config(tmp_path).data.cache_dir
+    prepare_data(tiny_config(tmp_path, ["data.n_mels=8"]))  # another setting: entries this run won't use
+    others = cache_admin.entries(cache_dir)
+    for e in others:
+        os.utime(e.path, (time.time() - 3 * DAY,) * 2)
+    capped = tiny_config(tmp_path, ["data.cache_max_gb=0.000001"])
+    assert capped.config_hash() == tiny_config(tmp_path).config_hash()  # a cap changes no result
+    with caplog.at_level("INFO", logger="a2b_pipeline"):
+        prepare_data(capped)
+    left = cache_admin.entries(cache_dir)
+    # what this run used stayed (touched just now: targets are shared with the other setting), the rest went
+    assert left and all(e.used > time.time() - 60 for e in left)
+    gone = {e.path for e in others} - {e.path for e in left}
+    assert gone and f"removed {len(gone)} least recently used entries" in caplog.text
+    assert "over data.cache_max_gb=1e-06 with entries used in the last hour (kept)" in caplog.text

@@ -145,7 +145,25 @@ def prepare_data(cfg: RunConfig) -> PreparedData:
         reasons = "; ".join(s.reason if s.path in s.reason else f"{s.path}: {s.reason}" for s in skipped[:10])
         reasons += more
         log.warning("skipped %d bad recording(s): %s", len(skipped), reasons)
+    if cfg.data.cache_max_gb is not None:
+        prune_cache(cfg.data.cache_dir, cfg.data.cache_max_gb)
     return PreparedData(splits, recordings, skipped, norm, compute_data_version(cfg, listings))
+
+
+def prune_cache(cache_dir: str | None, max_gb: float) -> None:
+    """data.cache_max_gb: the entries this run just used are recent, so only older ones go."""
+    from a2b_pipeline.data import cache_admin
+
+    report = cache_admin.prune(cache_dir, int(max_gb * 1e9))
+    if report["removed"]:
+        log.info("cache: removed %d least recently used entries (%.1f MB)", report["removed"],
+                 report["freed_bytes"] / 1e6)
+    if report["over_limit_in_use"]:
+        log.warning(
+            "cache: %.2f GB, over data.cache_max_gb=%s with entries used in the last hour (kept)",
+            report["bytes_after"] / 1e9,
+            max_gb,
+        )
 
 
 def seed_worker(worker_id: int) -> None:
