@@ -227,7 +227,8 @@ def train(state: TrainState) -> TrainState:
             raise torch.cuda.OutOfMemoryError(state.message) from e
         raise
     finally:
-        state.checkpoint.files = writer.close()  # a write in flight when the loop stopped still lands
+        # a write in flight when the loop stopped still lands; a resumed finished run wrote nothing
+        state.checkpoint.files = writer.close() or state.checkpoint.files
         bar.close()
         stop.restore()
         tracker.finish(0 if state.status in ("complete", "stopped") else 1)
@@ -583,13 +584,13 @@ class Checkpointed:
 class CheckpointWriter:
     """Writes checkpoints one at a time, in a background thread when `background`: the loop then waits
     only for host copies of the tensors (and for the previous write, if it is still running). `wait()`
-    returns the file digests of the last write and raises its error, if it failed."""
+    returns the file digests of the last write (None before any) and raises its error, if it failed."""
 
     def __init__(self, background: bool) -> None:
         self.background = background
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="a2b-checkpoint") if background else None
         self._pending: Future[dict[str, str]] | None = None
-        self._files: dict[str, str] = {}
+        self._files: dict[str, str] | None = None  # of the last write; None: nothing written yet
         self._buffers: dict[tuple[str, str], torch.Tensor] = {}
 
     def save(
@@ -620,13 +621,13 @@ class CheckpointWriter:
         self._buffers = buffers
         return staged
 
-    def wait(self) -> dict[str, str]:
+    def wait(self) -> dict[str, str] | None:
         if self._pending is not None:
             pending, self._pending = self._pending, None
             self._files = pending.result()
         return self._files
 
-    def close(self) -> dict[str, str]:
+    def close(self) -> dict[str, str] | None:
         try:
             self.wait()
         except Exception:  # the loop is already ending with its own error (a clean end waited in the loop)

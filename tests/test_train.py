@@ -125,6 +125,8 @@ def test_async_checkpoint_writes_equal_sync_writes(tmp_path: Path) -> None:
     assert done.status == ref.status == "complete"
     last = TrainState.from_checkpoint(done.run_dir)
     assert done.checkpoint.files == last.checkpoint.files and len(done.checkpoint.files) == 2
+    again = train(last)  # a finished run resumed: nothing to write, and the state still names its files
+    assert again.status == "complete" and again.checkpoint.files == last.checkpoint.files
     fields = ["global_step", "epoch", "samples_seen", "batches_drawn", "rng", "optimizer", "meta_loader"]
     fields += ["metrics", "bad_validations", "status"]
     same: dict = {**dict.fromkeys(fields, True), "checkpoint": {"best_value", "best_step", "files"}}
