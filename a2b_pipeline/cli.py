@@ -9,7 +9,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from a2b_pipeline.configs import ConfigError, check_paths, load_config
+from a2b_pipeline.configs import ConfigError, check_paths, load_config, with_run_settings
 
 EXIT_STOPPED = 3  # a run stopped by a signal or a non-finite loss: resumable, not complete
 
@@ -60,6 +60,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         # Same config, same run directory: continue it rather than clobber it.
         try:
             state = TrainState.from_checkpoint(state.run_dir)
+            state.config = with_run_settings(state.config, cfg)
             print(
                 f"resuming {state.run_dir} from step {state.global_step} (--fresh to start over)",
                 file=sys.stderr,

@@ -280,6 +280,19 @@ class TrackingConfig(_Strict):
 NOT_HASHED: dict[str, Any] = {"checkpoint": {"async_write"}, "data": {"cache_max_gb"}}
 
 
+def with_run_settings(cfg: RunConfig, source: RunConfig) -> RunConfig:
+    """`cfg` (a resumed run's) with the NOT_HASHED settings of `source` (the config given now): they
+    don't change the run's identity, so the newest say goes."""
+    return cfg.model_copy(
+        update={
+            section: getattr(cfg, section).model_copy(
+                update={name: getattr(getattr(source, section), name) for name in names}
+            )
+            for section, names in NOT_HASHED.items()
+        }
+    )
+
+
 class RunConfig(_Strict):
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.+-]+$")] = "run"
     seed: int = 0

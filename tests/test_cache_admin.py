@@ -74,3 +74,20 @@ def test_cache_max_gb_prunes_after_loading_and_keeps_what_the_run_used(tmp_path:
     gone = {e.path for e in others} - {e.path for e in left}
     assert gone and f"removed {len(gone)} least recently used entries" in caplog.text
     assert "over data.cache_max_gb=1e-06 with entries used in the last hour (kept)" in caplog.text
+
+
+def test_resuming_with_a_new_cache_cap_continues_the_run_and_applies_it(
+    tmp_path: Path, capsys, caplog
+) -> None:
+    """Settings left out of the config hash (data.cache_max_gb, checkpoint.async_write) keep the run
+    directory, and the values given now win over the checkpoint's."""
+    cfg_file = tmp_path / "tiny.yaml"
+    cfg_file.write_text(tiny_config(tmp_path).to_yaml())
+    run = str(tmp_path / "run")
+    assert main(["train", str(cfg_file), "--run-dir", run]) == 0
+    capsys.readouterr()
+    again = ["train", str(cfg_file), "--run-dir", run, "--set", "data.cache_max_gb=0.000001"]
+    assert main([*again, "--set", "checkpoint.async_write=false"]) == 0
+    err = capsys.readouterr().err
+    assert f"resuming {Path(run).resolve()} from step 6" in err, err
+    assert "over data.cache_max_gb=1e-06 with entries used in the last hour" in caplog.text

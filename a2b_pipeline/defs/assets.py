@@ -461,6 +461,7 @@ def training_run(
     tracking: WandbTracking,
     compute: TrainDevice,
 ) -> MaterializeResult:
+    from a2b_pipeline.configs import with_run_settings
     from a2b_pipeline.state import TrainState, list_checkpoints
     from a2b_pipeline.train import train
 
@@ -483,6 +484,7 @@ def training_run(
     reused = False
     if list_checkpoints(run_dir):
         state = TrainState.from_checkpoint(run_dir)
+        state.config = with_run_settings(state.config, exp.cfg)
         if state.status == "complete":
             reused = True
             context.log.info(
