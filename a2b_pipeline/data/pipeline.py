@@ -156,8 +156,8 @@ def prune_cache(cache_dir: str | None, max_gb: float) -> None:
 
     report = cache_admin.prune(cache_dir, int(max_gb * 1e9))
     if report["removed"]:
-        log.info("cache: removed %d least recently used entries (%.1f MB)", report["removed"],
-                 report["freed_bytes"] / 1e6)
+        mb = report["freed_bytes"] / 1e6
+        log.info("cache: removed %d least recently used entries (%.1f MB)", report["removed"], mb)
     if report["over_limit_in_use"]:
         log.warning(
             "cache: %.2f GB, over data.cache_max_gb=%s with entries used in the last hour (kept)",
