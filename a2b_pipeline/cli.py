@@ -48,13 +48,18 @@ def _finish(state) -> int:  # state: TrainState
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.set)
+    check_paths(cfg, args.run_dir, source=args.config)  # before anything is created
+    return _finish(train_or_resume(cfg, args.run_dir, fresh=args.fresh))
+
+
+def train_or_resume(cfg, run_dir: str | None = None, fresh: bool = False):  # RunConfig -> TrainState
+    """Train `cfg` in its run directory; a run directory with checkpoints is continued, not clobbered."""
     from a2b_pipeline.state import CheckpointError, TrainState, list_checkpoints
     from a2b_pipeline.train import train
 
-    cfg = load_config(args.config, args.set)
-    check_paths(cfg, args.run_dir, source=args.config)  # before anything is created
-    state = TrainState.from_config(cfg, args.run_dir)
-    if args.fresh:
+    state = TrainState.from_config(cfg, run_dir)
+    if fresh:
         shutil.rmtree(state.run_dir, ignore_errors=True)
     elif list_checkpoints(state.run_dir):
         # Same config, same run directory: continue it rather than clobber it.
@@ -67,7 +72,42 @@ def cmd_train(args: argparse.Namespace) -> int:
             )
         except CheckpointError as e:
             print(f"warning: {e}; starting fresh", file=sys.stderr)
-    return _finish(train(state))
+    return train(state)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from a2b_pipeline.sweeps import format_table, load_sweep
+
+    sweep = load_sweep(args.file)
+    chosen = [e for e in sweep.experiments if not args.only or e.name in args.only]
+    unknown = sorted(set(args.only) - {e.name for e in sweep.experiments})
+    if unknown:
+        raise ConfigError(f"{args.file}: no experiment {', '.join(unknown)} in this sweep")
+    if args.write_configs:
+        out = Path(args.write_configs)
+        out.mkdir(parents=True, exist_ok=True)
+        for e in chosen:
+            (out / f"{e.name}.yaml").write_text(e.config.to_yaml())
+    if args.json:
+        rows = [{"name": e.name, "config_hash": e.config_hash, "overrides": e.overrides} for e in chosen]
+        print(json.dumps({"sweep": sweep.name, "file": str(sweep.path), "experiments": rows}, indent=1))
+    else:
+        print(format_table(sweep, chosen))
+    if not args.train:
+        return 0
+    for e in chosen:
+        check_paths(e.config, source=f"{args.file}: {e.name}")
+    stopped = []
+    for e in chosen:
+        print(f"== {e.name} ({e.config_hash})", file=sys.stderr)
+        state = train_or_resume(e.config, fresh=args.fresh)
+        print(f"{e.name}\t{state.status}\t{state.run_dir}")
+        if state.status != "complete":
+            stopped.append(e.name)
+    if stopped:
+        print(f"not complete (run the command again to resume): {', '.join(stopped)}", file=sys.stderr)
+        return EXIT_STOPPED
+    return 0
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -150,6 +190,17 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--run-dir", default=None, help="default: checkpoint.dir/<name>-<config hash>")
             s.add_argument("--fresh", action="store_true", help="delete the run directory and start over")
         s.set_defaults(fn=fn)
+
+    s = sub.add_parser("sweep", help="list a sweep's experiments (name, config hash); --train runs them")
+    s.add_argument("file", help="a sweep file, e.g. configs/sweeps/architectures.yaml")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--only", action="append", default=[], metavar="NAME", help="just this experiment")
+    s.add_argument("--write-configs", default=None, metavar="DIR", help="write each experiment's YAML")
+    s.add_argument(
+        "--train", action="store_true", help="train each experiment in turn (resumes unfinished ones)"
+    )
+    s.add_argument("--fresh", action="store_true", help="with --train: start every run over")
+    s.set_defaults(fn=cmd_sweep)
 
     s = sub.add_parser("resume", help="continue a run to its configured end")
     s.add_argument("path", help="a run directory (its newest valid checkpoint) or a checkpoint directory")

@@ -355,22 +355,27 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like dotted.key=value")
         key, value = item.split("=", 1)
-        parts = key.strip().split(".")
-        node: Any = raw
-        for i, part in enumerate(parts[:-1]):
-            if isinstance(node, list):
-                idx = _index(part, node, ".".join(parts[: i + 1]))
-                node = node[idx]
-            else:
-                node = node.setdefault(part, {})
-                if not isinstance(node, dict | list):
-                    raise ConfigError(f"override {key!r}: {'.'.join(parts[: i + 1])} is not a mapping")
-        last = parts[-1]
-        if isinstance(node, list):
-            node[_index(last, node, key)] = _parse_scalar(value)
-        else:
-            node[last] = _parse_scalar(value)
+        set_dotted(raw, key, _parse_scalar(value))
     return raw
+
+
+def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    """raw[a][b][c] = value for key "a.b.c", creating mappings on the way; list items by index."""
+    parts = key.strip().split(".")
+    node: Any = raw
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            idx = _index(part, node, ".".join(parts[: i + 1]))
+            node = node[idx]
+        else:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict | list):
+                raise ConfigError(f"override {key!r}: {'.'.join(parts[: i + 1])} is not a mapping")
+    last = parts[-1]
+    if isinstance(node, list):
+        node[_index(last, node, key)] = value
+    else:
+        node[last] = value
 
 
 def _index(part: str, node: list, where: str) -> int:
