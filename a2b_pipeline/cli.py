@@ -23,6 +23,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         recordings_per_subject=args.recordings_per_subject,
         seconds=args.seconds,
         seed=args.seed,
+        stimuli=args.stimuli,
     )
     print(json.dumps({"manifest": str(manifest), **summarize_manifest(manifest)}, indent=1))
     return 0
@@ -171,6 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--recordings-per-subject", type=int, default=3)
     s.add_argument("--seconds", type=float, default=30.0)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument(
+        "--stimuli",
+        type=int,
+        default=None,
+        help="distinct clips shared by the subjects (default: one per recording)",
+    )
     s.set_defaults(fn=cmd_synth)
 
     for name, fn, text in (

@@ -44,6 +44,9 @@ class SyntheticSpec(_Strict):
     recordings_per_subject: PositiveInt = 3
     seconds: PositiveFloat = 30.0
     seed: int = 0
+    # Distinct stimuli (audio clips) shared by the subjects: recording r of subject s plays clip
+    # (s + r) mod stimuli, so each clip has several listeners. None: every recording its own clip.
+    stimuli: PositiveInt | None = None
 
 
 class DatasetConfig(_Strict):
@@ -74,6 +77,15 @@ class DatasetConfig(_Strict):
         return self
 
 
+class SplitConfig(_Strict):
+    """How recordings are split into train/val/test (data/splits.py): `group_by` names what must not be in
+    two splits. `subject` keeps listeners apart; `stimulus` keeps songs apart (an audio model could
+    otherwise memorise a song heard by many listeners); `subject_and_stimulus` keeps both apart and drops
+    the recordings that would leak (counted and reported)."""
+
+    group_by: Literal["subject", "stimulus", "subject_and_stimulus"] = "subject"
+
+
 class WeightMilestone(_Strict):
     """From `step` on, the MetaDataLoader draws with `weights` (one per dataset)."""
 
@@ -95,6 +107,7 @@ class DataConfig(_Strict):
     normalize: Literal["global", "subject", "none"] = "subject"
     val_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.2
     test_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.2
+    split: SplitConfig = SplitConfig()
     on_bad_recording: Literal["error", "skip"] = "error"
     duration_tolerance_seconds: NonNegativeFloat = 1.0
     cache_dir: str | None = None  # remote downloads and feature cache; default: ~/.cache/a2b
@@ -278,6 +291,25 @@ class TrackingConfig(_Strict):
 
 # How a run is carried out, not one bit of what it computes: config_hash leaves these out.
 NOT_HASHED: dict[str, Any] = {"checkpoint": {"async_write"}, "data": {"cache_max_gb"}}
+# Settings added after runs existed, as dotted paths ("*": every list item): hashed only when set to
+# something other than their default, so the configs that don't use them keep their hashes (and run
+# directories).
+HASHED_UNLESS_DEFAULT = ("data.split", "data.datasets.*.synthetic.stimuli")
+
+
+def drop_defaults(dump: Any, model: Any, path: list[str]) -> None:
+    """Remove `path` from `dump` (model.model_dump) where the model's value there is the field's default."""
+    if isinstance(model, list):
+        for d, m in zip(dump, model, strict=True):
+            drop_defaults(d, m, path[1:])
+        return
+    name = path[0]
+    if len(path) == 1:
+        default = type(model).model_fields[name].get_default(call_default_factory=True)
+        if getattr(model, name) == default:
+            dump.pop(name, None)
+        return
+    drop_defaults(dump[name], getattr(model, name), path[1:])
 
 
 def with_run_settings(cfg: RunConfig, source: RunConfig) -> RunConfig:
@@ -318,6 +350,8 @@ class RunConfig(_Strict):
         carried out but not one bit of what it computes are left out, so toggling them continues the same
         run (and adding them kept the hashes, and run directories, of existing configs)."""
         dump = self.model_dump(mode="json", exclude=NOT_HASHED)
+        for path in HASHED_UNLESS_DEFAULT:
+            drop_defaults(dump, self, path.split("."))
         blob = json.dumps(dump, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -137,6 +137,7 @@ def write_manifest(scan: CorpusScan, out_csv: str | os.PathLike[str], cache_dir:
                 "signal_path": f"{sig_dir.name}/{sig_path.name}",
                 "offset_seconds": f"{rec.offset_seconds:g}",
                 "duration_seconds": "" if rec.duration_seconds is None else f"{rec.duration_seconds:g}",
+                "stimulus_id": rec.stimulus_id or "",
             }
         )
     tmp = out.with_suffix(out.suffix + ".tmp")
@@ -150,6 +151,7 @@ def write_manifest(scan: CorpusScan, out_csv: str | os.PathLike[str], cache_dir:
                 "signal_path",
                 "offset_seconds",
                 "duration_seconds",
+                "stimulus_id",
             ],
         )
         w.writeheader()

@@ -467,12 +467,18 @@ def mixed_config(corpora: dict, tmp_path: Path, overrides: list[str] | None = No
 
 def test_mixed_config_prepares_both_corpora(corpora, tmp_path):
     from a2b_pipeline.data.pipeline import make_loader, prepare_data
+    from a2b_pipeline.data.splits import SPLITS, group_key
 
     cfg = mixed_config(corpora, tmp_path)
     prepared = prepare_data(cfg)
     assert set(prepared.splits["train"]) == {"hku956", "pmemo2019"}
     n_rec = sum(len(v) for part in prepared.recordings.values() for v in part.values())
-    assert n_rec == 8 + 11
+    assert n_rec + len(prepared.dropped) == 8 + 11  # the shipped config splits by subject and stimulus
+    for name in ("hku956", "pmemo2019"):  # the readers' stimulus ids (song_id, musicId) keep songs apart
+        for kind in ("subject", "stimulus"):
+            seen = [{group_key(r, kind) for r in prepared.recordings[s][name]} for s in SPLITS]
+            assert not (seen[0] & seen[1] or seen[0] & seen[2] or seen[1] & seen[2]), (name, kind)
+        assert all(r.stimulus_id for part in prepared.recordings.values() for r in part[name])
     assert {s.reason for s in prepared.skipped} >= {
         "chorus clip missing",
         "no EDA file for this listening record",

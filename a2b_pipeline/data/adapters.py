@@ -31,7 +31,7 @@ def _synthetic(ds: DatasetConfig, data: DataConfig) -> Listing:
     manifest = ds.manifest or os.path.join(str(ds.root), "manifest.csv")
     if ds.root and not ds.manifest:
         channels = list(dict.fromkeys(["eda", "hr", *data.channels]))  # config channels are always present
-        spec = {**ds.synthetic.model_dump(), "channels": channels}
+        spec = {**ds.synthetic.model_dump(exclude_none=True), "channels": channels}
         stamp = os.path.join(ds.root, "synthetic.json")
         old = None
         if os.path.exists(stamp):
@@ -45,6 +45,7 @@ def _synthetic(ds: DatasetConfig, data: DataConfig) -> Listing:
                 seconds=spec["seconds"],
                 seed=spec["seed"],
                 channels=channels,
+                stimuli=ds.synthetic.stimuli,
             )
             with open(stamp, "w") as f:
                 json.dump(spec, f)

@@ -517,6 +517,7 @@ def scan_pmemo2019(
                 signals={"eda": SignalSource(eda_path, column=header, time_column=wide.time_header)},
                 row=row_no,
                 source=shown,
+                stimulus_id=music,
             )
             col.listing.recordings.append(rec)
             songs.add(music)
@@ -716,6 +717,7 @@ def scan_hku956(
             duration_seconds=duration,
             row=row_no,
             source=shown,
+            stimulus_id=song_id,
         )
         if measure:
             try:

@@ -2,7 +2,9 @@
 
 Columns: recording_id, subject_id, audio_path, signal_path; optional offset_seconds (the signal's t=0 is at
 this second of the audio), duration_seconds (usable length), signal_rate (Hz, for signal files without a
-`time` column). Relative paths are relative to the manifest's folder (or URL).
+`time` column), stimulus_id (the song or clip heard: recordings of one stimulus by different listeners
+share it; used by stimulus-grouped splits and the other_listeners baseline). Relative paths are relative
+to the manifest's folder (or URL).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from a2b_pipeline.data.audio import is_url, open_binary
 from a2b_pipeline.data.recording import Listing, Recording, SignalSource, Skipped
 
 REQUIRED = ("recording_id", "subject_id", "audio_path", "signal_path")
-OPTIONAL = ("offset_seconds", "duration_seconds", "signal_rate")
+OPTIONAL = ("offset_seconds", "duration_seconds", "signal_rate", "stimulus_id")
 
 
 class ManifestError(ValueError):
@@ -80,6 +82,11 @@ def _text(row: dict[str, Any], col: str) -> str:
     if v is None or (isinstance(v, str) and not v.strip()):
         raise ValueError(f"column {col!r}: missing or empty")
     return str(v).strip()
+
+
+def _optional_text(row: dict[str, Any], col: str) -> str | None:
+    v = row.get(col)
+    return None if v is None or not str(v).strip() else str(v).strip()
 
 
 def _number(row: dict[str, Any], col: str, *, positive: bool = False) -> float | None:
@@ -149,6 +156,7 @@ def read_manifest_listing(
                 duration_seconds=_number(row, "duration_seconds", positive=True),
                 row=i,
                 source=path,
+                stimulus_id=_optional_text(row, "stimulus_id"),
             )
         except (ValueError, OSError) as e:  # OSError: a remote signal file's header couldn't be read
             msg = f"{path}, row {i}: {e}"

@@ -8,13 +8,13 @@ import logging
 import os
 import random
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from a2b_pipeline.configs import RunConfig
+from a2b_pipeline.configs import HASHED_UNLESS_DEFAULT, RunConfig, drop_defaults
 from a2b_pipeline.data.adapters import list_recordings
 from a2b_pipeline.data.datasets import (
     LoadedRecording,
@@ -25,7 +25,7 @@ from a2b_pipeline.data.datasets import (
 )
 from a2b_pipeline.data.meta_dataloader import MetaDataLoader, ShardedEpochSampler, derive_seed
 from a2b_pipeline.data.recording import BadRecordingError, Listing, Recording, Skipped
-from a2b_pipeline.data.splits import SPLITS, split_recordings
+from a2b_pipeline.data.splits import SPLITS, group_key, split_grouped
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,20 @@ _DATA_KEYS = (
     "test_fraction",
     "on_bad_recording",
     "duration_tolerance_seconds",
+    "split",
 )
+
+
+@dataclass
+class LeftOut:
+    """A loaded recording that no split may hold (data.split.group_by: subject_and_stimulus), and why."""
+
+    loaded: LoadedRecording
+    reason: str
+
+    @property
+    def rec(self) -> Recording:
+        return self.loaded.rec
 
 
 @dataclass
@@ -53,6 +66,31 @@ class PreparedData:
     skipped: list[Skipped]
     norm: NormStats  # from the train split only
     data_version: str  # sha256 over the listing (paths, sizes, mtimes/etags) + data settings
+    group_by: str = "subject"
+    dropped: list[LeftOut] = field(default_factory=list)  # left out to keep the split groups disjoint
+
+    def split_summary(self) -> dict:
+        """Recordings, subjects and stimuli per split, and the recordings dropped (with reasons)."""
+
+        def distinct(kind: str, split: str) -> int:
+            return len({group_key(r, kind) for recs in self.recordings[split].values() for r in recs})
+
+        count = {kind: {s: distinct(kind, s) for s in SPLITS} for kind in ("subject", "stimulus")}
+        by_dataset: dict[str, int] = {}
+        for d in self.dropped:
+            by_dataset[d.rec.dataset] = by_dataset.get(d.rec.dataset, 0) + 1
+        return {
+            "group_by": self.group_by,
+            "recordings": {s: sum(len(v) for v in self.recordings[s].values()) for s in SPLITS},
+            "subjects": count["subject"],
+            "stimuli": count["stimulus"],
+            "dropped": len(self.dropped),
+            "dropped_by_dataset": by_dataset,
+            "dropped_recordings": [
+                {"dataset": d.rec.dataset, "recording_id": d.rec.recording_id, "reason": d.reason}
+                for d in self.dropped
+            ],
+        }
 
 
 def _file_id(path: str) -> list:
@@ -73,11 +111,15 @@ def compute_data_version(cfg: RunConfig, listings: dict[str, Listing]) -> str:
     data = cfg.data.model_dump(mode="json")
     settings = {k: data[k] for k in _DATA_KEYS}
     settings["datasets"] = [{k: v for k, v in d.items() if k != "weight"} for d in data["datasets"]]
+    for path in HASHED_UNLESS_DEFAULT:  # settings added later: only when set, so old versions stay
+        drop_defaults({"data": settings}, cfg, path.split("."))
     h.update(json.dumps({"seed": cfg.seed, "data": settings}, sort_keys=True).encode())
     for name, listing in listings.items():
         for rec in listing.recordings:
             files = [rec.audio_path, *sorted({s.path for s in rec.signals.values()})]
             item = [name, rec.recording_id, rec.subject_id, rec.offset_seconds, rec.duration_seconds]
+            if rec.stimulus_id is not None:  # decides stimulus-grouped splits (absent: old versions stay)
+                item.append(rec.stimulus_id)
             h.update(json.dumps(item + [_file_id(p) for p in files]).encode())
         for s in listing.skipped:
             h.update(json.dumps([name, "skipped", s.path, s.row]).encode())
@@ -107,10 +149,12 @@ def _load_all(recs: list[Recording], cfg: RunConfig) -> tuple[list[LoadedRecordi
 
 
 def prepare_data(cfg: RunConfig) -> PreparedData:
-    """List, load, split (by subject, per dataset), normalise (train stats) and window every dataset."""
+    """List, load, split (grouped by data.split.group_by, per dataset), normalise (train stats) and window
+    every dataset."""
     listings: dict[str, Listing] = {}
     loaded_by: dict[str, dict[str, list[LoadedRecording]]] = {s: {} for s in SPLITS}
     skipped: list[Skipped] = []
+    dropped: list[LeftOut] = []
     for ds in cfg.data.datasets:
         listing = list_recordings(ds, cfg.data)
         listings[ds.name] = listing
@@ -123,14 +167,21 @@ def prepare_data(cfg: RunConfig) -> PreparedData:
                 f"{len(listing.skipped) + len(bad)} skipped)"
             )
         by_id = {id(lr.rec): lr for lr in loaded}
-        parts = split_recordings(
-            [lr.rec for lr in loaded], cfg.data.val_fraction, cfg.data.test_fraction, cfg.seed
+        grouped = split_grouped(
+            [lr.rec for lr in loaded],
+            cfg.data.val_fraction,
+            cfg.data.test_fraction,
+            cfg.seed,
+            cfg.data.split.group_by,
         )
-        for split, recs in parts.items():
+        for split, recs in grouped.parts.items():
             loaded_by[split][ds.name] = [by_id[id(r)] for r in recs]
+        dropped += [LeftOut(by_id[id(d.rec)], d.reason) for d in grouped.dropped]
     train = [lr for lst in loaded_by["train"].values() for lr in lst]
     everything = [lr for part in loaded_by.values() for lst in part.values() for lr in lst]
-    norm = compute_norm_stats(train, everything, cfg.data)
+    # dropped recordings count for their listener's own statistics (mode "subject"): they are listened to,
+    # never trained on, and the other_listeners baseline reads them
+    norm = compute_norm_stats(train, everything + [d.loaded for d in dropped], cfg.data)
     splits = {
         s: {name: WindowDataset(lst, cfg.data, norm) for name, lst in part.items()}
         for s, part in loaded_by.items()
@@ -145,9 +196,19 @@ def prepare_data(cfg: RunConfig) -> PreparedData:
         reasons = "; ".join(s.reason if s.path in s.reason else f"{s.path}: {s.reason}" for s in skipped[:10])
         reasons += more
         log.warning("skipped %d bad recording(s): %s", len(skipped), reasons)
+    if dropped:
+        log.warning(
+            "data.split.group_by=%s: dropped %d of %d recording(s) whose subject and stimulus fall in "
+            "different splits (e.g. %s)",
+            cfg.data.split.group_by,
+            len(dropped),
+            len(dropped) + len(everything),
+            dropped[0].reason,
+        )
     if cfg.data.cache_max_gb is not None:
         prune_cache(cfg.data.cache_dir, cfg.data.cache_max_gb)
-    return PreparedData(splits, recordings, skipped, norm, compute_data_version(cfg, listings))
+    version = compute_data_version(cfg, listings)
+    return PreparedData(splits, recordings, skipped, norm, version, cfg.data.split.group_by, dropped)
 
 
 def prune_cache(cache_dir: str | None, max_gb: float) -> None:

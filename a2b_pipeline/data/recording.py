@@ -28,6 +28,7 @@ class Recording:
     duration_seconds: float | None = None  # usable length limit (e.g. HKU956 play_duration)
     row: int | None = None  # 1-based data row of the manifest/metadata, for messages
     source: str = ""  # manifest path or corpus root, for messages
+    stimulus_id: str | None = None  # the song/clip heard; shared by its listeners (None: not known)
 
     def where(self) -> str:
         """A short locator for error messages: dataset, row, source."""

@@ -1,28 +1,70 @@
-"""Subject-disjoint train/val/test splits, deterministic from the seed."""
+"""Grouped train/val/test splits, deterministic from the seed.
+
+What must not leak from train into val/test is named by `data.split.group_by`:
+
+- `subject`: no listener is in two splits (a listener's physiology is learnt, not the music's effect);
+- `stimulus`: no song/clip is in two splits (an audio model can't score by memorising a song);
+- `subject_and_stimulus`: both. A recording whose listener and song land in different splits can't be kept
+  without a leak, so it is dropped; what is dropped is returned, counted and reported.
+
+Groups are keyed per dataset (ids are only unique within a corpus). `group_key` and `rank` are the building
+blocks; grouped k-fold cross-validation reuses them.
+"""
 
 from __future__ import annotations
 
 import hashlib
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Literal
 
 from a2b_pipeline.data.recording import Recording
 
 SPLITS = ("train", "val", "test")
+GroupBy = Literal["subject", "stimulus", "subject_and_stimulus"]
+GroupKind = Literal["subject", "stimulus"]
+GroupKey = tuple[str, str]  # (dataset, id)
 
 
-def _rank(seed: int, dataset: str, subject: str) -> str:
-    return hashlib.sha256(f"{seed}\0{dataset}\0{subject}".encode()).hexdigest()
+def group_key(rec: Recording, kind: GroupKind) -> GroupKey:
+    """The group a recording belongs to: its (dataset, subject) or (dataset, stimulus). A recording without a
+    stimulus id is its own stimulus (nobody else heard it)."""
+    if kind == "subject":
+        return rec.dataset, rec.subject_id
+    return rec.dataset, stimulus_id(rec)
+
+
+def stimulus_id(rec: Recording) -> str:
+    """The recording's stimulus, or a name of its own ("recording:<id>") when the corpus gives none."""
+    return rec.stimulus_id if rec.stimulus_id is not None else f"recording:{rec.recording_id}"
+
+
+def group_kinds(group_by: GroupBy) -> tuple[GroupKind, ...]:
+    """The kinds of group that must be disjoint across splits (or folds)."""
+    return ("subject", "stimulus") if group_by == "subject_and_stimulus" else (group_by,)
+
+
+def rank(seed: int, key: GroupKey) -> str:
+    """A group's place in the seeded order: sha256 of (seed, dataset, id). The order of the other groups
+    doesn't change when one is added or removed, so only groups at split boundaries can move."""
+    return hashlib.sha256(f"{seed}\0{key[0]}\0{key[1]}".encode()).hexdigest()
+
+
+def ranked(keys: Iterable[GroupKey], seed: int) -> list[GroupKey]:
+    return sorted(set(keys), key=lambda k: rank(seed, k))
 
 
 def split_counts(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int, int]:
-    """(train, val, test) subject counts: rounded fractions, at least one subject in each split with a
-    positive fraction when there are >= 3 subjects; with fewer, train keeps one, then val, then test."""
+    """(train, val, test) group counts: rounded fractions, at least one group in each split with a
+    positive fraction when there are >= 3 groups; with fewer, train keeps one, then val, then test."""
     n_val = round(n * val_fraction)
     n_test = round(n * test_fraction)
     if val_fraction > 0:
         n_val = max(n_val, 1)
     if test_fraction > 0:
         n_test = max(n_test, 1)
-    # Too few subjects: shrink the larger of val/test (test on a tie) until train keeps one subject.
+    # Too few groups: shrink the larger of val/test (test on a tie) until train keeps one group.
     while n_val + n_test > max(n - 1, 0):
         if n_test >= n_val:
             n_test -= 1
@@ -31,21 +73,104 @@ def split_counts(n: int, val_fraction: float, test_fraction: float) -> tuple[int
     return n - n_val - n_test, n_val, n_test
 
 
-def split_recordings(
-    recordings: list[Recording], val_fraction: float, test_fraction: float, seed: int
-) -> dict[str, list[Recording]]:
-    """{"train", "val", "test"} -> recordings; no subject is in two splits.
+def assign_ranked(order: list[GroupKey], val_fraction: float, test_fraction: float) -> dict[GroupKey, str]:
+    """Test takes the first groups of `order`, val the next ones, train the rest."""
+    _, n_val, n_test = split_counts(len(order), val_fraction, test_fraction)
+    return {
+        k: SPLITS[2] if i < n_test else SPLITS[1] if i < n_test + n_val else SPLITS[0]
+        for i, k in enumerate(order)
+    }
 
-    Subjects are ordered by sha256(seed, dataset, subject): the order of the others doesn't change when a
-    subject is added or removed, so only subjects at the split boundaries can move. Test takes the first
-    subjects of that order, val the next ones, train the rest. Recordings keep their input order.
+
+@dataclass
+class Dropped:
+    """A recording left out of every split, and why."""
+
+    rec: Recording
+    reason: str
+
+
+@dataclass
+class GroupedSplit:
+    parts: dict[str, list[Recording]]  # split -> recordings, in input order
+    dropped: list[Dropped] = field(default_factory=list)
+
+
+def split_grouped(
+    recordings: list[Recording],
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    group_by: GroupBy = "subject",
+) -> GroupedSplit:
+    """Split recordings so that no group of `group_by` is in two splits (see the module docstring).
+
+    `subject` and `stimulus`: groups in seeded order (`rank`), test takes the first, val the next, train the
+    rest, by the fractions. `subject_and_stimulus`: subjects as for `subject`; a stimulus heard by one
+    subject only follows that subject (nothing to leak, nothing dropped); shared stimuli are split by the
+    same fractions, test first, each split taking the stimuli most heard by its own subjects (seeded order
+    breaks ties), so the few test and val subjects keep as many recordings as they can. Recordings whose
+    subject and stimulus land in different splits are dropped.
     """
-    subjects = sorted({(r.dataset, r.subject_id) for r in recordings}, key=lambda k: _rank(seed, *k))
-    _, n_val, n_test = split_counts(len(subjects), val_fraction, test_fraction)
-    where = {}
-    for i, key in enumerate(subjects):
-        where[key] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
-    out: dict[str, list[Recording]] = {s: [] for s in SPLITS}
+    parts: dict[str, list[Recording]] = {s: [] for s in SPLITS}
+    if group_by != "subject_and_stimulus":
+        where = assign_ranked(
+            ranked((group_key(r, group_by) for r in recordings), seed), val_fraction, test_fraction
+        )
+        for r in recordings:
+            parts[where[group_key(r, group_by)]].append(r)
+        return GroupedSplit(parts)
+
+    subject_split = assign_ranked(
+        ranked((group_key(r, "subject") for r in recordings), seed), val_fraction, test_fraction
+    )
+    stimulus_split = _assign_shared_stimuli(recordings, subject_split, val_fraction, test_fraction, seed)
+    dropped = []
     for r in recordings:
-        out[where[(r.dataset, r.subject_id)]].append(r)
+        by_subject = subject_split[group_key(r, "subject")]
+        by_stimulus = stimulus_split.get(group_key(r, "stimulus"), by_subject)
+        if by_subject == by_stimulus:
+            parts[by_subject].append(r)
+        else:
+            reason = (
+                f"subject {r.subject_id!r} is in {by_subject} but stimulus {stimulus_id(r)!r} is in "
+                f"{by_stimulus} (data.split.group_by: subject_and_stimulus)"
+            )
+            dropped.append(Dropped(r, reason))
+    return GroupedSplit(parts, dropped)
+
+
+def _assign_shared_stimuli(
+    recordings: list[Recording],
+    subject_split: dict[GroupKey, str],
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+) -> dict[GroupKey, str]:
+    """Split of every stimulus heard by two or more subjects (the others follow their subject)."""
+    listeners: dict[GroupKey, set[GroupKey]] = defaultdict(set)
+    for r in recordings:
+        listeners[group_key(r, "stimulus")].add(group_key(r, "subject"))
+    shared = ranked((k for k, subs in listeners.items() if len(subs) > 1), seed)
+    _, n_val, n_test = split_counts(len(shared), val_fraction, test_fraction)
+    out: dict[GroupKey, str] = {}
+    left = list(shared)
+    for split, n in (("test", n_test), ("val", n_val)):
+        heard = Counter({k: sum(subject_split[s] == split for s in listeners[k]) for k in left})
+        # sorted() is stable: among equally heard stimuli the seeded order decides
+        chosen = sorted(left, key=lambda k: -heard[k])[:n]
+        out.update({k: split for k in chosen})
+        left = [k for k in left if k not in out]
+    out.update({k: "train" for k in left})
     return out
+
+
+def split_recordings(
+    recordings: list[Recording],
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    group_by: GroupBy = "subject",
+) -> dict[str, list[Recording]]:
+    """{"train", "val", "test"} -> recordings (see `split_grouped`; dropped recordings are left out)."""
+    return split_grouped(recordings, val_fraction, test_fraction, seed, group_by).parts

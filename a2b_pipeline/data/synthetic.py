@@ -97,6 +97,15 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    sf.write(tmp, audio, sample_rate, subtype="PCM_16", format="WAV")
+    os.replace(tmp, path)
+
+
+_STIMULUS_STREAM = 0x5717  # a generator stream of its own per stimulus: [seed, this, stimulus]
+
+
 def write_synthetic_corpus(
     out_dir: str | Path,
     *,
@@ -106,16 +115,23 @@ def write_synthetic_corpus(
     seed: int,
     sample_rate: int = 16000,
     channels: Sequence[str] = ("eda", "hr"),
+    stimuli: int | None = None,
 ) -> Path:
     """Write audio/*.wav, signals/*.csv and manifest.csv under out_dir; return the manifest path.
 
     Deterministic: the same arguments give the same bytes. Each recording draws from its own
     generator (seed, subject, recording), so a larger corpus extends a smaller one. Files are written to
     temporary names and renamed, and the manifest last, so concurrent writers (DDP ranks) are safe.
+
+    `stimuli`: that many distinct clips (audio/stim_KK.wav, generator (seed, stream, clip)) shared by the
+    subjects: recording r of subject s plays clip (s + r) mod stimuli, and the manifest gets a
+    `stimulus_id` column. Each listener responds with their own baseline, gain, drift and noise.
+    None: every recording plays a clip of its own, as before.
     """
     out = Path(out_dir)
     (out / "audio").mkdir(parents=True, exist_ok=True)
     (out / "signals").mkdir(parents=True, exist_ok=True)
+    clips: dict[int, np.ndarray] = {}  # stimulus -> loudness (dB) on the control grid
     rows = []
     for s in range(subjects):
         srng = np.random.default_rng([seed, s])
@@ -127,12 +143,21 @@ def write_synthetic_corpus(
         for r in range(recordings_per_subject):
             rng = np.random.default_rng([seed, s, r])
             rid = f"{sid}_r{r + 1:02d}"
-            db = _drive(rng, seconds)
+            if stimuli is None:
+                stim = None
+                db = _drive(rng, seconds)
+                wav = out / "audio" / f"{rid}.wav"
+                _write_wav(wav, _audio(rng, db, seconds, sample_rate), sample_rate)
+            else:
+                k = (s + r) % stimuli
+                stim = f"stim_{k + 1:02d}"
+                wav = out / "audio" / f"{stim}.wav"
+                if k not in clips:
+                    crng = np.random.default_rng([seed, _STIMULUS_STREAM, k])
+                    clips[k] = _drive(crng, seconds)
+                    _write_wav(wav, _audio(crng, clips[k], seconds, sample_rate), sample_rate)
+                db = clips[k]
             drive = np.clip((db - FLOOR_DB) / -FLOOR_DB, 0.0, 1.0)
-            wav = out / "audio" / f"{rid}.wav"
-            tmp = wav.with_name(f".{wav.name}.{os.getpid()}.tmp")
-            sf.write(tmp, _audio(rng, db, seconds, sample_rate), sample_rate, subtype="PCM_16", format="WAV")
-            os.replace(tmp, wav)
             pre = round(float(rng.uniform(0.0, 2.0)), 3)
             t_sig = (
                 np.arange(int(np.floor((seconds + pre) * SIGNAL_RATE)) + 1) / SIGNAL_RATE
@@ -144,8 +169,10 @@ def write_synthetic_corpus(
             lines = [",".join(["time", *channels])]
             lines += [",".join(f"{v:.5f}" for v in row) for row in zip(*cols, strict=True)]
             _atomic_write_text(out / "signals" / f"{rid}.csv", "\n".join(lines) + "\n")
-            rows.append([rid, sid, f"audio/{rid}.wav", f"signals/{rid}.csv", f"{-pre:g}"])
-    buf = [",".join(["recording_id", "subject_id", "audio_path", "signal_path", "offset_seconds"])]
+            row = [rid, sid, f"audio/{wav.name}", f"signals/{rid}.csv", f"{-pre:g}"]
+            rows.append(row if stim is None else [*row, stim])
+    header = ["recording_id", "subject_id", "audio_path", "signal_path", "offset_seconds"]
+    buf = [",".join(header if stimuli is None else [*header, "stimulus_id"])]
     buf += [",".join(r) for r in rows]
     manifest = out / "manifest.csv"
     _atomic_write_text(manifest, "\n".join(buf) + "\n")
