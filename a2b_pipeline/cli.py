@@ -111,6 +111,41 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cv(args: argparse.Namespace) -> int:
+    import torch
+
+    from a2b_pipeline.cv import require_folds, run_cv
+
+    cfg = load_config(args.config, args.set)
+    require_folds(cfg)
+    check_paths(cfg, source=args.config)
+    device = "cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu"
+    summary = run_cv(cfg, args.dir, fresh=args.fresh, device=device, only=args.fold or None)
+    if args.json:
+        print(json.dumps(summary, indent=1, sort_keys=True))
+    else:
+        print(f"# {summary['experiment']}: {summary['folds_evaluated']}/{summary['folds']} folds evaluated")
+        print(f"{'metric':<48} {'mean':>8} {'std':>8}  n")
+        for key, st in summary["stats"].items():
+            mean = "n/a" if st["mean"] is None else f"{st['mean']:.4f}"
+            std = "n/a" if st["std"] is None else f"{st['std']:.4f}"
+            print(f"{key:<48} {mean:>8} {std:>8}  {st['n']}")
+        print(Path(summary["dir"]) / "cv_summary.json")
+    for problem in summary["problems"]:
+        print(f"warning: {problem}", file=sys.stderr)
+    return 0 if summary["folds_evaluated"] == summary["folds"] else EXIT_STOPPED
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from a2b_pipeline import leaderboard
+
+    rows = leaderboard.rows_from_runs_dir(args.runs_dir, metric=args.metric)
+    if args.csv:
+        Path(args.csv).write_text(leaderboard.to_csv(rows))
+    print(leaderboard.to_csv(rows) if args.format == "csv" else leaderboard.to_markdown(rows))
+    return 0
+
+
 def cmd_resume(args: argparse.Namespace) -> int:
     from a2b_pipeline.state import TrainState
     from a2b_pipeline.train import train
@@ -208,6 +243,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--fresh", action="store_true", help="with --train: start every run over")
     s.set_defaults(fn=cmd_sweep)
+
+    s = sub.add_parser(
+        "cv", help="grouped k-fold cross-validation (data.split.folds): train, evaluate, summarize"
+    )
+    s.add_argument("config")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    s.add_argument("--fold", action="append", type=int, default=[], help="only this fold (repeatable)")
+    s.add_argument("--dir", default=None, help="parent of the CV directory (default: checkpoint.dir)")
+    s.add_argument("--fresh", action="store_true", help="start the folds' runs over")
+    s.add_argument("--json", action="store_true", help="print the whole summary")
+    s.set_defaults(fn=cmd_cv)
+
+    s = sub.add_parser("leaderboard", help="the leaderboard of the runs under a directory (no Dagster)")
+    s.add_argument("runs_dir")
+    s.add_argument("--metric", default="pearson", choices=["pearson", "ccc", "mae", "mse"])
+    s.add_argument("--format", default="markdown", choices=["markdown", "csv"])
+    s.add_argument("--csv", default=None, metavar="OUT.csv", help="also write the table as CSV")
+    s.set_defaults(fn=cmd_leaderboard)
 
     s = sub.add_parser("resume", help="continue a run to its configured end")
     s.add_argument("path", help="a run directory (its newest valid checkpoint) or a checkpoint directory")

@@ -84,6 +84,17 @@ class SplitConfig(_Strict):
     the recordings that would leak (counted and reported)."""
 
     group_by: Literal["subject", "stimulus", "subject_and_stimulus"] = "subject"
+    # Grouped k-fold cross-validation (`a2b cv`): the groups are dealt into `folds` folds; a run with `fold`
+    # set tests on that fold's groups (test_fraction is then unused) and takes val (val_fraction) from the
+    # other folds' groups. `folds` without `fold`: the ordinary split (`a2b train`); `a2b cv` sets `fold`.
+    folds: Annotated[int, Field(ge=2)] | None = None
+    fold: NonNegativeInt | None = None
+
+    @model_validator(mode="after")
+    def _fold_in_range(self) -> SplitConfig:
+        if self.fold is not None and (self.folds is None or self.fold >= self.folds):
+            raise ValueError(f"split.fold={self.fold} needs split.folds > {self.fold} (got {self.folds})")
+        return self
 
 
 class WeightMilestone(_Strict):

@@ -25,7 +25,7 @@ from a2b_pipeline.data.datasets import (
 )
 from a2b_pipeline.data.meta_dataloader import MetaDataLoader, ShardedEpochSampler, derive_seed
 from a2b_pipeline.data.recording import BadRecordingError, Listing, Recording, Skipped
-from a2b_pipeline.data.splits import SPLITS, group_key, split_grouped
+from a2b_pipeline.data.splits import SPLITS, GroupedSplit, group_key, split_fold, split_grouped
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +148,14 @@ def _load_all(recs: list[Recording], cfg: RunConfig) -> tuple[list[LoadedRecordi
     return loaded, skipped
 
 
+def _split(cfg: RunConfig, recordings: list[Recording]) -> GroupedSplit:
+    """The ordinary grouped split, or one fold of grouped k-fold cross-validation (data.split.fold)."""
+    sp, data = cfg.data.split, cfg.data
+    if sp.fold is not None and sp.folds is not None:
+        return split_fold(recordings, sp.folds, sp.fold, data.val_fraction, cfg.seed, sp.group_by)
+    return split_grouped(recordings, data.val_fraction, data.test_fraction, cfg.seed, sp.group_by)
+
+
 def prepare_data(cfg: RunConfig) -> PreparedData:
     """List, load, split (grouped by data.split.group_by, per dataset), normalise (train stats) and window
     every dataset."""
@@ -167,13 +175,7 @@ def prepare_data(cfg: RunConfig) -> PreparedData:
                 f"{len(listing.skipped) + len(bad)} skipped)"
             )
         by_id = {id(lr.rec): lr for lr in loaded}
-        grouped = split_grouped(
-            [lr.rec for lr in loaded],
-            cfg.data.val_fraction,
-            cfg.data.test_fraction,
-            cfg.seed,
-            cfg.data.split.group_by,
-        )
+        grouped = _split(cfg, [lr.rec for lr in loaded])
         for split, recs in grouped.parts.items():
             loaded_by[split][ds.name] = [by_id[id(r)] for r in recs]
         dropped += [LeftOut(by_id[id(d.rec)], d.reason) for d in grouped.dropped]

@@ -174,3 +174,79 @@ def split_recordings(
 ) -> dict[str, list[Recording]]:
     """{"train", "val", "test"} -> recordings (see `split_grouped`; dropped recordings are left out)."""
     return split_grouped(recordings, val_fraction, test_fraction, seed, group_by).parts
+
+
+# ---- grouped k-fold cross-validation ----
+
+
+def fold_assignment(recordings: list[Recording], folds: int, seed: int, group_by: GroupBy) -> list[int]:
+    """The test fold of each recording (input order), or -1 for one no fold can test without a leak.
+
+    Groups are dealt round-robin in seeded order (`ranked`), so fold sizes differ by at most one group and
+    each group is in exactly one fold. `subject_and_stimulus`: subjects are dealt; a stimulus heard by one
+    subject follows that subject; a shared stimulus goes to the fold holding most of its listeners (ties:
+    the fold with fewest shared stimuli so far, then the lower fold), and a recording whose subject and
+    stimulus are in different folds is tested by none (it can still train the folds that test neither).
+    """
+    kinds = group_kinds(group_by)
+    first = ranked((group_key(r, kinds[0]) for r in recordings), seed)
+    if len(first) < folds:
+        datasets = sorted({r.dataset for r in recordings})
+        raise ValueError(
+            f"data.split.folds={folds}: dataset {', '.join(datasets)} has only {len(first)} "
+            f"{kinds[0]}(s) to deal into folds"
+        )
+    fold_of = {k: i % folds for i, k in enumerate(first)}
+    if len(kinds) == 1:
+        return [fold_of[group_key(r, kinds[0])] for r in recordings]
+    listeners: dict[GroupKey, set[GroupKey]] = defaultdict(set)
+    for r in recordings:
+        listeners[group_key(r, "stimulus")].add(group_key(r, "subject"))
+    stimulus_fold: dict[GroupKey, int] = {}
+    shared_per_fold = [0] * folds
+    for stim in ranked((k for k, subs in listeners.items() if len(subs) > 1), seed):
+        heard = Counter(fold_of[s] for s in listeners[stim])
+        best = min(range(folds), key=lambda f: (-heard[f], shared_per_fold[f], f))
+        stimulus_fold[stim] = best
+        shared_per_fold[best] += 1
+    out = []
+    for r in recordings:
+        by_subject = fold_of[group_key(r, "subject")]
+        out.append(
+            by_subject if stimulus_fold.get(group_key(r, "stimulus"), by_subject) == by_subject else -1
+        )
+    return out
+
+
+def split_fold(
+    recordings: list[Recording],
+    folds: int,
+    fold: int,
+    val_fraction: float,
+    seed: int,
+    group_by: GroupBy = "subject",
+) -> GroupedSplit:
+    """Fold `fold` of grouped k-fold CV: test = the recordings of that fold's groups; the recordings that
+    share no group with them are split into train/val (`split_grouped` with val_fraction, no test); the
+    rest (a subject or stimulus of this fold's test set) are dropped with the reason."""
+    if not 0 <= fold < folds:
+        raise ValueError(f"data.split.fold={fold} is not in 0..{folds - 1}")
+    assigned = fold_assignment(recordings, folds, seed, group_by)
+    test = [r for r, f in zip(recordings, assigned, strict=True) if f == fold]
+    held = {kind: {group_key(r, kind) for r in test} for kind in group_kinds(group_by)}
+    # A group is tested in this fold when any of its recordings is; none of its recordings may train.
+    pool, dropped = [], []
+    for r, f in zip(recordings, assigned, strict=True):
+        if f == fold:
+            continue
+        leak = [kind for kind in held if group_key(r, kind) in held[kind]]
+        if leak:
+            reason = f"its {' and '.join(leak)} is in the test set of fold {fold} (data.split.folds={folds})"
+            dropped.append(Dropped(r, reason))
+        else:
+            pool.append(r)
+    rest = split_grouped(pool, val_fraction, 0.0, seed, group_by)
+    parts = {"train": rest.parts["train"], "val": rest.parts["val"], "test": test}
+    order = {id(r): i for i, r in enumerate(recordings)}
+    parts = {s: sorted(recs, key=lambda r: order[id(r)]) for s, recs in parts.items()}
+    return GroupedSplit(parts, dropped + rest.dropped)

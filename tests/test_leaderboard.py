@@ -1,0 +1,63 @@
+"""The leaderboard from run directories alone (`a2b leaderboard RUNS_DIR`): evaluated runs, CV summaries,
+and runs that failed or were never evaluated, each shown as such."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import yaml
+from _util import run_cli, tiny_config
+
+from a2b_pipeline import leaderboard
+from a2b_pipeline.state import TrainState
+
+
+def _config(tmp_path: Path, name: str, **data_split: int) -> Path:
+    raw = tiny_config(tmp_path)
+    raw["name"] = name
+    raw["train"].update({"max_steps": 2, "val_every_n_steps": 2})
+    raw["checkpoint"].update({"every_n_steps": 2})
+    if data_split:
+        raw["data"]["split"] = data_split
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_leaderboard_cli_lists_cv_runs_and_marks_failed_and_unevaluated(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    summary = json.loads(run_cli("cv", str(_config(tmp_path, "crossval", folds=2)), "--json").stdout)
+    plain = Path(run_cli("train", str(_config(tmp_path, "plain"))).stdout.strip().splitlines()[-1])
+    broken = Path(run_cli("train", str(_config(tmp_path, "broken"))).stdout.strip().splitlines()[-1])
+    # a checkpoint whose weights no longer match their checksum: the run can't be read back
+    state = TrainState.from_checkpoint(broken)
+    weights = Path(state.checkpoint.last_path) / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)
+
+    out = tmp_path / "board.csv"
+    proc = run_cli("leaderboard", str(runs), "--csv", str(out))
+    table = proc.stdout
+    rows = {r["experiment"]: r for r in csv.DictReader(io.StringIO(out.read_text()))}
+    assert set(rows) == {"crossval", "plain", "broken"}  # the CV's fold runs are inside its row
+
+    cv = rows["crossval"]
+    assert cv["kind"] == "cv (2 folds)" and cv["status"] == "evaluated"
+    st = summary["stats"]["metrics/test/pearson"]
+    assert float(cv["pearson_mean"]) == st["mean"]
+    assert float(cv["pearson_mean_low"]) == st["mean"] - st["std"]
+    assert cv["config_hash"] == summary["config_hash"] and cv["model"] == "conv_gru"
+
+    assert rows["plain"]["status"] == "not evaluated" and rows["plain"]["steps"] == "2"
+    assert rows["plain"]["config_hash"] == TrainState.from_checkpoint(plain).config_hash
+    assert rows["broken"]["status"] == "failed" and "model.safetensors" in rows["broken"]["note"]
+    # The Markdown table says the same: every experiment, its status, the failed one in bold.
+    for name in rows:
+        assert f"| {name} |" in table
+    assert "**failed**" in table and "**not evaluated**" in table
+    assert leaderboard.plot(leaderboard.rows_from_runs_dir(runs))[:8] == b"\x89PNG\r\n\x1a\n"
+
+    empty = run_cli("leaderboard", str(tmp_path / "nothing"), check=False)
+    assert empty.returncode == 1 and "no run directories" in empty.stderr
