@@ -154,9 +154,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from a2b_pipeline.evaluate import evaluate_checkpoint
+    from a2b_pipeline.evaluate import evaluate_report
 
-    print(json.dumps(evaluate_checkpoint(args.checkpoint, args.split), indent=1, sort_keys=True))
+    print(json.dumps(evaluate_report(args.checkpoint, args.split), indent=1, sort_keys=True))
     return 0
 
 
@@ -266,7 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("path", help="a run directory (its newest valid checkpoint) or a checkpoint directory")
     s.set_defaults(fn=cmd_resume)
 
-    s = sub.add_parser("evaluate", help="metrics of a checkpoint on a split, as JSON")
+    s = sub.add_parser(
+        "evaluate",
+        help="the model and its baselines on a split, as JSON (also <run_dir>/evaluation-<split>.json)",
+    )
     s.add_argument("checkpoint", help="a checkpoint directory, or a run directory (its best checkpoint)")
     s.add_argument("--split", default="test", choices=["train", "val", "test"])
     s.set_defaults(fn=cmd_evaluate)

@@ -1,18 +1,30 @@
-"""Metrics and predictions of a checkpoint on a split."""
+"""Evaluating a checkpoint on a split (the model against its baselines) and predicting new audio."""
 
 from __future__ import annotations
 
+import io
+import json
+import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
+from a2b_pipeline.baselines import BASELINES, Baselines, fit_baselines, normalised_target
+from a2b_pipeline.configs import RunConfig
+from a2b_pipeline.data.datasets import WindowDataset
 from a2b_pipeline.data.pipeline import PreparedData, make_loader, prepare_data
-from a2b_pipeline.metrics import make_loss
+from a2b_pipeline.metrics import MetricAccumulator, make_loss
 from a2b_pipeline.models import build_model, model_io
+from a2b_pipeline.scoring import N_BOOT, RecordingEval, block
 from a2b_pipeline.state import CheckpointError, TrainState, load_tensors
 from a2b_pipeline.train import _checked_weights, autocast_context, evaluate_loader
+
+REPORT_SCHEMA = "a2b.evaluation/1"
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -41,7 +53,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Tr
 def evaluate_checkpoint(
     path: str | Path, split: str = "test", data: PreparedData | None = None, device: str = "cpu"
 ) -> dict[str, float]:
-    """Loss, MAE, MSE, Pearson r and CCC (per channel and mean) of a checkpoint on a split."""
+    """Loss, MAE, MSE, Pearson r and CCC (per channel and mean) of a checkpoint on a split, pooled over the
+    split's windows (the numbers validation tracks). `evaluate_report` gives the full evaluation."""
     state, model = load_model(path, device)
     cfg = state.config
     data = data or prepare_data(cfg)
@@ -53,19 +66,186 @@ def evaluate_checkpoint(
     return evaluate_loader(model, loader, loss_fn, autocast_context(cfg, dev), dev, cfg.data.channels, split)
 
 
+@dataclass
+class Evaluation:
+    """A checkpoint evaluated on a split: the JSON report and the recordings it scored."""
+
+    report: dict[str, Any]
+    recordings: list[RecordingEval]
+    channels: list[str]
+    target_rate: float
+
+    def plot(self, n: int = 3, title: str = "") -> bytes:
+        return plot_recordings(self.recordings[:n], self.channels, self.target_rate, title)
+
+
 @torch.no_grad()
-def predict_windows(
-    path: str | Path, split: str = "test", n: int = 4, data: PreparedData | None = None
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(true, predicted) targets [T_target, C] of the first `n` windows of a split, normalised units."""
-    state, model = load_model(path)
-    data = data or prepare_data(state.config)
-    out: list[tuple[np.ndarray, np.ndarray]] = []
-    for ds in data.splits.get(split, {}).values():
-        for i in range(min(len(ds), n - len(out))):
-            x, y = ds[i]
-            out.append((y.numpy(), model(x[None])[0].float().numpy()))
+def _predict_windows(
+    model: nn.Module, ds: WindowDataset, cfg: RunConfig, device: torch.device, acc: MetricAccumulator
+) -> np.ndarray:
+    """The model's prediction of every window of `ds`, in order: [len(ds), Tw, C] (normalised units)."""
+    loss_fn = make_loss(cfg.train.loss, len(cfg.data.channels))
+    autocast = autocast_context(cfg, device)
+    out = []
+    for x, y in DataLoader(ds, batch_size=cfg.data.batch_size, shuffle=False):
+        x, y = x.to(device), y.to(device)
+        with autocast:
+            pred = model(x)
+        acc.update(pred.float(), y, loss_fn(pred, y))
+        out.append(pred.float().cpu().double().numpy())
+    return np.concatenate(out)
+
+
+def overlap_add(windows: np.ndarray, starts: list[int], n: int) -> np.ndarray:
+    """Windows [W, Tw, C] stitched into a series [n, C]: each sample the mean of the windows covering it,
+    NaN where none does."""
+    total = np.zeros((n, windows.shape[2]))
+    count = np.zeros((n, 1))
+    for w, s in zip(windows, starts, strict=True):
+        m = min(len(w), n - s)
+        total[s : s + m] += w[:m]
+        count[s : s + m] += 1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / count, np.nan)
+
+
+def _recording_evals(
+    ds: WindowDataset, preds: np.ndarray, baselines: Baselines, names: list[str]
+) -> list[RecordingEval]:
+    by_rec: dict[int, list[tuple[int, int]]] = {}
+    for i, (r, _, t0, _) in enumerate(ds.index):
+        by_rec.setdefault(r, []).append((i, t0))
+    tw = ds.targets_per_window
+    evals = []
+    for r, items in by_rec.items():
+        lr = ds.loaded[r]
+        idx, starts = [i for i, _ in items], [t0 for _, t0 in items]
+        full = normalised_target(lr, baselines.norm)
+        model = overlap_add(preds[idx], starts, len(full))
+        covered = np.isfinite(model).all(1)
+        true = np.where(covered[:, None], full, np.nan)
+        ev = RecordingEval(lr.rec, true, starts, tw)
+        ev.windows["model"], ev.series["model"] = preds[idx], model
+        for name in names:
+            series = baselines.predict(name, lr)
+            ev.windows[name] = np.stack([series[s : s + tw] for s in starts])
+            ev.series[name] = np.where(covered[:, None], series, np.nan)
+        evals.append(ev)
+    return evals
+
+
+def run_evaluation(
+    path: str | Path,
+    split: str = "test",
+    data: PreparedData | None = None,
+    device: str = "cpu",
+    n_boot: int = N_BOOT,
+) -> Evaluation:
+    """The model and every baseline (fitted on the train split) on exactly the split's windows and
+    recordings: per channel and mean, per window and whole recording, overall and per dataset.
+    The layout of `report` is in README.md ("Reading an evaluation")."""
+    ckpt = resolve_checkpoint(path)
+    state, model = load_model(ckpt, device)
+    cfg = state.config
+    data = data or prepare_data(cfg)
+    parts = {name: ds for name, ds in data.splits.get(split, {}).items() if len(ds)}
+    if not parts:
+        raise ValueError(f"split {split!r} has no windows for config {cfg.name!r}")
+    train = [lr for ds in data.splits["train"].values() for lr in ds.loaded]
+    everyone = [lr for p in data.splits.values() for ds in p.values() for lr in ds.loaded]
+    baselines = fit_baselines(train, everyone + [d.loaded for d in data.dropped], data.norm, cfg.data)
+    channels = list(cfg.data.channels)
+    acc = MetricAccumulator(channels)
+    dev = torch.device(device)
+    evals: dict[str, list[RecordingEval]] = {}
+    for name, ds in parts.items():
+        preds = _predict_windows(model, ds, cfg, dev, acc)
+        evals[name] = _recording_evals(ds, preds, baselines, list(BASELINES))
+    predictors = ["model", *BASELINES]
+
+    def block_of(recs: list[RecordingEval]) -> dict[str, Any]:
+        loaded = [lr for ds in parts.values() for lr in ds.loaded if any(lr.rec is e.rec for e in recs)]
+        unavailable = {b: why for b in BASELINES if (why := baselines.available(b, loaded)) is not None}
+        return block(recs, channels, predictors, unavailable, n_boot)
+
+    everything = [e for recs in evals.values() for e in recs]
+    report = {
+        "schema": REPORT_SCHEMA,
+        "experiment": cfg.name,
+        "checkpoint": str(ckpt),
+        "run_dir": str(ckpt.parent),
+        "config_hash": state.config_hash,
+        "data_version": data.data_version,
+        "global_step": state.global_step,
+        "split": split,
+        "channels": channels,
+        "units": "z" if cfg.data.normalize != "none" else "signal",
+        "normalize": cfg.data.normalize,
+        "datasets": list(parts),
+        "metrics": {k: float(v) for k, v in acc.compute(split).items()},
+        "splits": {k: v for k, v in data.split_summary().items() if k != "dropped_recordings"},
+        "summary": block_of(everything),
+        "by_dataset": {name: block_of(recs) for name, recs in evals.items()},
+    }
+    return Evaluation(report, everything, channels, cfg.data.target_rate)
+
+
+def evaluate_report(
+    path: str | Path, split: str = "test", data: PreparedData | None = None, device: str = "cpu"
+) -> dict[str, Any]:
+    """`run_evaluation(...).report`, also written to `<run_dir>/evaluation-<split>.json`."""
+    ev = run_evaluation(path, split, data, device)
+    write_report(ev.report)
+    return ev.report
+
+
+def write_report(report: dict[str, Any]) -> Path:
+    """`<run_dir>/evaluation-<split>.json` (atomically): the run's latest evaluation of that split."""
+    out = Path(report["run_dir"]) / f"evaluation-{report['split']}.json"
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, out)
     return out
+
+
+_COLORS = {
+    "model": "tab:orange",
+    "constant": "tab:gray",
+    "other_listeners": "tab:green",
+    "audio_linear": "tab:blue",
+}
+
+
+def plot_recordings(evals: list[RecordingEval], channels: list[str], target_rate: float, title: str) -> bytes:
+    """PNG: whole recordings (a row each, a column per channel), the true signal with the model's and every
+    baseline's prediction on the same samples."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    rows, cols = max(1, len(evals)), max(1, len(channels))
+    fig, axes = plt.subplots(rows, cols, figsize=(5.0 * cols, 2.3 * rows), squeeze=False, dpi=80)
+    for r, ev in enumerate(evals):
+        t = np.arange(ev.true.shape[0]) / target_rate
+        for c, ch in enumerate(channels):
+            ax = axes[r][c]
+            ax.plot(t, ev.true[:, c], label="true", color="black", linewidth=1.3)
+            for name, series in ev.series.items():
+                if np.isfinite(series[:, c]).any():
+                    width = 1.3 if name == "model" else 0.9
+                    ax.plot(t, series[:, c], label=name, color=_COLORS.get(name), linewidth=width)
+            ax.set_title(f"{ev.rec.dataset}/{ev.rec.recording_id} · {ch}", fontsize=9)
+            ax.tick_params(labelsize=7)
+            if r == rows - 1:
+                ax.set_xlabel("seconds", fontsize=8)
+    axes[0][0].legend(fontsize=7, loc="upper right")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
 
 
 def export_encoder(path: str | Path, out: str | Path) -> Path:

@@ -47,7 +47,7 @@ def test_torchrun_two_ranks_gloo(tmp_path: Path) -> None:
     assert sorted(p.name for p in run.iterdir() if not p.name.startswith("step_")) == ["best", "last"]
 
     # a single process evaluates the DDP checkpoint
-    metrics = json.loads(run_cli("evaluate", str(run), "--split", "val").stdout)
+    metrics = json.loads(run_cli("evaluate", str(run), "--split", "val").stdout)["metrics"]
     assert metrics["val/pearson"] == metrics["val/pearson"]  # finite, not NaN
 
     # resuming a complete run with the same world size is a no-op that still succeeds
