@@ -9,6 +9,7 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -32,6 +33,34 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
 
+class PathField:
+    """Marks a config field that holds a local path or a URL (`Annotated[str, PathField()]`), so code that
+    moves a config elsewhere (relative paths under a data root) finds every such field by its type."""
+
+    def __repr__(self) -> str:
+        return "PathField()"
+
+
+ConfigPath = Annotated[str, PathField()]
+OptionalConfigPath = Annotated[str | None, PathField()]
+
+
+def map_paths(model: BaseModel, fn: Callable[[str], str]) -> None:
+    """Apply `fn` to every `PathField` value in `model` and its nested models and lists, in place
+    (assignments are validated). None values stay None."""
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        if any(isinstance(m, PathField) for m in info.metadata):
+            if value is not None:
+                setattr(model, name, fn(value))
+        elif isinstance(value, BaseModel):
+            map_paths(value, fn)
+        elif isinstance(value, list):
+            for item in value:
+                if isinstance(item, BaseModel):
+                    map_paths(item, fn)
+
+
 class DatasetType(StrEnum):
     synthetic = "synthetic"  # generated on first use into `root` (or read from `manifest`)
     manifest = "manifest"  # a CSV/JSONL manifest, see data/manifest.py
@@ -52,11 +81,11 @@ class SyntheticSpec(_Strict):
 class DatasetConfig(_Strict):
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.+-]+$")]
     type: DatasetType = DatasetType.manifest
-    manifest: str | None = None  # path or URL of a manifest (manifest/synthetic types)
-    root: str | None = None  # corpus root: directory or fsspec URL (synthetic/hku956/pmemo2019)
+    manifest: OptionalConfigPath = None  # path or URL of a manifest (manifest/synthetic types)
+    root: OptionalConfigPath = None  # corpus root: directory or fsspec URL (synthetic/hku956/pmemo2019)
     weight: NonNegativeFloat = 1.0
     synthetic: SyntheticSpec = SyntheticSpec()
-    audio_dir: str | None = None  # hku956: local directory of <song_id>.mp3
+    audio_dir: OptionalConfigPath = None  # hku956: local directory of <song_id>.mp3
     signal_rates: dict[str, PositiveFloat] = {}  # hku956: override wristband rates per channel
 
     @field_validator("weight")
@@ -121,7 +150,7 @@ class DataConfig(_Strict):
     split: SplitConfig = SplitConfig()
     on_bad_recording: Literal["error", "skip"] = "error"
     duration_tolerance_seconds: NonNegativeFloat = 1.0
-    cache_dir: str | None = None  # remote downloads and feature cache; default: ~/.cache/a2b
+    cache_dir: OptionalConfigPath = None  # remote downloads and feature cache; default: ~/.cache/a2b
     # After loading the data, prune the cache (least recently used first) down to this size; entries used
     # in the last hour stay. None: never prune (`a2b cache --max-gb` prunes by hand).
     cache_max_gb: PositiveFloat | None = None
@@ -209,7 +238,7 @@ class PretrainedEncoderConfig(_ModelBase):
     """A frozen audio encoder loaded from a local safetensors file, plus a trained head."""
 
     name: Literal["pretrained_encoder"] = "pretrained_encoder"
-    weights: str  # local .safetensors with the encoder's weights; nothing is fetched
+    weights: ConfigPath  # local .safetensors with the encoder's weights; nothing is fetched
     encoder_channels: PositiveInt = 64
     encoder_layers: PositiveInt = 3
     hidden: PositiveInt = 64
@@ -275,7 +304,7 @@ class TrainConfig(_Strict):
 
 
 class CheckpointConfig(_Strict):
-    dir: str = "runs"  # run directories are created under it
+    dir: ConfigPath = "runs"  # run directories are created under it
     every_n_steps: PositiveInt | None = None  # None: at each validation
     keep_last: PositiveInt = 2
     metric: str = "val/pearson"

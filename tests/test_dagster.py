@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import os
 import signal
@@ -128,8 +129,6 @@ def test_lineage_from_evaluation_back_to_config_and_data(demo):
     assert ev["checkpoint"] == best["checkpoint"]
     assert ev["checkpoint_sha256"] == best["checkpoint_sha256"]
     ckpt = Path(ev["checkpoint"])
-    import hashlib
-
     assert hashlib.sha256((ckpt / "train_state.json").read_bytes()).hexdigest() == ev["checkpoint_sha256"]
     # ... whose TrainState names the config hash and data version that dataset_splits recorded
     state = TrainState.from_checkpoint(ckpt)
@@ -191,7 +190,8 @@ def test_changed_config_gives_new_data_version_and_marks_downstream_stale(demo, 
 
     home = demo["home"]
     with DagsterInstance.from_config(str(home)) as instance:
-        before = _latest(instance, "corpus_manifest", "demo").tags["dagster/data_version"]
+        old = _latest(instance, "corpus_manifest", "demo")
+        before = old.tags["dagster/data_version"]
         fresh = get_stale_status_resolver(instance, ASSETS)
         assert fresh.get_status(AssetKey("evaluation"), "demo") == StaleStatus.FRESH
         # a changed data setting: re-materialize corpus_manifest only
@@ -205,8 +205,16 @@ def test_changed_config_gives_new_data_version_and_marks_downstream_stale(demo, 
             selection=[AssetKey("corpus_manifest")],
         )
         assert res.success
-        after = _latest(instance, "corpus_manifest", "demo").tags["dagster/data_version"]
+        new = _latest(instance, "corpus_manifest", "demo")
+        after = new.tags["dagster/data_version"]
         assert after != before
+        # the older materialization's record and TrainState are files of its own, left as they were
+        old_md, new_md = _md(old), _md(new)
+        assert old_md["record"] != new_md["record"] and old_md["train_state"] != new_md["train_state"]
+        assert hashlib.sha256(Path(old_md["record"]).read_bytes()).hexdigest() == old_md["record_sha256"]
+        old_state = json.loads(Path(old_md["train_state"]).read_text())
+        assert old_state["config"]["data"]["hop_seconds"] == 4.0
+        assert json.loads(Path(new_md["train_state"]).read_text())["config"]["data"]["hop_seconds"] == 2.0
         resolver = get_stale_status_resolver(instance, ASSETS)
         assert resolver.get_status(AssetKey("dataset_splits"), "demo") == StaleStatus.STALE
         causes = resolver.get_stale_causes(AssetKey("dataset_splits"), "demo")
@@ -243,6 +251,30 @@ def test_evaluation_check_fails_below_its_floor(demo):
     assert (
         not ev.passed and "demo: test/pearson" in ev.description and "below the floor 1.5" in ev.description
     )
+
+
+def test_rebase_finds_every_path_field_by_its_type(tmp_path):
+    """ExperimentStore.rebase makes each `ConfigPath` field absolute under the data root (URLs and
+    absolute paths stay) without a list of field names; the config it was given is left unchanged."""
+    from a2b_pipeline.configs import config_from_dict
+
+    raw = tiny_config(tmp_path).model_dump(mode="json")
+    raw["data"]["datasets"] = [
+        {"name": "m", "type": "manifest", "manifest": "corpora/m.csv"},
+        {"name": "h", "type": "hku956", "root": "s3://bucket/HKU956", "audio_dir": "audio/hku"},
+    ]
+    raw["data"]["cache_dir"] = "cache"
+    raw["checkpoint"]["dir"] = "/abs/runs"
+    raw["model"] = {"name": "pretrained_encoder", "weights": "enc.safetensors"}
+    cfg = config_from_dict(raw)
+    root = tmp_path / "root"
+    rebased = ExperimentStore(data_root=str(root), configs_dir=str(tmp_path)).rebase(cfg)
+    assert rebased.data.datasets[0].manifest == str(root / "corpora/m.csv")
+    assert rebased.data.datasets[1].root == "s3://bucket/HKU956"
+    assert rebased.data.datasets[1].audio_dir == str(root / "audio/hku")
+    assert rebased.data.cache_dir == str(root / "cache") and rebased.checkpoint.dir == "/abs/runs"
+    assert rebased.model.weights == str(root / "enc.safetensors")
+    assert cfg.data.datasets[0].manifest == "corpora/m.csv"  # a copy was rebased
 
 
 # ---- the real webserver and the CLI ----

@@ -16,8 +16,9 @@ from dagster import (
     asset_check,
 )
 
-from a2b_pipeline.defs.assets import corpus_manifest, evaluation, experiments
+from a2b_pipeline.defs.assets import corpus_manifest, evaluation
 from a2b_pipeline.defs.common import upstream_record
+from a2b_pipeline.defs.partitions import experiments
 from a2b_pipeline.defs.resources import QualityGate
 
 

@@ -56,15 +56,15 @@ class Experiment:
 def load_experiment(
     name: str, store: ExperimentStore, tracking: WandbTracking, compute: TrainDevice
 ) -> Experiment:
+    """The experiment's config as the assets run it: paths under the data root, tracking and device
+    from the resources. The effective config is kept beside the records, one file per config hash."""
     import a2b_pipeline.data.corpora  # noqa: F401  (registers the hku956 / pmemo2019 adapters)
-    from a2b_pipeline.configs import config_from_dict, load_config
+    from a2b_pipeline.configs import load_config
 
     config_file = store.config_path(name)
-    cfg = store.rebase(load_config(config_file))
-    raw = cfg.model_dump(mode="json")
-    tracking.apply(raw)
-    compute.apply(raw)
-    cfg = config_from_dict(raw, str(config_file))
+    cfg = store.rebase(load_config(config_file))  # a copy: the settings below are set on it
+    tracking.apply(cfg)
+    compute.apply(cfg)
     exp = Experiment(name=name, config_file=config_file, cfg=cfg, dir=store.experiment_dir(cfg, name))
     exp.records.mkdir(parents=True, exist_ok=True)
     effective = exp.records / f"config-{exp.config_hash}.yaml"
@@ -100,9 +100,15 @@ def sha256_json(obj: Any) -> str:
     return sha256_bytes(json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode())
 
 
-def write_record(exp: Experiment, asset: str, payload: dict[str, Any]) -> tuple[Path, str]:
-    """`<experiment>/dagster/<asset>.json`: what this materialization produced, for the next asset."""
-    path = exp.records / f"{asset}.json"
+def materialization_file(exp: Experiment, asset: str, run_id: str, suffix: str) -> Path:
+    """`<experiment>/dagster/<asset>/<run id><suffix>`: a file of this materialization's own, which no
+    later materialization overwrites (an older materialization's metadata keeps pointing at its files)."""
+    return exp.records / asset / f"{run_id}{suffix}"
+
+
+def write_record(exp: Experiment, asset: str, run_id: str, payload: dict[str, Any]) -> tuple[Path, str]:
+    """What this materialization produced, for the next asset: its path and sha256."""
+    path = materialization_file(exp, asset, run_id, ".json")
     sha = atomic_write(path, json.dumps(payload, indent=1, sort_keys=True, default=str).encode())
     return path, sha
 
@@ -137,14 +143,16 @@ def upstream_record(context: Any, asset: str, partition: str | None = None) -> d
     return json.loads(blob)
 
 
-def write_planned_state(exp: Experiment, asset: str, data_version: str | None) -> tuple[TrainState, Path]:
+def write_planned_state(
+    exp: Experiment, asset: str, run_id: str, data_version: str | None
+) -> tuple[TrainState, Path]:
     """For the assets before training: the TrainState a training run of this experiment starts from."""
     from a2b_pipeline.state import TrainState
 
     run_dir = exp.run_dir(data_version) if data_version else exp.dir / f"train-{exp.config_hash}"
     state = TrainState.from_config(exp.cfg, run_dir=run_dir)
     state.data_version = data_version
-    path = exp.records / f"{asset}.train_state.json"
+    path = materialization_file(exp, asset, run_id, ".train_state.json")
     atomic_write(path, state.to_json().encode())
     return state, path
 

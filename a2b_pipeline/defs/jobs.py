@@ -6,7 +6,8 @@ import json
 
 from dagster import AssetSelection, define_asset_job
 
-from a2b_pipeline.defs.assets import GPU_TAGS
+from a2b_pipeline.defs.assets.training import GPU_TAGS
+from a2b_pipeline.defs.partitions import GROUP
 
 DATA_ASSETS = ["corpus_manifest", "dataset_splits", "meta_loader_spec"]
 
@@ -16,7 +17,7 @@ RUN_GPU_TAGS = {k: v if isinstance(v, str) else json.dumps(v) for k, v in GPU_TA
 
 experiment_job = define_asset_job(
     "experiment_job",
-    selection=AssetSelection.groups("a2b"),
+    selection=AssetSelection.groups(GROUP),
     tags=RUN_GPU_TAGS,
     description="Materialize an experiment end to end: corpus, splits, loader spec, training, best "
     "checkpoint, evaluation (and their checks). Tagged for a GPU.",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from dagster import ConfigurableResource
 from pydantic import Field
@@ -25,9 +25,9 @@ def _is_url(path: str) -> bool:
     return "://" in path
 
 
-def _rebase(path: str | None, root: Path) -> str | None:
+def _rebase(path: str, root: Path) -> str:
     """A relative local path -> absolute under `root`; URLs and absolute paths stay as they are."""
-    if path is None or _is_url(path):
+    if _is_url(path):
         return path
     p = Path(path).expanduser()
     return str(p if p.is_absolute() else (root / p).resolve())
@@ -75,19 +75,14 @@ class ExperimentStore(ConfigurableResource):
         )
 
     def rebase(self, cfg: RunConfig) -> RunConfig:
-        """The config with every relative local path made absolute under the data root."""
-        from a2b_pipeline.configs import config_from_dict
+        """A copy of the config with every relative local path (each field typed `ConfigPath`) made
+        absolute under the data root."""
+        from a2b_pipeline.configs import map_paths
 
-        raw: dict[str, Any] = cfg.model_dump(mode="json")
+        cfg = cfg.model_copy(deep=True)
         root = self.root
-        for ds in raw["data"]["datasets"]:
-            for key in ("manifest", "root", "audio_dir"):
-                ds[key] = _rebase(ds.get(key), root)
-        raw["data"]["cache_dir"] = _rebase(raw["data"].get("cache_dir"), root)
-        raw["checkpoint"]["dir"] = _rebase(raw["checkpoint"]["dir"], root)
-        if raw["model"].get("weights"):
-            raw["model"]["weights"] = _rebase(raw["model"]["weights"], root)
-        return config_from_dict(raw, "rebased config")
+        map_paths(cfg, lambda path: _rebase(path, root))
+        return cfg
 
     def experiment_dir(self, cfg: RunConfig, experiment: str) -> Path:
         """`<checkpoint.dir>/<experiment>`: the experiment's run dirs and its `dagster/` asset records."""
@@ -105,15 +100,16 @@ class WandbTracking(ConfigurableResource):
     project: str | None = Field(default=None, description="Overrides tracking.project when set.")
     entity: str | None = Field(default=None, description="Overrides tracking.entity when set.")
 
-    def apply(self, raw: dict[str, Any]) -> None:
+    def apply(self, cfg: RunConfig) -> None:
+        """Set the tracking settings on `cfg` in place (validated assignments)."""
         if self.mode not in TRACKING_MODES:
             raise ValueError(f"WandbTracking.mode must be one of {TRACKING_MODES}, got {self.mode!r}")
         if self.mode != "config":
-            raw["tracking"]["wandb_mode"] = self.mode
+            cfg.tracking.wandb_mode = self.mode
         if self.project:
-            raw["tracking"]["project"] = self.project
+            cfg.tracking.project = self.project
         if self.entity:
-            raw["tracking"]["entity"] = self.entity
+            cfg.tracking.entity = self.entity
 
 
 class TrainDevice(ConfigurableResource):
@@ -122,13 +118,14 @@ class TrainDevice(ConfigurableResource):
     device: str = Field(default="config", description="config | auto | cpu | cuda")
     num_threads: int | None = Field(default=None, description="CPU threads; overrides train.num_threads.")
 
-    def apply(self, raw: dict[str, Any]) -> None:
+    def apply(self, cfg: RunConfig) -> None:
+        """Set the device settings on `cfg` in place (validated assignments)."""
         if self.device not in DEVICES:
             raise ValueError(f"TrainDevice.device must be one of {DEVICES}, got {self.device!r}")
         if self.device != "config":
-            raw["train"]["device"] = self.device
+            cfg.train.device = self.device
         if self.num_threads:
-            raw["train"]["num_threads"] = self.num_threads
+            cfg.train.num_threads = self.num_threads
 
 
 class QualityGate(ConfigurableResource):

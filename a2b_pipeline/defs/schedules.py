@@ -10,8 +10,8 @@ import os
 
 from dagster import DefaultScheduleStatus, RunRequest, ScheduleEvaluationContext, SkipReason, schedule
 
-from a2b_pipeline.defs.assets import experiments
 from a2b_pipeline.defs.jobs import RUN_GPU_TAGS, experiment_job
+from a2b_pipeline.defs.partitions import experiments
 
 RETRAIN_CRON = os.environ.get("A2B_RETRAIN_CRON", "0 3 * * 1")
 RETRAIN_TIMEZONE = os.environ.get("A2B_RETRAIN_TIMEZONE", "UTC")

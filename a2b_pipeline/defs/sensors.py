@@ -17,9 +17,9 @@ from dagster import (
     sensor,
 )
 
-from a2b_pipeline.defs.assets import experiments
 from a2b_pipeline.defs.common import corpus_fingerprint, corpus_sources
 from a2b_pipeline.defs.jobs import data_refresh_job
+from a2b_pipeline.defs.partitions import experiments
 from a2b_pipeline.defs.resources import ExperimentStore
 
 

@@ -1,0 +1,88 @@
+"""The evaluation asset: test metrics of the recorded best checkpoint and a plot of what it predicts.
+
+best_checkpoint -> evaluation
+"""
+
+from pathlib import Path
+
+from dagster import Failure, MetadataValue
+
+from a2b_pipeline.defs.assets.training import best_checkpoint
+from a2b_pipeline.defs.common import (
+    atomic_write,
+    materialization_file,
+    plot_predictions,
+    png_markdown,
+    sha256_bytes,
+)
+from a2b_pipeline.defs.template import AssetStep, Produced, experiment_asset
+
+
+def _verified_checkpoint(best: dict) -> tuple[Path, str]:
+    """The checkpoint best_checkpoint recorded, with the sha256 of its train_state.json unchanged."""
+    ckpt = Path(best["checkpoint"])
+    try:
+        ckpt_sha = sha256_bytes((ckpt / "train_state.json").read_bytes())
+    except OSError as e:
+        raise Failure(
+            f"{ckpt}: the recorded best checkpoint is gone ({e}); materialize training_run+"
+        ) from None
+    if ckpt_sha != best["checkpoint_sha256"]:
+        raise Failure(f"{ckpt} changed since best_checkpoint recorded it (sha256 differs)")
+    return ckpt, ckpt_sha
+
+
+@experiment_asset(
+    code_version="1",
+    reads=["best_checkpoint"],
+    deps=[best_checkpoint],
+    kinds={"pytorch"},
+    description="Test-split metrics of the best checkpoint (the one best_checkpoint recorded, verified by "
+    "sha256) and a plot of predicted vs true biosignal for a few test windows.",
+)
+def evaluation(step: AssetStep) -> Produced:
+    from a2b_pipeline.data.pipeline import prepare_data
+    from a2b_pipeline.evaluate import evaluate_checkpoint, predict_windows
+    from a2b_pipeline.state import TrainState
+    from a2b_pipeline.train import pick_device
+
+    exp = step.exp
+    ckpt, ckpt_sha = _verified_checkpoint(step.upstream["best_checkpoint"])
+    state = TrainState.from_checkpoint(ckpt)
+    cfg = state.config
+    device = pick_device(exp.cfg, local_rank=0)  # the trainer's choice for this run's train.device
+    data = prepare_data(cfg)
+    metrics = {k: float(v) for k, v in evaluate_checkpoint(ckpt, "test", data=data, device=device).items()}
+    windows = predict_windows(ckpt, "test", 3, data=data)
+    title = f"{exp.name}: step {state.global_step}, test " + ", ".join(
+        f"{k.removeprefix('test/')}={v:.3f}" for k, v in metrics.items() if k.endswith("pearson")
+    )
+    png = plot_predictions([tuple(w) for w in windows], list(cfg.data.channels), cfg.data.target_rate, title)
+    plot_path = materialization_file(exp, "evaluation", step.run_id, ".png")
+    atomic_write(plot_path, png)
+    return Produced(
+        record={
+            "config_hash": state.config_hash,
+            "data_version": state.data_version,
+            "evaluated_data_version": data.data_version,
+            "checkpoint": str(ckpt),
+            "checkpoint_sha256": ckpt_sha,
+            "split": "test",
+            "metrics": metrics,
+            "plot": str(plot_path),
+            "windows_plotted": len(windows),
+            "device": str(device),
+        },
+        data_version=state.data_version,
+        version_parts=[ckpt_sha, metrics],
+        metadata={
+            **{k: MetadataValue.float(v) for k, v in sorted(metrics.items())},
+            "plot": png_markdown(png, f"{exp.name}: predicted vs true"),
+            "plot_path": MetadataValue.path(str(plot_path)),
+            "evaluated_data_version": data.data_version,
+            "data_version_matches_training": data.data_version == state.data_version,
+        },
+        state=state,
+        state_path=ckpt / "train_state.json",
+        checkpoint=ckpt,
+    )

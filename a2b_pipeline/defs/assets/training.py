@@ -1,0 +1,191 @@
+"""The training assets: a run of `train` per (config, data), and its best checkpoint, verified.
+
+meta_loader_spec -> training_run -> best_checkpoint
+"""
+
+import time
+from pathlib import Path
+from typing import Any
+
+from dagster import Config, Failure, MetadataValue
+from pydantic import Field
+
+from a2b_pipeline.defs.assets.data import meta_loader_spec
+from a2b_pipeline.defs.common import sha256_bytes
+from a2b_pipeline.defs.template import AssetStep, Produced, experiment_asset
+
+# A run launcher that understands these gives the training step a GPU: the k8s launcher reads
+# `dagster-k8s/config` (as a job tag for the run pod; as an op tag with the k8s_job_executor), the
+# run coordinator's tag concurrency limit on `gpu` keeps one GPU run per GPU (docker/dagster.yaml).
+GPU_TAGS: dict[str, Any] = {
+    "gpu": "1",
+    "dagster-k8s/config": {
+        "container_config": {
+            "resources": {"limits": {"nvidia.com/gpu": "1"}, "requests": {"nvidia.com/gpu": "1"}}
+        }
+    },
+}
+GPU_POOL = "gpu"  # op concurrency pool: `dagster instance concurrency set gpu 1` on a one-GPU host
+
+
+class TrainingRunConfig(Config):
+    fresh: bool = Field(
+        default=False,
+        description="Start a new run even if a run of this config and data exists (the old run directory is "
+        "kept, renamed). Otherwise an interrupted run resumes from its last checkpoint and a complete one is "
+        "reported as it is.",
+    )
+
+
+def _checkpoint_dir(path: str | None) -> Path | None:
+    return Path(path).resolve() if path else None
+
+
+def _set_aside(run_dir: Path, step: AssetStep) -> None:
+    aside = run_dir.with_name(f"{run_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir.rename(aside)
+    step.log.info(f"fresh run requested: the previous run directory is now {aside}")
+
+
+def _start_or_resume(step: AssetStep, run_dir: Path) -> tuple[Any, bool]:
+    """The TrainState to train from: the run directory's newest checkpoint, or a new one. True when that
+    checkpoint is a complete run (reported as it is, not trained again)."""
+    from a2b_pipeline.configs import with_run_settings
+    from a2b_pipeline.state import TrainState, list_checkpoints
+
+    if not list_checkpoints(run_dir):
+        step.log.info(f"starting a new run in {run_dir}")
+        return TrainState.from_config(step.exp.cfg, run_dir=run_dir), False
+    state = TrainState.from_checkpoint(run_dir)
+    state.config = with_run_settings(state.config, step.exp.cfg)
+    if state.status == "complete":
+        step.log.info(
+            f"{run_dir} already holds a complete run of this config and data (step {state.global_step}); "
+            "reporting it. Launch with config `fresh: true` to train again."
+        )
+        return state, True
+    step.log.info(f"resuming {run_dir} from step {state.global_step} (status was {state.status!r})")
+    return state, False
+
+
+@experiment_asset(
+    code_version="1",
+    reads=["dataset_splits", "meta_loader_spec"],
+    config=TrainingRunConfig,
+    deps=[meta_loader_spec],
+    kinds={"pytorch"},
+    op_tags=GPU_TAGS,
+    pool=GPU_POOL,
+    description="Runs `train` for the experiment on the data dataset_splits recorded, in "
+    "`<checkpoint.dir>/<experiment>/train-<config hash>-<data version>`; a relaunch after an interruption "
+    "resumes from that directory's newest valid checkpoint.",
+)
+def training_run(step: AssetStep) -> Produced:
+    from a2b_pipeline.train import train
+
+    data_version = step.upstream["dataset_splits"]["data_version"]
+    if step.upstream["meta_loader_spec"]["data_version"] != data_version:
+        raise Failure(
+            "meta_loader_spec and dataset_splits disagree on the data version: materialize both again"
+        )
+    run_dir = step.exp.run_dir(data_version)
+    if step.config.fresh and run_dir.exists():
+        _set_aside(run_dir, step)
+    state, reused = _start_or_resume(step, run_dir)
+    resumed_from = state.global_step
+    if not reused:
+        state = train(state)
+
+    last = _checkpoint_dir(state.checkpoint.last_path)
+    state_path = last / "train_state.json" if last else run_dir / "train_state.json"
+    failure = None
+    if state.status != "complete":
+        # Not a materialization: the checkpoint is kept, and launching again resumes from it.
+        failure = (
+            f"training {state.status} at step {state.global_step}: {state.message}. Launch training_run "
+            f"again to resume from {last} (or with config `fresh: true` to start over)."
+        )
+    elif state.data_version != data_version:
+        step.log.warning(
+            f"training read data version {state.data_version}, dataset_splits recorded {data_version}: "
+            "the corpus changed while the run went on"
+        )
+    checkpoint_sha = sha256_bytes((last / "train_state.json").read_bytes()) if last else None
+    return Produced(
+        record={
+            "config_hash": state.config_hash,
+            "data_version": state.data_version,
+            "run_dir": str(run_dir),
+            "status": state.status,
+            "global_step": state.global_step,
+            "resumed_from_step": resumed_from,
+            "last_checkpoint": str(last) if last else None,
+            "best_checkpoint": str(_checkpoint_dir(state.checkpoint.best_path) or "") or None,
+            "best_metric": state.checkpoint.best_metric,
+            "best_value": state.checkpoint.best_value,
+            "train_state": str(state_path),
+            "wandb_run_path": state.wandb_run_path,
+            "message": state.message,
+        },
+        data_version=state.data_version,
+        version_parts=[checkpoint_sha],
+        metadata={
+            "run_dir": MetadataValue.path(str(run_dir)),
+            "resumed_from_step": MetadataValue.int(resumed_from),
+            "reused_complete_run": reused,
+            "epoch": MetadataValue.int(state.epoch),
+            "samples_seen": MetadataValue.int(state.samples_seen),
+            "message": state.message or "",
+            "data_version_matches_splits": state.data_version == data_version,
+        },
+        state=state,
+        state_path=state_path,
+        checkpoint=last,
+        failure=failure,
+    )
+
+
+@experiment_asset(
+    code_version="1",
+    reads=["training_run"],
+    deps=[training_run],
+    kinds={"pytorch"},
+    description="The training run's best checkpoint by `checkpoint.metric`, verified (every file's checksum) "
+    "and pinned by the sha256 of its train_state.json.",
+)
+def best_checkpoint(step: AssetStep) -> Produced:
+    from a2b_pipeline.state import CheckpointError, TrainState
+
+    run = step.upstream["training_run"]
+    chosen = run.get("best_checkpoint") or run.get("last_checkpoint")
+    if not chosen:
+        raise Failure(f"training_run [{step.exp.name}] recorded no checkpoint")
+    ckpt = Path(chosen)
+    try:
+        state = TrainState.from_checkpoint(ckpt)  # checks every file's digest
+    except CheckpointError as e:
+        raise Failure(f"best checkpoint of {step.exp.name} does not verify: {e}") from None
+    state_path = ckpt / "train_state.json"
+    ckpt_sha = sha256_bytes(state_path.read_bytes())
+    return Produced(
+        record={
+            "config_hash": state.config_hash,
+            "data_version": state.data_version,
+            "checkpoint": str(ckpt),
+            "checkpoint_sha256": ckpt_sha,
+            "model_digest": state.checkpoint.files.get("model.safetensors"),
+            "files": state.checkpoint.files,
+            "step": state.global_step,
+            "best_metric": state.checkpoint.best_metric,
+            "best_value": state.checkpoint.best_value,
+            "train_state": str(state_path),
+            "wandb_run_path": state.wandb_run_path,
+            "training_run": run["train_state"],
+        },
+        data_version=state.data_version,
+        version_parts=[ckpt_sha],
+        metadata={"is_last_checkpoint": str(ckpt) == str(run.get("last_checkpoint"))},
+        state=state,
+        state_path=state_path,
+        checkpoint=ckpt,
+    )
