@@ -11,7 +11,6 @@ from a2b_pipeline.defs.assets.training import best_checkpoint
 from a2b_pipeline.defs.common import (
     atomic_write,
     materialization_file,
-    plot_predictions,
     png_markdown,
     sha256_bytes,
 )
@@ -42,7 +41,7 @@ def _verified_checkpoint(best: dict) -> tuple[Path, str]:
 )
 def evaluation(step: AssetStep) -> Produced:
     from a2b_pipeline.data.pipeline import prepare_data
-    from a2b_pipeline.evaluate import evaluate_checkpoint, predict_windows
+    from a2b_pipeline.evaluate import run_evaluation
     from a2b_pipeline.state import TrainState
     from a2b_pipeline.train import pick_device
 
@@ -52,12 +51,12 @@ def evaluation(step: AssetStep) -> Produced:
     cfg = state.config
     device = pick_device(exp.cfg, local_rank=0)  # the trainer's choice for this run's train.device
     data = prepare_data(cfg)
-    metrics = {k: float(v) for k, v in evaluate_checkpoint(ckpt, "test", data=data, device=device).items()}
-    windows = predict_windows(ckpt, "test", 3, data=data)
+    result = run_evaluation(ckpt, "test", data=data, device=str(device))
+    metrics = {k: float(v) for k, v in result.report["metrics"].items()}
     title = f"{exp.name}: step {state.global_step}, test " + ", ".join(
         f"{k.removeprefix('test/')}={v:.3f}" for k, v in metrics.items() if k.endswith("pearson")
     )
-    png = plot_predictions([tuple(w) for w in windows], list(cfg.data.channels), cfg.data.target_rate, title)
+    png = result.plot(3, title)
     plot_path = materialization_file(exp, "evaluation", step.run_id, ".png")
     atomic_write(plot_path, png)
     return Produced(
@@ -70,7 +69,7 @@ def evaluation(step: AssetStep) -> Produced:
             "split": "test",
             "metrics": metrics,
             "plot": str(plot_path),
-            "windows_plotted": len(windows),
+            "recordings_plotted": min(3, len(result.recordings)),
             "device": str(device),
         },
         data_version=state.data_version,
