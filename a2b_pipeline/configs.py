@@ -10,12 +10,12 @@ import json
 import math
 import os
 from collections.abc import Callable
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -27,6 +27,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from a2b_pipeline.data import corpora
 
 
 class _Strict(BaseModel):
@@ -61,11 +63,15 @@ def map_paths(model: BaseModel, fn: Callable[[str], str]) -> None:
                     map_paths(item, fn)
 
 
-class DatasetType(StrEnum):
-    synthetic = "synthetic"  # generated on first use into `root` (or read from `manifest`)
-    manifest = "manifest"  # a CSV/JSONL manifest, see data/manifest.py
-    hku956 = "hku956"  # HKU956 in its published layout under `root`
-    pmemo2019 = "pmemo2019"  # PMEmo2019 in its published layout under `root`
+def _known_corpus_type(name: str) -> str:
+    if name not in corpora.names():
+        raise ValueError(f"unknown dataset type {name!r}; known: {', '.join(corpora.names())}")
+    return name
+
+
+# The name of a corpus type registered in a2b_pipeline.data.corpora (synthetic, manifest, hku956, pmemo2019,
+# or one a plugin adds): one module per type, so adding a type edits nothing here.
+DatasetType = Annotated[str, AfterValidator(_known_corpus_type)]
 
 
 class SyntheticSpec(_Strict):
@@ -80,7 +86,7 @@ class SyntheticSpec(_Strict):
 
 class DatasetConfig(_Strict):
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.+-]+$")]
-    type: DatasetType = DatasetType.manifest
+    type: DatasetType = "manifest"
     manifest: OptionalConfigPath = None  # path or URL of a manifest (manifest/synthetic types)
     root: OptionalConfigPath = None  # corpus root: directory or fsspec URL (synthetic/hku956/pmemo2019)
     weight: NonNegativeFloat = 1.0
@@ -97,12 +103,10 @@ class DatasetConfig(_Strict):
 
     @model_validator(mode="after")
     def _has_source(self) -> DatasetConfig:
-        if self.type == DatasetType.manifest and not self.manifest:
-            raise ValueError(f"dataset {self.name!r} of type 'manifest' needs `manifest`")
-        if self.type in (DatasetType.hku956, DatasetType.pmemo2019) and not self.root:
-            raise ValueError(f"dataset {self.name!r} of type {self.type.value!r} needs `root`")
-        if self.type == DatasetType.synthetic and not (self.root or self.manifest):
-            raise ValueError(f"dataset {self.name!r} of type 'synthetic' needs `root` or `manifest`")
+        sources = corpora.get(self.type).sources
+        if not any(getattr(self, f) for f in sources):
+            need = " or ".join(f"`{f}`" for f in sources)
+            raise ValueError(f"dataset {self.name!r} of type {self.type!r} needs {need}")
         return self
 
 

@@ -25,14 +25,9 @@ from typing import Any
 import numpy as np
 
 from a2b_pipeline.data import remote
-from a2b_pipeline.data.corpora import (
-    CorpusError,
-    CorpusScan,
-    parse_signal_csv,
-    pick_value_column,
-    scan_corpus,
-)
+from a2b_pipeline.data.corpora import CorpusError, CorpusScan, scan_corpus
 from a2b_pipeline.data.recording import BadRecordingError, Recording
+from a2b_pipeline.data.signal_csv import parse_signal_csv, pick_value_column
 
 __all__ = ["corpus_main", "summarize", "write_manifest"]
 

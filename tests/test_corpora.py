@@ -16,17 +16,13 @@ import torch
 from a2b_pipeline.configs import DataConfig, DatasetConfig, config_from_dict, load_config
 from a2b_pipeline.corpus_cli import corpus_main
 from a2b_pipeline.data import feature_cache
-from a2b_pipeline.data.adapters import list_recordings
-from a2b_pipeline.data.corpora import (
-    CorpusError,
-    parse_signal_csv,
-    scan_hku956,
-    scan_pmemo2019,
-    subject_id_from_header,
-)
+from a2b_pipeline.data.corpora import CorpusError, list_recordings
+from a2b_pipeline.data.corpora.hku956 import scan_hku956
+from a2b_pipeline.data.corpora.pmemo2019 import scan_pmemo2019, subject_id_from_header
 from a2b_pipeline.data.corpus_fixtures import write_clip, write_hku956_fixture, write_pmemo2019_fixture
 from a2b_pipeline.data.datasets import load_recording
 from a2b_pipeline.data.recording import BadRecordingError
+from a2b_pipeline.data.signal_csv import parse_signal_csv
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -431,7 +427,7 @@ def test_corpus_cli_text_manifest_and_errors(corpora, tmp_path, capsys):
 def test_shipped_configs_load_and_roots_can_be_overridden(name):
     cfg = load_config(REPO / "configs" / f"{name}.yaml", ["data.datasets.0.root=s3://bucket/corpus"])
     assert cfg.data.datasets[0].root == "s3://bucket/corpus"
-    roots = {d.type.value: d.root for d in load_config(REPO / "configs" / f"{name}.yaml").data.datasets}
+    roots = {d.type: d.root for d in load_config(REPO / "configs" / f"{name}.yaml").data.datasets}
     assert roots.get("pmemo2019", "data/corpora/PMEmo2019") == "data/corpora/PMEmo2019"
     assert roots.get("hku956", "data/corpora/HKU956") == "data/corpora/HKU956"
 

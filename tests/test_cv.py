@@ -12,7 +12,7 @@ from _util import run_cli, tiny_config
 
 from a2b_pipeline.configs import ConfigError, DataConfig, DatasetConfig, config_from_dict
 from a2b_pipeline.cv import fold_config
-from a2b_pipeline.data.adapters import list_recordings
+from a2b_pipeline.data.corpora import list_recordings
 from a2b_pipeline.data.pipeline import prepare_data
 from a2b_pipeline.data.splits import SPLITS, fold_assignment, group_key, group_kinds, split_fold
 

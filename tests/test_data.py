@@ -17,12 +17,13 @@ from conftest import tiny_config
 from a2b_pipeline.configs import DataConfig, DatasetConfig
 from a2b_pipeline.data.audio import read_audio
 from a2b_pipeline.data.datasets import NormStats, WindowDataset, compute_norm_stats, load_recording
-from a2b_pipeline.data.features import log_mel, read_signal
+from a2b_pipeline.data.features import log_mel
 from a2b_pipeline.data.manifest import ManifestError, read_manifest, read_manifest_listing, summarize_manifest
 from a2b_pipeline.data.pipeline import loader_weights, make_loader, prepare_data
 from a2b_pipeline.data.recording import BadRecordingError, Recording, SignalSource
 from a2b_pipeline.data.splits import split_counts, split_recordings
 from a2b_pipeline.data.synthetic import write_synthetic_corpus
+from a2b_pipeline.data.targets import read_signal
 
 
 @pytest.fixture(autouse=True)

@@ -18,7 +18,8 @@ from werkzeug.serving import make_server
 from a2b_pipeline.configs import config_from_dict
 from a2b_pipeline.corpus_cli import corpus_main
 from a2b_pipeline.data import cache_admin, feature_cache, remote
-from a2b_pipeline.data.corpora import CorpusError, scan_pmemo2019
+from a2b_pipeline.data.corpora import CorpusError
+from a2b_pipeline.data.corpora.pmemo2019 import scan_pmemo2019
 from a2b_pipeline.data.corpus_fixtures import write_pmemo2019_fixture
 from a2b_pipeline.data.pipeline import prepare_data
 

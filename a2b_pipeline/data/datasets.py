@@ -11,9 +11,11 @@ import torch
 from torch.utils.data import Dataset
 
 from a2b_pipeline.configs import DataConfig
+from a2b_pipeline.data import audio, feature_cache, features, signal_csv, targets
 from a2b_pipeline.data.audio import read_audio
-from a2b_pipeline.data.features import log_mel, n_frames, read_channels, resample_channels, signal_end
+from a2b_pipeline.data.features import log_mel, n_frames
 from a2b_pipeline.data.recording import BadRecordingError, Recording
+from a2b_pipeline.data.targets import read_channels, resample_channels, signal_end
 
 _MIN_STD = 1e-6
 
@@ -31,14 +33,16 @@ def load_recording(rec: Recording, data: DataConfig) -> LoadedRecording:
     Both tensors end with the audio (limited by `rec.duration_seconds`); targets are NaN where a signal
     channel has no data. Raises BadRecordingError naming the recording for any unusable input.
     """
-    # Decoding and resampling go through the feature cache (keyed by the sources' content + the settings;
-    # URLs are downloaded once): an unchanged recording is never decoded twice.
-    from a2b_pipeline.data import feature_cache
-
-    all_features, n_samples = feature_cache.audio_features(rec, data, lambda path: _decode(path, data))
+    # Decoding and resampling go through the feature cache (keyed by the sources' content, the settings and
+    # the code; URLs are downloaded once): an unchanged recording is never decoded twice.
+    all_features, n_samples = feature_cache.audio_features(
+        rec, data, lambda path: _decode(path, data), FEATURE_CODE
+    )
     audio_seconds = n_samples / data.sample_rate
     limit = min(audio_seconds, rec.duration_seconds or math.inf)
-    all_target, extent = feature_cache.target(rec, data, lambda local_rec: _read_target(local_rec, data))
+    all_target, extent = feature_cache.target(
+        rec, data, lambda local_rec: _read_target(local_rec, data), TARGET_CODE
+    )
     end, start = extent["end"], extent["start"]
     if abs(end - limit) > data.duration_tolerance_seconds:
         path = rec.signals[data.channels[0]].path
@@ -57,10 +61,10 @@ def load_recording(rec: Recording, data: DataConfig) -> LoadedRecording:
     # Both grids run to the audio's usable end; target samples past the signal's last one are NaN, and
     # WindowDataset leaves out windows that reach them.
     n_f = n_frames(round(limit * data.sample_rate), data.sample_rate, data.frame_rate)
-    features = all_features[:n_f]
+    frames = all_features[:n_f]
     n_t = math.ceil(limit * data.target_rate - 1e-9)
     target = feature_cache.extend_target(all_target, n_t)
-    return LoadedRecording(features=features, target=target, rec=rec)
+    return LoadedRecording(features=frames, target=target, rec=rec)
 
 
 def _decode(path: str, data: DataConfig) -> tuple[torch.Tensor, int]:
@@ -77,6 +81,11 @@ def _read_target(rec: Recording, data: DataConfig) -> tuple[torch.Tensor, dict[s
     n = math.floor(last * data.target_rate + 1e-9) + 1
     extent = {"end": signal_end(series), "start": max(float(t[0]) for t, _ in series)}
     return resample_channels(series, data.target_rate, max(n, 0)), extent
+
+
+# The code whose output the feature cache stores, hashed into its keys: an edit of any of it gives new keys.
+FEATURE_CODE = (audio, features, _decode)
+TARGET_CODE = (signal_csv, targets, _read_target)
 
 
 def subject_key(rec: Recording) -> str:

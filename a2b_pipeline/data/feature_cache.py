@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import inspect
 import json
 import os
 import struct
@@ -36,7 +37,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,21 +48,11 @@ import xxhash
 from a2b_pipeline.data import remote
 from a2b_pipeline.data.recording import BadRecordingError, Recording
 
-# Bump to invalidate every entry by hand. Entries are also keyed by the source code of the functions that
-# compute them (code_version), so an edit of the decoding or resampling code never serves stale entries.
+# Bump to invalidate every entry by hand. Entries are also keyed by the source code that computes them (the
+# `code` its caller passes: the modules and functions that decode or resample), so an edit of that code
+# never serves stale entries.
 FEATURE_CODE_VERSION = 1
 TARGET_CODE_VERSION = 1
-
-_FEATURE_CODE = (
-    "a2b_pipeline.data.audio:read_audio,resample,_sinc_kernel,open_binary",
-    "a2b_pipeline.data.features:log_mel,mel_filterbank,n_frames,_hz_to_mel,_mel_to_hz",
-    "a2b_pipeline.data.datasets:_decode",
-)
-_TARGET_CODE = (
-    "a2b_pipeline.data.features:_read_table,read_channels,signal_end,resample_channels",
-    "a2b_pipeline.data.corpora:parse_signal_csv,_parse_signal_csv,_float_grid,_float,_is_number,pick_value_column",
-    "a2b_pipeline.data.datasets:_read_target",
-)
 
 MAGIC = b"A2BFC\x01\n"
 _LEN = struct.Struct("<Q")
@@ -104,30 +95,26 @@ def _disabled() -> bool:
 # ---- hashing ----
 
 
-_CODE_HASHES: dict[tuple[str, ...], str] = {}
+_CODE_HASHES: dict[tuple[object, ...], str] = {}
 
 
-def code_version(specs: tuple[str, ...]) -> str:
-    """sha256 over the source of the named functions ("module:fn,fn"); the module file when it has none."""
-    hit = _CODE_HASHES.get(specs)
+def code_version(code: Sequence[object]) -> str:
+    """sha256 over the source of the given modules and functions (their file's name when it has none)."""
+    key = tuple(code)
+    hit = _CODE_HASHES.get(key)
     if hit is not None:
         return hit
-    import importlib
-    import inspect
-
     h = hashlib.sha256()
-    for spec in specs:
-        mod_name, _, names = spec.partition(":")
-        mod = importlib.import_module(mod_name)
-        for name in names.split(","):
-            obj = getattr(mod, name, None)
-            try:
-                src = inspect.getsource(obj) if obj is not None else f"<missing {name}>"
-            except (OSError, TypeError):
-                src = f"{name}@{getattr(mod, '__file__', '')}"
-            h.update(f"{mod_name}.{name}\n{src}\n".encode())
+    for obj in key:
+        name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", repr(obj))
+        where = f"{getattr(obj, '__module__', None) or ''}.{name}"
+        try:
+            src = inspect.getsource(obj)  # type: ignore[arg-type]
+        except (OSError, TypeError):
+            src = f"{where}@{getattr(obj, '__file__', '')}"
+        h.update(f"{where}\n{src}\n".encode())
     digest = h.hexdigest()[:16]
-    _CODE_HASHES[specs] = digest
+    _CODE_HASHES[key] = digest
     return digest
 
 
@@ -280,17 +267,19 @@ def audio_features(
     rec: Recording,
     data: Any,
     compute: Callable[[str], tuple[torch.Tensor, int]],
+    code: Sequence[object],
 ) -> tuple[torch.Tensor, int]:
     """(log-mel frames of the whole audio [T, n_mels], number of audio samples at data.sample_rate).
 
-    `compute(local_audio_path)` does the decoding on a miss. BadRecordingErrors name the original path.
+    `compute(local_audio_path)` does the decoding on a miss; `code` (the modules and functions it runs) is
+    part of the key. BadRecordingErrors name the original path.
     """
     local = _localize(rec.audio_path, rec, data.cache_dir)
     key = settings_hash(
         {
             "kind": "logmel",
             "v": FEATURE_CODE_VERSION,
-            "code": code_version(_FEATURE_CODE),
+            "code": code_version(code),
             "audio": content_hash(local),
             "sample_rate": data.sample_rate,
             "n_mels": data.n_mels,
@@ -323,10 +312,12 @@ def target(
     rec: Recording,
     data: Any,
     compute: Callable[[Recording], tuple[torch.Tensor, dict[str, float]]],
+    code: Sequence[object],
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """(targets on t = j / target_rate up to the signals' last sample [T, C], extent numbers from `compute`).
 
-    `compute(local_rec)` reads and resamples on a miss; `local_rec` is `rec` with local signal paths.
+    `compute(local_rec)` reads and resamples on a miss (`local_rec` is `rec` with local signal paths); `code`
+    (the modules and functions it runs) is part of the key.
     BadRecordingErrors name the original paths.
     """
     signals = {}
@@ -342,7 +333,7 @@ def target(
         {
             "kind": "target",
             "v": TARGET_CODE_VERSION,
-            "code": code_version(_TARGET_CODE),
+            "code": code_version(code),
             "signals": parts,
             "channels": list(data.channels),
             "target_rate": data.target_rate,

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from a2b_pipeline.configs import HASHED_UNLESS_DEFAULT, RunConfig, drop_defaults
-from a2b_pipeline.data.adapters import list_recordings
+from a2b_pipeline.data.corpora import list_recordings
 from a2b_pipeline.data.datasets import (
     LoadedRecording,
     NormStats,

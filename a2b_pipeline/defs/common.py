@@ -58,7 +58,6 @@ def load_experiment(
 ) -> Experiment:
     """The experiment's config as the assets run it: paths under the data root, tracking and device
     from the resources. The effective config is kept beside the records, one file per config hash."""
-    import a2b_pipeline.data.corpora  # noqa: F401  (registers the hku956 / pmemo2019 adapters)
     from a2b_pipeline.configs import load_config
 
     config_file = store.config_path(name)
@@ -222,15 +221,9 @@ def source_fingerprint(path: str) -> dict[str, Any]:
 
 def corpus_sources(cfg: RunConfig) -> dict[str, str]:
     """dataset name -> the file or directory whose change means a changed corpus (manifest or root)."""
-    out: dict[str, str] = {}
-    for ds in cfg.data.datasets:
-        if ds.manifest:
-            out[ds.name] = ds.manifest
-        elif ds.type.value == "synthetic" and ds.root:
-            out[ds.name] = ds.root.rstrip("/") + "/manifest.csv"
-        elif ds.root:
-            out[ds.name] = ds.root
-    return out
+    from a2b_pipeline.data.corpora import source_of
+
+    return {ds.name: src for ds in cfg.data.datasets if (src := source_of(ds))}
 
 
 def corpus_fingerprint(cfg: RunConfig) -> str:

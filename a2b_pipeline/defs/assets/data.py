@@ -63,7 +63,7 @@ def _file_infos(recordings: list[Any]) -> dict[str, Any]:
     "the recordings skipped with their reasons, and a fingerprint (sizes, mtimes/etags) of every file.",
 )
 def corpus_manifest(step: AssetStep) -> Produced:
-    from a2b_pipeline.data.adapters import list_recordings
+    from a2b_pipeline.data.corpora import list_recordings
     from a2b_pipeline.data.pipeline import compute_data_version
 
     cfg = step.exp.cfg
@@ -78,7 +78,7 @@ def corpus_manifest(step: AssetStep) -> Produced:
         files.update(_file_infos(listing.recordings))
         skipped += [{**asdict(s), "dataset": s.dataset or ds.name} for s in listing.skipped]
         datasets.append(
-            {"name": ds.name, "type": ds.type.value, "source": sources.get(ds.name), "recordings": rows}
+            {"name": ds.name, "type": ds.type, "source": sources.get(ds.name), "recordings": rows}
         )
         step.log.info(f"{ds.name}: {len(rows)} recordings, {len(listing.skipped)} skipped")
     # The same version training will record (listing + data settings), computed without decoding anything.

@@ -1,0 +1,204 @@
+"""Corpus types behind one registry: each knows how to list (and scan) its recordings, what to fingerprint.
+
+A corpus type is a module that defines ``CORPUS = CorpusType(...)``. The modules of this package are the
+built-in types, found by name (``manifest``, ``synthetic``, ``pmemo2019``, ``hku956``); a type defined
+elsewhere registers itself with :func:`register` when imported, or is named by an entry point in the
+``a2b_pipeline.corpora`` group (``name = "package.module"``), which makes it usable from configs, the CLI
+and Dagster once its distribution is installed. Modules whose names start with ``_`` hold shared helpers.
+
+A config's ``data.datasets[*].type`` is checked against :func:`names` when it is validated. Nothing here
+imports a type's module before it is asked for, and the modules import nothing heavy at module level, so
+validating a config stays fast and free of torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import cache
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any
+
+from a2b_pipeline.data.recording import Listing
+
+if TYPE_CHECKING:
+    from a2b_pipeline.configs import DataConfig, DatasetConfig
+    from a2b_pipeline.data.remote import FileInfo
+
+__all__ = [
+    "ChannelInfo",
+    "CorpusError",
+    "CorpusScan",
+    "CorpusType",
+    "get",
+    "list_recordings",
+    "names",
+    "register",
+    "scan_corpus",
+    "scan_dataset",
+    "source_of",
+]
+
+ENTRY_POINT_GROUP = "a2b_pipeline.corpora"
+
+
+class CorpusError(ValueError):
+    """A corpus that can't be read at all (missing root, metadata file or column); names the path."""
+
+
+@dataclass
+class ChannelInfo:
+    rate: float | None  # Hz (median for an irregular grid)
+    files: int = 0
+    irregular: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"rate": self.rate, "files": self.files, "irregular": self.irregular}
+
+
+@dataclass
+class CorpusScan:
+    """What a corpus holds: the listing, and what the `a2b corpus` summary reports."""
+
+    type: str
+    root: str
+    listing: Listing
+    songs: int = 0
+    durations: dict[str, float] = field(default_factory=dict)  # recording_id -> usable seconds (if measured)
+    channels: dict[str, ChannelInfo] = field(default_factory=dict)
+    files: dict[str, FileInfo] = field(default_factory=dict)  # relative path -> size + ETag/mtime
+
+
+# scan(source, *, name, channels, on_bad, cache_dir, measure, **options) -> CorpusScan
+Scanner = Callable[..., CorpusScan]
+Lister = Callable[["DatasetConfig", "DataConfig"], Listing]
+
+
+@dataclass(frozen=True)
+class CorpusType:
+    """What the pipeline needs to know about one kind of corpus.
+
+    `sources`: the DatasetConfig fields that can name the corpus (a config must set at least one); the
+    first one set is what `scan` reads and, unless `source` says otherwise, what the corpus sensor
+    fingerprints. `path_fields`: the DatasetConfig fields this type reads as local paths or URLs (default:
+    `sources`). `list_recordings(ds, data)`: the Listing training uses; default: `scan` without measuring.
+    `scan`: the `a2b corpus` summary (None: the type has none). `options`: DatasetConfig fields passed to
+    `scan` as keyword arguments. `source(ds)`: the file or directory whose size/mtime/ETag change means a
+    changed corpus.
+    """
+
+    name: str
+    sources: tuple[str, ...]
+    list_recordings: Lister | None = None
+    scan: Scanner | None = None
+    options: tuple[str, ...] = ()
+    path_fields: tuple[str, ...] = ()
+    source: Callable[[DatasetConfig], str | None] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.sources:
+            raise ValueError(f"corpus type {self.name!r}: `sources` names no field")
+        if self.list_recordings is None and self.scan is None:
+            raise ValueError(f"corpus type {self.name!r} needs `list_recordings` or `scan`")
+        if not self.path_fields:
+            object.__setattr__(self, "path_fields", self.sources)
+
+
+_REGISTERED: dict[str, CorpusType] = {}
+
+
+def register(kind: CorpusType) -> CorpusType:
+    """Register (or replace) a corpus type defined outside this package; returns it."""
+    _REGISTERED[kind.name] = kind
+    return kind
+
+
+@cache
+def _builtin_names() -> tuple[str, ...]:
+    return tuple(sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")))
+
+
+@cache
+def _entry_points() -> dict[str, str]:
+    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def names() -> list[str]:
+    """Every known corpus type: built-in, registered, or named by an entry point."""
+    return sorted({*_builtin_names(), *_REGISTERED, *_entry_points()})
+
+
+def get(name: str) -> CorpusType:
+    """The corpus type called `name` (its module is imported on first use)."""
+    name = str(name)
+    if name not in _REGISTERED:
+        if name in _builtin_names():
+            module = f"{__name__}.{name}"
+        elif name in _entry_points():
+            module = _entry_points()[name].split(":", 1)[0]
+        else:
+            raise CorpusError(f"unknown corpus type {name!r}; expected one of {names()}")
+        kind = getattr(importlib.import_module(module), "CORPUS", None)
+        if not isinstance(kind, CorpusType) or kind.name != name:
+            raise CorpusError(f"module {module} defines no CORPUS = CorpusType(name={name!r}, ...)")
+        _REGISTERED[name] = kind
+    return _REGISTERED[name]
+
+
+def _source_field(kind: CorpusType, ds: DatasetConfig) -> str:
+    for f in kind.sources:
+        if getattr(ds, f, None):
+            return getattr(ds, f)
+    raise CorpusError(f"dataset {ds.name!r} of type {kind.name!r} sets none of {list(kind.sources)}")
+
+
+def source_of(ds: DatasetConfig) -> str | None:
+    """The file or directory whose change means a changed corpus (what the corpus sensor fingerprints)."""
+    kind = get(ds.type)
+    return kind.source(ds) if kind.source else _source_field(kind, ds)
+
+
+def scan_dataset(ds: DatasetConfig, data: DataConfig, *, measure: bool = False) -> CorpusScan:
+    """Scan one configured dataset (its type must have a scanner)."""
+    kind = get(ds.type)
+    if kind.scan is None:
+        raise CorpusError(f"corpus type {kind.name!r} has no scanner")
+    return kind.scan(
+        _source_field(kind, ds),
+        name=ds.name,
+        channels=list(data.channels),
+        on_bad=data.on_bad_recording,
+        cache_dir=data.cache_dir,
+        measure=measure,
+        **{o: getattr(ds, o) for o in kind.options},
+    )
+
+
+def list_recordings(ds: DatasetConfig, data: DataConfig) -> Listing:
+    """The recordings of one configured dataset (and what was skipped), dispatching on `ds.type`."""
+    kind = get(ds.type)
+    if kind.list_recordings is not None:
+        return kind.list_recordings(ds, data)
+    return scan_dataset(ds, data).listing
+
+
+def scan_corpus(
+    root: str,
+    type: str,
+    *,
+    channels: Iterable[str] | None = None,
+    on_bad: str = "skip",
+    cache_dir: str | None = None,
+    measure: bool = True,
+    **options: Any,
+) -> CorpusScan:
+    """Scan a corpus for the `a2b corpus` summary (bad records are listed, not raised, by default)."""
+    t = str(getattr(type, "value", type)).lower()
+    kind = get(t) if t in names() else None
+    if kind is None or kind.scan is None:
+        scannable = [n for n in names() if get(n).scan is not None]
+        raise CorpusError(f"unknown corpus type {type!r}; expected one of {scannable}")
+    ch = list(channels) if channels else ["eda"]
+    return kind.scan(root, channels=ch, on_bad=on_bad, cache_dir=cache_dir, measure=measure, **options)
