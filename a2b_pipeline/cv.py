@@ -119,41 +119,16 @@ def test_groups(prepared: Any, group_by: str) -> dict[str, list[str]]:
 
 
 def evaluate_fold(state: Any, device: str = "cpu") -> tuple[dict[str, Any], Path, dict[str, list[str]]]:
-    """Evaluate a fold's best checkpoint on its test set; writes `<run_dir>/evaluation-test.json`.
-    Returns (report, its path, the test groups)."""
+    """Evaluate a fold's best checkpoint on its test set (model and baselines, evaluate.evaluate_report, which
+    writes `<run_dir>/evaluation-test.json`). Returns (report, its path, the test groups)."""
     from a2b_pipeline.data.pipeline import prepare_data
-    from a2b_pipeline.evaluate import resolve_checkpoint
+    from a2b_pipeline.evaluate import evaluate_report, resolve_checkpoint
 
     ckpt = resolve_checkpoint(state.run_dir)
     data = prepare_data(state.config)
-    report = evaluation_report(ckpt, data, device)
-    path = Path(state.run_dir) / REPORT_FILE.format(split="test")
-    _atomic_json(path, report)
+    report = evaluate_report(ckpt, "test", data=data, device=device)
+    path = Path(report["run_dir"]) / REPORT_FILE.format(split="test")
     return report, path, test_groups(data, state.config.data.split.group_by)
-
-
-def evaluation_report(ckpt: Path, data: Any, device: str) -> dict[str, Any]:
-    """The evaluation report of a checkpoint on the test split (evaluate.py's, with baselines and intervals
-    where it provides them; else the pooled per-window metrics in the same envelope)."""
-    from a2b_pipeline import evaluate
-    from a2b_pipeline.state import TrainState
-
-    if hasattr(evaluate, "evaluate_report"):
-        return evaluate.evaluate_report(ckpt, "test", data=data, device=device)
-    state = TrainState.from_checkpoint(ckpt)
-    metrics = evaluate.evaluate_checkpoint(ckpt, "test", data=data, device=device)
-    return {
-        "experiment": state.config.name,
-        "checkpoint": str(ckpt),
-        "run_dir": str(ckpt.parent),
-        "config_hash": state.config_hash,
-        "data_version": data.data_version,
-        "global_step": state.global_step,
-        "split": "test",
-        "channels": list(state.config.data.channels),
-        "datasets": [d.name for d in state.config.data.datasets],
-        "metrics": {k: float(v) for k, v in metrics.items()},
-    }
 
 
 def fold_result(fold: int, state: Any, report_path: Path | None, groups: dict[str, list[str]]) -> FoldResult:

@@ -111,9 +111,24 @@ def test_a2b_cv_runs_three_folds_summarizes_and_resumes(tmp_path: Path) -> None:
     assert len(set().union(*tested)) == 4 + 3
     # mean and std are those of the folds' own evaluation files
     reports = [json.loads(Path(r["report"]).read_text()) for r in results]
-    for key in ("test/pearson", "test/mae"):
-        values = [rep["metrics"][key] for rep in reports]
-        st = summary["stats"][f"metrics/{key}"]
+
+    def value(rep: dict, key: str) -> float:
+        if key.startswith("metrics/"):
+            return rep["metrics"][key.removeprefix("metrics/")]
+        *path, ch = key.split("/")
+        if path[0] == "margin":
+            return rep["summary"]["margins"][path[1]][path[2]][path[3]][ch]["value"]
+        return rep["summary"]["predictors"][path[0]][path[1]][path[2]][ch]["value"]
+
+    for key in (
+        "metrics/test/pearson",
+        "model/recording/pearson/eda",
+        "model/window/ccc/mean",
+        "constant/recording/mae/hr",  # a baseline
+        "margin/audio_linear/recording/mae/mean",  # the model's margin over a baseline
+    ):
+        values = [value(rep, key) for rep in reports]
+        st = summary["stats"][key]
         assert st["values"] == values and st["n"] == 3
         assert st["mean"] == pytest.approx(statistics.fmean(values))
         assert st["std"] == pytest.approx(statistics.stdev(values))
