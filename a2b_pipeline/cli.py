@@ -160,6 +160,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from a2b_pipeline.predict import predict_files
+
+    results = predict_files(args.checkpoint, args.audio, args.out, args.device, args.subject)
+    for r in results:
+        if r.error:
+            print(f"error: {r.error}", file=sys.stderr)
+        else:
+            print(f"{r.source} -> {r.csv} ({r.seconds:.1f} s)")
+    if not results:
+        print(f"error: no audio files in {', '.join(args.audio)}", file=sys.stderr)
+    return 1 if not results or any(r.error for r in results) else 0
+
+
 def cmd_export_encoder(args: argparse.Namespace) -> int:
     from a2b_pipeline.evaluate import export_encoder
 
@@ -273,6 +287,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("checkpoint", help="a checkpoint directory, or a run directory (its best checkpoint)")
     s.add_argument("--split", default="test", choices=["train", "val", "test"])
     s.set_defaults(fn=cmd_evaluate)
+
+    s = sub.add_parser(
+        "predict", help="predicted biosignals of audio files (wav/flac/mp3, any rate): a CSV + PNG each"
+    )
+    s.add_argument("checkpoint", help="a checkpoint directory, or a run directory (its best checkpoint)")
+    s.add_argument("audio", nargs="+", help="audio files, or directories (every audio file under them)")
+    s.add_argument("--out", required=True, help="directory for <name>.csv, <name>.png and <name>.json")
+    s.add_argument(
+        "--subject",
+        default=None,
+        metavar="DATASET/SUBJECT",
+        help="with data.normalize: subject, give the signals in this listener's units (default: z-scores)",
+    )
+    s.add_argument("--device", default="cpu", help="cpu or cuda")
+    s.set_defaults(fn=cmd_predict)
 
     s = sub.add_parser(
         "export-encoder", help="save a conv_gru checkpoint's front-end for `pretrained_encoder`"

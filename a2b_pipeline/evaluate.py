@@ -98,13 +98,16 @@ def _predict_windows(
 
 def overlap_add(windows: np.ndarray, starts: list[int], n: int) -> np.ndarray:
     """Windows [W, Tw, C] stitched into a series [n, C]: each sample the mean of the windows covering it,
-    NaN where none does."""
+    weighted by a Hann taper (a window's first and last seconds, where a model has the least context, count
+    least), NaN where no window covers it."""
+    tw = windows.shape[1]
+    taper = (0.5 - 0.5 * np.cos(2 * np.pi * (np.arange(tw) + 0.5) / tw))[:, None] + 1e-3
     total = np.zeros((n, windows.shape[2]))
     count = np.zeros((n, 1))
     for w, s in zip(windows, starts, strict=True):
         m = min(len(w), n - s)
-        total[s : s + m] += w[:m]
-        count[s : s + m] += 1
+        total[s : s + m] += (w * taper)[:m]
+        count[s : s + m] += taper[:m]
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(count > 0, total / count, np.nan)
 

@@ -25,7 +25,13 @@ from torch import nn
 
 from a2b_pipeline.configs import RunConfig
 from a2b_pipeline.data.meta_dataloader import MetaDataLoader
-from a2b_pipeline.data.pipeline import PreparedData, loader_weights, make_loader, prepare_data
+from a2b_pipeline.data.pipeline import (
+    PreparedData,
+    loader_weights,
+    make_loader,
+    prepare_data,
+    save_norm_stats,
+)
 from a2b_pipeline.metrics import MetricAccumulator, make_loss
 from a2b_pipeline.models import build_model, model_io
 from a2b_pipeline.state import (
@@ -75,6 +81,8 @@ def train(state: TrainState) -> TrainState:
             data.data_version,
         )
     state.data_version = data.data_version
+    if rank == 0:  # beside the checkpoints: `a2b predict` normalises new audio with them
+        save_norm_stats(data, state.run_dir)
     train_loader = make_loader(data, cfg, "train", rank=rank, world_size=world_size)
     val_loader = make_loader(data, cfg, "val") if rank == 0 and _has_split(data, "val") else None
     io = model_io(cfg)

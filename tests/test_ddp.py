@@ -44,7 +44,11 @@ def test_torchrun_two_ranks_gloo(tmp_path: Path) -> None:
     assert state.world_size == 2 and state.global_step == 12 and state.status == "complete"
     assert len(state.rng) == 2 and state.rng[0].torch_cpu != state.rng[1].torch_cpu
     # rank 0 alone wrote: one set of checkpoints, no leftovers from a second writer
-    assert sorted(p.name for p in run.iterdir() if not p.name.startswith("step_")) == ["best", "last"]
+    assert sorted(p.name for p in run.iterdir() if not p.name.startswith("step_")) == [
+        "best",
+        "last",
+        "norm_stats.json",
+    ]
 
     # a single process evaluates the DDP checkpoint
     metrics = json.loads(run_cli("evaluate", str(run), "--split", "val").stdout)["metrics"]

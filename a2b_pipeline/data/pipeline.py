@@ -9,6 +9,7 @@ import os
 import random
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -211,6 +212,28 @@ def prepare_data(cfg: RunConfig) -> PreparedData:
         prune_cache(cfg.data.cache_dir, cfg.data.cache_max_gb)
     version = compute_data_version(cfg, listings)
     return PreparedData(splits, recordings, skipped, norm, version, cfg.data.split.group_by, dropped)
+
+
+NORM_FILE = "norm_stats.json"
+
+
+def save_norm_stats(data: PreparedData, run_dir: str | Path) -> Path:
+    """`<run_dir>/norm_stats.json`: the run's normalisation, so predicting new audio needs no corpus."""
+    out = Path(run_dir) / NORM_FILE
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"data_version": data.data_version, "norm": data.norm.to_dict()}))
+    os.replace(tmp, out)
+    return out
+
+
+def load_norm_stats(run_dir: str | Path, data_version: str | None) -> NormStats | None:
+    """The saved statistics of that data version, or None."""
+    path = Path(run_dir) / NORM_FILE
+    if not path.exists():
+        return None
+    saved = json.loads(path.read_text())
+    return NormStats.from_dict(saved["norm"]) if saved.get("data_version") == data_version else None
 
 
 def prune_cache(cache_dir: str | None, max_gb: float) -> None:
