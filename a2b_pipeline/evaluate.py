@@ -202,6 +202,33 @@ def evaluate_report(
     return ev.report
 
 
+def _fmt(s: dict[str, Any]) -> str:
+    if s["value"] is None:
+        return "undefined"
+    ci = f" [{s['ci_low']:.2f}, {s['ci_high']:.2f}]" if s["ci_low"] is not None else ""
+    return f"{s['value']:.3f}{ci}"
+
+
+def report_markdown(report: dict[str, Any], metrics: tuple[str, ...] = ("pearson", "mae")) -> str:
+    """The report's summary as a Markdown table: whole-recording medians [95% interval] per channel and
+    mean, for the model and each baseline, and the model's margin over each (positive = model better)."""
+    summary = report["summary"]
+    keys = [*report["channels"], "mean"]
+    head = "| predictor | " + " | ".join(f"{m} {k}" for m in metrics for k in keys) + " |"
+    lines = [head, "|" + " --- |" * (1 + len(metrics) * len(keys))]
+    for name, p in summary["predictors"].items():
+        cells = [_fmt(p["recording"][m][k]) for m in metrics for k in keys] if p["available"] else []
+        cells = cells or [f"n/a: {p['reason']}"] + [""] * (len(metrics) * len(keys) - 1)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for name, levels in summary["margins"].items():
+        cells = [_fmt(levels["recording"][m][k]) for m in metrics for k in keys]
+        lines.append(f"| model - {name} | " + " | ".join(cells) + " |")
+    n = f"{summary['n_recordings']} recordings of {summary['n_subjects']} subjects"
+    return f"Whole recordings, {report['split']} split ({n}); median [bootstrap 95% over subjects]\n\n" + (
+        "\n".join(lines)
+    )
+
+
 def write_report(report: dict[str, Any]) -> Path:
     """`<run_dir>/evaluation-<split>.json` (atomically): the run's latest evaluation of that split."""
     out = Path(report["run_dir"]) / f"evaluation-{report['split']}.json"

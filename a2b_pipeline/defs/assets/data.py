@@ -162,7 +162,7 @@ def _split_checks(
 
 
 @experiment_asset(
-    code_version="1",
+    code_version="2",
     reads=["corpus_manifest"],
     deps=[corpus_manifest],
     kinds={"pytorch"},
@@ -179,7 +179,8 @@ def _split_checks(
             description="Train, val and test splits all have windows; reports the share of recordings kept.",
         ),
     ],
-    description="Subject-disjoint train/val/test splits of the decoded corpus, the windows per split and "
+    description="Train/val/test splits of the decoded corpus grouped by data.split.group_by (subject, "
+    "stimulus or both; recordings dropped to keep both disjoint are counted), the windows per split and "
     "dataset, normalisation statistics (train only), the recordings skipped while decoding, and the data "
     "version training will record.",
 )
@@ -200,6 +201,7 @@ def dataset_splits(step: AssetStep) -> Produced:
         for s in SPLITS
     }
     skipped = [asdict(s) for s in prepared.skipped]
+    split = prepared.split_summary()
     listed = sum(len(d["recordings"]) for d in corpus["datasets"])
     used = sum(len(v) for s in SPLITS for v in recordings[s].values())
     return Produced(
@@ -210,6 +212,7 @@ def dataset_splits(step: AssetStep) -> Produced:
             "recordings": recordings,
             "subjects": subjects,
             "skipped": skipped,
+            "split": split,
             "norm": prepared.norm.to_dict() if hasattr(prepared.norm, "to_dict") else {},
         },
         data_version=prepared.data_version,
@@ -220,6 +223,9 @@ def dataset_splits(step: AssetStep) -> Produced:
             **{f"{s}_subjects": MetadataValue.int(len(subjects[s])) for s in SPLITS},
             "recordings_used": MetadataValue.int(used),
             "skipped_count": MetadataValue.int(len(skipped)),
+            "group_by": split["group_by"],
+            "dropped_count": MetadataValue.int(split["dropped"]),
+            "dropped_by_dataset": MetadataValue.json(split["dropped_by_dataset"]),
             "skipped": _skipped_table(skipped),
         },
         checks=_split_checks(windows, prepared, listed, used),

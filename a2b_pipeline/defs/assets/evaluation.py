@@ -31,17 +31,35 @@ def _verified_checkpoint(best: dict) -> tuple[Path, str]:
     return ckpt, ckpt_sha
 
 
+def _headline(report: dict) -> dict[str, MetadataValue]:
+    """Whole-recording median Pearson r (mean over channels) of the model and each baseline, and the
+    model's margins, as numbers the UI can chart; undefined ones are left out (the summary says why)."""
+    summary = report["summary"]
+    out = {}
+    for name, p in summary["predictors"].items():
+        value = p["recording"]["pearson"]["mean"]["value"]
+        if value is not None:
+            out[f"recording_pearson/{name}"] = MetadataValue.float(value)
+    for name, levels in summary["margins"].items():
+        value = levels["recording"]["pearson"]["mean"]["value"]
+        if value is not None:
+            out[f"recording_pearson_margin/{name}"] = MetadataValue.float(value)
+    return out
+
+
 @experiment_asset(
-    code_version="1",
+    code_version="2",
     reads=["best_checkpoint"],
     deps=[best_checkpoint],
     kinds={"pytorch"},
-    description="Test-split metrics of the best checkpoint (the one best_checkpoint recorded, verified by "
-    "sha256) and a plot of predicted vs true biosignal for a few test windows.",
+    description="The best checkpoint (the one best_checkpoint recorded, verified by sha256) and its "
+    "baselines (constant, other_listeners, audio_linear) on the test split: per channel, window and whole "
+    "recording, with bootstrap intervals and the model's margins (the full report is in the record and in "
+    "<run_dir>/evaluation-test.json); a plot of the model and the baselines on the same test recordings.",
 )
 def evaluation(step: AssetStep) -> Produced:
     from a2b_pipeline.data.pipeline import prepare_data
-    from a2b_pipeline.evaluate import run_evaluation
+    from a2b_pipeline.evaluate import report_markdown, run_evaluation, write_report
     from a2b_pipeline.state import TrainState
     from a2b_pipeline.train import pick_device
 
@@ -52,6 +70,7 @@ def evaluation(step: AssetStep) -> Produced:
     device = pick_device(exp.cfg, local_rank=0)  # the trainer's choice for this run's train.device
     data = prepare_data(cfg)
     result = run_evaluation(ckpt, "test", data=data, device=str(device))
+    report_path = write_report(result.report)
     metrics = {k: float(v) for k, v in result.report["metrics"].items()}
     title = f"{exp.name}: step {state.global_step}, test " + ", ".join(
         f"{k.removeprefix('test/')}={v:.3f}" for k, v in metrics.items() if k.endswith("pearson")
@@ -71,12 +90,17 @@ def evaluation(step: AssetStep) -> Produced:
             "plot": str(plot_path),
             "recordings_plotted": min(3, len(result.recordings)),
             "device": str(device),
+            "report": result.report,
+            "report_path": str(report_path),
         },
         data_version=state.data_version,
         version_parts=[ckpt_sha, metrics],
         metadata={
             **{k: MetadataValue.float(v) for k, v in sorted(metrics.items())},
-            "plot": png_markdown(png, f"{exp.name}: predicted vs true"),
+            **_headline(result.report),
+            "summary": MetadataValue.md(report_markdown(result.report)),
+            "report_path": MetadataValue.path(str(report_path)),
+            "plot": png_markdown(png, f"{exp.name}: model and baselines vs true"),
             "plot_path": MetadataValue.path(str(plot_path)),
             "evaluated_data_version": data.data_version,
             "data_version_matches_training": data.data_version == state.data_version,
