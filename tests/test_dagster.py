@@ -148,6 +148,20 @@ def test_lineage_from_evaluation_back_to_config_and_data(demo):
     assert {"test/pearson", "test/mse", "test/loss"} <= set(ev)
     assert ev["plot"].startswith("![") and "data:image/png;base64," in ev["plot"]
     assert Path(ev["plot_path"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # ... the full evaluation: the record and the run's evaluation-test.json hold the same report, with
+    # the model and every baseline; the UI shows its summary table
+    record = json.loads(Path(ev["record"]).read_text())
+    report = record["report"]
+    assert json.loads(Path(ev["report_path"]).read_text()) == report
+    assert Path(ev["report_path"]) == ckpt.parent / "evaluation-test.json"
+    assert set(report["summary"]["predictors"]) == {"model", "constant", "other_listeners", "audio_linear"}
+    assert report["summary"]["predictors"]["model"]["recording"]["pearson"]["mean"]["value"] is not None
+    assert "| model |" in ev["summary"] and "| model - audio_linear |" in ev["summary"]
+    assert (
+        ev["recording_pearson/model"]
+        == report["summary"]["predictors"]["model"]["recording"]["pearson"]["mean"]["value"]
+    )
+    assert splits["group_by"] == "subject" and splits["dropped_count"] == 0
     # the corpus listing: recordings and skipped count; dataset_splits' windows
     cm = md["corpus_manifest"]
     assert cm["recordings"] == 16 and cm["skipped_count"] == 0
