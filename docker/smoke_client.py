@@ -3,6 +3,7 @@ smoke test needs nothing installed on the host but an engine and python3).
 
     python3 docker/smoke_client.py URL wait-web TIMEOUT
     python3 docker/smoke_client.py URL add-partition PARTITION
+    python3 docker/smoke_client.py URL stop-sensor SENSOR              -> its new status
     python3 docker/smoke_client.py URL launch JOB PARTITION            -> run id
     python3 docker/smoke_client.py URL wait-run RUN_ID TIMEOUT         -> the run id that finished it
     python3 docker/smoke_client.py URL status RUN_ID                   -> status
@@ -84,6 +85,24 @@ def add_partition(url: str, partition: str) -> str:
     if data["__typename"] not in ("AddDynamicPartitionSuccess", "DuplicateDynamicPartitionError"):
         raise SmokeError(f"addDynamicPartition: {data}")
     return partition
+
+
+def stop_sensor(url: str, name: str) -> str:
+    """What the UI's sensor toggle does: look the sensor up, stop it."""
+    sensor = gql(
+        url,
+        """query($sel: SensorSelector!) { sensorOrError(sensorSelector: $sel) {
+             __typename ... on Sensor { id } ... on PythonError { message } } }""",
+        sel={"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY, "sensorName": name},
+    )["sensorOrError"]
+    stopped = gql(
+        url,
+        """mutation($id: String) { stopSensor(id: $id) { __typename
+             ... on StopSensorMutationResult { instigationState { status } }
+             ... on PythonError { message } ... on UnauthorizedError { message } } }""",
+        id=_expect(sensor, "Sensor")["id"],
+    )["stopSensor"]
+    return _expect(stopped, "StopSensorMutationResult")["instigationState"]["status"]
 
 
 def launch(url: str, job: str, partition: str) -> str:
@@ -210,6 +229,8 @@ def main(argv: list[str]) -> int:
             print(wait_web(url, float(args[0])))
         elif cmd == "add-partition":
             print(add_partition(url, args[0]))
+        elif cmd == "stop-sensor":
+            print(stop_sensor(url, args[0]))
         elif cmd == "launch":
             print(launch(url, args[0], args[1]))
         elif cmd == "wait-run":
