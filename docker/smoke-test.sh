@@ -304,7 +304,15 @@ restart_during_training() {
     t=$((t + 1))
   done
   log "training in container ${cid:0:12}; first checkpoint: $(basename "$ckpt")"
-  log "docker compose stop daemon; the run's container dies meanwhile; docker compose start daemon"
+  # 1. A plain restart: the run lives in its own container, so it goes on without the daemon.
+  log "docker compose restart daemon"
+  compose restart daemon 2>&1 | sed 's/^/    /'
+  [ "$("$DOCKER" inspect "$cid" --format '{{.State.Running}} {{.State.ExitCode}}')" != "false 0" ] ||
+    log "(training finished during the restart)"
+  log "after the restart: run $(gql status "$RUN_B"), its container running: $("$DOCKER" inspect "$cid" --format '{{.State.Running}}')"
+  # 2. A restart during which the run's container dies (as in a host or OOM kill): the daemon's run
+  # monitoring must notice when it is back, and the run continue from the checkpoint.
+  log "docker compose stop daemon; the run's container is killed meanwhile; docker compose start daemon"
   compose stop daemon 2>&1 | sed 's/^/    /'
   "$DOCKER" kill "$cid" >/dev/null || return 1
   log "status while the daemon was down: $(gql status "$RUN_B")"
