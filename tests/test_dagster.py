@@ -52,6 +52,8 @@ ASSET_NAMES = [
     "best_checkpoint",
     "evaluation",
 ]
+# cross-validation (experiment x fold) and the leaderboard over everything (tests/test_dagster_experiments.py)
+MORE_ASSET_NAMES = ["fold_training_run", "fold_evaluation", "cv_summary", "leaderboard"]
 FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"  # looks like a wandb key; must never show up
 
 
@@ -340,7 +342,7 @@ def test_webserver_on_localhost_serves_the_asset_graph_and_the_demo(demo, tmp_pa
 
 
 @pytest.mark.slow
-def test_cli_validates_workspace_and_lists_six_assets(tmp_path):
+def test_cli_validates_workspace_and_lists_the_assets(tmp_path):
     bindir = Path(sys.executable).parent
     env = dagster_env(DAGSTER_HOME=str(tmp_path))
     commands = {
@@ -357,7 +359,7 @@ def test_cli_validates_workspace_and_lists_six_assets(tmp_path):
     (stdout, stderr), code = out["list"]
     assert code == 0, stderr
     listed = [line.strip() for line in stdout.splitlines() if line.strip()]
-    assert sorted(listed) == sorted(ASSET_NAMES), stdout
+    assert sorted(listed) == sorted(ASSET_NAMES + MORE_ASSET_NAMES), stdout
 
 
 def test_code_location_loads_without_torch_and_tags_training_for_a_gpu():
@@ -378,7 +380,7 @@ def test_code_location_loads_without_torch_and_tags_training_for_a_gpu():
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout.strip().splitlines()[-1])
     assert info["torch"] is False
-    assert info["assets"] == sorted(ASSET_NAMES)
+    assert info["assets"] == sorted(ASSET_NAMES + MORE_ASSET_NAMES)
     assert info["tags"]["gpu"] == "1" and "nvidia.com/gpu" in json.dumps(info["tags"]["dagster-k8s/config"])
     assert info["pool"] == "gpu"
     job = defs.resolve_job_def("experiment_job")

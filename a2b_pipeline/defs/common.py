@@ -58,10 +58,8 @@ def load_experiment(
 ) -> Experiment:
     """The experiment's config as the assets run it: paths under the data root, tracking and device
     from the resources. The effective config is kept beside the records, one file per config hash."""
-    from a2b_pipeline.configs import load_config
-
     config_file = store.config_path(name)
-    cfg = store.rebase(load_config(config_file))  # a copy: the settings below are set on it
+    cfg = store.rebase(store.load_config(name))  # a copy: the settings below are set on it
     tracking.apply(cfg)
     compute.apply(cfg)
     exp = Experiment(name=name, config_file=config_file, cfg=cfg, dir=store.experiment_dir(cfg, name))

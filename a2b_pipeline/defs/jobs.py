@@ -29,3 +29,11 @@ data_refresh_job = define_asset_job(
     description="Re-list, re-split and re-plan the data of an experiment (no training): downstream assets "
     "show as stale when the corpus or config changed.",
 )
+
+cv_job = define_asset_job(
+    "cv_job",
+    selection=AssetSelection.assets("fold_training_run", "fold_evaluation"),
+    tags=RUN_GPU_TAGS,
+    description="Train and evaluate folds of cross-validated experiments (experiment x fold partitions). "
+    "cv_summary and the leaderboard follow by declarative automation.",
+)

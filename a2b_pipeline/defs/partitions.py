@@ -1,7 +1,12 @@
-"""The experiment partitions: one per run config (the sensor registers each `configs/<name>.yaml`)."""
+"""The experiment partitions: one per run config (the sensor registers each `configs/<name>.yaml` and
+each experiment of a sweep under `configs/sweeps/`); for cross-validated configs (`data.split.folds`)
+also experiment x fold, so one fold can be (re)run alone."""
 
-from dagster import DynamicPartitionsDefinition
+from dagster import DynamicPartitionsDefinition, MultiPartitionsDefinition
 
 experiments = DynamicPartitionsDefinition(name="experiments")
+cv_experiments = DynamicPartitionsDefinition(name="cv_experiments")  # configs with data.split.folds
+folds = DynamicPartitionsDefinition(name="folds")  # "0" .. the largest folds - 1 among them
+experiment_folds = MultiPartitionsDefinition({"experiment": cv_experiments, "fold": folds})
 
 GROUP = "a2b"

@@ -7,9 +7,10 @@ deployment and the tests point the same code at different places without editing
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dagster import ConfigurableResource
 from pydantic import Field
@@ -54,25 +55,72 @@ class ExperimentStore(ConfigurableResource):
     def configs(self) -> Path:
         return Path(self.configs_dir).expanduser().resolve()
 
-    def experiments(self) -> list[str]:
-        """Config file stems under `configs_dir`, sorted: the experiments that can be partitions."""
+    def experiments(self, problems: list[str] | None = None) -> list[str]:
+        """The experiments that can be partitions, sorted: config file stems under `configs_dir`, and the
+        experiments of every sweep under `configs_dir/sweeps/`. A sweep file that doesn't expand adds
+        none; its error goes to `problems`."""
         if not self.configs.is_dir():
             return []
         stems = {p.stem for p in self.configs.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file()}
-        return sorted(s for s in stems if not s.startswith("."))
+        names = {s for s in stems if not s.startswith(".")}
+        for name in self._sweeps(problems):
+            if name in names and problems is not None:
+                problems.append(f"sweep experiment {name!r}: a config file has that name and wins")
+            names.add(name)
+        return sorted(names)
+
+    def _sweeps(self, problems: list[str] | None = None) -> dict[str, Any]:
+        """name -> SweepExperiment of every sweep file that expands (a broken one is reported, skipped)."""
+        from a2b_pipeline.configs import ConfigError
+        from a2b_pipeline.sweeps import load_sweep, sweep_files
+
+        out: dict[str, Any] = {}
+        for path in sweep_files(self.configs):
+            try:
+                out.update({e.name: e for e in load_sweep(path).experiments if e.name not in out})
+            except ConfigError as e:
+                if problems is not None:
+                    problems.append(str(e))
+        return out
 
     def config_path(self, experiment: str) -> Path:
+        """The experiment's config file, or the sweep file it comes from."""
         for suffix in (".yaml", ".yml"):
             path = self.configs / f"{experiment}{suffix}"
             if path.is_file():
                 return path
         from a2b_pipeline.configs import ConfigError
 
+        sweep = self._sweep_experiment(experiment)
+        if sweep is not None:
+            return sweep.source
         known = ", ".join(self.experiments()) or "none"
         raise ConfigError(
-            f"experiment {experiment!r}: no config file {self.configs / experiment}.yaml "
-            f"(configs there: {known})"
+            f"experiment {experiment!r}: no config file {self.configs / experiment}.yaml and no sweep "
+            f"experiment of that name (experiments there: {known})"
         )
+
+    def _sweep_experiment(self, experiment: str) -> Any:
+        """The sweep experiment of that name (`<sweep>.<labels>`), or None. Sweep files are small: they
+        are expanded again on every call, so an edit shows at once."""
+        return self._sweeps().get(experiment)
+
+    def load_config(self, experiment: str) -> RunConfig:
+        """The experiment's config as written (a config file, or a sweep's expansion): paths not rebased."""
+        from a2b_pipeline.configs import load_config
+
+        path = self.config_path(experiment)
+        if path.parent == self.configs:
+            return load_config(path)
+        return self._sweep_experiment(experiment).config
+
+    def fingerprint(self, experiment: str) -> str:
+        """What changes when the experiment's config does: a config file's bytes; a sweep experiment's
+        expanded config (so an edited base config or sweep file changes it)."""
+        path = self.config_path(experiment)
+        if path.parent == self.configs:
+            return hashlib.sha256(path.read_bytes()).hexdigest()
+        return hashlib.sha256(self.load_config(experiment).to_yaml().encode()).hexdigest()
 
     def rebase(self, cfg: RunConfig) -> RunConfig:
         """A copy of the config with every relative local path (each field typed `ConfigPath`) made

@@ -5,7 +5,6 @@ the corpus sensor compares size + mtime (local) or size + ETag (object stores) o
 manifest, or of every file under a corpus root.
 """
 
-import hashlib
 import json
 
 from dagster import (
@@ -19,7 +18,7 @@ from dagster import (
 
 from a2b_pipeline.defs.common import corpus_fingerprint, corpus_sources
 from a2b_pipeline.defs.jobs import data_refresh_job
-from a2b_pipeline.defs.partitions import experiments
+from a2b_pipeline.defs.partitions import cv_experiments, experiments, folds
 from a2b_pipeline.defs.resources import ExperimentStore
 
 
@@ -41,19 +40,46 @@ def _cursor(context: SensorEvaluationContext) -> dict[str, str]:
 def experiment_configs_sensor(context: SensorEvaluationContext, store: ExperimentStore):
     seen = _cursor(context)
     known = set(context.instance.get_dynamic_partitions(experiments.name))
+    problems: list[str] = []
     now: dict[str, str] = {}
-    for name in store.experiments():
-        now[name] = hashlib.sha256(store.config_path(name).read_bytes()).hexdigest()
+    for name in store.experiments(problems):
+        now[name] = store.fingerprint(name)
+    for problem in problems:
+        context.log.warning(problem)
     new = sorted(set(now) - known)
     changed = sorted(k for k in now if k in known and k in seen and seen[k] != now[k])
     requests = [RunRequest(run_key=f"config-{k}-{now[k][:12]}", partition_key=k) for k in changed]
     if new:
         context.log.info(f"registering experiments: {new}")
+    adds = [experiments.build_add_request(new)] if new else []
     return SensorResult(
         run_requests=requests,
-        dynamic_partitions_requests=[experiments.build_add_request(new)] if new else [],
+        dynamic_partitions_requests=adds + _cv_partition_requests(context, store, sorted(now)),
         cursor=json.dumps(now, sort_keys=True),
     )
+
+
+def _cv_partition_requests(
+    context: SensorEvaluationContext, store: ExperimentStore, names: list[str]
+) -> list:
+    """Cross-validated experiments (data.split.folds) and the fold keys "0".."K-1" they need."""
+    from a2b_pipeline.configs import ConfigError
+
+    k_of: dict[str, int] = {}
+    for name in names:
+        try:
+            k = store.load_config(name).data.split.folds
+        except (ConfigError, OSError):
+            continue  # the other sensor ticks and the assets report a broken config
+        if k:
+            k_of[name] = k
+    new_cv = sorted(set(k_of) - set(context.instance.get_dynamic_partitions(cv_experiments.name)))
+    have = set(context.instance.get_dynamic_partitions(folds.name))
+    new_folds = [str(i) for i in range(max(k_of.values(), default=0)) if str(i) not in have]
+    if new_cv:
+        context.log.info(f"registering cross-validated experiments: {new_cv}")
+    requests = [cv_experiments.build_add_request(new_cv)] if new_cv else []
+    return requests + ([folds.build_add_request(new_folds)] if new_folds else [])
 
 
 @sensor(
@@ -64,14 +90,14 @@ def experiment_configs_sensor(context: SensorEvaluationContext, store: Experimen
     "root: size + mtime/ETag) and refreshes its data assets when it changes.",
 )
 def corpus_change_sensor(context: SensorEvaluationContext, store: ExperimentStore):
-    from a2b_pipeline.configs import ConfigError, load_config
+    from a2b_pipeline.configs import ConfigError
 
     seen = _cursor(context)
     now: dict[str, str] = {}
     requests = []
     for name in context.instance.get_dynamic_partitions(experiments.name):
         try:
-            cfg = store.rebase(load_config(store.config_path(name)))
+            cfg = store.rebase(store.load_config(name))
             now[name] = corpus_fingerprint(cfg)
         except (ConfigError, OSError) as e:  # a broken config or an unreachable store: report, go on
             context.log.warning(f"{name}: corpus not checked: {e}")

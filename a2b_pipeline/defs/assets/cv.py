@@ -1,0 +1,282 @@
+"""Grouped k-fold cross-validation in Dagster: experiment x fold partitions, and a summary per experiment.
+
+    fold_training_run [experiment x fold] -> fold_evaluation [experiment x fold] -> cv_summary [experiment]
+
+For configs with `data.split.folds` (the sensor registers them in `cv_experiments`). Bodies call the core
+(a2b_pipeline/cv.py), the same functions as `a2b cv`, in the same directories
+(`<checkpoint.dir>/<experiment>/<name>-cv-<hash>/fold-<k>/`), so the CLI and Dagster resume each other's
+folds. A fold can be rerun alone: it is a partition of its own.
+"""
+
+import json
+from pathlib import Path
+from typing import Any
+
+from dagster import (
+    AssetDep,
+    AssetExecutionContext,
+    AutomationCondition,
+    Config,
+    DataVersion,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    MultiPartitionKey,
+    MultiToSingleDimensionPartitionMapping,
+    asset,
+)
+from pydantic import Field
+
+from a2b_pipeline.defs.assets.training import GPU_POOL, GPU_TAGS
+from a2b_pipeline.defs.common import (
+    Experiment,
+    lineage_metadata,
+    load_experiment,
+    sha256_json,
+    upstream_record,
+    write_record,
+)
+from a2b_pipeline.defs.partitions import cv_experiments, experiment_folds
+from a2b_pipeline.defs.template import forward_library_logs
+
+CV_GROUP = "a2b_cv"
+RESOURCE_KEYS = {"store", "tracking", "compute"}
+
+# Build when missing (unless its last build failed: no retry loop) and rebuild whenever any upstream
+# partition was materialized since the last request, also while others are missing (a summary of 2 of 3
+# folds says so); never while a build of its own is running. Unlike eager(), missing upstream doesn't block.
+REBUILD_ON_ANY_UPDATE = (
+    (
+        (AutomationCondition.missing() & ~AutomationCondition.execution_failed())
+        | AutomationCondition.any_deps_updated().since_last_handled()
+    )
+    & ~AutomationCondition.in_progress()
+).with_label("rebuild_on_any_upstream_update")
+
+
+def _keys(context: AssetExecutionContext) -> tuple[str, int]:
+    key = context.partition_key
+    dims = key.keys_by_dimension if isinstance(key, MultiPartitionKey) else {}
+    return dims["experiment"], int(dims["fold"])
+
+
+def _experiment(context: AssetExecutionContext, name: str) -> tuple[Experiment, int]:
+    """The experiment and its number of folds; a fold key beyond it, or a config without folds, fails."""
+    from a2b_pipeline.cv import require_folds
+
+    r = context.resources
+    try:
+        exp = load_experiment(name, r.store, r.tracking, r.compute)
+        return exp, require_folds(exp.cfg)
+    except ValueError as e:  # ConfigError, or a setting the config rejects
+        raise Failure(f"experiment {name!r}: {e}") from None
+
+
+def _fold_of(context: AssetExecutionContext) -> tuple[Experiment, int, int, Path]:
+    from a2b_pipeline.cv import cv_dir
+
+    name, fold = _keys(context)
+    exp, folds = _experiment(context, name)
+    if fold >= folds:
+        raise Failure(
+            f"experiment {name!r} has data.split.folds={folds}: fold {fold} doesn't exist (0..{folds - 1})"
+        )
+    return exp, folds, fold, cv_dir(exp.cfg, exp.dir)
+
+
+class FoldTrainingConfig(Config):
+    fresh: bool = Field(default=False, description="Start this fold's run over (its directory is deleted).")
+
+
+@asset(
+    partitions_def=experiment_folds,
+    group_name=CV_GROUP,
+    code_version="1",
+    kinds={"pytorch"},
+    op_tags=GPU_TAGS,
+    pool=GPU_POOL,
+    required_resource_keys=RESOURCE_KEYS,
+    description="Trains one fold of a cross-validated experiment (data.split.folds), tested on that fold's "
+    "groups. "
+    "Resumes the fold's run directory when it has checkpoints; a complete fold is reported as it is.",
+)
+def fold_training_run(context: AssetExecutionContext, config: FoldTrainingConfig) -> MaterializeResult:
+    from a2b_pipeline.cv import train_fold
+
+    exp, folds, fold, root = _fold_of(context)
+    with forward_library_logs(context):
+        state = train_fold(exp.cfg, fold, root, fresh=config.fresh)
+    best = state.checkpoint.best_path or state.checkpoint.last_path
+    last = Path(state.checkpoint.last_path) if state.checkpoint.last_path else None
+    record = write_record(
+        exp,
+        "fold_training_run",
+        context.run.run_id,
+        {
+            "experiment": exp.name,
+            "fold": fold,
+            "folds": folds,
+            "config_hash": state.config_hash,
+            "cv_config_hash": exp.config_hash,
+            "run_dir": str(state.run_dir),
+            "status": state.status,
+            "global_step": state.global_step,
+            "best_checkpoint": best,
+            "message": state.message,
+        },
+    )
+    state_path = (last or Path(state.run_dir)) / "train_state.json"
+    md = lineage_metadata(exp, state, state_path, state.data_version, record, checkpoint=last)
+    md.update(
+        {
+            "fold": MetadataValue.int(fold),
+            "folds": MetadataValue.int(folds),
+            "run_dir": MetadataValue.path(state.run_dir),
+        }
+    )
+    if state.status != "complete":
+        raise Failure(
+            description=f"fold {fold} {state.status} at step {state.global_step}: {state.message}. "
+            "Launch it again to resume.",
+            metadata=md,
+        )
+    return MaterializeResult(
+        metadata=md,
+        data_version=DataVersion(sha256_json([exp.config_hash, fold, md["checkpoint_sha256"]])[:20]),
+    )
+
+
+@asset(
+    partitions_def=experiment_folds,
+    deps=[fold_training_run],
+    group_name=CV_GROUP,
+    code_version="1",
+    kinds={"pytorch"},
+    required_resource_keys=RESOURCE_KEYS,
+    description="Evaluates one fold's best checkpoint on its held-out groups: the model and the baselines, "
+    "per channel, with intervals (evaluate.evaluate_report; written to the fold's evaluation-test.json).",
+)
+def fold_evaluation(context: AssetExecutionContext) -> MaterializeResult:
+    from a2b_pipeline.cv import evaluate_fold
+    from a2b_pipeline.state import TrainState
+    from a2b_pipeline.train import pick_device
+
+    exp, folds, fold, _ = _fold_of(context)
+    run = upstream_record(context, "fold_training_run")
+    if run.get("cv_config_hash") != exp.config_hash:
+        raise Failure(
+            f"{exp.config_file} changed since fold {fold} was trained: materialize fold_training_run again"
+        )
+    state = TrainState.from_checkpoint(run["run_dir"])
+    device = str(pick_device(exp.cfg, local_rank=0))
+    with forward_library_logs(context):
+        report, path, groups = evaluate_fold(state, device)
+    record = write_record(
+        exp,
+        "fold_evaluation",
+        context.run.run_id,
+        {
+            "experiment": exp.name,
+            "fold": fold,
+            "folds": folds,
+            "config_hash": state.config_hash,
+            "cv_config_hash": exp.config_hash,
+            "run_dir": str(state.run_dir),
+            "status": state.status,
+            "global_step": state.global_step,
+            "checkpoint": report["checkpoint"],
+            "report": str(path),
+            "test_groups": groups,
+            "metrics": report["metrics"],
+        },
+    )
+    ckpt = Path(report["checkpoint"])
+    md = lineage_metadata(exp, state, ckpt / "train_state.json", state.data_version, record, checkpoint=ckpt)
+    md.update({k: MetadataValue.float(float(v)) for k, v in sorted(report["metrics"].items())})
+    md.update(
+        {
+            "fold": MetadataValue.int(fold),
+            "report": MetadataValue.path(str(path)),
+            "test_groups": MetadataValue.json(groups),
+        }
+    )
+    return MaterializeResult(
+        metadata=md, data_version=DataVersion(sha256_json([exp.config_hash, fold, report["metrics"]])[:20])
+    )
+
+
+@asset(
+    partitions_def=cv_experiments,
+    deps=[AssetDep(fold_evaluation, partition_mapping=MultiToSingleDimensionPartitionMapping("experiment"))],
+    group_name=CV_GROUP,
+    code_version="1",
+    kinds={"python"},
+    required_resource_keys=RESOURCE_KEYS,
+    automation_condition=REBUILD_ON_ANY_UPDATE,
+    description="Mean and standard deviation over folds of every metric, for the model, each baseline and "
+    "the margins over them (cv_summary.json); folds not evaluated yet are listed as such.",
+)
+def cv_summary(context: AssetExecutionContext) -> MaterializeResult:
+    from a2b_pipeline.cv import FoldResult, cv_dir, summarize
+
+    name = context.partition_key
+    exp, folds = _experiment(context, name)
+    root = cv_dir(exp.cfg, exp.dir)
+    results = []
+    for k in range(folds):
+        key = MultiPartitionKey({"experiment": name, "fold": str(k)})
+        try:
+            rec = upstream_record(context, "fold_evaluation", partition=key)
+        except Failure:
+            results.append(
+                FoldResult(fold=k, run_dir=str(root / f"fold-{k}"), status="missing", message="not evaluated")
+            )
+            continue
+        if rec.get("cv_config_hash") != exp.config_hash:
+            results.append(
+                FoldResult(
+                    fold=k, run_dir=rec["run_dir"], status="stale", message="evaluated for an older config"
+                )
+            )
+            continue
+        results.append(
+            FoldResult(
+                fold=k,
+                run_dir=rec["run_dir"],
+                status=rec["status"],
+                steps=rec["global_step"],
+                config_hash=rec["config_hash"],
+                checkpoint=rec["checkpoint"],
+                report=rec["report"],
+                test_groups=rec["test_groups"],
+            )
+        )
+    summary = summarize(exp.cfg, root, results)
+    path = root / "cv_summary.json"
+    return MaterializeResult(
+        metadata={
+            "experiment": name,
+            "config_hash": exp.config_hash,
+            "folds": MetadataValue.int(folds),
+            "folds_evaluated": MetadataValue.int(summary["folds_evaluated"]),
+            "summary": MetadataValue.md(_summary_table(summary)),
+            "problems": MetadataValue.json(summary["problems"]),
+            "cv_summary": MetadataValue.path(str(path)),
+        },
+        data_version=DataVersion(sha256_json([exp.config_hash, summary["stats"]])[:20]),
+    )
+
+
+def _summary_table(summary: dict[str, Any]) -> str:
+    """Markdown: the model's and the baselines' whole-recording metrics, mean ± std over folds."""
+    lines = ["| metric | mean | std | folds |", "|---|---|---|---|"]
+    for key, st in summary["stats"].items():
+        if "/recording/" not in key and not key.startswith("metrics/"):
+            continue
+        mean = "n/a" if st["mean"] is None else f"{st['mean']:.3f}"
+        std = "n/a" if st["std"] is None else f"{st['std']:.3f}"
+        lines.append(f"| {key} | {mean} | {std} | {st['n']} |")
+    return "\n".join(lines) if len(lines) > 2 else json.dumps(summary["problems"])
+
+
+CV_ASSETS = [fold_training_run, fold_evaluation, cv_summary]
