@@ -181,9 +181,14 @@ def test_leaderboard_lists_every_experiment_marks_failed_and_rebuilds_on_evaluat
     rows = {r["experiment"]: r for r in csv.DictReader(Path(md["csv"]).read_text().splitlines())}
     assert set(rows) == {"broken", "cvexp", *SWEEP}
     assert rows[SWEEP[1]]["status"] == "evaluated"
-    record = json.loads(Path(_md(instance, "evaluation", SWEEP[1])["record"]).read_text())
-    # the evaluation record's report: whole recordings with intervals (older records: pooled windows)
-    assert rows[SWEEP[1]]["level"] == ("recording" if "report" in record else "window")
+    # from the evaluation record's report: whole recordings, with intervals and margins over baselines
+    report = json.loads(Path(_md(instance, "evaluation", SWEEP[1])["record"]).read_text())["report"]
+    model = report["summary"]["predictors"]["model"]["recording"]["pearson"]
+    assert rows[SWEEP[1]]["level"] == "recording"
+    assert float(rows[SWEEP[1]]["pearson_eda"]) == model["eda"]["value"]
+    assert float(rows[SWEEP[1]]["pearson_eda_low"]) == model["eda"]["ci_low"]
+    margin = report["summary"]["margins"]["audio_linear"]["recording"]["pearson"]["mean"]["value"]
+    assert float(rows[SWEEP[1]]["margin_audio_linear"]) == margin
     assert (
         rows[SWEEP[1]]["steps"] == "2"
         and rows[SWEEP[1]]["checkpoint"] == _md(instance, "evaluation", SWEEP[1])["checkpoint"]
