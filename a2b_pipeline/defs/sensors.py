@@ -34,8 +34,10 @@ def _cursor(context: SensorEvaluationContext) -> dict[str, str]:
     job=data_refresh_job,
     minimum_interval_seconds=30,
     default_status=DefaultSensorStatus.RUNNING,
-    description="Registers each YAML under the configs dir as an experiment partition; when a registered "
-    "config's content changes, refreshes that experiment's data assets (training then shows as stale).",
+    description="Registers each YAML under the configs dir, and each experiment of each sweep under "
+    "configs/sweeps/, as an experiment partition (configs with data.split.folds also as cv_experiments, "
+    "with their fold keys); when a registered config's content changes, refreshes that experiment's data "
+    "assets (training then shows as stale).",
 )
 def experiment_configs_sensor(context: SensorEvaluationContext, store: ExperimentStore):
     seen = _cursor(context)
