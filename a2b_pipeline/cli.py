@@ -133,7 +133,9 @@ def cmd_cv(args: argparse.Namespace) -> int:
         print(Path(summary["dir"]) / "cv_summary.json")
     for problem in summary["problems"]:
         print(f"warning: {problem}", file=sys.stderr)
-    return 0 if summary["folds_evaluated"] == summary["folds"] else EXIT_STOPPED
+    wanted = set(args.fold or range(summary["folds"]))
+    done = {r["fold"] for r in summary["fold_results"] if r["report"]}
+    return 0 if wanted <= done else EXIT_STOPPED
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:

@@ -284,7 +284,12 @@ def find_run_dirs(runs_dir: str | Path) -> tuple[list[Path], list[Path]]:
         if _is_run_dir(d):
             runs.append(d)
             continue
-        stack += [p for p in d.iterdir() if p.is_dir() and not p.is_symlink() and p.name != "dagster"]
+        # not Dagster's records, nor the runs a `fresh: true` launch set aside (`<run>.replaced-<time>`)
+        stack += [
+            p
+            for p in d.iterdir()
+            if p.is_dir() and not p.is_symlink() and p.name != "dagster" and ".replaced-" not in p.name
+        ]
     return sorted(runs), sorted(cvs)
 
 

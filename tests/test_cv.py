@@ -141,6 +141,9 @@ def test_a2b_cv_runs_three_folds_summarizes_and_resumes(tmp_path: Path) -> None:
     assert again.stderr.count("is complete") == 3
     assert {k: sorted(p.name for p in (cv_dir / f"fold-{k}").glob("step_*")) for k in range(3)} == steps
 
+    one = run_cli("cv", str(config), "--fold", "1")  # one fold alone: complete, so reported as it is
+    assert one.stderr.count("is complete") == 1 and "fold 1:" in one.stderr
+
     plain = run_cli("cv", str(tmp_path / "nofolds.yaml"), check=False)
     assert plain.returncode == 2
     (tmp_path / "nofolds.yaml").write_text(yaml.safe_dump(tiny_config(tmp_path)))
