@@ -1,4 +1,8 @@
-"""`a2b`: the command line. Works the same under `torchrun ... -m a2b_pipeline.cli train CONFIG`."""
+"""`a2b`: the command line. Works the same under `torchrun ... -m a2b_pipeline.cli train CONFIG`.
+
+Each subcommand imports what it needs when it runs, so the light ones (`validate`, `synth`, `corpus`,
+`cache`) start without torch, and none of them imports Dagster unless it is `demo`.
+"""
 
 from __future__ import annotations
 
@@ -213,6 +217,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Every subcommand and its options, in one place (long, but a table: one block per subcommand)."""
     p = argparse.ArgumentParser(prog="a2b", description="audio -> biosignal training pipeline")
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)

@@ -466,18 +466,26 @@ def _index(part: str, node: list, where: str) -> int:
     return idx
 
 
+def read_yaml_mapping(path: Path, what: str = "config file", *, empty_ok: bool = False) -> dict[str, Any]:
+    """A YAML file whose top level is a mapping (`empty_ok`: an empty file reads as {}); ConfigError naming
+    `what` and the file otherwise."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{what} not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not raw and empty_ok:  # an empty file (or an empty document) is an empty config
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    return raw
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     """Read YAML, apply overrides, validate. Relative paths in it are relative to the working directory."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
-    raw = apply_overrides(raw, overrides or [])
+    raw = apply_overrides(read_yaml_mapping(path, empty_ok=True), overrides or [])
     try:
         cfg = RunConfig.model_validate(raw)
     except ValidationError as e:

@@ -13,6 +13,7 @@ one line on stderr naming the path (and bucket), never a traceback.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import math
@@ -198,8 +199,6 @@ def _json_default(o: Any) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Stand-alone parser (the `a2b` CLI wires the same options)."""
-    import argparse
-
     p = argparse.ArgumentParser(prog="a2b corpus", description=__doc__.splitlines()[0])
     p.add_argument("root", help="corpus root: a directory or a URL (s3://bucket/prefix)")
     p.add_argument("--type", required=True, choices=["pmemo2019", "hku956"])

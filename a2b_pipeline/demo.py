@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 DEMO_EXPERIMENT = "demo"
 
@@ -37,6 +37,7 @@ def run_demo(
 
     Returns 0 when every asset materialized and every check passed, 1 otherwise, 2 for a bad setup.
     """
+    # imported here: the core imports neither Dagster nor defs/ at module level (`a2b` starts without them)
     from dagster import DagsterInstance, materialize
 
     from a2b_pipeline.configs import ConfigError
@@ -85,9 +86,16 @@ def run_demo(
         done = {m.asset_key.to_user_string(): m for m in mats}
         checks = result.get_asset_check_evaluations()
 
+    ok = result.success and len(done) == len(ASSETS) and all(c.passed for c in checks)
+    _report(out, [a.key.to_user_string() for a in ASSETS], done, checks)
+    _where_to_look(out, dagster_home, data_root, configs, experiment, ok)
+    return 0 if ok else 1
+
+
+def _report(out: TextIO, assets: list[str], done: dict[str, Any], checks: list[Any]) -> None:
+    """Each asset and check, ok or FAILED, and the evaluation's test metrics and files."""
     print("", file=out)
-    for a in ASSETS:
-        name = a.key.to_user_string()
+    for name in assets:
         print(f"  {'ok ' if name in done else 'FAILED'}  {name}", file=out)
     for c in checks:
         print(
@@ -103,7 +111,11 @@ def run_demo(
         print(f"  checkpoint:   {md['checkpoint'].value}", file=out)
         print(f"  plot:         {md['plot_path'].value}", file=out)
         print(f"  train state:  {md['train_state'].value}", file=out)
-    ok = result.success and len(done) == len(ASSETS) and all(c.passed for c in checks)
+
+
+def _where_to_look(
+    out: TextIO, dagster_home: Path, data_root: Path, configs: Path, experiment: str, ok: bool
+) -> None:
     print("", file=out)
     print("To browse it in the Dagster UI, run from the repository root:", file=out)
     print(
@@ -113,4 +125,3 @@ def run_demo(
     print(f"and open http://127.0.0.1:3000/assets (partition {experiment!r}).", file=out)
     if not ok:
         print("a2b demo: some steps failed; the run's logs are in the UI under Runs.", file=out)
-    return 0 if ok else 1

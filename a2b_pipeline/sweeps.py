@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from a2b_pipeline.configs import (
@@ -38,6 +37,7 @@ from a2b_pipeline.configs import (
     RunConfig,
     config_from_dict,
     format_validation_error,
+    read_yaml_mapping,
     set_dotted,
 )
 
@@ -147,23 +147,11 @@ def _variant_label(i: int, variant: Variant) -> str:
     return "+".join(labels) or f"variant-{i}"
 
 
-def _read_yaml(path: Path, what: str) -> dict[str, Any]:
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{what} not found: {path}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
-    return raw
-
-
 def load_sweep(path: str | Path) -> Sweep:
     """Read and expand a sweep file; every experiment's config is validated (errors name the experiment)."""
     path = Path(path)
     try:
-        spec = SweepSpec.model_validate(_read_yaml(path, "sweep file"))
+        spec = SweepSpec.model_validate(read_yaml_mapping(path, "sweep file"))
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, str(path))) from None
     name = spec.name or path.stem
@@ -171,7 +159,7 @@ def load_sweep(path: str | Path) -> Sweep:
         raise ConfigError(f"{path}: sweep name {name!r} may only use A-Z a-z 0-9 _ . + -")
     if isinstance(spec.base, str):
         base_path = Path(spec.base) if Path(spec.base).is_absolute() else path.parent / spec.base
-        base = _read_yaml(base_path, f"{path}: base config")
+        base = read_yaml_mapping(base_path, f"{path}: base config")
         base_text = os.path.normpath(base_path)
     else:
         base, base_text = spec.base, "inline"

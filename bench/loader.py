@@ -48,7 +48,7 @@ def three_corpora_loaders(args: Any) -> tuple[list[DataLoader], int]:
 
     cfg = config_from_dict(raw, "bench")
     meta = make_loader(prepare_data(cfg), cfg, "train")
-    assert len(meta.dataloaders) == 3, meta.dataset_names  # type: ignore[attr-defined]
+    assert len(meta.dataloaders) == 3, meta.dataset_names
     return list(meta.dataloaders), cfg.seed
 
 

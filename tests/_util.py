@@ -1,4 +1,5 @@
-"""Shared test helpers: a tiny config on small synthetic corpora, and running the CLI."""
+"""Shared test helpers: the tiny config on small synthetic corpora (and a longer run of it), running the
+CLI, Dagster servers."""
 
 from __future__ import annotations
 
@@ -12,58 +13,95 @@ from typing import Any
 import torch
 import yaml
 
+from a2b_pipeline.configs import RunConfig, apply_overrides, config_from_dict
 from a2b_pipeline.state import TrainState, load_tensors
 
 REPO = Path(__file__).resolve().parents[1]
 A2B = [sys.executable, "-m", "a2b_pipeline.cli"]
 
 
-def tiny_config(tmp_path: Path, **train_overrides: Any) -> dict[str, Any]:
-    """Two small synthetic corpora (shared by every run of a test), a tiny conv+GRU."""
-    return {
+# small enough to write in ~0.3 s and load in ~0.5 s; 16 s recordings give 3 windows of 8 s at hop 4
+SMALL = {"subjects": 4, "recordings_per_subject": 2, "seconds": 16.0}
+
+
+def tiny_config(tmp_path: Path, overrides: list[str] | None = None) -> RunConfig:
+    """Two synthetic datasets (generated on first use under tmp_path), a tiny conv_gru, a few CPU steps,
+    checkpoints under tmp_path/runs, feature cache under tmp_path/cache, wandb disabled.
+    `overrides`: dotted `key=value` strings."""
+    raw = {
         "name": "tiny",
         "seed": 0,
         "data": {
             "datasets": [
                 {
-                    "name": "a",
+                    "name": "synA",
                     "type": "synthetic",
-                    "root": str(tmp_path / "corpus_a"),
-                    "weight": 2.0,
-                    "synthetic": {"subjects": 4, "recordings_per_subject": 2, "seconds": 16, "seed": 1},
+                    "root": str(tmp_path / "synA"),
+                    "synthetic": {**SMALL, "seed": 1},
                 },
                 {
-                    "name": "b",
+                    "name": "synB",
                     "type": "synthetic",
-                    "root": str(tmp_path / "corpus_b"),
-                    "weight": 1.0,
-                    "synthetic": {"subjects": 3, "recordings_per_subject": 2, "seconds": 16, "seed": 2},
+                    "root": str(tmp_path / "synB"),
+                    "synthetic": {**SMALL, "seed": 2},
+                    "weight": 0.5,
                 },
             ],
             "channels": ["eda", "hr"],
             "batch_size": 4,
-            "num_workers": 0,
             "n_mels": 16,
-            "window_seconds": 4,
-            "hop_seconds": 2,
-            "val_fraction": 0.25,
-            "test_fraction": 0.25,
             "cache_dir": str(tmp_path / "cache"),  # never the user's ~/.cache
         },
-        "model": {"name": "conv_gru", "conv_channels": 16, "hidden": 16},
-        "optimizer": {"lr": 0.003},
-        "scheduler": {"name": "cosine", "warmup_steps": 5},
+        "model": {"name": "conv_gru", "conv_channels": 8, "hidden": 8, "dropout": 0.0},
+        "scheduler": {"name": "constant"},
         "train": {
-            "max_steps": 40,
+            "max_steps": 6,
             "num_epochs": None,
-            "log_every_n_steps": 1,
-            "val_every_n_steps": 10,
-            "progress_bar": False,
+            "device": "cpu",
             "num_threads": 1,
+            "log_every_n_steps": 2,
+            "val_every_n_steps": 3,
+            "progress_bar": False,
         },
-        "checkpoint": {"dir": str(tmp_path / "runs"), "every_n_steps": 5, "keep_last": 3},
+        "checkpoint": {"dir": str(tmp_path / "runs")},
         "tracking": {"wandb_mode": "disabled"},
     }
+    return config_from_dict(apply_overrides(raw, overrides or []), "tiny_config")
+
+
+def longer_run(tmp_path: Path) -> dict[str, Any]:
+    """`tiny_config` made longer, as a dict to edit (the resume and strategy tests): corpora `a` and `b` of
+    different sizes weighed 2:1, 4 s windows, a wider model, 40 steps of a warmed-up cosine schedule,
+    validation every 10 steps, a checkpoint every 5, on the default device."""
+    return tiny_config(tmp_path, _longer(tmp_path)).model_dump(mode="json")
+
+
+def _longer(tmp_path: Path) -> list[str]:
+    return [
+        "data.datasets.0.name=a",
+        f"data.datasets.0.root={tmp_path / 'corpus_a'}",
+        "data.datasets.0.weight=2.0",
+        "data.datasets.1.name=b",
+        f"data.datasets.1.root={tmp_path / 'corpus_b'}",
+        "data.datasets.1.weight=1.0",
+        "data.datasets.1.synthetic.subjects=3",
+        "data.window_seconds=4",
+        "data.hop_seconds=2",
+        "data.val_fraction=0.25",
+        "data.test_fraction=0.25",
+        "model.conv_channels=16",
+        "model.hidden=16",
+        "model.dropout=0.1",
+        "optimizer.lr=0.003",
+        "scheduler.name=cosine",
+        "scheduler.warmup_steps=5",
+        "train.max_steps=40",
+        "train.device=auto",
+        "train.log_every_n_steps=1",
+        "train.val_every_n_steps=10",
+        "checkpoint.every_n_steps=5",
+        "checkpoint.keep_last=3",
+    ]
 
 
 def write_config(tmp_path: Path, raw: dict[str, Any], name: str) -> Path:

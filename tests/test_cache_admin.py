@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import torch
-from conftest import tiny_config
+from _util import tiny_config
 
 from a2b_pipeline.cli import main
 from a2b_pipeline.data import cache_admin, feature_cache

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import SMALL, tiny_config
+from _util import SMALL, tiny_config
 
 from a2b_pipeline.configs import ConfigError, config_from_dict
 from a2b_pipeline.data import corpora

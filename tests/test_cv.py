@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from _util import run_cli, tiny_config
+from _util import longer_run, run_cli
 
 from a2b_pipeline.configs import ConfigError, DataConfig, DatasetConfig, config_from_dict
 from a2b_pipeline.cv import fold_config
@@ -73,10 +73,10 @@ def test_folds_are_deterministic_from_the_seed(tmp_path: Path) -> None:
 
 
 def test_fold_config_and_prepare_data_use_the_fold(tmp_path: Path) -> None:
-    raw = tiny_config(tmp_path)
+    raw = longer_run(tmp_path)
     raw["data"]["split"] = {"folds": 3}
     cfg = config_from_dict(raw)
-    assert cfg.config_hash() != config_from_dict(tiny_config(tmp_path)).config_hash()
+    assert cfg.config_hash() != config_from_dict(longer_run(tmp_path)).config_hash()
     f1 = fold_config(cfg, 1)
     assert f1.data.split.fold == 1 and f1.name == "tiny.fold-1"
     with pytest.raises(ConfigError, match="fold 3 is not in 0..2"):
@@ -92,7 +92,7 @@ def test_fold_config_and_prepare_data_use_the_fold(tmp_path: Path) -> None:
 
 
 def test_a2b_cv_runs_three_folds_summarizes_and_resumes(tmp_path: Path) -> None:
-    raw = tiny_config(tmp_path)
+    raw = longer_run(tmp_path)
     raw["data"]["split"] = {"folds": 3}
     raw["train"].update({"max_steps": 4, "val_every_n_steps": 2})
     raw["checkpoint"].update({"every_n_steps": 2})
@@ -146,6 +146,6 @@ def test_a2b_cv_runs_three_folds_summarizes_and_resumes(tmp_path: Path) -> None:
 
     plain = run_cli("cv", str(tmp_path / "nofolds.yaml"), check=False)
     assert plain.returncode == 2
-    (tmp_path / "nofolds.yaml").write_text(yaml.safe_dump(tiny_config(tmp_path)))
+    (tmp_path / "nofolds.yaml").write_text(yaml.safe_dump(longer_run(tmp_path)))
     plain = run_cli("cv", str(tmp_path / "nofolds.yaml"), check=False)
     assert plain.returncode == 2 and "set data.split.folds" in plain.stderr

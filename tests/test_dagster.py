@@ -24,8 +24,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from _util import LOOPBACK, dagster_env, free_port, listening_sockets, serving
-from conftest import tiny_config
+from _util import LOOPBACK, dagster_env, free_port, listening_sockets, serving, tiny_config
 from dagster import (
     AssetCheckKey,
     AssetCheckSeverity,

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import tiny_config
+from _util import tiny_config
 
 from a2b_pipeline.configs import DataConfig, DatasetConfig
 from a2b_pipeline.data.audio import read_audio

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from _util import REPO, run_cli, tiny_config, write_config
+from _util import REPO, longer_run, run_cli, write_config
 
 from a2b_pipeline.state import TrainState
 
@@ -31,7 +31,7 @@ def torchrun(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_torchrun_two_ranks_gloo(tmp_path: Path) -> None:
-    raw = tiny_config(tmp_path)
+    raw = longer_run(tmp_path)
     raw["train"].update(max_steps=12, val_every_n_steps=6)
     raw["checkpoint"].update(every_n_steps=6, keep_last=5)
     cfg = write_config(tmp_path, raw, "ddp")

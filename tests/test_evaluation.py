@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from _util import longer_run, run_cli
 
 from a2b_pipeline.configs import config_from_dict
 from a2b_pipeline.data.pipeline import prepare_data
@@ -16,7 +17,6 @@ from a2b_pipeline.evaluate import overlap_add, run_evaluation
 from a2b_pipeline.scoring import scores, stat
 from a2b_pipeline.state import TrainState
 from a2b_pipeline.train import train
-from tests._util import run_cli, tiny_config
 
 RATE = 4.0  # Hz: signal files sampled on the target grid, so the loaded targets are the file's values
 
@@ -32,7 +32,7 @@ def _train(raw: dict, steps: int = 6) -> Path:
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny run on a synthetic corpus whose clips are shared by listeners, and one without stimulus ids."""
     tmp = tmp_path_factory.mktemp("eval")
-    raw = tiny_config(tmp)
+    raw = longer_run(tmp)
     raw["data"]["datasets"][0]["synthetic"].update(subjects=6, stimuli=4)
     return _train(raw)
 
@@ -113,7 +113,7 @@ def test_other_listeners_is_the_mean_of_the_other_listeners(tmp_path: Path) -> N
     n = int(8 * RATE) + 1
     values = {f"p{i}": rng.normal(5.0 + i, 1.0, n) for i in range(5)}
     manifest = _tiny_corpus(tmp_path / "corpus", values)
-    raw = tiny_config(tmp_path)
+    raw = longer_run(tmp_path)
     raw["data"]["datasets"] = [{"name": "tiny", "type": "manifest", "manifest": str(manifest)}]
     raw["data"].update(
         channels=["eda"], normalize="none", target_rate=RATE, val_fraction=0.2, test_fraction=0.2

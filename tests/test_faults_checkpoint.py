@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 import xxhash
-from conftest import tiny_config
+from _util import tiny_config
 from safetensors.torch import load_file, save_file
 
 from a2b_pipeline.cli import main

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from _util import A2B, REPO
-from conftest import tiny_config
+from _util import A2B, REPO, tiny_config
 
 from a2b_pipeline.cli import main
 from a2b_pipeline.configs import ConfigError, check_paths

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import yaml
-from conftest import tiny_config
+from _util import tiny_config
 
 from a2b_pipeline.cli import main
 from a2b_pipeline.configs import RunConfig

@@ -19,8 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from _util import LOOPBACK, dagster_env, free_port, listening_sockets, serving
-from conftest import tiny_config
+from _util import LOOPBACK, dagster_env, free_port, listening_sockets, serving, tiny_config
 
 defs = pytest.importorskip("a2b_pipeline.defs", reason="the Dagster layer (a2b_pipeline.defs) is not there")
 

@@ -25,7 +25,7 @@ import torch
 # forked children of the kill loop don't each pay for it
 import torch._inductor.config  # noqa: F401
 import yaml
-from conftest import tiny_config
+from _util import tiny_config
 
 from a2b_pipeline import train as train_module
 from a2b_pipeline.cli import main

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import torch
-from _util import final_tensors, losses_after, run_cli, tiny_config, write_config
+from _util import final_tensors, longer_run, losses_after, run_cli, write_config
 
 from a2b_pipeline import train as train_module
 from a2b_pipeline.configs import config_from_dict
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def _config(tmp_path: Path, **train: Any) -> dict[str, Any]:
-    raw = tiny_config(tmp_path)
+    raw = longer_run(tmp_path)
     raw["train"].update({"max_steps": 12, "device": DEVICE, "deterministic": True, **train})
     raw["checkpoint"].update(every_n_steps=4, keep_last=10)
     return raw

@@ -9,14 +9,14 @@ import json
 from pathlib import Path
 
 import yaml
-from _util import run_cli, tiny_config
+from _util import longer_run, run_cli
 
 from a2b_pipeline import leaderboard
 from a2b_pipeline.state import TrainState
 
 
 def _config(tmp_path: Path, name: str, **data_split: int) -> Path:
-    raw = tiny_config(tmp_path)
+    raw = longer_run(tmp_path)
     raw["name"] = name
     raw["train"].update({"max_steps": 2, "val_every_n_steps": 2})
     raw["checkpoint"].update({"every_n_steps": 2})

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 import torch
-from _util import final_tensors, kill_after, run_cli, tiny_config, write_config
+from _util import final_tensors, kill_after, longer_run, run_cli, write_config
 from safetensors.torch import save_file
 
 from a2b_pipeline.configs import config_from_dict
@@ -24,7 +24,7 @@ def _losses(state: TrainState) -> list[float]:
 def _fit(
     tmp_path: Path, model: dict[str, Any] | None = None, loss: dict[str, Any] | None = None, **train_cfg: Any
 ) -> TrainState:
-    raw = tiny_config(tmp_path)
+    raw = longer_run(tmp_path)
     if model:
         raw["model"] = model
     if loss:
@@ -72,7 +72,7 @@ def test_model_maps_shapes_and_learns(tmp_path: Path, name: str) -> None:
     model = dict(MODEL_CONFIGS[name])
     if model.get("weights") == "<file>":
         model["weights"] = str(_encoder_file(tmp_path))
-    cfg = config_from_dict({**tiny_config(tmp_path), "model": model})
+    cfg = config_from_dict({**longer_run(tmp_path), "model": model})
     io = model_io(cfg)
     out = build_model(cfg.model, io)(torch.randn(3, io.in_frames, io.n_mels))
     assert out.shape == (3, io.out_steps, io.channels)
@@ -91,8 +91,8 @@ def test_pretrained_encoder_stays_frozen_and_loads_from_local_file(tmp_path: Pat
     missing = {**model, "weights": str(tmp_path / "nope.safetensors")}
     with pytest.raises(FileNotFoundError, match="nope.safetensors"):
         build_model(
-            config_from_dict({**tiny_config(tmp_path), "model": missing}).model,
-            model_io(config_from_dict(tiny_config(tmp_path))),
+            config_from_dict({**longer_run(tmp_path), "model": missing}).model,
+            model_io(config_from_dict(longer_run(tmp_path))),
         )
 
 
@@ -107,7 +107,7 @@ def test_export_encoder_feeds_pretrained_encoder(tmp_path: Path) -> None:
     out = tmp_path / "enc.safetensors"
     run_cli("export-encoder", state.run_dir, str(out))
     model = {**MODEL_CONFIGS["pretrained_encoder"], "weights": str(out)}
-    cfg = config_from_dict({**tiny_config(tmp_path), "model": model})
+    cfg = config_from_dict({**longer_run(tmp_path), "model": model})
     built = build_model(cfg.model, model_io(cfg))
     _, source = load_model(state.run_dir)
     assert torch.equal(built.encoder.net.net[0].weight, source.frontend.net[0].weight)
@@ -136,7 +136,7 @@ def test_loss_lowers(tmp_path: Path, loss: dict[str, Any]) -> None:
     "optimizer", [{"name": "sgd", "lr": 0.05, "momentum": 0.9}, {"name": "adam", "lr": 0.003}]
 )
 def test_optimizers_learn(tmp_path: Path, optimizer: dict[str, Any]) -> None:
-    raw = tiny_config(tmp_path)
+    raw = longer_run(tmp_path)
     raw["optimizer"] = optimizer
     raw["train"].update(max_steps=40, val_every_n_steps=1000)
     state = train(TrainState.from_config(config_from_dict(raw)))
@@ -145,7 +145,7 @@ def test_optimizers_learn(tmp_path: Path, optimizer: dict[str, Any]) -> None:
 
 
 def _sched_cfg(tmp_path: Path, **sched: Any) -> Any:
-    raw = tiny_config(tmp_path)
+    raw = longer_run(tmp_path)
     raw["optimizer"]["lr"] = 1.0
     raw["scheduler"] = sched
     return config_from_dict(raw)
@@ -166,7 +166,7 @@ def test_lr_schedules(tmp_path: Path) -> None:
 
 def test_plateau_scheduler_lowers_lr_when_val_stalls(tmp_path: Path) -> None:
     # patience 0: every validation that doesn't beat the best halves the lr; a tiny model wobbles
-    raw = tiny_config(tmp_path)
+    raw = longer_run(tmp_path)
     raw["scheduler"] = {"name": "plateau", "plateau_patience": 0, "plateau_factor": 0.5}
     raw["train"].update(max_steps=40, val_every_n_steps=2)
     raw["checkpoint"]["every_n_steps"] = None
@@ -188,7 +188,7 @@ def test_ema_weights_are_what_best_and_evaluate_use(tmp_path: Path) -> None:
 
 
 def test_freeze_by_step(tmp_path: Path) -> None:
-    raw = tiny_config(tmp_path)
+    raw = longer_run(tmp_path)
     raw["model"]["freeze"] = [{"prefix": "frontend.", "until_step": 10}]
     raw["train"].update(max_steps=15, val_every_n_steps=1000)
     raw["checkpoint"].update(every_n_steps=5, keep_last=10)
@@ -206,7 +206,7 @@ def test_freeze_by_step(tmp_path: Path) -> None:
 
 
 def _schedule_config(tmp_path: Path) -> dict[str, Any]:
-    raw = tiny_config(tmp_path)
+    raw = longer_run(tmp_path)
     for ds in raw["data"]["datasets"]:
         ds["synthetic"]["seconds"] = 40
     raw["data"].update(batch_size=1, window_seconds=2, hop_seconds=1)

@@ -5,17 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from _util import REPO, longer_run
 
 from a2b_pipeline.configs import config_from_dict, load_config
 from a2b_pipeline.data.pipeline import prepare_data
 from a2b_pipeline.data.recording import Recording
 from a2b_pipeline.data.splits import SPLITS, group_key, split_grouped, stimulus_id
 from a2b_pipeline.data.synthetic import write_synthetic_corpus
-from tests._util import REPO, tiny_config
 
 
 def _shared_stimuli_config(tmp_path: Path, group_by: str) -> dict:
-    raw = tiny_config(tmp_path)
+    raw = longer_run(tmp_path)
     raw["data"]["datasets"] = [
         {
             "name": "a",
@@ -113,7 +113,7 @@ def test_real_corpus_configs_default_to_subject_and_stimulus() -> None:
 
 
 def test_split_setting_changes_the_hash_only_when_set(tmp_path: Path) -> None:
-    raw = tiny_config(tmp_path)
+    raw = longer_run(tmp_path)
     plain = config_from_dict(raw).config_hash()
     raw["data"]["split"] = {"group_by": "subject"}  # the default, written out
     raw["data"]["datasets"][0]["synthetic"]["stimuli"] = None

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from _util import REPO, run_cli, tiny_config
+from _util import REPO, longer_run, run_cli
 
 from a2b_pipeline.configs import ConfigError, apply_overrides, config_from_dict, load_config
 from a2b_pipeline.state import TrainState
@@ -21,7 +21,7 @@ def _write(path: Path, doc: dict) -> Path:
 
 
 def _two_by_two(tmp_path: Path, base: str | dict = "../base.yaml") -> Path:
-    _write(tmp_path / "configs" / "base.yaml", tiny_config(tmp_path))
+    _write(tmp_path / "configs" / "base.yaml", longer_run(tmp_path))
     return _write(
         tmp_path / "configs" / "sweeps" / "lr_bs.yaml",
         {"base": base, "grid": {"optimizer.lr": [0.001, 0.003], "data.batch_size": [4, 8]}},
@@ -38,7 +38,7 @@ def test_grid_2x2_expands_to_four_named_experiments_with_their_own_hashes(tmp_pa
         "lr_bs.lr-0.003+batch_size-8",
     ]
     # Each config is the base with exactly its overrides (and its own name), nothing else.
-    base = tiny_config(tmp_path)
+    base = longer_run(tmp_path)
     for e in sweep.experiments:
         lr, bs = e.overrides["optimizer.lr"], e.overrides["data.batch_size"]
         expected = config_from_dict(
@@ -52,7 +52,7 @@ def test_grid_2x2_expands_to_four_named_experiments_with_their_own_hashes(tmp_pa
 def test_names_are_stable_when_the_base_or_the_value_order_changes(tmp_path: Path) -> None:
     first = {e.name: e.config_hash for e in load_sweep(_two_by_two(tmp_path)).experiments}
     # Reordered values, and an edited base: the same names; the hashes follow the content.
-    raw = tiny_config(tmp_path)
+    raw = longer_run(tmp_path)
     raw["train"]["max_steps"] = 99
     _write(tmp_path / "configs" / "base.yaml", raw)
     _write(
@@ -69,7 +69,7 @@ def test_inline_base_labelled_axes_and_variants(tmp_path: Path) -> None:
         tmp_path / "s.yaml",
         {
             "name": "strat",
-            "base": tiny_config(tmp_path),
+            "base": longer_run(tmp_path),
             "set": {"train.max_steps": 3},
             "grid": {
                 "model": {"gru": {"name": "conv_gru", "hidden": 8}, "tcn": {"name": "tcn", "channels": 8}}
@@ -116,7 +116,7 @@ def test_inline_base_labelled_axes_and_variants(tmp_path: Path) -> None:
     ],
 )
 def test_bad_sweeps_fail_naming_the_file_and_field(tmp_path: Path, doc: dict, message: str | None) -> None:
-    _write(tmp_path / "configs" / "base.yaml", tiny_config(tmp_path))
+    _write(tmp_path / "configs" / "base.yaml", longer_run(tmp_path))
     path = _write(tmp_path / "configs" / "sweeps" / "bad.yaml", doc)
     if message is None:  # the control: a valid sweep loads
         assert len(load_sweep(path).experiments) == 1
@@ -151,7 +151,7 @@ def test_cli_lists_writes_and_trains_a_sweep_resumably(tmp_path: Path) -> None:
     path = _write(
         tmp_path / "sweeps" / "lrs.yaml",
         {
-            "base": tiny_config(tmp_path),
+            "base": longer_run(tmp_path),
             "set": {"train.max_steps": 4, "train.val_every_n_steps": 2, "checkpoint.every_n_steps": 2},
             "grid": {"optimizer.lr": [0.001, 0.01]},
         },

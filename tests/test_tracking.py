@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from _util import tiny_config
+from _util import longer_run
 
 from a2b_pipeline.configs import config_from_dict
 from a2b_pipeline.state import TrainState
@@ -14,7 +14,7 @@ from a2b_pipeline.train import train
 def test_offline_run_and_resume_keep_one_wandb_id(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("WANDB_API_KEY", "")  # no credentials, no network: offline must not need them
-    raw = tiny_config(tmp_path)
+    raw = longer_run(tmp_path)
     raw["tracking"] = {"project": "a2b-test"}  # the default mode: offline
     raw["train"].update(max_steps=6, val_every_n_steps=3)
     raw["checkpoint"]["every_n_steps"] = 3

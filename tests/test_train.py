@@ -14,10 +14,10 @@ from _util import (
     REPO,
     final_tensors,
     kill_after,
+    longer_run,
     losses_after,
     run_cli,
     start_training,
-    tiny_config,
     wait_for,
     write_config,
 )
@@ -31,7 +31,7 @@ from a2b_pipeline.train import train
 
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_sigkill_then_resume_is_bit_exact(tmp_path: Path, num_workers: int) -> None:
-    raw = tiny_config(tmp_path)
+    raw = longer_run(tmp_path)
     raw["data"]["num_workers"] = num_workers
     # Run A: uninterrupted, in its own run directory.
     cfg_a = write_config(tmp_path, raw, "a")
@@ -59,7 +59,7 @@ def test_sigkill_then_resume_is_bit_exact(tmp_path: Path, num_workers: int) -> N
 
 
 def test_sigterm_checkpoints_and_stops(tmp_path: Path) -> None:
-    raw = tiny_config(tmp_path)
+    raw = longer_run(tmp_path)
     raw["train"]["max_steps"] = 2000
     cfg = write_config(tmp_path, raw, "long")
     run = tmp_path / "run"
@@ -75,7 +75,7 @@ def test_sigterm_checkpoints_and_stops(tmp_path: Path) -> None:
 
 
 def test_learns_and_metric_is_real(tmp_path: Path) -> None:
-    raw = tiny_config(
+    raw = longer_run(
         tmp_path,
     )
     raw["train"].update(max_steps=120, val_every_n_steps=40, log_every_n_steps=20, num_threads=None)
@@ -99,7 +99,7 @@ def test_learns_and_metric_is_real(tmp_path: Path) -> None:
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
-    raw = tiny_config(tmp_path)
+    raw = longer_run(tmp_path)
     raw["optimizer"] = {"name": "sgd", "lr": 1e8, "momentum": 0.0}  # diverges within a few steps
     raw["train"]["grad_clip"] = None
     raw["scheduler"] = {"name": "constant"}
@@ -116,7 +116,7 @@ def test_async_checkpoint_writes_equal_sync_writes(tmp_path: Path) -> None:
     """A background write saves the state of its own step, while the loop goes on changing the weights."""
     runs = {}
     for background in (True, False):
-        raw = tiny_config(tmp_path)
+        raw = longer_run(tmp_path)
         raw["train"]["max_steps"] = 12
         raw["checkpoint"].update(every_n_steps=1, keep_last=20, async_write=background)
         cfg = config_from_dict(raw)
@@ -150,7 +150,7 @@ def test_failed_background_write_fails_the_run_and_resume_completes(tmp_path: Pa
     from a2b_pipeline import train as train_module
     from a2b_pipeline.state import CheckpointError
 
-    raw = tiny_config(tmp_path)
+    raw = longer_run(tmp_path)
     raw["train"]["max_steps"] = 12
     raw["checkpoint"]["every_n_steps"] = 4
     ref = train(TrainState.from_config(config_from_dict(raw), run_dir=tmp_path / "ref"))

@@ -10,6 +10,7 @@ import soundfile as sf
 import torch
 import torch.nn.functional as F
 
+from a2b_pipeline.data import remote
 from a2b_pipeline.data.recording import BadRecordingError
 
 
@@ -21,8 +22,6 @@ def open_binary(path: str):
     """A binary file object for a local path or any fsspec URL (s3://, https://, file://, memory://)."""
     if is_url(path):
         # through the download cache (keyed by URL + ETag + size); errors name the bucket and key
-        from a2b_pipeline.data import remote
-
         return remote.open_binary(path)
     return open(path, "rb")
 

@@ -83,7 +83,7 @@ def write_pmemo2019_fixture(
     `missing_listener`, the last listener's column of the first song is empty (skipped quietly); with
     `missing_clip`, one metadata row names a clip that isn't there. `clip_template` (an mp3) is copied with
     a distinct trailer per song instead of encoding each clip (fast, for large benchmark corpora; its event
-    second is then `seconds / 2`).
+    second is then `seconds / 2`). Long for its options and this note; the body writes the layout top down.
     """
     root = Path(root)
     rng = np.random.default_rng(seed)
@@ -166,7 +166,8 @@ def write_hku956_fixture(
     links point there (absolute paths). Signal files come in the three shapes seen in the wild: a header
     row, no header, and a raw Empatica preamble (start time, rate). With `missing_eda`, the last record of
     the first participant has no EDA file (HR only). The second record of each participant was stopped
-    early: play_duration is shorter than the song and so are its signals.
+    early: play_duration is shorter than the song and so are its signals. Long for its options and this
+    note; the body writes the layout top down.
     """
     root = Path(root)
     audio_dir = Path(audio_dir) if audio_dir else root.parent / f"{root.name}_audio"

@@ -181,6 +181,9 @@ class MetaDataLoader:
     DataLoader's own ``BatchSampler``). Each DataLoader's own ``generator``, when it has one, is reseeded
     from ``(seed, loader index, epoch)`` right before ``iter()``, so worker base seeds (and the global RNG,
     which is then untouched) are the same in an interrupted and an uninterrupted run.
+
+    ``dataset_names`` / ``dataset_indices`` (keyword-only) say what each loader reads: names for logs and
+    per-dataset counts, and positions in the run config's dataset list (by default "0", "1", ... / 0, 1, ...).
     """
 
     def __init__(
@@ -189,6 +192,9 @@ class MetaDataLoader:
         split: str,
         sampling_weights: Sequence[float],
         seed: int = 0,
+        *,
+        dataset_names: Sequence[str] | None = None,
+        dataset_indices: Sequence[int] | None = None,
     ) -> None:
         loaders = list(dataloaders)
         if not loaders:
@@ -197,6 +203,15 @@ class MetaDataLoader:
             if not isinstance(dl, DataLoader):
                 raise TypeError(f"dataloaders[{i}] is a {type(dl).__name__}, not a torch DataLoader")
         self.dataloaders: list[DataLoader] = loaders
+        # What each loader reads, for logs and per-dataset counts: a name, and the dataset's position in the
+        # config (a dataset without windows in a split has no loader); by default 0, 1, ...
+        self.dataset_names = (
+            [str(i) for i in range(len(loaders))] if dataset_names is None else list(dataset_names)
+        )
+        self.dataset_indices = list(range(len(loaders))) if dataset_indices is None else list(dataset_indices)
+        for what, given in (("dataset_names", self.dataset_names), ("dataset_indices", self.dataset_indices)):
+            if len(given) != len(loaders):
+                raise ValueError(f"{what} has {len(given)} entries for {len(loaders)} dataloaders")
         # A DataLoader's sampler and batch size cannot be reassigned after construction: look them up once.
         self._samplers = [_sampler_and_batch_size(dl) for dl in loaders]
         self.split = str(split)

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from a2b_pipeline.configs import HASHED_UNLESS_DEFAULT, RunConfig, drop_defaults
+from a2b_pipeline.data import cache_admin, remote
 from a2b_pipeline.data.corpora import list_recordings
 from a2b_pipeline.data.datasets import (
     LoadedRecording,
@@ -97,8 +98,6 @@ class PreparedData:
 def _file_id(path: str) -> list:
     """What identifies a file's version: size and mtime (local) or size and ETag (URL; from the corpus
     listing when the adapter listed it, so an unchanged bucket costs no request per file)."""
-    from a2b_pipeline.data import remote
-
     try:
         info = remote.file_info(path)
     except FileNotFoundError:
@@ -238,8 +237,6 @@ def load_norm_stats(run_dir: str | Path, data_version: str | None) -> NormStats 
 
 def prune_cache(cache_dir: str | None, max_gb: float) -> None:
     """data.cache_max_gb: the entries this run just used are recent, so only older ones go."""
-    from a2b_pipeline.data import cache_admin
-
     report = cache_admin.prune(cache_dir, int(max_gb * 1e9))
     if report["removed"]:
         mb = report["freed_bytes"] / 1e6
@@ -266,8 +263,8 @@ def make_loader(
     """One DataLoader per dataset with windows in `split` (config order), mixed by a MetaDataLoader.
 
     Train draws with the config weights at step 0 (the trainer applies weight_schedule via `loader_weights`);
-    val/test weigh every dataset 1, since an evaluation pass reads them all anyway. The returned loader
-    carries `dataset_names` and `dataset_indices` (positions in cfg.data.datasets) of its loaders.
+    val/test weigh every dataset 1, since an evaluation pass reads them all anyway. The returned loader's
+    `dataset_names` and `dataset_indices` (positions in cfg.data.datasets) name its loaders.
     """
     if split not in prepared.splits:
         raise KeyError(f"unknown split {split!r}; have {sorted(prepared.splits)}")
@@ -313,13 +310,10 @@ def make_loader(
             f"split {split!r}: every dataset with windows ({used}) has weight 0 at step 0; "
             "datasets with positive weight have no windows in this split"
         )
-    meta = MetaDataLoader(loaders, split, w, seed=cfg.seed)
-    meta.dataset_names = used  # type: ignore[attr-defined]
-    meta.dataset_indices = indices  # type: ignore[attr-defined]
-    return meta
+    return MetaDataLoader(loaders, split, w, seed=cfg.seed, dataset_names=used, dataset_indices=indices)
 
 
 def loader_weights(loader: MetaDataLoader, cfg: RunConfig, step: int) -> list[float]:
     """cfg.data.weights_at(step) restricted to the loader's datasets (some may have been dropped)."""
     weights = cfg.data.weights_at(step)
-    return [weights[i] for i in loader.dataset_indices]  # type: ignore[attr-defined]
+    return [weights[i] for i in loader.dataset_indices]

@@ -19,13 +19,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cache
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from a2b_pipeline.data.recording import Listing
-
-if TYPE_CHECKING:
-    from a2b_pipeline.configs import DataConfig, DatasetConfig
-    from a2b_pipeline.data.remote import FileInfo
+from a2b_pipeline.data.remote import FileInfo
 
 __all__ = [
     "ChannelInfo",
@@ -71,9 +68,25 @@ class CorpusScan:
     files: dict[str, FileInfo] = field(default_factory=dict)  # relative path -> size + ETag/mtime
 
 
+class DatasetConfig(Protocol):
+    """What the registry reads of a configs.DatasetConfig (configs imports this package: no import back)."""
+
+    name: str
+    type: str
+
+
+class DataConfig(Protocol):
+    """What the registry reads of a configs.DataConfig."""
+
+    channels: list[str]
+    on_bad_recording: str
+    cache_dir: str | None
+
+
 # scan(source, *, name, channels, on_bad, cache_dir, measure, **options) -> CorpusScan
 Scanner = Callable[..., CorpusScan]
-Lister = Callable[["DatasetConfig", "DataConfig"], Listing]
+# list_recordings(ds, data) with the type's own configs.DatasetConfig and configs.DataConfig
+Lister = Callable[[Any, Any], Listing]
 
 
 @dataclass(frozen=True)
@@ -95,7 +108,7 @@ class CorpusType:
     scan: Scanner | None = None
     options: tuple[str, ...] = ()
     path_fields: tuple[str, ...] = ()
-    source: Callable[[DatasetConfig], str | None] | None = None
+    source: Callable[[Any], str | None] | None = None
 
     def __post_init__(self) -> None:
         if not self.sources:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from a2b_pipeline.data import remote
 from a2b_pipeline.data.corpora import ChannelInfo, CorpusError, CorpusScan, CorpusType
@@ -70,6 +71,135 @@ def _audio_index(tree: dict[str, remote.FileInfo], flat: bool = False) -> dict[s
     return out
 
 
+def _rates(name: str, channels: Sequence[str], signal_rates: dict[str, float] | None) -> dict[str, float]:
+    """Sampling rate per channel (lower-case): the wristband's, overridden by `signal_rates`."""
+    rates = {**E4_RATES, **{k.lower(): float(v) for k, v in (signal_rates or {}).items()}}
+    for ch in channels:
+        if ch.lower() not in rates:
+            raise CorpusError(
+                f"dataset {name!r} (hku956): no sampling rate known for channel {ch!r}; "
+                f"set datasets.*.signal_rates.{ch} (known: {sorted(rates)})"
+            )
+    return rates
+
+
+_ID_COLUMNS = ("participant_id", "song_no", "song_id")
+Problem = tuple[str, str]  # (path, reason) of a listening record that can't be used
+
+
+@dataclass
+class _Audio:
+    """Where songs come from: `audio_dir`, else an audio folder in the root, else the link column."""
+
+    root: str
+    audio_dir: str | None
+    files: dict[str, str]  # song_id -> path relative to `audio_dir` (or the root)
+    links: dict[str, str]  # song_id -> URL or path
+    links_rel: str | None  # the links table, relative to the root
+
+    @classmethod
+    def find(
+        cls, root: str, index: layout.Index, name: str, audio_dir: str | None, cache_dir: str | None
+    ) -> _Audio:
+        if audio_dir:
+            try:
+                files = _audio_index(remote.list_tree(audio_dir), flat=True)
+            except remote.RemoteNotFoundError:
+                raise CorpusError(
+                    f"dataset {name!r}: audio_dir {remote.redact(audio_dir)} not found"
+                ) from None
+        else:
+            files = _audio_index(index.tree)
+        links: dict[str, str] = {}
+        links_rel = layout.find_top(index.tree, "original_song_audio.csv")
+        if links_rel is not None and not audio_dir:
+            lcols, lrows = layout.read_table(root, links_rel, cache_dir, "HKU956")
+            lid = layout.find_column(lcols, "song_id", "songid")
+            llink = layout.find_column(lcols, "link", "url", "audio", "path")
+            if lid is None or llink is None:
+                raise CorpusError(
+                    f"{remote.join(index.shown, links_rel)}: needs columns 'song_id' and 'link' (has {lcols})"
+                )
+            for r in lrows:
+                sid, link = layout.norm_id(layout.cell_text(r, lid)), layout.cell_text(r, llink)
+                if sid and link:
+                    links[sid] = link if "://" in link or link.startswith("/") else remote.join(root, link)
+        return cls(root, audio_dir, files, links, links_rel)
+
+    def path(self, song_id: str) -> str | Problem:
+        if song_id in self.files:
+            return remote.join(self.audio_dir or self.root, self.files[song_id])
+        if self.audio_dir:
+            return remote.join(self.audio_dir, f"{song_id}.mp3"), "audio file missing in audio_dir"
+        if song_id in self.links:
+            return self.links[song_id]
+        where = remote.join(self.root, self.links_rel or "2. original_song_audio.csv")
+        return where, f"no audio link for song_id {song_id}"
+
+
+@dataclass
+class _Signals:
+    """The signal files under `1. physiological_signals/<participant>/<SIGNAL>/`."""
+
+    root: str
+    folder: str  # the physiological_signals folder as named in the tree
+    files: dict[tuple[str, str, str], str]  # (participant, SIGNAL upper, file lower) -> relative path
+    counts: dict[str, int]  # SIGNAL upper -> files
+
+    @classmethod
+    def index(cls, root: str, tree: dict[str, remote.FileInfo]) -> _Signals:
+        folder = next(
+            (
+                p.split("/", 1)[0]
+                for p in tree
+                if p.split("/", 1)[0].lower().endswith("physiological_signals")
+            ),
+            "1. physiological_signals",
+        )
+        files: dict[tuple[str, str, str], str] = {}
+        counts: dict[str, int] = {}
+        for rel in tree:
+            parts = rel.split("/")
+            if len(parts) == 4 and parts[0] == folder:
+                files[(parts[1], parts[2].upper(), parts[3].lower())] = rel
+                counts[parts[2].upper()] = counts.get(parts[2].upper(), 0) + 1
+        return cls(root, folder, files, counts)
+
+    def sources(
+        self, pid: str, file_name: str, channels: Sequence[str], rates: dict[str, float]
+    ) -> dict[str, SignalSource] | Problem:
+        signals: dict[str, SignalSource] = {}
+        for ch in channels:
+            sig = ch.upper()
+            rel = self.files.get((pid, sig, file_name.lower()))
+            if rel is None:
+                where = remote.join(self.root, self.folder, pid, sig, file_name)
+                return where, f"no {sig} file for this listening record"
+            signals[ch] = SignalSource(
+                remote.join(self.root, rel), column=sig, time_column=None, rate=rates[ch.lower()]
+            )
+        return signals
+
+
+def _rating_columns(index: layout.Index) -> dict[str, str | None]:
+    """The ratings table's columns by role; CorpusError when an id column is missing."""
+    cols = {
+        key: layout.find_column(index.columns, *aliases)
+        for key, aliases in (
+            ("participant_id", ("participant_id", "participant", "subject_id", "subject")),
+            ("song_no", ("song_no", "songno")),
+            ("song_id", ("song_id", "songid")),
+            ("play_duration", ("play_duration", "playduration")),
+        )
+    }
+    missing = [k for k in _ID_COLUMNS if cols[k] is None]
+    if missing:
+        raise CorpusError(
+            f"{remote.join(index.shown, index.rel)}: missing column(s) {missing} (has {index.columns})"
+        )
+    return cols
+
+
 def scan_hku956(
     root: str,
     *,
@@ -82,13 +212,7 @@ def scan_hku956(
     measure: bool = False,
 ) -> CorpusScan:
     """List HKU956 under `root` (see the module docstring); `measure` reads each signal file (summary)."""
-    rates = {**E4_RATES, **{k.lower(): float(v) for k, v in (signal_rates or {}).items()}}
-    for ch in channels:
-        if ch.lower() not in rates:
-            raise CorpusError(
-                f"dataset {name!r} (hku956): no sampling rate known for channel {ch!r}; "
-                f"set datasets.*.signal_rates.{ch} (known: {sorted(rates)})"
-            )
+    rates = _rates(name, channels, signal_rates)
     index = layout.read_index(
         root,
         "HKU956",
@@ -97,123 +221,38 @@ def scan_hku956(
         "1. physiological_signals/<participant>/<SIGNAL>/<song_no>_<song_id>.csv)",
         cache_dir,
     )
-    shown, tree, ratings_rel, columns, rating_rows = (
-        index.shown,
-        index.tree,
-        index.rel,
-        index.columns,
-        index.rows,
-    )
-    pid_col = layout.find_column(columns, "participant_id", "participant", "subject_id", "subject")
-    no_col = layout.find_column(columns, "song_no", "songno")
-    sid_col = layout.find_column(columns, "song_id", "songid")
-    dur_col = layout.find_column(columns, "play_duration", "playduration")
-    missing = [
-        n for n, c in (("participant_id", pid_col), ("song_no", no_col), ("song_id", sid_col)) if c is None
-    ]
-    if missing:
-        raise CorpusError(f"{remote.join(shown, ratings_rel)}: missing column(s) {missing} (has {columns})")
-
-    # audio: audio_dir, else an audio folder in the root, else the link column
-    audio_files: dict[str, str] = {}
-    audio_base = root
-    if audio_dir:
-        audio_base = audio_dir
-        try:
-            audio_files = _audio_index(remote.list_tree(audio_dir), flat=True)
-        except remote.RemoteNotFoundError:
-            raise CorpusError(f"dataset {name!r}: audio_dir {remote.redact(audio_dir)} not found") from None
-    else:
-        audio_files = _audio_index(tree)
-    links: dict[str, str] = {}
-    links_rel = layout.find_top(tree, "original_song_audio.csv")
-    if links_rel is not None and not audio_dir:
-        lcols, lrows = layout.read_table(root, links_rel, cache_dir, "HKU956")
-        lid, llink = (
-            layout.find_column(lcols, "song_id", "songid"),
-            layout.find_column(lcols, "link", "url", "audio", "path"),
-        )
-        if lid is None or llink is None:
-            raise CorpusError(
-                f"{remote.join(shown, links_rel)}: needs columns 'song_id' and 'link' (has {lcols})"
-            )
-        for r in lrows:
-            sid, link = layout.norm_id(layout.cell_text(r, lid)), layout.cell_text(r, llink)
-            if sid and link:
-                links[sid] = link if "://" in link or link.startswith("/") else remote.join(root, link)
-
-    sig_root = next(
-        (p.split("/", 1)[0] for p in tree if p.split("/", 1)[0].lower().endswith("physiological_signals")),
-        "1. physiological_signals",
-    )
-    signal_files: dict[tuple[str, str, str], str] = {}  # (participant, SIGNAL upper, file lower) -> rel
-    folder_counts: dict[str, int] = {}
-    for rel in tree:
-        parts = rel.split("/")
-        if len(parts) == 4 and parts[0] == sig_root:
-            signal_files[(parts[1], parts[2].upper(), parts[3].lower())] = rel
-            folder_counts[parts[2].upper()] = folder_counts.get(parts[2].upper(), 0) + 1
-
+    cols = _rating_columns(index)
+    audio = _Audio.find(root, index, name, audio_dir, cache_dir)
+    signal_files = _Signals.index(root, index.tree)
     col = layout.Collector(name, root, on_bad)
-    scan = CorpusScan("hku956", shown, col.listing, files=tree)
+    scan = CorpusScan("hku956", index.shown, col.listing, files=index.tree)
     scan.channels = {
         folder.lower(): ChannelInfo(rate=rates.get(folder.lower()), files=n)
-        for folder, n in sorted(folder_counts.items())
+        for folder, n in sorted(signal_files.counts.items())
     }
     seen: set[tuple[str, str, str]] = set()
     songs: set[str] = set()
-    ratings_path = remote.join(root, ratings_rel)
-    for row_no, row in enumerate(rating_rows, 1):
-        pid, song_no, song_id = (
-            layout.norm_id(layout.cell_text(row, pid_col)),
-            layout.norm_id(layout.cell_text(row, no_col)),
-            layout.norm_id(layout.cell_text(row, sid_col)),
-        )
+    ratings_path = remote.join(root, index.rel)
+    for row_no, row in enumerate(index.rows, 1):
+        pid, song_no, song_id = (layout.norm_id(layout.cell_text(row, cols[k])) for k in _ID_COLUMNS)
+        rec_id = f"{pid}_{song_no}_{song_id}"
         if not (pid and song_no and song_id):
             col.bad(ratings_path, f"row {row_no}: empty participant_id, song_no or song_id", row=row_no)
             continue
-        rec_id = f"{pid}_{song_no}_{song_id}"
         if (pid, song_no, song_id) in seen:
             col.bad(ratings_path, f"row {row_no}: listed twice", row=row_no, rec_id=rec_id)
             continue
         seen.add((pid, song_no, song_id))
-        file_name = f"{song_no}_{song_id}.csv"
-        signals: dict[str, SignalSource] = {}
-        problem = None
-        for ch in channels:
-            folder = ch.upper()
-            rel = signal_files.get((pid, folder, file_name.lower()))
-            if rel is None:
-                problem = (
-                    remote.join(root, sig_root, pid, folder, file_name),
-                    f"no {folder} file for this listening record",
-                )
-                break
-            signals[ch] = SignalSource(
-                remote.join(root, rel), column=folder, time_column=None, rate=rates[ch.lower()]
-            )
+        signals = signal_files.sources(pid, f"{song_no}_{song_id}.csv", channels, rates)
+        audio_path = audio.path(song_id)
+        problem = (
+            signals if isinstance(signals, tuple) else audio_path if isinstance(audio_path, tuple) else None
+        )
         if problem:
             col.bad(*problem, row=row_no, rec_id=rec_id)
             continue
-        if song_id in audio_files:
-            audio_path = remote.join(audio_base, audio_files[song_id])
-        elif audio_dir:
-            col.bad(
-                remote.join(audio_dir, f"{song_id}.mp3"),
-                "audio file missing in audio_dir",
-                row=row_no,
-                rec_id=rec_id,
-            )
-            continue
-        elif song_id in links:
-            audio_path = links[song_id]
-        else:
-            where = (
-                remote.join(root, links_rel) if links_rel else remote.join(root, "2. original_song_audio.csv")
-            )
-            col.bad(where, f"no audio link for song_id {song_id}", row=row_no, rec_id=rec_id)
-            continue
-        duration = _seconds(layout.cell_text(row, dur_col)) if dur_col else None
+        assert isinstance(signals, dict) and isinstance(audio_path, str)
+        duration = _seconds(layout.cell_text(row, cols["play_duration"])) if cols["play_duration"] else None
         rec = Recording(
             dataset=name,
             recording_id=rec_id,
@@ -222,7 +261,7 @@ def scan_hku956(
             signals=signals,
             duration_seconds=duration,
             row=row_no,
-            source=shown,
+            source=index.shown,
             stimulus_id=song_id,
         )
         if measure:

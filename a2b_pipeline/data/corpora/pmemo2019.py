@@ -22,7 +22,7 @@ import csv
 import io
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -125,6 +125,143 @@ def _music_file_index(tree: dict[str, remote.FileInfo], folder: str) -> dict[str
     return out
 
 
+@dataclass
+class _Files:
+    """Where a PMEmo2019 tree keeps its clips and EDA files (folder names in any case)."""
+
+    chorus: dict[str, str]  # lower-cased file name -> relative path
+    eda: dict[str, str]  # musicId -> relative path of <musicId>_EDA.csv
+    chorus_dir: str
+    eda_dir: str
+
+    @classmethod
+    def index(cls, tree: dict[str, remote.FileInfo]) -> _Files:
+        eda: dict[str, str] = {}
+        for rel_lower, rel in _music_file_index(tree, "eda").items():
+            m = re.fullmatch(r"(.+?)_eda\.csv", rel_lower)
+            if m and "/" not in m.group(1):
+                eda[layout.norm_id(m.group(1))] = rel
+        return cls(
+            chorus=_music_file_index(tree, "chorus"),
+            eda=eda,
+            chorus_dir=next((p.split("/", 1)[0] for p in tree if p.lower().startswith("chorus/")), "chorus"),
+            eda_dir=next((p.split("/", 1)[0] for p in tree if p.lower().startswith("eda/")), "EDA"),
+        )
+
+    def clip(self, base: str) -> str | None:
+        """The clip a metadata fileName names (an extension may be left out)."""
+        rel = self.chorus.get(base.lower())
+        if rel is None and "." not in base:
+            rel = next(
+                (
+                    self.chorus[base.lower() + e]
+                    for e in layout.AUDIO_EXTENSIONS
+                    if base.lower() + e in self.chorus
+                ),
+                None,
+            )
+        return rel
+
+
+@dataclass
+class _Scan:
+    """One scan of a PMEmo2019 root: a song per metadata row, a recording per listener column."""
+
+    root: str
+    name: str
+    cache_dir: str | None
+    measure: bool
+    files: _Files
+    col: layout.Collector
+    scan: CorpusScan
+    info: ChannelInfo = field(default_factory=lambda: ChannelInfo(rate=None, irregular=False))
+    steps: list[float] = field(default_factory=list)  # median sampling interval per file
+    songs: set[str] = field(default_factory=set)
+
+    def song(self, row_no: int, music: str, file_name: str) -> None:
+        """The listeners of one metadata row's song (problems go to the collector)."""
+        base = file_name.replace("\\", "/").rsplit("/", 1)[-1]
+        audio_rel = self.files.clip(base)
+        if audio_rel is None:
+            where = remote.join(self.root, self.files.chorus_dir, base)
+            self.col.bad(where, "chorus clip missing", row=row_no, rec_id=music)
+            return
+        eda_rel = self.files.eda.get(music)
+        if eda_rel is None:
+            where = remote.join(self.root, self.files.eda_dir, f"{music}_EDA.csv")
+            self.col.bad(where, "EDA file missing", row=row_no, rec_id=music)
+            return
+        eda_path = remote.join(self.root, eda_rel)
+        try:
+            wide = _parse_wide_eda(remote.read_text(eda_path, self.cache_dir))
+        except ValueError as e:
+            self.col.bad(eda_path, str(e), row=row_no, rec_id=music)
+            return
+        self.note_grid(wide.times)
+        for header, n_valid in self.listeners(wide, eda_path, row_no, music):
+            subject = subject_id_from_header(header)
+            rec_id = f"{music}_{subject}"
+            rec = Recording(
+                dataset=self.name,
+                recording_id=rec_id,
+                subject_id=subject,
+                audio_path=remote.join(self.root, audio_rel),
+                signals={"eda": SignalSource(eda_path, column=header, time_column=wide.time_header)},
+                row=row_no,
+                source=self.scan.root,
+                stimulus_id=music,
+            )
+            self.col.listing.recordings.append(rec)
+            self.songs.add(music)
+            if self.measure:
+                t = wide.times[:n_valid]
+                self.scan.durations[rec_id] = float(t[-1] + np.median(np.diff(t)))
+
+    def note_grid(self, times: np.ndarray) -> None:
+        dt = np.diff(times)
+        if dt.size:
+            self.steps.append(float(np.median(dt)))
+            if dt.size > 1 and float(dt.max() - dt.min()) > 1e-6 * max(1.0, float(np.median(dt))):
+                self.info.irregular = True
+        self.info.files += 1
+
+    def listeners(self, wide: _WideEDA, eda_path: str, row_no: int, music: str) -> list[tuple[str, int]]:
+        """(header, samples) of the usable listener columns; the others are reported or skipped quietly."""
+        usable: list[tuple[str, int]] = []
+        taken: set[str] = set()
+        headers = [h for h, _ in wide.columns]
+        for header, values in wide.columns:
+            subject = subject_id_from_header(header)
+            rec_id = f"{music}_{subject}"
+            n_valid = valid_length(values)
+            gaps = np.flatnonzero(np.isnan(values[:n_valid]))
+            if header in wide.bad_columns:
+                problem = wide.bad_columns[header]
+            elif n_valid == 0:
+                self.col.quiet_skip(eda_path, f"{LISTENER_MISSING}: {header!r}", row=row_no)
+                continue
+            elif not subject:
+                self.col.bad(
+                    eda_path,
+                    f"column {len(taken) + 2} has values but no subject id in the header",
+                    row=row_no,
+                )
+                continue
+            elif subject in taken or headers.count(header) > 1:
+                problem = f"subject {subject} has more than one column ({header!r})"
+            else:
+                taken.add(subject)
+                if gaps.size:
+                    problem = f"column {header!r}: empty cell at line {gaps[0] + 2} inside the recording"
+                elif n_valid < 2:
+                    problem = f"column {header!r}: fewer than 2 samples"
+                else:
+                    usable.append((header, n_valid))
+                    continue
+            self.col.bad(eda_path, problem, row=row_no, rec_id=rec_id)
+        return usable
+
+
 def scan_pmemo2019(
     root: str,
     *,
@@ -147,126 +284,30 @@ def scan_pmemo2019(
         "no metadata.csv (PMEmo2019 layout: metadata.csv, chorus/<fileName>, EDA/<musicId>_EDA.csv)",
         cache_dir,
     )
-    shown, tree, meta_rel, columns, meta_rows = index.shown, index.tree, index.rel, index.columns, index.rows
-    id_col = layout.find_column(columns, "musicId", "music_id", "musicid", "song_id", "id")
-    file_col = layout.find_column(columns, "fileName", "file_name", "filename", "file")
+    id_col = layout.find_column(index.columns, "musicId", "music_id", "musicid", "song_id", "id")
+    file_col = layout.find_column(index.columns, "fileName", "file_name", "filename", "file")
     if id_col is None:
-        raise CorpusError(f"{remote.join(shown, meta_rel)}: no 'musicId' column (has {columns})")
-    chorus = _music_file_index(tree, "chorus")
-    eda_files: dict[str, str] = {}
-    for rel_lower, rel in _music_file_index(tree, "eda").items():
-        m = re.fullmatch(r"(.+?)_eda\.csv", rel_lower)
-        if m and "/" not in m.group(1):
-            eda_files[layout.norm_id(m.group(1))] = rel
-    eda_dir = next((p.split("/", 1)[0] for p in tree if p.lower().startswith("eda/")), "EDA")
-    chorus_dir = next((p.split("/", 1)[0] for p in tree if p.lower().startswith("chorus/")), "chorus")
-
+        raise CorpusError(f"{remote.join(index.shown, index.rel)}: no 'musicId' column (has {index.columns})")
     col = layout.Collector(name, root, on_bad)
-    scan = CorpusScan("pmemo2019", shown, col.listing, files=tree)
-    info = ChannelInfo(rate=None, irregular=False)
-    steps: list[float] = []
-    songs: set[str] = set()
+    scan = CorpusScan("pmemo2019", index.shown, col.listing, files=index.tree)
+    run = _Scan(root, name, cache_dir, measure, _Files.index(index.tree), col, scan)
+    meta_path = remote.join(root, index.rel)
     seen_music: set[str] = set()
-    for row_no, row in enumerate(meta_rows, 1):
+    for row_no, row in enumerate(index.rows, 1):
         music = layout.norm_id(layout.cell_text(row, id_col))
         if not music:
-            col.bad(remote.join(root, meta_rel), f"row {row_no}: empty musicId", row=row_no)
-            continue
-        if music in seen_music:
-            col.bad(remote.join(root, meta_rel), f"row {row_no}: musicId {music} listed twice", row=row_no)
-            continue
-        seen_music.add(music)
-        file_name = layout.cell_text(row, file_col) or f"{music}.mp3"
-        base = file_name.replace("\\", "/").rsplit("/", 1)[-1]
-        audio_rel = chorus.get(base.lower())
-        if audio_rel is None and "." not in base:
-            audio_rel = next(
-                (chorus.get(base.lower() + e) for e in layout.AUDIO_EXTENSIONS if base.lower() + e in chorus),
-                None,
-            )
-        if audio_rel is None:
-            col.bad(remote.join(root, chorus_dir, base), "chorus clip missing", row=row_no, rec_id=music)
-            continue
-        eda_rel = eda_files.get(music)
-        if eda_rel is None:
-            col.bad(
-                remote.join(root, eda_dir, f"{music}_EDA.csv"), "EDA file missing", row=row_no, rec_id=music
-            )
-            continue
-        eda_path = remote.join(root, eda_rel)
-        try:
-            wide = _parse_wide_eda(remote.read_text(eda_path, cache_dir))
-        except ValueError as e:
-            col.bad(eda_path, str(e), row=row_no, rec_id=music)
-            continue
-        dt = np.diff(wide.times)
-        if dt.size:
-            steps.append(float(np.median(dt)))
-            if dt.size > 1 and float(dt.max() - dt.min()) > 1e-6 * max(1.0, float(np.median(dt))):
-                info.irregular = True
-        info.files += 1
-        taken: set[str] = set()
-        headers = [h for h, _ in wide.columns]
-        for header, values in wide.columns:
-            subject = subject_id_from_header(header)
-            rec_id = f"{music}_{subject}"
-            if header in wide.bad_columns:
-                col.bad(eda_path, wide.bad_columns[header], row=row_no, rec_id=rec_id)
-                continue
-            n_valid = valid_length(values)
-            if n_valid == 0:
-                col.quiet_skip(eda_path, f"{LISTENER_MISSING}: {header!r}", row=row_no)
-                continue
-            if not subject:
-                col.bad(
-                    eda_path,
-                    f"column {len(taken) + 2} has values but no subject id in the header",
-                    row=row_no,
-                )
-                continue
-            if subject in taken or headers.count(header) > 1:
-                col.bad(
-                    eda_path,
-                    f"subject {subject} has more than one column ({header!r})",
-                    row=row_no,
-                    rec_id=rec_id,
-                )
-                continue
-            taken.add(subject)
-            gaps = np.flatnonzero(np.isnan(values[:n_valid]))
-            if gaps.size:
-                col.bad(
-                    eda_path,
-                    f"column {header!r}: empty cell at line {gaps[0] + 2} inside the recording",
-                    row=row_no,
-                    rec_id=rec_id,
-                )
-                continue
-            if n_valid < 2:
-                col.bad(eda_path, f"column {header!r}: fewer than 2 samples", row=row_no, rec_id=rec_id)
-                continue
-            rec = Recording(
-                dataset=name,
-                recording_id=rec_id,
-                subject_id=subject,
-                audio_path=remote.join(root, audio_rel),
-                signals={"eda": SignalSource(eda_path, column=header, time_column=wide.time_header)},
-                row=row_no,
-                source=shown,
-                stimulus_id=music,
-            )
-            col.listing.recordings.append(rec)
-            songs.add(music)
-            if measure:
-                t = wide.times[:n_valid]
-                scan.durations[rec_id] = float(t[-1] + np.median(np.diff(t)))
-    unlisted = sorted(set(eda_files) - seen_music, key=lambda s: (len(s), s))
-    for music in unlisted:
-        col.quiet_skip(remote.join(root, eda_files[music]), f"musicId {music} is not in {meta_rel}")
-    if steps:
-        info.rate = round(1.0 / float(np.median(steps)), 6)
-    scan.channels = {"eda": info}
-    scan.songs = len(songs)
+            col.bad(meta_path, f"row {row_no}: empty musicId", row=row_no)
+        elif music in seen_music:
+            col.bad(meta_path, f"row {row_no}: musicId {music} listed twice", row=row_no)
+        else:
+            seen_music.add(music)
+            run.song(row_no, music, layout.cell_text(row, file_col) or f"{music}.mp3")
+    for music in sorted(set(run.files.eda) - seen_music, key=lambda s: (len(s), s)):
+        col.quiet_skip(remote.join(root, run.files.eda[music]), f"musicId {music} is not in {index.rel}")
+    if run.steps:
+        run.info.rate = round(1.0 / float(np.median(run.steps)), 6)
+    scan.channels = {"eda": run.info}
+    scan.songs = len(run.songs)
     return scan
 
 

@@ -244,7 +244,7 @@ def _loader_plan(prepared: Any, cfg: Any) -> dict[str, Any]:
         if not any(len(ds) for ds in prepared.splits.get(split, {}).values()):
             continue
         ml = make_loader(prepared, cfg, split)
-        names = list(getattr(ml, "dataset_names", [n for n, ds in prepared.splits[split].items() if len(ds)]))
+        names = ml.dataset_names
         loaders[split] = {
             "batches_per_epoch": len(ml),
             "weights": [float(w) for w in ml.weights],
