@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import tiny_config
+from _util import tiny_config
 from dagster import (
     AssetKey,
     AssetRecordsFilter,

@@ -9,18 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from _util import longer_run, run_cli
 
 from a2b_pipeline.configs import config_from_dict
 from a2b_pipeline.predict import predict_files
 from a2b_pipeline.state import TrainState
 from a2b_pipeline.train import train
-from tests._util import run_cli, tiny_config
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("predict")
-    raw = tiny_config(tmp)
+    raw = longer_run(tmp)
     raw["train"].update(max_steps=4, val_every_n_steps=4)
     raw["checkpoint"]["every_n_steps"] = 4
     return Path(train(TrainState.from_config(config_from_dict(raw))).run_dir)
