@@ -1,5 +1,5 @@
 """What the assets share: loading an experiment's effective config, JSON records on disk that pin
-what each materialization produced, lineage metadata, fingerprints of corpus files, the plot.
+what each materialization produced, lineage metadata, fingerprints of corpus files, PNGs as metadata.
 
 Nothing here imports torch at module level: the code location loads fast and the heavy modules
 are imported inside asset bodies.
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import json
 import math
 import os
@@ -229,41 +228,7 @@ def corpus_fingerprint(cfg: RunConfig) -> str:
     return sha256_json({name: source_fingerprint(src) for name, src in sorted(corpus_sources(cfg).items())})
 
 
-# ---- plots ----
-
-
-def plot_predictions(
-    windows: list[tuple[Any, Any, Any]], channels: list[str], target_rate: float, title: str
-) -> bytes:
-    """PNG of predicted vs true biosignal of a few test windows: a row per window, a column per channel."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    rows = max(1, len(windows))
-    cols = max(1, len(channels))
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.2 * rows), squeeze=False, dpi=80)
-    for r, window in enumerate(windows):  # (true, predicted) or (x, true, predicted)
-        yt = np.asarray(window[-2], dtype=float)
-        yp = np.asarray(window[-1], dtype=float)
-        t = np.arange(yt.shape[0]) / target_rate
-        for c, ch in enumerate(channels):
-            ax = axes[r][c]
-            ax.plot(t, yt[:, c], label="true", color="black", linewidth=1.2)
-            ax.plot(t, yp[:, c], label="predicted", color="tab:orange", linewidth=1.2)
-            ax.set_title(f"window {r} · {ch}", fontsize=9)
-            ax.tick_params(labelsize=7)
-            if r == rows - 1:
-                ax.set_xlabel("seconds", fontsize=8)
-    axes[0][0].legend(fontsize=7, loc="upper right")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+# ---- plots (drawn by the core: evaluate.py, leaderboard.py) ----
 
 
 def png_markdown(png: bytes, alt: str = "predicted vs true") -> MetadataValue:
