@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import statistics
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -24,6 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from a2b_pipeline.configs import ConfigError, RunConfig, with_run_settings
+from a2b_pipeline.data.pipeline import prepare_data
+from a2b_pipeline.data.splits import group_key, group_kinds
+from a2b_pipeline.evaluate import evaluate_report, resolve_checkpoint
+from a2b_pipeline.state import CheckpointError, TrainState, list_checkpoints
+from a2b_pipeline.train import train
 
 log = logging.getLogger(__name__)
 
@@ -76,14 +82,9 @@ class FoldResult:
 # ---- one fold ----
 
 
-def train_fold(cfg: RunConfig, fold: int, root: Path, fresh: bool = False):  # -> TrainState
+def train_fold(cfg: RunConfig, fold: int, root: Path, fresh: bool = False) -> TrainState:
     """Train fold `fold` in `root/fold-<k>`: continues the run there if it has checkpoints (a complete run is
     returned as it is), `fresh` starts over."""
-    import shutil
-
-    from a2b_pipeline.state import CheckpointError, TrainState, list_checkpoints
-    from a2b_pipeline.train import train
-
     fcfg = fold_config(cfg, fold)
     run_dir = fold_dir(root, fold)
     if fresh:
@@ -112,8 +113,6 @@ def train_fold(cfg: RunConfig, fold: int, root: Path, fresh: bool = False):  # -
 
 def test_groups(prepared: Any, group_by: str) -> dict[str, list[str]]:
     """The groups (subjects / stimuli, "dataset/id") in a prepared split's test set."""
-    from a2b_pipeline.data.splits import group_key, group_kinds
-
     recs = [r for lst in prepared.recordings["test"].values() for r in lst]
     return {kind: sorted({"/".join(group_key(r, kind)) for r in recs}) for kind in group_kinds(group_by)}
 
@@ -121,9 +120,6 @@ def test_groups(prepared: Any, group_by: str) -> dict[str, list[str]]:
 def evaluate_fold(state: Any, device: str = "cpu") -> tuple[dict[str, Any], Path, dict[str, list[str]]]:
     """Evaluate a fold's best checkpoint on its test set (model and baselines, evaluate.evaluate_report, which
     writes `<run_dir>/evaluation-test.json`). Returns (report, its path, the test groups)."""
-    from a2b_pipeline.data.pipeline import prepare_data
-    from a2b_pipeline.evaluate import evaluate_report, resolve_checkpoint
-
     ckpt = resolve_checkpoint(state.run_dir)
     data = prepare_data(state.config)
     report = evaluate_report(ckpt, "test", data=data, device=device)
@@ -132,8 +128,6 @@ def evaluate_fold(state: Any, device: str = "cpu") -> tuple[dict[str, Any], Path
 
 
 def fold_result(fold: int, state: Any, report_path: Path | None, groups: dict[str, list[str]]) -> FoldResult:
-    from a2b_pipeline.evaluate import resolve_checkpoint
-
     ckpt = str(resolve_checkpoint(state.run_dir)) if report_path else ""
     return FoldResult(
         fold=fold,

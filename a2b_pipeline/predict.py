@@ -10,6 +10,7 @@ with `subject=` one of the run's listeners), otherwise as z-scores; the CSV head
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -200,9 +201,7 @@ def plot_prediction(
     y: np.ndarray, names: list[str], target_rate: float, loud_db: np.ndarray, frame_rate: float, title: str
 ) -> bytes:
     """PNG: the audio's loudness on top, each predicted channel below it, on one time axis."""
-    import io
-
-    import matplotlib
+    import matplotlib  # only for plots: a heavy import
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
