@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 import sys
 from pathlib import Path
 
@@ -34,8 +33,11 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from a2b_pipeline.preflight import check_runnable
+
     cfg = load_config(args.config, args.set)
     check_paths(cfg, source=args.config)
+    check_runnable(cfg, source=args.config)
     print(cfg.to_yaml(), end="")
     print(f"# config hash: {cfg.config_hash()}")
     return 0
@@ -53,31 +55,38 @@ def _finish(state) -> int:  # state: TrainState
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from a2b_pipeline.preflight import check_runnable
+
     cfg = load_config(args.config, args.set)
     check_paths(cfg, args.run_dir, source=args.config)  # before anything is created
+    check_runnable(cfg, source=args.config)
     return _finish(train_or_resume(cfg, args.run_dir, fresh=args.fresh))
 
 
 def train_or_resume(cfg, run_dir: str | None = None, fresh: bool = False):  # RunConfig -> TrainState
     """Train `cfg` in its run directory; a run directory with checkpoints is continued, not clobbered."""
+    from a2b_pipeline.rundir_lock import empty_run_dir, hold_run_dir
     from a2b_pipeline.state import CheckpointError, TrainState, list_checkpoints
     from a2b_pipeline.train import train
 
     state = TrainState.from_config(cfg, run_dir)
-    if fresh:
-        shutil.rmtree(state.run_dir, ignore_errors=True)
-    elif list_checkpoints(state.run_dir):
-        # Same config, same run directory: continue it rather than clobber it.
-        try:
-            state = TrainState.from_checkpoint(state.run_dir)
-            state.config = with_run_settings(state.config, cfg)
-            print(
-                f"resuming {state.run_dir} from step {state.global_step} (--fresh to start over)",
-                file=sys.stderr,
-            )
-        except CheckpointError as e:
-            print(f"warning: {e}; starting fresh", file=sys.stderr)
-    return train(state)
+    # Held from before `fresh` wipes or a checkpoint is read until training ends: a live run is never
+    # wiped or resumed under its owner's feet (RunDirBusyError, exit 2).
+    with hold_run_dir(state.run_dir):
+        if fresh:
+            empty_run_dir(Path(state.run_dir))
+        elif list_checkpoints(state.run_dir):
+            # Same config, same run directory: continue it rather than clobber it.
+            try:
+                state = TrainState.from_checkpoint(state.run_dir)
+                state.config = with_run_settings(state.config, cfg)
+                print(
+                    f"resuming {state.run_dir} from step {state.global_step} (--fresh to start over)",
+                    file=sys.stderr,
+                )
+            except CheckpointError as e:
+                print(f"warning: {e}; starting fresh", file=sys.stderr)
+        return train(state)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -153,10 +162,16 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from a2b_pipeline.state import TrainState
+    from a2b_pipeline.rundir_lock import hold_run_dir
+    from a2b_pipeline.state import STATE_FILE, CheckpointError, TrainState
     from a2b_pipeline.train import train
 
-    return _finish(train(TrainState.from_checkpoint(args.path)))
+    path = Path(args.path)
+    run_dir = path.parent if (path / STATE_FILE).exists() else path
+    if not run_dir.is_dir():
+        raise CheckpointError(f"{path}: no such checkpoint or run directory")
+    with hold_run_dir(run_dir):  # before its checkpoints are read: nobody else trains there meanwhile
+        return _finish(train(TrainState.from_checkpoint(path)))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ import hashlib
 import json
 import math
 import os
+import reprlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -74,11 +75,20 @@ def _known_corpus_type(name: str) -> str:
 DatasetType = Annotated[str, AfterValidator(_known_corpus_type)]
 
 
+# Bounds that keep a config runnable: values past them validate as numbers but can't be seeded, allocated
+# or iterated over in a useful time (#16). They are far above anything a model of this kind uses.
+Seed = Annotated[int, Field(gt=-(2**62), lt=2**62)]  # torch takes 64-bit seeds (+ rank, + offsets)
+Finite = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
+Count = Annotated[int, Field(gt=0, le=1024)]  # layers, levels, heads, multipliers
+Width = Annotated[int, Field(gt=0, le=65536)]  # channels, hidden sizes, kernel sizes
+Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
 class SyntheticSpec(_Strict):
-    subjects: PositiveInt = 6
-    recordings_per_subject: PositiveInt = 3
-    seconds: PositiveFloat = 30.0
-    seed: int = 0
+    subjects: Annotated[int, Field(gt=0, le=10000)] = 6
+    recordings_per_subject: Annotated[int, Field(gt=0, le=1000)] = 3
+    seconds: Annotated[float, Field(gt=0.0, le=86400.0)] = 30.0
+    seed: Annotated[int, Field(ge=0, lt=2**62)] = 0  # numpy's generators take no negative seed
     # Distinct stimuli (audio clips) shared by the subjects: recording r of subject s plays clip
     # (s + r) mod stimuli, so each clip has several listeners. None: every recording its own clip.
     stimuli: PositiveInt | None = None
@@ -139,15 +149,15 @@ class WeightMilestone(_Strict):
 
 class DataConfig(_Strict):
     datasets: Annotated[list[DatasetConfig], Field(min_length=1)]
-    batch_size: PositiveInt = 16
-    num_workers: NonNegativeInt = 0
+    batch_size: Annotated[int, Field(gt=0, le=65536)] = 16
+    num_workers: Annotated[int, Field(ge=0, le=256)] = 0
     channels: Annotated[list[str], Field(min_length=1)] = ["eda"]
-    sample_rate: PositiveInt = 16000
-    n_mels: PositiveInt = 32
-    frame_rate: PositiveFloat = 50.0  # log-mel frames per second
-    target_rate: PositiveFloat = 4.0  # biosignal samples per second
-    window_seconds: PositiveFloat = 8.0
-    hop_seconds: PositiveFloat = 4.0
+    sample_rate: Annotated[int, Field(ge=1000, le=768000)] = 16000
+    n_mels: Annotated[int, Field(gt=0, le=1024)] = 32
+    frame_rate: Annotated[float, Field(gt=0.0, le=1000.0)] = 50.0  # log-mel frames per second
+    target_rate: Annotated[float, Field(gt=0.0, le=10000.0)] = 4.0  # biosignal samples per second
+    window_seconds: Annotated[float, Field(gt=0.0, le=3600.0)] = 8.0
+    hop_seconds: Annotated[float, Field(gt=0.0, le=3600.0)] = 4.0
     normalize: Literal["global", "subject", "none"] = "subject"
     val_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.2
     test_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.2
@@ -184,7 +194,39 @@ class DataConfig(_Strict):
             raise ValueError(f"weight_schedule steps must increase, got {steps}")
         if len(set(self.channels)) != len(self.channels):
             raise ValueError(f"channels must be unique, got {self.channels}")
+        self._check_grid()
         return self
+
+    def _check_grid(self) -> None:
+        """Rates and window sizes that validate one by one but can't make a window, or make too many."""
+        w = self.window_seconds
+        if round(w * self.target_rate) < 1:
+            raise ValueError(
+                f"target_rate={self.target_rate:g} Hz gives no target sample in a window "
+                f"of window_seconds={w:g}"
+            )
+        if round(w * self.frame_rate) < 1:
+            raise ValueError(
+                f"frame_rate={self.frame_rate:g} gives no frame in a window of window_seconds={w:g}"
+            )
+        if self.frame_rate > self.sample_rate / 2:
+            raise ValueError(
+                f"frame_rate={self.frame_rate:g} is above half of sample_rate={self.sample_rate}: "
+                "frames would be less than two samples apart"
+            )
+        finest = 1.0 / max(self.frame_rate, self.target_rate)
+        if self.hop_seconds < finest * (1 - 1e-9):
+            # a finer hop repeats the same frames and targets, and on long recordings never ends
+            raise ValueError(
+                f"hop_seconds={self.hop_seconds:g} is finer than the finest grid step ({finest:g} s at "
+                f"frame_rate={self.frame_rate:g}, target_rate={self.target_rate:g})"
+            )
+        per_batch = self.batch_size * round(w * self.frame_rate) * self.n_mels
+        if per_batch > 2**28:  # one batch of features over 1 GiB: not a config this trainer can hold
+            raise ValueError(
+                f"a batch of features is {per_batch:.3g} values (batch_size={self.batch_size} x "
+                f"{round(w * self.frame_rate)} frames x n_mels={self.n_mels}); the limit is 2**28"
+            )
 
     def weights_at(self, step: int) -> list[float]:
         weights = [d.weight for d in self.datasets]
@@ -211,25 +253,25 @@ class _ModelBase(_Strict):
 
 class ConvGRUConfig(_ModelBase):
     name: Literal["conv_gru"] = "conv_gru"
-    conv_channels: PositiveInt = 64
-    hidden: PositiveInt = 64
-    layers: PositiveInt = 1
+    conv_channels: Width = 64
+    hidden: Width = 64
+    layers: Count = 1
     bidirectional: bool = False
 
 
 class TCNConfig(_ModelBase):
     name: Literal["tcn"] = "tcn"
-    channels: PositiveInt = 64
-    levels: PositiveInt = 4
-    kernel_size: PositiveInt = 3
+    channels: Width = 64
+    levels: Annotated[int, Field(gt=0, le=32)] = 4  # dilation 2**level
+    kernel_size: Width = 3
 
 
 class TransformerConfig(_ModelBase):
     name: Literal["transformer"] = "transformer"
-    d_model: PositiveInt = 64
-    heads: PositiveInt = 4
-    layers: PositiveInt = 2
-    ff_mult: PositiveInt = 2
+    d_model: Width = 64
+    heads: Count = 4
+    layers: Count = 2
+    ff_mult: Count = 2
 
     @model_validator(mode="after")
     def _heads_divide(self) -> TransformerConfig:
@@ -243,9 +285,9 @@ class PretrainedEncoderConfig(_ModelBase):
 
     name: Literal["pretrained_encoder"] = "pretrained_encoder"
     weights: ConfigPath  # local .safetensors with the encoder's weights; nothing is fetched
-    encoder_channels: PositiveInt = 64
-    encoder_layers: PositiveInt = 3
-    hidden: PositiveInt = 64
+    encoder_channels: Width = 64
+    encoder_layers: Count = 3
+    hidden: Width = 64
     freeze_encoder: bool = True
 
 
@@ -258,10 +300,10 @@ ModelConfig = Annotated[
 class OptimizerConfig(_Strict):
     name: Literal["adamw", "sgd", "adam"] = "adamw"
     lr: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] = 1e-3  # inf would pass `PositiveFloat`
-    weight_decay: NonNegativeFloat = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    momentum: NonNegativeFloat = 0.9  # sgd only
-    eps: PositiveFloat = 1e-8
+    weight_decay: Finite = 0.0
+    betas: tuple[Beta, Beta] = (0.9, 0.999)
+    momentum: Finite = 0.9  # sgd only
+    eps: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] = 1e-8
 
 
 class SchedulerConfig(_Strict):
@@ -291,7 +333,8 @@ class TrainConfig(_Strict):
     grad_clip: PositiveFloat | None = 1.0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     compile: bool = False
-    num_threads: PositiveInt | None = None  # CPU threads; fixed so a resume is bit-exact
+    # CPU threads; fixed so a resume is bit-exact
+    num_threads: Annotated[int, Field(gt=0, le=1024)] | None = None
     log_every_n_steps: PositiveInt = 10
     val_every_n_steps: PositiveInt | None = None  # None: validate at the end of each epoch
     early_stopping_patience: NonNegativeInt | None = None  # in validations without improvement
@@ -371,7 +414,7 @@ def with_run_settings(cfg: RunConfig, source: RunConfig) -> RunConfig:
 
 class RunConfig(_Strict):
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.+-]+$")] = "run"
-    seed: int = 0
+    seed: Seed = 0
     data: DataConfig
     model: ModelConfig = ConvGRUConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
@@ -407,24 +450,76 @@ class ConfigError(ValueError):
     """A config that can't be used; the message names each bad field and value."""
 
 
+# Reprs in messages are built bounded: the full repr of a value from an untrusted file (a YAML alias bomb,
+# a deep JSON) can take gigabytes before it would be cut.
+_SHORT = reprlib.Repr()  # Python 3.11: limits are attributes, not arguments
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong = 3, 60, 60, 40
+_SHORT.maxdict = _SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxset = 6
+
+
+def short_repr(value: Any, limit: int = 80) -> str:
+    """repr() for messages: bounded in depth, items and length, whatever the value."""
+    try:
+        shown = _SHORT.repr(value)
+    except Exception:  # a repr that fails (or recurses): the type is enough
+        shown = f"<{type(value).__name__}>"
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
+
+
 def format_validation_error(err: ValidationError, source: str = "config") -> str:
     lines = [f"{source}: {err.error_count()} invalid field(s)"]
-    for e in err.errors():
+    for e in err.errors()[:50]:
         loc = ".".join(str(p) for p in e["loc"]) or "<root>"
-        msg = e["msg"]
+        msg = e["msg"][:300]
         if e["type"] == "extra_forbidden":
             msg = "unknown key (typo?)"
         value = e.get("input")
-        shown = repr(value) if not isinstance(value, dict) else "{...}"
-        if len(shown) > 80:
-            shown = shown[:77] + "..."
+        shown = short_repr(value) if not isinstance(value, dict) else "{...}"
         lines.append(f"  {loc}: {msg} (got {shown})")
+    if err.error_count() > 50:
+        lines.append(f"  ... and {err.error_count() - 50} more")
     return "\n".join(lines)
 
 
-def _parse_scalar(text: str) -> Any:
+MAX_CONFIG_BYTES = 1 << 20  # a run config is a few KB
+MAX_CONFIG_VALUES = 100_000  # scalars + containers after YAML aliases are expanded
+
+
+def check_expanded_size(raw: Any, source: str, limit: int = MAX_CONFIG_VALUES) -> None:
+    """Refuse a loaded YAML document whose values, counted as validation would visit them (an alias counts
+    each time it is used), exceed `limit`: a 2 KB alias bomb expands to billions, and a recursive alias never
+    ends. Counting stops at the limit, so this is cheap whatever the document."""
+    seen = 0
+    stack = [raw]
+    while stack:
+        node = stack.pop()
+        seen += 1
+        if seen > limit:
+            raise ConfigError(
+                f"{source}: more than {limit} values once YAML aliases are expanded "
+                "(an alias bomb or a recursive alias?); a run config is much smaller"
+            )
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list | tuple):
+            stack.extend(node)
+
+
+def _parse_scalar(text: str, item: str = "") -> Any:
     # YAML gives the natural types: 1e-3 -> float, true -> bool, [a, b] -> list, null -> None
-    return yaml.safe_load(text) if text != "" else ""
+    if text == "":
+        return ""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or type(e).__name__
+        raise ConfigError(
+            f"override {short_repr(item, 120)}: the value is not valid YAML ({problem}); "
+            "quote strings that contain ':', '[' or '{'"
+        ) from None
+    check_expanded_size(value, f"override {short_repr(item, 120)}")
+    return value
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -433,7 +528,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like dotted.key=value")
         key, value = item.split("=", 1)
-        set_dotted(raw, key, _parse_scalar(value))
+        set_dotted(raw, key, _parse_scalar(value, item))
     return raw
 
 
@@ -469,12 +564,7 @@ def _index(part: str, node: list, where: str) -> int:
 def read_yaml_mapping(path: Path, what: str = "config file", *, empty_ok: bool = False) -> dict[str, Any]:
     """A YAML file whose top level is a mapping (`empty_ok`: an empty file reads as {}); ConfigError naming
     `what` and the file otherwise."""
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{what} not found: {path}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    raw = parse_yaml(read_config_text(path, what), str(path))  # bounded: size, encoding, alias expansion
     if not raw and empty_ok:  # an empty file (or an empty document) is an empty config
         return {}
     if not isinstance(raw, dict):
@@ -491,6 +581,39 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, str(path))) from None
     return cfg
+
+
+def read_config_text(path: Path, what: str = "config file") -> str:
+    """A config file's text, or a ConfigError that names the file: missing, a directory, unreadable, too big
+    for a config, not UTF-8."""
+    try:
+        with open(path, "rb") as f:
+            blob = f.read(MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError(f"{what} not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a {what}") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config ({e.strerror or e})") from None
+    if len(blob) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes; not a run config")
+    try:
+        return blob.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        bad = blob[e.start : e.start + 1]
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}: {bad!r})") from None
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """YAML -> plain data, refusing documents that expand past MAX_CONFIG_VALUES (see check_expanded_size)."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML: {str(e)[:500]}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply to be a run config") from None
+    check_expanded_size(raw, source)
+    return raw
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "config") -> RunConfig:

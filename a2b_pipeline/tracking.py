@@ -11,6 +11,24 @@ from a2b_pipeline.configs import RunConfig
 STEP_KEY = "trainer/global_step"
 
 
+MODES = ("online", "offline", "disabled")
+
+
+def wandb_mode(cfg: RunConfig) -> str:
+    """The mode a run is tracked in: the environment's WANDB_MODE (or WANDB_DISABLED) wins over the config's
+    `tracking.wandb_mode`, as wandb users expect: `WANDB_MODE=disabled` or `offline` keeps the API key and
+    the run's data on this machine whatever a config says. An unknown value is an error, not a fallback."""
+    env = os.environ.get("WANDB_MODE", "").strip().lower()
+    if os.environ.get("WANDB_DISABLED", "").strip().lower() in ("1", "true", "yes"):
+        env = "disabled"
+    if not env:
+        return cfg.tracking.wandb_mode
+    env = {"dryrun": "offline", "run": "online"}.get(env, env)  # wandb's legacy spellings
+    if env not in MODES:
+        raise ValueError(f"environment WANDB_MODE={env!r}: expected one of {MODES}")
+    return env
+
+
 class Tracker:
     """A thin wandb wrapper. Only rank 0 tracks; `disabled` never imports wandb."""
 
@@ -18,7 +36,8 @@ class Tracker:
         self.run: Any = None
         self.run_id = run_id
         self.run_path: str | None = None
-        if rank != 0 or cfg.tracking.wandb_mode == "disabled":
+        self.mode = wandb_mode(cfg)
+        if rank != 0 or self.mode == "disabled":
             return
         import wandb
 
@@ -31,7 +50,7 @@ class Tracker:
             name=t.run_name or f"{cfg.name}-{cfg.config_hash()}",
             id=self.run_id,
             resume="allow",  # a resumed TrainState continues the same wandb run
-            mode=t.wandb_mode,
+            mode=self.mode,
             dir=run_dir,
             config=cfg.model_dump(mode="json"),
             tags=t.tags,

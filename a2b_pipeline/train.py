@@ -34,6 +34,8 @@ from a2b_pipeline.data.pipeline import (
 )
 from a2b_pipeline.metrics import MetricAccumulator, make_loss
 from a2b_pipeline.models import build_model, model_io
+from a2b_pipeline.preflight import check_runnable
+from a2b_pipeline.rundir_lock import hold_run_dir
 from a2b_pipeline.state import (
     CheckpointError,
     DataLoaderState,
@@ -58,6 +60,13 @@ MODEL_HOOKS: list[Callable[[nn.Module, TrainState], Any]] = []
 
 
 def train(state: TrainState) -> TrainState:
+    ensure_writable(Path(state.run_dir))  # fail before any work, naming the path
+    check_runnable(state.config)  # a model this machine can't hold is a config error, before any data
+    with hold_run_dir(state.run_dir):  # one trainer per run directory (RunDirBusyError otherwise)
+        return _train(state)
+
+
+def _train(state: TrainState) -> TrainState:
     cfg = state.config
     rank, world_size, local_rank = init_distributed()
     if state.model is not None and state.world_size != world_size:
@@ -66,7 +75,6 @@ def train(state: TrainState) -> TrainState:
             f"resumed with {world_size}"
         )
     state.world_size = world_size
-    ensure_writable(Path(state.run_dir))  # fail before any work, naming the path
     device = pick_device(cfg, local_rank)
     configure_determinism(cfg, state, device)
     if state.model is None:

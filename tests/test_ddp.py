@@ -43,8 +43,9 @@ def test_torchrun_two_ranks_gloo(tmp_path: Path) -> None:
     state = TrainState.from_checkpoint(run)
     assert state.world_size == 2 and state.global_step == 12 and state.status == "complete"
     assert len(state.rng) == 2 and state.rng[0].torch_cpu != state.rng[1].torch_cpu
-    # rank 0 alone wrote: one set of checkpoints, no leftovers from a second writer
+    # rank 0 alone wrote (and held the run directory): one set of checkpoints, no second writer's leftovers
     assert sorted(p.name for p in run.iterdir() if not p.name.startswith("step_")) == [
+        ".a2b-lock",
         "best",
         "last",
         "norm_stats.json",

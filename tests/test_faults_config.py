@@ -65,6 +65,19 @@ BAD = [
     ),
     ("data.weight_schedule=[{step: 4, weights: [1, 1, 1]}]", "has 3 weights for 2 datasets"),
     ("data.weight_schedule=[{step: 4, weights: [1, 1]}, {step: 2, weights: [1, 1]}]", "steps must increase"),
+    # values that validated but could not run (#16 item 8): an unseedable seed, impossible Adam betas,
+    # features too large to allocate, a target grid with no sample in a window, a hop that never ends
+    ("seed=1.0e+20", "(got 1e+20)"),
+    ("data.datasets.0.synthetic.seed=-1", "data.datasets.0.synthetic.seed: Input should be greater than or"),
+    ("optimizer.betas=[2, 0.9]", "optimizer.betas.0: Input should be less than 1 (got 2)"),
+    ("optimizer.betas=[0.9, -1]", "optimizer.betas.1: Input should be greater than or equal to 0"),
+    ("data.n_mels=1000000000", "data.n_mels: Input should be less than or equal to 1024"),
+    ("data.batch_size=10000000", "data.batch_size: Input should be less than or equal to 65536"),
+    ("data.datasets.0.synthetic.subjects=1000000000", "data.datasets.0.synthetic.subjects"),
+    ("data.target_rate=1e-12", "data: Value error, target_rate=1e-12 Hz gives no target sample in a window"),
+    ("data.hop_seconds=1e-9", "data: Value error, hop_seconds=1e-09 is finer than the finest grid step"),
+    ("data.frame_rate=20000", "data.frame_rate: Input should be less than or equal to 1000"),
+    ("model.layers=100000000", "model.conv_gru.layers: Input should be less than or equal to 1024"),
 ]
 
 

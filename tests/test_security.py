@@ -1,0 +1,241 @@
+"""Hardening (#16): what an attacker or a careless user can do with run directories, configs, checkpoints,
+manifests and the environment, each through the real CLI or the real library on real files.
+
+The trusted party is the config author; checkpoints, manifests and corpora from elsewhere are not (README,
+"Security model").
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+from pathlib import Path
+
+from _util import A2B, REPO, run_cli, start_training, tiny_config, wait_for, write_config
+
+from a2b_pipeline.state import TrainState, checkpoint_name, list_checkpoints
+
+# ---- 1. one owner per run directory ----
+
+
+def test_second_trainer_in_a_run_directory_is_refused_and_a_crash_releases_it(tmp_path: Path) -> None:
+    raw = tiny_config(tmp_path)
+    raw["train"].update(max_steps=30, val_every_n_steps=10)
+    raw["checkpoint"].update(every_n_steps=5, keep_last=2)
+    cfg = write_config(tmp_path, raw, "lock")
+    run = tmp_path / "run"
+
+    owner = start_training(cfg, run)
+    try:
+        wait_for(run / checkpoint_name(5), owner)
+        os.kill(owner.pid, signal.SIGSTOP)  # the owner holds the directory while the others try
+        before = sorted(p.name for p in run.iterdir())
+        for args in (
+            ("train", str(cfg), "--run-dir", str(run)),
+            ("train", str(cfg), "--run-dir", str(run), "--fresh"),
+            ("resume", str(run)),
+        ):
+            proc = run_cli(*args, check=False)
+            assert proc.returncode == 2, (args, proc.stderr)
+            assert f"run directory {run} is in use by pid {owner.pid} on host {socket.gethostname()}" in (
+                proc.stderr
+            ), proc.stderr
+            assert "Traceback" not in proc.stderr
+            assert sorted(p.name for p in run.iterdir()) == before, f"{args} touched the run directory"
+        os.kill(owner.pid, signal.SIGCONT)
+        _, err = owner.communicate(timeout=300)
+        assert owner.returncode == 0, err[-3000:]
+    finally:
+        if owner.poll() is None:
+            os.kill(owner.pid, signal.SIGCONT)
+            owner.kill()
+            owner.wait()
+    state = TrainState.from_checkpoint(run)
+    assert state.status == "complete" and state.global_step == 30  # the owner lost nothing
+
+    # A crash (SIGKILL) releases the directory; the next start cleans what the crash left.
+    run2 = tmp_path / "run2"
+    raw["train"]["max_steps"] = 20
+    cfg2 = write_config(tmp_path, raw, "lock2")
+    victim = start_training(cfg2, run2)
+    try:
+        wait_for(run2 / checkpoint_name(10), victim)
+    finally:
+        victim.kill()
+        victim.wait()
+    older, newest = list_checkpoints(run2)[-2:]
+    step = int(newest.name.removeprefix("step_"))
+    # debris of interrupted writes: a temporary checkpoint, a pointer temporary, a stale old copy, and a
+    # rewrite caught between its two renames (the newest step only exists as .old-step_*)
+    (run2 / ".tmp-step_000000099-abcdef").mkdir()
+    (run2 / ".tmp-step_000000099-abcdef" / "model.safetensors").write_bytes(b"half")
+    os.symlink("step_000000099", run2 / ".last.tmp")
+    shutil.copytree(older, run2 / f".old-{older.name}")
+    os.replace(newest, run2 / f".old-{newest.name}")
+    proc = run_cli("resume", str(run2), check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"step {step} of 20" in proc.stderr, proc.stderr[-3000:]  # resumed from the restored step
+    assert sorted(p.name for p in run2.iterdir() if p.name.startswith(".")) == [".a2b-lock"]
+    final = TrainState.from_checkpoint(run2)
+    assert final.status == "complete" and final.global_step == 20
+
+
+def test_lock_is_refused_in_process_too(tmp_path: Path) -> None:
+    """A second process (here: a child python) is refused while this one holds the directory, and gets it
+    the moment this one lets go."""
+    from a2b_pipeline.rundir_lock import RunDirBusyError, hold_run_dir
+
+    run = tmp_path / "run"
+    probe = (
+        "import sys\n"
+        "from a2b_pipeline.rundir_lock import RunDirBusyError, hold_run_dir\n"
+        "try:\n"
+        f"    with hold_run_dir({str(run)!r}):\n"
+        "        print('took it')\n"
+        "except RunDirBusyError as e:\n"
+        "    print(e)\n"
+    )
+    cmd = [A2B[0], "-c", probe]
+    with hold_run_dir(run), hold_run_dir(run):  # reentrant in one process
+        out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120).stdout
+        assert f"in use by pid {os.getpid()}" in out, out
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120).stdout
+    assert out.strip() == "took it"
+    assert issubclass(RunDirBusyError, ValueError)
+
+
+# ---- 2. the environment's WANDB_MODE wins over the config ----
+
+
+def _online_config(tmp_path: Path):
+    from a2b_pipeline.configs import config_from_dict
+
+    raw = tiny_config(tmp_path)
+    raw["tracking"] = {"wandb_mode": "online", "project": "a2b-test"}
+    return config_from_dict(raw)
+
+
+def test_environment_wandb_mode_wins_over_the_config(tmp_path: Path, monkeypatch) -> None:
+    from a2b_pipeline.tracking import Tracker
+
+    # No key, and a server that isn't there: anything sent online would fail (or hang) here.
+    monkeypatch.setenv("WANDB_API_KEY", "")
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
+    cfg = _online_config(tmp_path)
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    run_dir = tmp_path / "disabled"
+    run_dir.mkdir()
+    tracker = Tracker(cfg, str(run_dir), None)
+    assert tracker.mode == "disabled" and tracker.run is None and tracker.run_path is None
+    assert list(run_dir.iterdir()) == []  # wandb never started: nothing written, nothing sent
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run_dir = tmp_path / "offline"
+    run_dir.mkdir()
+    tracker = Tracker(cfg, str(run_dir), None)
+    try:
+        assert tracker.mode == "offline" and tracker.run is not None
+        tracker.log({"train/loss": 1.0}, step=1)
+    finally:
+        tracker.finish()
+    runs = sorted(p.name for p in (run_dir / "wandb").iterdir() if "run-" in p.name)
+    assert runs and all(name.startswith("offline-run-") for name in runs), runs
+
+    monkeypatch.setenv("WANDB_MODE", "bogus")
+    try:
+        Tracker(cfg, str(tmp_path), None)
+    except ValueError as e:
+        assert "WANDB_MODE='bogus'" in str(e)
+    else:
+        raise AssertionError("an unknown WANDB_MODE must not fall back to the config's online")
+
+
+# ---- 4. a YAML alias bomb fails fast and small ----
+
+BOMB = "\n".join(
+    ['a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    + [f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]" for p, n in zip("abcdefgh", "bcdefghi", strict=True)]
+)
+
+
+def _limited(cmd: list[str], mem_bytes: int = 3 << 30) -> subprocess.CompletedProcess[str]:
+    import resource
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (mem_bytes, mem_bytes))
+
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120, preexec_fn=limit)
+
+
+def test_yaml_alias_bomb_fails_fast_and_small(tmp_path: Path) -> None:
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(BOMB + "\n")
+    assert bomb.stat().st_size < 2000  # expands to 9**9 strings
+    for command in ("validate", "train"):
+        proc = _limited([*A2B, command, str(bomb)])
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert f"{bomb}: more than 100000 values once YAML aliases are expanded" in proc.stderr
+        assert "Traceback" not in proc.stderr and len(proc.stderr) < 2000
+
+    # the same document hidden in a --set value, and a recursive alias
+    cfg = write_config(tmp_path, tiny_config(tmp_path), "ok")
+    flat = BOMB.replace("\n", ", ")
+    proc = _limited([*A2B, "validate", str(cfg), "--set", f"tracking.tags={{{flat}}}"])
+    assert proc.returncode == 2 and "more than 100000 values" in proc.stderr, proc.stderr[-2000:]
+    loop = tmp_path / "loop.yaml"
+    loop.write_text("data: &d {datasets: [*d]}\n")
+    proc = _limited([*A2B, "validate", str(loop)])
+    assert proc.returncode == 2 and "more than 100000 values" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_messages_about_huge_values_are_bounded() -> None:
+    from pydantic import ValidationError
+
+    from a2b_pipeline.configs import RunConfig, format_validation_error
+
+    wide = ["x" * 10_000] * 10_000  # 100 MB if printed in full
+    deep: list = []
+    for _ in range(10_000):
+        deep = [deep]
+    try:
+        RunConfig.model_validate({"data": wide, "name": deep})
+    except ValidationError as e:
+        text = format_validation_error(e, "c.yaml")
+    assert len(text) < 2000 and "data" in text and "name" in text
+
+
+# ---- 8. raw tracebacks become clear errors (the config side; checkpoints below) ----
+
+
+def test_unusable_config_files_and_overrides_are_named(tmp_path: Path, capsys) -> None:
+    from a2b_pipeline.cli import main
+
+    cfg = write_config(tmp_path, tiny_config(tmp_path), "run")
+    not_yaml = "the value is not valid YAML"
+    cases = {
+        # a --set value that is not YAML
+        ("validate", str(cfg), "--set", "train.max_steps=[1"): f"override 'train.max_steps=[1': {not_yaml}",
+        ("train", str(cfg), "--set", "tracking.project={a"): f"override 'tracking.project={{a': {not_yaml}",
+        # a config path that is a directory
+        ("validate", str(tmp_path)): f"{tmp_path}: is a directory, not a config file",
+        ("train", str(tmp_path)): f"{tmp_path}: is a directory, not a config file",
+    }
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes(cfg.read_bytes() + "# Gr\xfc\xdfe\n".encode("latin-1"))
+    cases[("validate", str(latin1))] = f"{latin1}: not UTF-8 text"
+    cases[("train", str(latin1))] = f"{latin1}: not UTF-8 text"
+    # a model that validates field by field but can't be held in memory (built on the meta device to tell)
+    huge = ("--set", "model.hidden=65536", "--set", "model.layers=64")
+    cases[("validate", str(cfg), *huge)] = "model: conv_gru (model.conv_channels=16, model.hidden=65536"
+    cases[("train", str(cfg), *huge)] = "for weights, gradients and optimizer state: more than the"
+    for args, named in cases.items():
+        code = main(list(args))
+        err = capsys.readouterr().err
+        assert code == 2, (args, err)
+        assert named in err, (args, err)
+    made = sorted(p.name for p in tmp_path.iterdir())
+    assert made == ["latin1.yaml", "run.yaml"], "a refused config still created files"
