@@ -359,6 +359,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class RedactURLs(logging.Filter):
+    """Log lines show URLs without their credentials (a `user:password@` part, signature parameters)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from a2b_pipeline.data.remote import redact_text
+
+        message = record.getMessage()
+        shown = redact_text(message)
+        if shown != message:
+            record.msg, record.args = shown, None
+        if record.exc_info and not record.exc_text:  # a library's traceback repeats the URL it failed on
+            record.exc_text = redact_text(logging.Formatter().formatException(record.exc_info))
+        if record.stack_info:
+            record.stack_info = redact_text(record.stack_info)
+        return True
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -366,15 +383,18 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactURLs())
     from torch.cuda import OutOfMemoryError
 
     from a2b_pipeline.data.recording import BadRecordingError
+    from a2b_pipeline.data.remote import redact_text
     from a2b_pipeline.state import CheckpointError
 
     try:
         return args.fn(args)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact_text(str(e))}", file=sys.stderr)
         return 2
     except (
         CheckpointError,
@@ -386,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     ) as e:
         if args.verbose:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact_text(str(e))}", file=sys.stderr)
         return 1
 
 

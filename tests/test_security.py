@@ -7,11 +7,14 @@ The trusted party is the config author; checkpoints, manifests and corpora from 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from _util import A2B, REPO, run_cli, start_training, tiny_config, wait_for, write_config
@@ -239,3 +242,82 @@ def test_unusable_config_files_and_overrides_are_named(tmp_path: Path, capsys) -
         assert named in err, (args, err)
     made = sorted(p.name for p in tmp_path.iterdir())
     assert made == ["latin1.yaml", "run.yaml"], "a refused config still created files"
+
+
+# ---- 7. credentials in URLs never reach a message, a log line or a record ----
+
+
+@contextlib.contextmanager
+def _not_found_server() -> Iterator[int]:
+    """A real HTTP server on 127.0.0.1 that answers 404 to everything; yields its port."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class NotFound(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_error(404)
+
+        do_HEAD = do_GET
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _leaky_manifest(tmp_path: Path, port: int) -> tuple[Path, str]:
+    from a2b_pipeline.data.synthetic import write_synthetic_corpus
+
+    manifest = write_synthetic_corpus(
+        tmp_path / "corpus", subjects=4, recordings_per_subject=2, seconds=16, seed=0
+    )
+    url = f"http://alice:s3cr3t@127.0.0.1:{port}/x.wav?X-Amz-Signature=deadbeef&v=1"
+    rows = manifest.read_text().splitlines()
+    header = rows[0].split(",")
+    first = dict(zip(header, rows[1].split(","), strict=True))
+    leak = {**first, "recording_id": "leak", "subject_id": "s_leak", "audio_path": url}
+    manifest.write_text("\n".join([*rows, ",".join(leak[c] for c in header)]) + "\n")
+    return manifest, url
+
+
+def test_url_credentials_are_redacted_everywhere(tmp_path: Path, caplog) -> None:
+    import logging
+
+    from a2b_pipeline.configs import config_from_dict
+    from a2b_pipeline.data.pipeline import prepare_data
+
+    with _not_found_server() as port:
+        manifest, url = _leaky_manifest(tmp_path, port)
+        shown = url.replace("alice:s3cr3t@", "").replace("deadbeef", "REDACTED")
+        raw = tiny_config(tmp_path)
+        raw["data"]["datasets"] = [{"name": "wild", "type": "manifest", "manifest": str(manifest)}]
+        raw["data"]["on_bad_recording"] = "skip"
+
+        with caplog.at_level(logging.INFO):
+            data = prepare_data(config_from_dict(raw))
+        assert [s.reason for s in data.skipped if s.path == shown], data.skipped
+        logged = "\n".join(r.getMessage() for r in caplog.records)
+        assert shown in logged
+        for text in (logged, repr(data.skipped)):
+            assert "s3cr3t" not in text and "deadbeef" not in text
+
+        # the CLI at DEBUG (libraries' own lines and tracebacks too), in both modes: a skip and an error name
+        # the row and the redacted URL
+        cfg = write_config(tmp_path, raw, "leak")
+        skip = run_cli("-v", "train", str(cfg), "--run-dir", str(tmp_path / "run"), check=False)
+        raw["data"]["on_bad_recording"] = "error"
+        cfg = write_config(tmp_path, raw, "leak")
+        error = run_cli("-v", "train", str(cfg), "--run-dir", str(tmp_path / "run2"), check=False)
+    assert skip.returncode == 0 and shown in skip.stderr, skip.stderr[-3000:]
+    assert error.returncode == 1 and shown in error.stderr and "row 9" in error.stderr, error.stderr[-3000:]
+    for proc in (skip, error):
+        assert "s3cr3t" not in proc.stderr + proc.stdout and "deadbeef" not in proc.stderr + proc.stdout
+    for path in (tmp_path / "run").rglob("*"):
+        if path.is_file():
+            assert b"s3cr3t" not in path.read_bytes(), path

@@ -23,6 +23,7 @@ import soundfile as sf
 
 from a2b_pipeline.data.audio import is_url, open_binary
 from a2b_pipeline.data.recording import Listing, Recording, SignalSource, Skipped
+from a2b_pipeline.data.remote import redact_text
 
 REQUIRED = ("recording_id", "subject_id", "audio_path", "signal_path")
 OPTIONAL = ("offset_seconds", "duration_seconds", "signal_rate", "stimulus_id")
@@ -30,6 +31,9 @@ OPTIONAL = ("offset_seconds", "duration_seconds", "signal_rate", "stimulus_id")
 
 class ManifestError(ValueError):
     """A manifest that can't be used; the message names the file, and the row and column when it can."""
+
+    def __init__(self, message: str):
+        super().__init__(redact_text(message))  # a URL's credentials never reach a message
 
 
 def _read_rows(path: str) -> list[dict[str, Any]]:

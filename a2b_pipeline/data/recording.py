@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from a2b_pipeline.data.remote import redact_text
+
 
 @dataclass(frozen=True)
 class SignalSource:
@@ -38,23 +40,30 @@ class Recording:
 
 
 class BadRecordingError(ValueError):
-    """A recording that can't be used. The message names the dataset, row and path."""
+    """A recording that can't be used. The message names the dataset, row and path (URLs without their
+    credentials: this message is logged and recorded)."""
 
     def __init__(self, rec: Recording | None, path: str, reason: str):
-        self.path = path
-        self.reason = reason
+        self.path = redact_text(str(path))
+        self.reason = redact_text(str(reason))
         self.row = rec.row if rec else None
         self.dataset = rec.dataset if rec else ""
-        where = rec.where() + ": " if rec else ""
-        super().__init__(f"{where}{path}: {reason}")
+        where = redact_text(rec.where()) + ": " if rec else ""
+        super().__init__(f"{where}{self.path}: {self.reason}")
 
 
 @dataclass
 class Skipped:
+    """A record left out, and why: shown in logs, `a2b corpus` and Dagster metadata, so URLs are redacted."""
+
     path: str
     reason: str
     row: int | None = None
     dataset: str = ""
+
+    def __post_init__(self) -> None:
+        self.path = redact_text(str(self.path))
+        self.reason = redact_text(str(self.reason))
 
 
 @dataclass

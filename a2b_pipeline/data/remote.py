@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import threading
 import uuid
@@ -44,6 +45,7 @@ __all__ = [
     "read_bytes",
     "read_text",
     "redact",
+    "redact_text",
     "to_local_path",
 ]
 
@@ -52,7 +54,7 @@ class RemoteError(OSError):
     """A remote file that can't be read; the message names the URL, bucket and key."""
 
     def __init__(self, message: str, url: str = ""):
-        super().__init__(message)
+        super().__init__(redact_text(message))  # a storage library's own text may repeat the URL
         self.url = url
 
     def __str__(self) -> str:  # OSError's default str shows the args tuple when given several
@@ -111,20 +113,28 @@ def join(root: str | os.PathLike[str], *parts: str) -> str:
     return str(Path(to_local_path(s), *parts))
 
 
+# Credentials a URL can carry: a `user:password@` part, and the signature / token parameters of presigned or
+# token-authenticated URLs. Any text shown (messages, logs, records, metadata) goes through redact_text.
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)[^/\s?#'\"<>]*@")
+_SECRET_PARAM = re.compile(
+    r"(?P<name>[?&](?:x-amz-signature|x-amz-credential|x-amz-security-token|x-goog-signature|x-goog-credential"
+    r"|sig|signature|token|access_token|auth|api_key|apikey|key|password|passwd|secret|sv)=)[^&\s#'\"<>]*",
+    re.IGNORECASE,
+)
+REDACTED = "REDACTED"
+
+
+def redact_text(text: str) -> str:
+    """Every URL in `text` without its credentials: `user:password@` dropped, secret query values replaced."""
+    if "://" not in text:
+        return text
+    text = _USERINFO.sub(lambda m: m.group("scheme"), text)
+    return _SECRET_PARAM.sub(lambda m: m.group("name") + REDACTED, text)
+
+
 def redact(url: str) -> str:
-    """Drop a ``user:password@`` part from a URL, for messages."""
-    if "://" not in url:
-        return url
-    try:
-        sp = urlsplit(url)
-    except ValueError:
-        return url
-    if sp.username is None and sp.password is None:
-        return url
-    host = sp.hostname or ""
-    if sp.port:
-        host = f"{host}:{sp.port}"
-    return sp._replace(netloc=host).geturl()
+    """A URL (or any text) as it may be shown: see redact_text."""
+    return redact_text(str(url))
 
 
 def _bucket_key(url: str) -> tuple[str, str]:
@@ -204,7 +214,7 @@ def _translate(exc: BaseException, url: str) -> RemoteError:
     scheme = url.split("://", 1)[0].lower() if "://" in url else "file"
     bucket, key = _bucket_key(url) if scheme in ("s3", "s3a", "gs", "gcs", "az", "abfs") else ("", "")
     text = str(exc) or type(exc).__name__
-    low = text.lower()
+    low = text.replace(url, "").lower()  # the URL's own words ("Signature=...") say nothing about the error
     name = type(exc).__name__
     endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
     where = f" at endpoint {endpoint}" if endpoint and scheme.startswith("s3") else ""
