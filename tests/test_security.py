@@ -321,3 +321,24 @@ def test_url_credentials_are_redacted_everywhere(tmp_path: Path, caplog) -> None
     for path in (tmp_path / "run").rglob("*"):
         if path.is_file():
             assert b"s3cr3t" not in path.read_bytes(), path
+
+
+def test_manifest_field_over_the_csv_limit_is_named(tmp_path: Path, capsys) -> None:
+    from a2b_pipeline.cli import main
+    from a2b_pipeline.data.synthetic import write_synthetic_corpus
+
+    manifest = write_synthetic_corpus(
+        tmp_path / "corpus", subjects=4, recordings_per_subject=2, seconds=16, seed=0
+    )
+    lines = manifest.read_text().splitlines()
+    lines[3] = lines[3] + "," + "x" * 200_000  # a field past csv.field_size_limit() (131072)
+    manifest.write_text("\n".join(lines) + "\n")
+    raw = tiny_config(tmp_path)
+    raw["data"]["datasets"] = [{"name": "wild", "type": "manifest", "manifest": str(manifest)}]
+    for mode in ("skip", "error"):
+        raw["data"]["on_bad_recording"] = mode
+        cfg = write_config(tmp_path, raw, mode)
+        code = main(["train", str(cfg), "--run-dir", str(tmp_path / mode)])
+        err = capsys.readouterr().err
+        assert code == 1, err
+        assert f"error: {manifest}, line 4: not a readable CSV manifest (field larger than field limit" in err

@@ -62,9 +62,13 @@ def _read_rows(path: str) -> list[dict[str, Any]]:
         missing = [c for c in REQUIRED if not any(c in r for r in rows)]
     else:
         reader = csv.DictReader(io.StringIO(text))
-        columns = [c.strip() for c in reader.fieldnames or []]
-        reader.fieldnames = columns
-        rows = [r for r in reader if any((v or "").strip() for v in r.values() if isinstance(v, str))]
+        try:
+            columns = [c.strip() for c in reader.fieldnames or []]
+            reader.fieldnames = columns
+            rows = [r for r in reader if any((v or "").strip() for v in r.values() if isinstance(v, str))]
+        except csv.Error as e:  # e.g. a field over the csv module's size limit: the rest can't be parsed
+            line = reader.line_num + 1  # the line being parsed when it failed
+            raise ManifestError(f"{path}, line {line}: not a readable CSV manifest ({e})") from None
         missing = [c for c in REQUIRED if c not in columns]
     if missing:
         raise ManifestError(f"{path}: missing column(s) {missing} (has {columns})")
