@@ -24,6 +24,16 @@ from a2b_pipeline.state import TrainState, checkpoint_name, list_checkpoints
 # ---- 1. one owner per run directory ----
 
 
+def _wait_stopped(pid: int) -> None:
+    """Until the kernel has really stopped the process (SIGSTOP is delivered asynchronously)."""
+    import time
+
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+        assert time.monotonic() < deadline, f"pid {pid} did not stop"
+        time.sleep(0.01)
+
+
 def test_second_trainer_in_a_run_directory_is_refused_and_a_crash_releases_it(tmp_path: Path) -> None:
     raw = tiny_config(tmp_path)
     raw["train"].update(max_steps=30, val_every_n_steps=10)
@@ -35,6 +45,7 @@ def test_second_trainer_in_a_run_directory_is_refused_and_a_crash_releases_it(tm
     try:
         wait_for(run / checkpoint_name(5), owner)
         os.kill(owner.pid, signal.SIGSTOP)  # the owner holds the directory while the others try
+        _wait_stopped(owner.pid)
         before = sorted(p.name for p in run.iterdir())
         for args in (
             ("train", str(cfg), "--run-dir", str(run)),
