@@ -17,7 +17,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from _util import A2B, REPO, run_cli, start_training, tiny_config, wait_for, write_config
+from _util import A2B, REPO, longer_run, run_cli, start_training, wait_for, write_config
 
 from a2b_pipeline.state import TrainState, checkpoint_name, list_checkpoints
 
@@ -35,7 +35,7 @@ def _wait_stopped(pid: int) -> None:
 
 
 def test_second_trainer_in_a_run_directory_is_refused_and_a_crash_releases_it(tmp_path: Path) -> None:
-    raw = tiny_config(tmp_path)
+    raw = longer_run(tmp_path)
     raw["train"].update(max_steps=30, val_every_n_steps=10)
     raw["checkpoint"].update(every_n_steps=5, keep_last=2)
     cfg = write_config(tmp_path, raw, "lock")
@@ -127,7 +127,7 @@ def test_lock_is_refused_in_process_too(tmp_path: Path) -> None:
 def _online_config(tmp_path: Path):
     from a2b_pipeline.configs import config_from_dict
 
-    raw = tiny_config(tmp_path)
+    raw = longer_run(tmp_path)
     raw["tracking"] = {"wandb_mode": "online", "project": "a2b-test"}
     return config_from_dict(raw)
 
@@ -196,7 +196,7 @@ def test_yaml_alias_bomb_fails_fast_and_small(tmp_path: Path) -> None:
         assert "Traceback" not in proc.stderr and len(proc.stderr) < 2000
 
     # the same document hidden in a --set value, and a recursive alias
-    cfg = write_config(tmp_path, tiny_config(tmp_path), "ok")
+    cfg = write_config(tmp_path, longer_run(tmp_path), "ok")
     flat = BOMB.replace("\n", ", ")
     proc = _limited([*A2B, "validate", str(cfg), "--set", f"tracking.tags={{{flat}}}"])
     assert proc.returncode == 2 and "more than 100000 values" in proc.stderr, proc.stderr[-2000:]
@@ -228,7 +228,7 @@ def test_messages_about_huge_values_are_bounded() -> None:
 def test_unusable_config_files_and_overrides_are_named(tmp_path: Path, capsys) -> None:
     from a2b_pipeline.cli import main
 
-    cfg = write_config(tmp_path, tiny_config(tmp_path), "run")
+    cfg = write_config(tmp_path, longer_run(tmp_path), "run")
     not_yaml = "the value is not valid YAML"
     cases = {
         # a --set value that is not YAML
@@ -306,7 +306,7 @@ def test_url_credentials_are_redacted_everywhere(tmp_path: Path, caplog) -> None
     with _not_found_server() as port:
         manifest, url = _leaky_manifest(tmp_path, port)
         shown = url.replace("alice:s3cr3t@", "").replace("deadbeef", "REDACTED")
-        raw = tiny_config(tmp_path)
+        raw = longer_run(tmp_path)
         raw["data"]["datasets"] = [{"name": "wild", "type": "manifest", "manifest": str(manifest)}]
         raw["data"]["on_bad_recording"] = "skip"
 
@@ -344,7 +344,7 @@ def test_manifest_field_over_the_csv_limit_is_named(tmp_path: Path, capsys) -> N
     lines = manifest.read_text().splitlines()
     lines[3] = lines[3] + "," + "x" * 200_000  # a field past csv.field_size_limit() (131072)
     manifest.write_text("\n".join(lines) + "\n")
-    raw = tiny_config(tmp_path)
+    raw = longer_run(tmp_path)
     raw["data"]["datasets"] = [{"name": "wild", "type": "manifest", "manifest": str(manifest)}]
     for mode in ("skip", "error"):
         raw["data"]["on_bad_recording"] = mode
