@@ -233,6 +233,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """Every subcommand and its options, in one place (long, but a table: one block per subcommand)."""
+    from a2b_pipeline.data import corpora
+
     p = argparse.ArgumentParser(prog="a2b", description="audio -> biosignal training pipeline")
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
@@ -334,7 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("corpus", help="summarise a corpus in a published layout")
     s.add_argument("root")
-    s.add_argument("--type", required=True, choices=["manifest", "synthetic", "hku956", "pmemo2019"])
+    # only the types that can be summarised: a manifest or synthetic corpus is read by training as it is
+    s.add_argument("--type", required=True, choices=corpora.scannable())
     s.add_argument("--json", action="store_true")
     s.add_argument("--to-manifest", default=None, metavar="OUT.csv")
     s.set_defaults(fn=cmd_corpus)

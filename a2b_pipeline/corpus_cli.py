@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from a2b_pipeline.data import remote
-from a2b_pipeline.data.corpora import CorpusError, CorpusScan, scan_corpus
+from a2b_pipeline.data.corpora import CorpusError, CorpusScan, scan_corpus, scannable
 from a2b_pipeline.data.recording import BadRecordingError, Recording
 from a2b_pipeline.data.signal_csv import parse_signal_csv, pick_value_column
 
@@ -201,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Stand-alone parser (the `a2b` CLI wires the same options)."""
     p = argparse.ArgumentParser(prog="a2b corpus", description=__doc__.splitlines()[0])
     p.add_argument("root", help="corpus root: a directory or a URL (s3://bucket/prefix)")
-    p.add_argument("--type", required=True, choices=["pmemo2019", "hku956"])
+    p.add_argument("--type", required=True, choices=scannable())
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--to-manifest", metavar="OUT.csv", help="also write a manifest of the usable recordings")
     p.add_argument("--channels", help="comma-separated channels a recording needs (default: eda)")

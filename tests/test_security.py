@@ -353,3 +353,25 @@ def test_manifest_field_over_the_csv_limit_is_named(tmp_path: Path, capsys) -> N
         err = capsys.readouterr().err
         assert code == 1, err
         assert f"error: {manifest}, line 4: not a readable CSV manifest (field larger than field limit" in err
+
+
+# ---- 13. `a2b corpus --type` offers what it can do ----
+
+
+def test_corpus_types_offered_are_the_ones_accepted(tmp_path: Path) -> None:
+    from a2b_pipeline.data.corpora import names, scannable
+
+    offered = scannable()
+    assert set(offered) == {"hku956", "pmemo2019"} and set(names()) - set(offered) >= {
+        "manifest",
+        "synthetic",
+    }
+    help_text = run_cli("corpus", "--help").stdout
+    assert "{" + ",".join(offered) + "}" in help_text
+    for kind in ("manifest", "synthetic"):  # not offered: refused by the parser, naming the choices
+        proc = run_cli("corpus", str(tmp_path), "--type", kind, check=False)
+        assert proc.returncode == 2 and f"invalid choice: '{kind}'" in proc.stderr, proc.stderr
+    for kind in offered:  # every offered type gets as far as reading the (missing) corpus
+        proc = run_cli("corpus", str(tmp_path / "nothing"), "--type", kind, check=False)
+        assert proc.returncode == 2 and "corpus root not found" in proc.stderr, proc.stderr
+        assert "unknown corpus type" not in proc.stderr

@@ -34,6 +34,7 @@ __all__ = [
     "names",
     "register",
     "scan_corpus",
+    "scannable",
     "scan_dataset",
     "source_of",
 ]
@@ -143,6 +144,11 @@ def names() -> list[str]:
     return sorted({*_builtin_names(), *_REGISTERED, *_entry_points()})
 
 
+def scannable() -> list[str]:
+    """The corpus types `a2b corpus` can summarise (those with a `scan`): its `--type` choices."""
+    return [n for n in names() if get(n).scan is not None]
+
+
 def get(name: str) -> CorpusType:
     """The corpus type called `name` (its module is imported on first use)."""
     name = str(name)
@@ -211,7 +217,6 @@ def scan_corpus(
     t = str(getattr(type, "value", type)).lower()
     kind = get(t) if t in names() else None
     if kind is None or kind.scan is None:
-        scannable = [n for n in names() if get(n).scan is not None]
-        raise CorpusError(f"unknown corpus type {type!r}; expected one of {scannable}")
+        raise CorpusError(f"unknown corpus type {type!r}; expected one of {scannable()}")
     ch = list(channels) if channels else ["eda"]
     return kind.scan(root, channels=ch, on_bad=on_bad, cache_dir=cache_dir, measure=measure, **options)
