@@ -169,6 +169,13 @@ class DataConfig(_Strict):
     # in the last hour stay. None: never prune (`a2b cache --max-gb` prunes by hand).
     cache_max_gb: PositiveFloat | None = None
     weight_schedule: list[WeightMilestone] = []
+    # Manifests are data from elsewhere: a row's paths must stay under the manifest's folder (no absolute
+    # paths, `..` or symlinks out) unless this is true; under Dagster the data root confines
+    # checkpoint.dir and cache_dir likewise.
+    allow_outside_paths: bool = False
+    # Schemes a manifest row may name as an absolute URL (e.g. [s3, https]); none by default. A relative
+    # path under a remote manifest is not an absolute URL: it stays under the manifest's folder.
+    url_schemes: list[Annotated[str, Field(pattern=r"^[a-z][a-z0-9+.-]*$")]] = []
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
@@ -381,7 +388,12 @@ NOT_HASHED: dict[str, Any] = {"checkpoint": {"async_write"}, "data": {"cache_max
 # Settings added after runs existed, as dotted paths ("*": every list item): hashed only when set to
 # something other than their default, so the configs that don't use them keep their hashes (and run
 # directories).
-HASHED_UNLESS_DEFAULT = ("data.split", "data.datasets.*.synthetic.stimuli")
+HASHED_UNLESS_DEFAULT = (
+    "data.split",
+    "data.datasets.*.synthetic.stimuli",
+    "data.allow_outside_paths",
+    "data.url_schemes",
+)
 
 
 def drop_defaults(dump: Any, model: Any, path: list[str]) -> None:

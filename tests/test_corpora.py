@@ -21,6 +21,7 @@ from a2b_pipeline.data.corpora.hku956 import scan_hku956
 from a2b_pipeline.data.corpora.pmemo2019 import scan_pmemo2019, subject_id_from_header
 from a2b_pipeline.data.corpus_fixtures import write_clip, write_hku956_fixture, write_pmemo2019_fixture
 from a2b_pipeline.data.datasets import load_recording
+from a2b_pipeline.data.manifest import ManifestError
 from a2b_pipeline.data.recording import BadRecordingError
 from a2b_pipeline.data.signal_csv import parse_signal_csv
 
@@ -408,9 +409,12 @@ def test_corpus_cli_text_manifest_and_errors(corpora, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "recordings: 8" in text and "eda: 4 Hz" in text and "hr: 1 Hz" in text
     assert "no EDA file for this listening record" in text and "manifest: 8 row(s)" in text
-    # the manifest is a regular `manifest` dataset
+    # the manifest is a regular `manifest` dataset; its audio stays where the corpus keeps it, outside the
+    # manifest's folder, which a config allows explicitly
     ds = DatasetConfig(name="frozen", type="manifest", manifest=str(out_csv))
-    listing = list_recordings(ds, _data(tmp_path))
+    with pytest.raises(ManifestError, match="is outside the manifest's folder"):
+        list_recordings(ds, _data(tmp_path))
+    listing = list_recordings(ds, _data(tmp_path, allow_outside_paths=True))
     assert len(listing.recordings) == 8
     loaded = load_recording(listing.recordings[0], _data(tmp_path))
     assert loaded.target.shape[1] == 1 and torch.isfinite(loaded.target).all()

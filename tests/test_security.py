@@ -17,6 +17,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from _util import A2B, REPO, longer_run, run_cli, start_training, wait_for, write_config
 
 from a2b_pipeline.state import TrainState, checkpoint_name, list_checkpoints
@@ -258,6 +259,9 @@ def test_unusable_config_files_and_overrides_are_named(tmp_path: Path, capsys) -
 # ---- 7. credentials in URLs never reach a message, a log line or a record ----
 
 
+REQUESTS: list[str] = []  # paths the test HTTP server was asked for
+
+
 @contextlib.contextmanager
 def _not_found_server() -> Iterator[int]:
     """A real HTTP server on 127.0.0.1 that answers 404 to everything; yields its port."""
@@ -265,6 +269,7 @@ def _not_found_server() -> Iterator[int]:
 
     class NotFound(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
+            REQUESTS.append(self.path)
             self.send_error(404)
 
         do_HEAD = do_GET
@@ -309,6 +314,9 @@ def test_url_credentials_are_redacted_everywhere(tmp_path: Path, caplog) -> None
         raw = longer_run(tmp_path)
         raw["data"]["datasets"] = [{"name": "wild", "type": "manifest", "manifest": str(manifest)}]
         raw["data"]["on_bad_recording"] = "skip"
+        raw["data"]["url_schemes"] = [
+            "http"
+        ]  # allowed, so it is fetched (and fails): item 10 refuses it otherwise
 
         with caplog.at_level(logging.INFO):
             data = prepare_data(config_from_dict(raw))
@@ -375,3 +383,114 @@ def test_corpus_types_offered_are_the_ones_accepted(tmp_path: Path) -> None:
         proc = run_cli("corpus", str(tmp_path / "nothing"), "--type", kind, check=False)
         assert proc.returncode == 2 and "corpus root not found" in proc.stderr, proc.stderr
         assert "unknown corpus type" not in proc.stderr
+
+
+# ---- 10. manifests and corpus roots confine what they name ----
+
+
+def test_manifest_rows_stay_in_their_folder_and_urls_need_an_allowed_scheme(tmp_path: Path) -> None:
+    from a2b_pipeline.configs import DataConfig, DatasetConfig
+    from a2b_pipeline.data.corpora import list_recordings
+    from a2b_pipeline.data.manifest import ManifestError
+    from a2b_pipeline.data.synthetic import write_synthetic_corpus
+
+    manifest = write_synthetic_corpus(
+        tmp_path / "corpus", subjects=4, recordings_per_subject=2, seconds=16, seed=0
+    )
+    rows = manifest.read_text().splitlines()
+    header = rows[0].split(",")
+    first = dict(zip(header, rows[1].split(","), strict=True))
+    secret = tmp_path / "secret.wav"  # a real file outside the corpus
+    shutil.copy(manifest.parent / first["audio_path"], secret)
+    (manifest.parent / "audio" / "link.wav").symlink_to(secret)
+    REQUESTS.clear()
+    with _not_found_server() as port:
+        attacks = {
+            "absolute": str(secret),
+            "dotdot": "../secret.wav",
+            "symlink": "audio/link.wav",
+            "http": f"http://127.0.0.1:{port}/x.wav",
+        }
+        extra = [
+            {**first, "recording_id": k, "subject_id": f"s_{k}", "audio_path": v} for k, v in attacks.items()
+        ]
+        manifest.write_text("\n".join([*rows, *(",".join(r[c] for c in header) for r in extra)]) + "\n")
+        ds = DatasetConfig(name="wild", type="manifest", manifest=str(manifest))
+
+        def data(**kw) -> DataConfig:
+            return DataConfig(
+                datasets=[ds], window_seconds=4, hop_seconds=2, **{"on_bad_recording": "skip", **kw}
+            )
+
+        listing = list_recordings(ds, data())
+        assert len(listing.recordings) == 8 and {r.recording_id for r in listing.recordings}.isdisjoint(
+            attacks
+        )
+        reasons = {s.row: s.reason for s in listing.skipped}
+        assert len(reasons) == 4, reasons
+        for row, (kind, value) in enumerate(attacks.items(), start=9):
+            if kind == "http":
+                assert "column 'audio_path': URL scheme 'http' is not allowed" in reasons[row], reasons[row]
+            else:
+                assert f"column 'audio_path': {value} is outside the manifest's folder" in reasons[row]
+        with pytest.raises(
+            ManifestError, match=r"row 9: column 'audio_path': .* outside the manifest's folder"
+        ):
+            list_recordings(ds, data(on_bad_recording="error"))
+        assert REQUESTS == [], "a refused URL was fetched"
+
+        # the config author can allow both explicitly
+        allowed = list_recordings(ds, data(allow_outside_paths=True, url_schemes=["http"]))
+        assert {r.recording_id for r in allowed.recordings} >= {"absolute", "dotdot", "symlink", "http"}
+
+
+def test_corpus_root_symlinks_out_of_the_root_are_left_out(tmp_path: Path) -> None:
+    from a2b_pipeline.data.corpora.pmemo2019 import scan_pmemo2019
+    from a2b_pipeline.data.corpus_fixtures import write_pmemo2019_fixture
+
+    root = tmp_path / "PMEmo2019"
+    write_pmemo2019_fixture(
+        root, songs=3, subjects=2, seconds=6.0, missing_clip=False, missing_listener=False
+    )
+    clips = sorted((root / "chorus").iterdir())
+    outside = tmp_path / "elsewhere.mp3"
+    shutil.move(clips[0], outside)
+    clips[0].symlink_to(outside)
+    scan = scan_pmemo2019(str(root), on_bad="skip")
+    assert not [r for r in scan.listing.recordings if Path(r.audio_path).name == clips[0].name]
+    assert any("chorus clip missing" in s.reason for s in scan.listing.skipped), scan.listing.skipped
+    inside = root / "chorus" / "inside.mp3"  # a link that stays in the root is an ordinary file
+    inside.symlink_to(clips[1])
+    assert "chorus/inside.mp3" in scan_pmemo2019(str(root), on_bad="skip").files
+
+
+def test_data_root_confines_relative_checkpoint_and_cache_dirs(tmp_path: Path) -> None:
+    from a2b_pipeline.configs import ConfigError, config_from_dict
+    from a2b_pipeline.defs.resources import ExperimentStore
+
+    root = tmp_path / "root"
+    (root / "inside").mkdir(parents=True)
+    (tmp_path / "outside").mkdir()
+    (root / "link").symlink_to(tmp_path / "outside")
+    store = ExperimentStore(data_root=str(root), configs_dir=str(tmp_path))
+    raw = longer_run(tmp_path)
+
+    def rebased(**data_and_ckpt: str):
+        r = {**raw, "data": {**raw["data"]}, "checkpoint": {**raw["checkpoint"]}}
+        for key, value in data_and_ckpt.items():
+            section, name = key.split("__")
+            r[section][name] = value
+        return store.rebase(config_from_dict(r))
+
+    for key, value, field in (
+        ("checkpoint__dir", "../escape", "checkpoint.dir"),
+        ("checkpoint__dir", "link/runs", "checkpoint.dir"),
+        ("data__cache_dir", "inside/../../cache", "data.cache_dir"),
+        ("data__cache_dir", "link", "data.cache_dir"),
+    ):
+        with pytest.raises(ConfigError, match=f"{field}: {value} leads outside the data root"):
+            rebased(**{key: value})
+    assert rebased(checkpoint__dir="inside/runs").checkpoint.dir == str(root / "inside" / "runs")
+    assert rebased(checkpoint__dir=str(tmp_path / "abs")).checkpoint.dir == str(tmp_path / "abs")  # explicit
+    allowed = rebased(checkpoint__dir="../escape", data__allow_outside_paths=True)
+    assert allowed.checkpoint.dir == str(tmp_path / "escape")

@@ -4,7 +4,8 @@ Columns: recording_id, subject_id, audio_path, signal_path; optional offset_seco
 this second of the audio), duration_seconds (usable length), signal_rate (Hz, for signal files without a
 `time` column), stimulus_id (the song or clip heard: recordings of one stimulus by different listeners
 share it; used by stimulus-grouped splits and the other_listeners baseline). Relative paths are relative
-to the manifest's folder (or URL).
+to the manifest's folder (or URL), and must stay inside it (symlinks followed) unless the config allows
+outside paths; an absolute URL needs a scheme the config allows (Confinement).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import soundfile as sf
 
 from a2b_pipeline.data.audio import is_url, open_binary
 from a2b_pipeline.data.recording import Listing, Recording, SignalSource, Skipped
-from a2b_pipeline.data.remote import redact_text
+from a2b_pipeline.data.remote import redact_text, to_local_path
 
 REQUIRED = ("recording_id", "subject_id", "audio_path", "signal_path")
 OPTIONAL = ("offset_seconds", "duration_seconds", "signal_rate", "stimulus_id")
@@ -77,12 +78,46 @@ def _read_rows(path: str) -> list[dict[str, Any]]:
     return rows
 
 
-def _resolve(base: str, p: str) -> str:
-    if is_url(p) or os.path.isabs(p):
-        return p
-    if is_url(base):
-        return posixpath.join(base, p)
-    return os.path.normpath(os.path.join(base, p))
+class Confinement:
+    """Where a manifest's rows may point. A manifest is data from elsewhere: its paths stay under its own
+    folder (`base`), following symlinks, unless the config allows outside paths; an absolute URL only with
+    a scheme the config lists (`data.url_schemes`)."""
+
+    def __init__(self, base: str, allow_outside: bool = False, url_schemes: Sequence[str] = ()):
+        self.base = base
+        self.allow_outside = allow_outside
+        self.url_schemes = {s.lower() for s in url_schemes}
+        self._real_base = None if is_url(base) else os.path.realpath(base)
+
+    def resolve(self, col: str, p: str) -> str:
+        """The path or URL a row's `col` value names; ValueError (naming the column) when it may not."""
+        p = to_local_path(p)
+        if is_url(p):
+            scheme = p.split("://", 1)[0].lower()
+            if scheme not in self.url_schemes:
+                allowed = sorted(self.url_schemes) or "none"
+                raise ValueError(
+                    f"column {col!r}: URL scheme {scheme!r} is not allowed ({redact_text(p)}; "
+                    f"data.url_schemes: {allowed})"
+                )
+            return p
+        if is_url(self.base):  # a relative path under a remote manifest: no way out of its folder
+            rel = posixpath.normpath(p)
+            if not self.allow_outside and (os.path.isabs(p) or rel == ".." or rel.startswith("../")):
+                raise ValueError(self._outside(col, p))
+            return p if os.path.isabs(p) else posixpath.join(self.base, rel)
+        path = os.path.normpath(os.path.join(self.base, p))  # an absolute p stays as it is
+        if not self.allow_outside:
+            real = os.path.realpath(path)  # symlinks followed: a link out of the folder is outside
+            if os.path.commonpath([real, self._real_base]) != self._real_base:
+                raise ValueError(self._outside(col, p))
+        return path
+
+    def _outside(self, col: str, p: str) -> str:
+        return (
+            f"column {col!r}: {p} is outside the manifest's folder {redact_text(self.base)} "
+            "(set data.allow_outside_paths: true to read it)"
+        )
 
 
 def _text(row: dict[str, Any], col: str) -> str:
@@ -126,17 +161,21 @@ def read_manifest_listing(
     *,
     channels: Sequence[str] | None = None,
     on_bad: Literal["error", "skip"] = "error",
+    allow_outside: bool = False,
+    url_schemes: Sequence[str] = (),
 ) -> Listing:
     """Recordings of a manifest. File-level problems (not found, missing columns, no rows) always raise
     ManifestError; row-level ones (empty or bad values, duplicate ids, missing local files) raise in
     "error" mode and become Skipped entries in "skip" mode.
 
+    `allow_outside`, `url_schemes`: data.allow_outside_paths and data.url_schemes (see Confinement).
     `channels`: config channel names, each read from the signal file's column of that name; None reads the
     channels from the signal files' headers (every column but `time`).
     """
     path = str(path_or_url)
     rows = _read_rows(path)
     base = posixpath.dirname(path) if is_url(path) else os.path.dirname(os.path.abspath(path))
+    confine = Confinement(base, allow_outside, url_schemes)
     listing = Listing()
     seen: set[str] = set()
     for i, row in enumerate(rows, 1):
@@ -144,8 +183,8 @@ def read_manifest_listing(
             rid = _text(row, "recording_id")
             if rid in seen:
                 raise ValueError(f"column 'recording_id': duplicate id {rid!r}")
-            audio = _resolve(base, _text(row, "audio_path"))
-            signal = _resolve(base, _text(row, "signal_path"))
+            audio = confine.resolve("audio_path", _text(row, "audio_path"))
+            signal = confine.resolve("signal_path", _text(row, "signal_path"))
             for col, p in (("audio_path", audio), ("signal_path", signal)):
                 if not is_url(p) and not os.path.isfile(p):
                     raise ValueError(f"column {col!r}: file not found: {p}")

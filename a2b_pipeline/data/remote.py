@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -154,6 +155,7 @@ def default_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
 
 # ---- filesystems ----
 
+log = logging.getLogger(__name__)
 _FS_LOCK = threading.Lock()
 _FS: dict[tuple, Any] = {}
 # url -> FileInfo learned from the most recent listing in this process (saves a HEAD per file)
@@ -303,9 +305,11 @@ def exists(path: str | os.PathLike[str]) -> bool:
         return False
 
 
-def list_tree(root: str | os.PathLike[str]) -> dict[str, FileInfo]:
+def list_tree(root: str | os.PathLike[str], *, confine: bool = True) -> dict[str, FileInfo]:
     """Every file under ``root``: relative POSIX path -> FileInfo. One recursive listing for URLs.
 
+    A corpus is data from elsewhere: with `confine`, a local file that is a symlink leading out of the root
+    is left out (as if missing), so a corpus can't make the pipeline read /etc/passwd by linking to it.
     Raises RemoteNotFoundError when the root (directory, bucket or prefix) does not exist.
     """
     s = os.fspath(root)
@@ -314,12 +318,16 @@ def list_tree(root: str | os.PathLike[str]) -> dict[str, FileInfo]:
         local = Path(to_local_path(s))
         if not local.is_dir():
             raise RemoteNotFoundError(f"{local}: no such directory", str(local))
+        real_root = os.path.realpath(local)
         for dirpath, dirnames, filenames in os.walk(local):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for fn in sorted(filenames):
                 if fn.startswith("."):
                     continue
                 p = Path(dirpath) / fn
+                if confine and p.is_symlink() and not _inside(os.path.realpath(p), real_root):
+                    log.warning("%s: a symlink out of the corpus root %s, left out", p, local)
+                    continue
                 try:
                     st = p.stat()
                 except FileNotFoundError:
@@ -352,6 +360,10 @@ def list_tree(root: str | os.PathLike[str]) -> dict[str, FileInfo]:
                 f"{redact(s)}: nothing under key prefix {key!r} in bucket {bucket!r}", s
             )
     return out
+
+
+def _inside(path: str, root: str) -> bool:
+    return os.path.commonpath([path, root]) == root
 
 
 # ---- reading ----

@@ -127,10 +127,30 @@ class ExperimentStore(ConfigurableResource):
         absolute under the data root."""
         from a2b_pipeline.configs import map_paths
 
+        self.check_confined(cfg)
         cfg = cfg.model_copy(deep=True)
         root = self.root
         map_paths(cfg, lambda path: _rebase(path, root))
         return cfg
+
+    def check_confined(self, cfg: RunConfig) -> None:
+        """A relative checkpoint.dir or data.cache_dir stays under the data root once rebased (no `..` or
+        symlink out of it), unless the config sets data.allow_outside_paths; an absolute path is the config
+        author's explicit choice. ConfigError naming the field."""
+        from a2b_pipeline.configs import ConfigError
+
+        if cfg.data.allow_outside_paths:
+            return
+        root = os.path.realpath(self.root)
+        for field, path in (("checkpoint.dir", cfg.checkpoint.dir), ("data.cache_dir", cfg.data.cache_dir)):
+            if path is None or _is_url(path) or Path(path).expanduser().is_absolute():
+                continue
+            real = os.path.realpath(Path(root) / path)
+            if os.path.commonpath([real, root]) != root:
+                raise ConfigError(
+                    f"{field}: {path} leads outside the data root {root} (A2B_DATA_ROOT); "
+                    "set data.allow_outside_paths: true to write there"
+                )
 
     def experiment_dir(self, cfg: RunConfig, experiment: str) -> Path:
         """`<checkpoint.dir>/<experiment>`: the experiment's run dirs and its `dagster/` asset records."""

@@ -16,7 +16,14 @@ def list_manifest(ds: DatasetConfig, data: DataConfig) -> Listing:
     from a2b_pipeline.data.manifest import read_manifest_listing
 
     assert ds.manifest is not None  # config validation guarantees it (`sources`)
-    return read_manifest_listing(ds.manifest, ds.name, channels=data.channels, on_bad=data.on_bad_recording)
+    return read_manifest_listing(
+        ds.manifest,
+        ds.name,
+        channels=data.channels,
+        on_bad=data.on_bad_recording,
+        allow_outside=data.allow_outside_paths,
+        url_schemes=data.url_schemes,
+    )
 
 
 CORPUS = CorpusType(name="manifest", sources=("manifest",), list_recordings=list_manifest)

@@ -46,7 +46,14 @@ def list_synthetic(ds: DatasetConfig, data: DataConfig) -> Listing:
             )
             with open(stamp, "w") as f:
                 json.dump(spec, f)
-    return read_manifest_listing(manifest, ds.name, channels=data.channels, on_bad=data.on_bad_recording)
+    return read_manifest_listing(
+        manifest,
+        ds.name,
+        channels=data.channels,
+        on_bad=data.on_bad_recording,
+        allow_outside=data.allow_outside_paths,
+        url_schemes=data.url_schemes,
+    )
 
 
 CORPUS = CorpusType(
