@@ -108,6 +108,10 @@ def _report(out: TextIO, assets: list[str], done: dict[str, Any], checks: list[A
         metrics = {k: v.value for k, v in md.items() if k.startswith("test/") and "_" not in k}
         print("", file=out)
         print("  test metrics: " + ", ".join(f"{k}={v:.3f}" for k, v in sorted(metrics.items())), file=out)
+        versus = {k.split("/", 1)[1]: v.value for k, v in md.items() if k.startswith("recording_pearson/")}
+        if versus:  # whole-recording median Pearson r of the model and each baseline (constant: undefined)
+            shown = ", ".join(f"{k}={v:.3f}" for k, v in versus.items())
+            print(f"  whole-recording Pearson r (median): {shown}", file=out)
         print(f"  checkpoint:   {md['checkpoint'].value}", file=out)
         print(f"  plot:         {md['plot_path'].value}", file=out)
         print(f"  train state:  {md['train_state'].value}", file=out)

@@ -205,7 +205,7 @@ def evaluate_report(
 def _fmt(s: dict[str, Any]) -> str:
     if s["value"] is None:
         return "undefined"
-    ci = f" [{s['ci_low']:.2f}, {s['ci_high']:.2f}]" if s["ci_low"] is not None else ""
+    ci = f" [{s['ci_low']:.3f}, {s['ci_high']:.3f}]" if s["ci_low"] is not None else ""
     return f"{s['value']:.3f}{ci}"
 
 
@@ -216,7 +216,7 @@ def report_markdown(report: dict[str, Any], metrics: tuple[str, ...] = ("pearson
     keys = [*report["channels"], "mean"]
     head = "| predictor | " + " | ".join(f"{m} {k}" for m in metrics for k in keys) + " |"
     lines = [head, "|" + " --- |" * (1 + len(metrics) * len(keys))]
-    for name, p in summary["predictors"].items():
+    for name, p in sorted(summary["predictors"].items(), key=lambda item: item[0] != "model"):
         cells = [_fmt(p["recording"][m][k]) for m in metrics for k in keys] if p["available"] else []
         cells = cells or [f"n/a: {p['reason']}"] + [""] * (len(metrics) * len(keys) - 1)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
