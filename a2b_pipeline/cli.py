@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -65,8 +66,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def train_or_resume(cfg, run_dir: str | None = None, fresh: bool = False):  # RunConfig -> TrainState
     """Train `cfg` in its run directory; a run directory with checkpoints is continued, not clobbered."""
+    from a2b_pipeline.checkpoint_dir import CheckpointError, list_checkpoints
     from a2b_pipeline.rundir_lock import empty_run_dir, hold_run_dir
-    from a2b_pipeline.state import CheckpointError, TrainState, list_checkpoints
+    from a2b_pipeline.state import TrainState
     from a2b_pipeline.train import train
 
     state = TrainState.from_config(cfg, run_dir)
@@ -86,7 +88,22 @@ def train_or_resume(cfg, run_dir: str | None = None, fresh: bool = False):  # Ru
                 )
             except CheckpointError as e:
                 print(f"warning: {e}; starting fresh", file=sys.stderr)
-        return train(state)
+        return train(state, model_hooks=model_hooks_from_env())
+
+
+def model_hooks_from_env() -> list:
+    """`A2B_MODEL_HOOKS=module:function[,module:function]`: functions called as hook(model, state) right
+    after the model is built (profiling, debugging, fault injection), without editing the trainer."""
+    import importlib
+
+    hooks = []
+    for spec in filter(None, os.environ.get("A2B_MODEL_HOOKS", "").split(",")):
+        module, _, attr = spec.strip().partition(":")
+        try:
+            hooks.append(getattr(importlib.import_module(module), attr))
+        except (ImportError, AttributeError, ValueError) as e:
+            raise ConfigError(f"A2B_MODEL_HOOKS: can't load {spec!r} ({e})") from None
+    return hooks
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -171,7 +188,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if not run_dir.is_dir():
         raise CheckpointError(f"{path}: no such checkpoint or run directory")
     with hold_run_dir(run_dir):  # before its checkpoints are read: nobody else trains there meanwhile
-        return _finish(train(TrainState.from_checkpoint(path)))
+        return _finish(train(TrainState.from_checkpoint(path), model_hooks=model_hooks_from_env()))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

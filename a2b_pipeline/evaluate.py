@@ -18,11 +18,11 @@ from a2b_pipeline.baselines import BASELINES, Baselines, fit_baselines, normalis
 from a2b_pipeline.configs import RunConfig
 from a2b_pipeline.data.datasets import WindowDataset
 from a2b_pipeline.data.pipeline import PreparedData, make_loader, prepare_data
+from a2b_pipeline.engine import autocast_context, checked_weights, evaluate_loader
 from a2b_pipeline.metrics import MetricAccumulator, make_loss
 from a2b_pipeline.models import build_model, model_io
 from a2b_pipeline.scoring import N_BOOT, RecordingEval, block
 from a2b_pipeline.state import CheckpointError, TrainState, load_tensors
-from a2b_pipeline.train import _checked_weights, autocast_context, evaluate_loader
 
 REPORT_SCHEMA = "a2b.evaluation/1"
 
@@ -35,18 +35,18 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if (path / "best" / "train_state.json").exists():
         return (path / "best").resolve()
     state = TrainState.from_checkpoint(path)
-    return Path(state.checkpoint.last_path or path)
+    return state.last_checkpoint or path
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[TrainState, nn.Module]:
     """The checkpoint's model (its EMA weights when it has them), in eval mode."""
     ckpt = resolve_checkpoint(path)
     state = TrainState.from_checkpoint(ckpt)
-    if state.model is None:
+    if not state.model_state.model_loaded:
         raise CheckpointError(f"{ckpt}: holds no model weights")
     model = build_model(state.config.model, model_io(state.config))
-    name = state.model.ema_file or state.model.file
-    model.load_state_dict(_checked_weights(load_tensors(ckpt, name, state), model, ckpt, name))
+    name = (state.model_state.ema_path or state.model_state.last_model_path).name
+    model.load_state_dict(checked_weights(load_tensors(ckpt, name, state), model, ckpt, name))
     return state, model.to(device).eval()
 
 

@@ -231,7 +231,7 @@ def row_from_run_dir(run_dir: str | Path, split: str = "test", metric: str = DEF
             **facts,
         )
     if not report_path.is_file():
-        best = state.checkpoint.best_path or state.checkpoint.last_path or str(run_dir)
+        best = str(state.best_checkpoint or state.last_checkpoint or run_dir)
         return missing_row(
             experiment, "not evaluated", f"run `a2b evaluate {run_dir}`", checkpoint=str(best), **facts
         )

@@ -1,36 +1,32 @@
 """TrainState: the checkpoint schema and the one source of truth for a run.
 
-A checkpoint is a directory written atomically:
+The classes and fields of the seed (../shared/SEED.md: RNGState, ModelState, DataLoaderState,
+MetaDataLoaderState, MetricState, OptimizerState, CheckpointState, TrainState) are here under the seed's
+names and types; what a bit-exact resume needs beyond them (the RunConfig, global step, epoch, every
+rank's RNG, the draw generator, file digests, the metric history, the wandb run id) sits beside them in
+fields of its own. A checkpoint is a directory written atomically (checkpoint_dir.py):
 
-    step_000120/
+    step_000000120/
       model.safetensors        weights (the uncompiled, unwrapped module's keys)
-      optimizer.safetensors    optimizer tensors; the rest of the optimizer state is JSON in train_state.json
+      optimizer.safetensors    optimizer moments; the rest of the optimizer state is JSON in train_state.json
       ema.safetensors          EMA weights, when enabled
       train_state.json         this schema, written last: the commit marker, with a digest of every file
 
-Nothing on the load path unpickles: tensors come from safetensors, everything else from JSON.
-Digests are xxh3-128 ("xxh3_128:<hex>"): they catch truncated, torn or bit-rotted files at ~10 GB/s, where
-sha256 ran at ~1.4 GB/s and cost more than loading the tensors (bench/checkpoint.py). They guard integrity,
-not authenticity: whoever can rewrite a file can rewrite train_state.json beside it. A bare 64-hex digest
-is a sha256, as the first checkpoints of schema 1 recorded.
+Nothing on the load path unpickles: tensors come from safetensors, everything else from JSON. Checkpoints
+of schema 1 (the first layout, with `rng`, `model`, `optimizer`, ... fields) are converted on load.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import random
-import re
-import shutil
-import tempfile
+import struct
 import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
-import xxhash
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -38,25 +34,58 @@ from pydantic import (
     NonNegativeInt,
     PlainSerializer,
     PlainValidator,
+    PrivateAttr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
-from a2b_pipeline.configs import RunConfig, format_validation_error
+from a2b_pipeline.checkpoint_dir import (  # the directory helpers are re-exported: one import for users
+    STATE_FILE,
+    STEP_DIR,
+    CheckpointError,
+    SchemaTooNewError,
+    checkpoint_name,
+    file_digest,
+    fsync_path,
+    list_checkpoints,
+    prune_checkpoints,
+    read_verified_tensors,
+    set_pointer,
+    tensor_bytes,
+    verify_file,
+    write_checkpoint_dir,
+)
+from a2b_pipeline.configs import DatasetType, RunConfig, format_validation_error
 
-SCHEMA_VERSION = 1
-STATE_FILE = "train_state.json"
-STEP_DIR = re.compile(r"^step_(\d{9})$")
+__all__ = [
+    "STATE_FILE",
+    "STEP_DIR",
+    "CheckpointError",
+    "CheckpointState",
+    "DataLoaderState",
+    "MetaDataLoaderState",
+    "MetricRecord",
+    "MetricState",
+    "ModelState",
+    "OptimizerState",
+    "RNGState",
+    "SchemaTooNewError",
+    "TrainState",
+    "checkpoint_name",
+    "file_digest",
+    "fsync_path",
+    "list_checkpoints",
+    "load_tensors",
+    "prune_checkpoints",
+    "set_pointer",
+    "verify_file",
+]
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that can't be trusted: missing, truncated, tampered, foreign or too new."""
-
-
-class SchemaTooNewError(CheckpointError):
-    """Written by a newer a2b_pipeline: never skipped over to resume an older checkpoint of the run,
-    which would train over (and replace) what the newer version wrote."""
-
+SCHEMA_VERSION = 2
+MODEL_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
+EMA_FILE = "ema.safetensors"
 
 # ---- JSON-able torch types ----
 
@@ -80,6 +109,9 @@ def _parse_device(v: Any) -> torch.device:
 
 TorchDType = Annotated[torch.dtype, PlainValidator(_parse_dtype), PlainSerializer(lambda d: str(d), str)]
 TorchDevice = Annotated[torch.device, PlainValidator(_parse_device), PlainSerializer(lambda d: str(d), str)]
+Split = Literal["train", "val", "test"]
+Status = Literal["initialized", "in_progress", "stopped", "complete"]
+StopReason = Literal["signal", "non_finite_loss", "out_of_memory", "error"]
 
 
 class _Schema(BaseModel):
@@ -88,168 +120,338 @@ class _Schema(BaseModel):
     )
 
 
+def _tuples(v: Any) -> Any:
+    """JSON has no tuples: nested lists back to tuples, so random.setstate takes them."""
+    return tuple(_tuples(x) for x in v) if isinstance(v, list | tuple) else v
+
+
 # ---- the parts ----
+
+_NUMPY_TAIL = struct.Struct("<iid")  # MT19937 pos, has_gauss, cached_gaussian after the 624 uint32 keys
 
 
 class RNGState(_Schema):
-    """Every generator a step draws from, as JSON-able primitives (no pickle)."""
+    """Every generator a step draws from, as JSON-able primitives (no pickle).
 
-    python: tuple[int, tuple[int, ...], float | None]
-    numpy_keys: list[int]
-    numpy_pos: int
-    numpy_has_gauss: int
-    numpy_cached_gaussian: float
-    torch_cpu: bytes
-    torch_cuda: list[bytes] = []
+    torch_rng_state: one entry per device ("cpu", "cuda:0", ...), the generator state's bytes as ints.
+    numpy_rng_state: numpy's legacy MT19937 state: 624 little-endian uint32 keys, then pos, has_gauss
+    (int32) and cached_gaussian (float64). python_rng_state: random.getstate().
+    """
+
+    seed: int
+    torch_rng_state: dict[str, list]
+    numpy_rng_state: bytes
+    python_rng_state: tuple
+
+    @field_validator("python_rng_state", mode="before")
+    @classmethod
+    def _as_tuples(cls, v: Any) -> Any:
+        return _tuples(v)
+
+    @field_validator("torch_rng_state")
+    @classmethod
+    def _has_cpu(cls, v: dict[str, list]) -> dict[str, list]:
+        if "cpu" not in v:
+            raise ValueError(f"needs a 'cpu' entry (the CPU generator's state), has {sorted(v)[:4]}")
+        return v
 
     @classmethod
-    def capture(cls) -> RNGState:
-        version, internal, gauss = random.getstate()
-        _, keys, pos, has_gauss, cached = np.random.get_state()
-        cuda = (
-            [s.numpy().tobytes() for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else []
-        )
+    def seeded(cls, seed: int) -> RNGState:
+        """The state that seeding every generator with `seed` gives, without touching the global ones."""
+        keys, pos, has_gauss, cached = np.random.RandomState(seed % 2**32).get_state()[1:]
         return cls(
-            python=(version, tuple(internal), gauss),
-            numpy_keys=[int(k) for k in keys],
-            numpy_pos=int(pos),
-            numpy_has_gauss=int(has_gauss),
-            numpy_cached_gaussian=float(cached),
-            torch_cpu=torch.get_rng_state().numpy().tobytes(),
-            torch_cuda=cuda,
+            seed=seed,
+            torch_rng_state={"cpu": torch.Generator().manual_seed(seed).get_state().tolist()},
+            numpy_rng_state=_numpy_bytes(keys, pos, has_gauss, cached),
+            python_rng_state=random.Random(seed).getstate(),
+        )
+
+    @classmethod
+    def capture(cls, seed: int) -> RNGState:
+        """The global generators' states now (`seed`: the seed they were first seeded with)."""
+        torch_states = {"cpu": torch.get_rng_state().tolist()}
+        if torch.cuda.is_available():
+            for i, s in enumerate(torch.cuda.get_rng_state_all()):
+                torch_states[f"cuda:{i}"] = s.tolist()
+        return cls(
+            seed=seed,
+            torch_rng_state=torch_states,
+            numpy_rng_state=_numpy_bytes(*np.random.get_state()[1:]),
+            python_rng_state=random.getstate(),
         )
 
     def restore(self) -> None:
-        random.setstate((self.python[0], tuple(self.python[1]), self.python[2]))
-        np.random.set_state(
-            (
-                "MT19937",
-                np.array(self.numpy_keys, dtype=np.uint32),
-                self.numpy_pos,
-                self.numpy_has_gauss,
-                self.numpy_cached_gaussian,
-            )
-        )
-        torch.set_rng_state(torch.frombuffer(bytearray(self.torch_cpu), dtype=torch.uint8))
-        if self.torch_cuda and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(
-                [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in self.torch_cuda]
-            )
+        """Set the global generators to this state. CUDA generators absent from it (a fresh state made
+        without a GPU) are seeded with `seed`, as torch.manual_seed would."""
+        random.setstate(self.python_rng_state)
+        raw = self.numpy_rng_state
+        if len(raw) != 624 * 4 + _NUMPY_TAIL.size:
+            raise CheckpointError(f"numpy_rng_state has {len(raw)} bytes, not an MT19937 state")
+        pos, has_gauss, cached = _NUMPY_TAIL.unpack(raw[624 * 4 :])
+        np.random.set_state(("MT19937", np.frombuffer(raw[: 624 * 4], "<u4"), pos, has_gauss, cached))
+        torch.set_rng_state(torch.tensor(self.torch_rng_state["cpu"], dtype=torch.uint8))
+        if torch.cuda.is_available():
+            cuda = [k for k in self.torch_rng_state if k.startswith("cuda:")]
+            if not cuda:
+                torch.cuda.manual_seed_all(self.seed)
+            for k in cuda:
+                index = int(k.split(":")[1])
+                if index < torch.cuda.device_count():
+                    state = torch.tensor(self.torch_rng_state[k], dtype=torch.uint8)
+                    torch.cuda.set_rng_state(state, index)
+
+
+def _numpy_bytes(keys: Any, pos: int, has_gauss: int, cached: float) -> bytes:
+    return np.asarray(keys, dtype="<u4").tobytes() + _NUMPY_TAIL.pack(int(pos), int(has_gauss), float(cached))
 
 
 class ModelState(_Schema):
-    name: str
-    file: str = "model.safetensors"
-    ema_file: str | None = None
-    num_parameters: NonNegativeInt
-    dtype: TorchDType = torch.float32
-    device: TorchDevice = torch.device("cpu")
-    input_shape: tuple[int, int]  # (frames, n_mels) of one window
-    output_shape: tuple[int, int]  # (target samples, channels)
+    """The model's weights: where they are and what they take. `last_model_path` is the weight file of
+    the newest checkpoint, `best_model_path` that of the best one (its EMA weights when EMA is on); before
+    the first checkpoint both name where the run's `last`/`best` pointers will lead, and `model_loaded`
+    is False."""
+
+    model_loaded: bool
+    model_ram_size_bytes: NonNegativeInt
+    model_dtype: TorchDType
+    model_device: TorchDevice
+    best_model_path: Path
+    last_model_path: Path
+    # beyond the seed
+    architecture: str | None = None  # config's model.name
+    num_parameters: NonNegativeInt = 0
+    ema_path: Path | None = None  # EMA weights of the newest checkpoint, when enabled
+    input_shape: tuple[int, int] | None = None  # (frames, n_mels) of one window
+    output_shape: tuple[int, int] | None = None  # (target samples, channels)
 
 
 class OptimizerState(_Schema):
-    name: str
-    file: str = "optimizer.safetensors"
-    param_groups: list[dict[str, Any]]  # torch's param_groups, JSON-able
+    """The optimizer's moments (in the safetensors file `moments_path`) and, as JSON, everything else
+    torch's optimizer state_dict holds, plus the fp16 scaler and plateau-schedule state."""
+
+    last_step: NonNegativeInt
+    moments_ram_size_bytes: NonNegativeInt
+    moments_dtype: TorchDType
+    moments_device: TorchDevice
+    moments_path: Path
+    # beyond the seed
+    name: str | None = None  # torch optimizer class, e.g. "AdamW"
+    param_groups: list[dict[str, Any]] = []  # torch's param_groups, JSON-able
     scalar_state: dict[str, dict[str, float | int | None]] = {}  # non-tensor per-param state
-    lr: float
+    lr: float | None = None
     scaler: dict[str, float | int] | None = None  # GradScaler state (fp16)
     plateau: dict[str, float | int | None] = {}  # ReduceLROnPlateau-like state: scale, best, bad
 
 
 class DataLoaderState(_Schema):
-    name: str
-    batches_consumed: NonNegativeInt
-    num_batches: NonNegativeInt
+    """One dataset's loader within the MetaDataLoader: `last_batch_idx` is the index, in this epoch, of
+    the last batch a training step consumed (-1: none yet)."""
+
+    last_batch_idx: Annotated[int, Field(ge=-1)]
+    dataset: DatasetType
+    split: Split
+    # beyond the seed
+    name: str | None = None  # the dataset's name in the config
+    num_batches: NonNegativeInt | None = None  # batches in a full epoch
+
+    @property
+    def batches_consumed(self) -> int:
+        return self.last_batch_idx + 1
 
 
 class MetaDataLoaderState(_Schema):
-    """MetaDataLoader.state_dict() as a schema: position of every loader and of the draw generator."""
+    """MetaDataLoader's position: every loader's, and the draw generator's (the seed's fields plus the
+    epoch, seed and generator block that make the next draw a pure function of the state)."""
 
+    split: Split
+    sampling_weights: list[float]
+    dataloader_states: list[DataLoaderState]  # len(dataloader_states) == len(sampling_weights)
+    # beyond the seed
     format: int = 1
-    split: str
-    epoch: NonNegativeInt
-    seed: int
-    weights: list[float]
-    consumed: list[NonNegativeInt]  # batches yielded (consumed by steps) per loader this epoch
-    generator_state: list[int]  # torch.Generator state bytes, as ints
+    epoch: NonNegativeInt = 0
+    seed: int = 0
+    generator_state: list[int] = []  # torch.Generator state at the current draw block; []: epoch start
     draw_block: NonNegativeInt = 0
     draw_offset: NonNegativeInt = 0
-    loaders: list[DataLoaderState] = []  # informational: names and sizes
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MetaDataLoaderState:
+        if len(self.dataloader_states) != len(self.sampling_weights):
+            raise ValueError(
+                f"{len(self.dataloader_states)} dataloader_states for {len(self.sampling_weights)} "
+                "sampling_weights: they must be as many"
+            )
+        for i, d in enumerate(self.dataloader_states):
+            if d.split != self.split:
+                raise ValueError(
+                    f"dataloader_states[{i}].split is {d.split!r}, the loader's is {self.split!r}"
+                )
+        return self
 
     def loader_state_dict(self) -> dict[str, Any]:
-        return self.model_dump(exclude={"loaders"})
+        """What MetaDataLoader.load_state_dict takes."""
+        return {
+            "format": self.format,
+            "split": self.split,
+            "seed": self.seed,
+            "epoch": self.epoch,
+            "consumed": [d.batches_consumed for d in self.dataloader_states],
+            "weights": list(self.sampling_weights),
+            "generator_state": list(self.generator_state),
+            "draw_block": self.draw_block,
+            "draw_offset": self.draw_offset,
+        }
+
+    @classmethod
+    def from_loader_state_dict(
+        cls, sd: dict[str, Any], datasets: list[tuple[str, DatasetType, int]]
+    ) -> MetaDataLoaderState:
+        """From MetaDataLoader.state_dict() and each loader's (dataset name, type, batches per epoch)."""
+        loaders = [
+            DataLoaderState(last_batch_idx=c - 1, dataset=t, split=sd["split"], name=n, num_batches=b)
+            for c, (n, t, b) in zip(sd["consumed"], datasets, strict=True)
+        ]
+        return cls(
+            split=sd["split"],
+            sampling_weights=sd["weights"],
+            dataloader_states=loaders,
+            **{k: sd[k] for k in ("format", "epoch", "seed", "generator_state", "draw_block", "draw_offset")},
+        )
 
 
-MetricName = Annotated[str, Field(pattern=r"^(train|val|test)/[A-Za-z0-9_.\-/]+$")]
+def _check_metric_name(name: Any) -> Any:
+    if not (isinstance(name, str) and len(name) > 6 and name.split("/", 1)[0] in ("train", "val")):
+        raise ValueError(
+            f"metric name {name!r} must look like 'train/<name>' or 'val/<name>' "
+            "(test metrics belong to the evaluation's record)"
+        )
+    return name
+
+
+MetricName = Annotated[str, PlainValidator(_check_metric_name)]
 
 
 class MetricState(_Schema):
+    """The newest value of every metric the run logged, by name (`train/<name>` or `val/<name>`)."""
+
+    metrics: dict[MetricName, float | int]
+
+
+class MetricRecord(_Schema):
+    """One logged value, for the history (TrainState.metric_history)."""
+
     name: MetricName
     value: float
     step: NonNegativeInt
 
-    @field_validator("name", mode="before")
-    @classmethod
-    def _explain(cls, v: Any) -> Any:
-        if isinstance(v, str) and not re.match(r"^(train|val|test)/.+", v):
-            raise ValueError(
-                f"metric name {v!r} must look like 'train/<name>', 'val/<name>' or 'test/<name>'"
-            )
-        return v
-
 
 class CheckpointState(_Schema):
-    last_path: str | None = None
-    best_path: str | None = None
+    """Where the run's checkpoints live (`checkpoint_dir`, the run directory holding step_*/, `last`
+    and `best`) and how far the live state is from the newest one."""
+
+    steps_since_last_checkpoint: NonNegativeInt
+    checkpoint_dir: Path
+    # beyond the seed
     best_metric: str = "val/pearson"
     best_value: float | None = None
-    best_step: int | None = None
-    files: dict[str, str] = {}  # file name -> digest ("xxh3_128:<hex>"), filled when written
-
-
-Status = Literal["created", "running", "complete", "stopped", "failed"]
+    best_step: NonNegativeInt | None = None
+    files: dict[str, str] = {}  # file name -> digest ("xxh3_128:<hex>") of the checkpoint this state is
+    checkpoint_paths: list[Path] = []  # the run's checkpoints on disk when this state was written
 
 
 class TrainState(_Schema):
+    status: Status = "initialized"
+    rng_state: RNGState
+    optimizer_state: OptimizerState
+    checkpoint_state: CheckpointState
+    metric_state: MetricState
+    meta_dataloader_state: MetaDataLoaderState
+    model_state: ModelState
+    # ---- beyond the seed: what exact resume and lineage need ----
     schema_version: int = SCHEMA_VERSION
     config: RunConfig
     config_hash: str
-    run_dir: str
-    status: Status = "created"
-    message: str = ""
+    stop_reason: StopReason | None = None  # why a run is `stopped`; None otherwise
+    message: str = ""  # the why in words: the signal, the non-finite step, the error and its message
     epoch: NonNegativeInt = 0
     global_step: NonNegativeInt = 0
     samples_seen: NonNegativeInt = 0
     batches_drawn: dict[str, NonNegativeInt] = {}  # training batches drawn per dataset, over the whole run
     world_size: int = 1
+    rank_rng_states: list[RNGState] = []  # ranks 1.. of a multi-process run (rank 0's is rng_state)
     num_threads: int | None = None  # CPU thread count of the first attempt: resume must match
     data_version: str | None = None
-    rng: list[RNGState] = []  # one per rank
-    model: ModelState | None = None
-    optimizer: OptimizerState | None = None
-    meta_loader: MetaDataLoaderState | None = None
-    metrics: list[MetricState] = []  # full history, in logging order
-    checkpoint: CheckpointState = CheckpointState()
+    metric_history: list[MetricRecord] = []  # every logged value, in logging order
     bad_validations: NonNegativeInt = 0  # for early stopping
     wandb_run_id: str | None = None
     wandb_run_path: str | None = None
     created_at: float = Field(default_factory=time.time)
     updated_at: float = Field(default_factory=time.time)
+    _upgraded: bool = PrivateAttr(default=False)  # read from a schema-1 file
+
+    # ---- derived, for reading ----
+
+    @property
+    def run_dir(self) -> Path:
+        return self.checkpoint_state.checkpoint_dir
+
+    @property
+    def last_checkpoint(self) -> Path | None:
+        """The newest checkpoint directory of this state; None before the first."""
+        return self.model_state.last_model_path.parent if self.model_state.model_loaded else None
+
+    @property
+    def best_checkpoint(self) -> Path | None:
+        """The best checkpoint directory (by `checkpoint_state.best_metric`); None before one."""
+        if self.checkpoint_state.best_step is None or not self.model_state.model_loaded:
+            return None
+        best = self.model_state.best_model_path.parent
+        return best if (best / STATE_FILE).exists() else None
 
     # ---- construction ----
 
     @classmethod
-    def from_config(cls, cfg: RunConfig, run_dir: str | Path | None = None) -> TrainState:
-        """A fresh run. The run directory is `checkpoint.dir/<name>-<config hash>` unless given."""
-        h = cfg.config_hash()
-        run_dir = Path(run_dir) if run_dir else Path(cfg.checkpoint.dir) / f"{cfg.name}-{h}"
+    def from_config(cls, config: RunConfig, run_dir: str | Path | None = None) -> TrainState:
+        """A fresh run, status "initialized": nothing is built or written yet; train() starts it. The run
+        directory is `checkpoint.dir/<name>-<config hash>` unless given."""
+        h = config.config_hash()
+        run = (Path(run_dir) if run_dir else Path(config.checkpoint.dir) / f"{config.name}-{h}").resolve()
+        weights = [d.weight for d in config.data.datasets]
         return cls(
-            config=cfg,
+            config=config,
             config_hash=h,
-            run_dir=str(run_dir.resolve()),
-            checkpoint=CheckpointState(best_metric=cfg.checkpoint.metric),
+            rng_state=RNGState.seeded(config.seed),
+            model_state=ModelState(
+                model_loaded=False,
+                model_ram_size_bytes=0,
+                model_dtype=torch.float32,
+                model_device=torch.device("cpu"),
+                best_model_path=run / "best" / MODEL_FILE,
+                last_model_path=run / "last" / MODEL_FILE,
+                architecture=config.model.name,
+            ),
+            optimizer_state=OptimizerState(
+                last_step=0,
+                moments_ram_size_bytes=0,
+                moments_dtype=torch.float32,
+                moments_device=torch.device("cpu"),
+                moments_path=run / "last" / OPTIMIZER_FILE,
+                name=config.optimizer.name,
+                lr=config.optimizer.lr,
+            ),
+            meta_dataloader_state=MetaDataLoaderState(
+                split="train",
+                sampling_weights=weights,
+                dataloader_states=[
+                    DataLoaderState(last_batch_idx=-1, dataset=d.type, split="train", name=d.name)
+                    for d in config.data.datasets
+                ],
+                seed=config.seed,
+            ),
+            metric_state=MetricState(metrics={}),
+            checkpoint_state=CheckpointState(
+                steps_since_last_checkpoint=0, checkpoint_dir=run, best_metric=config.checkpoint.metric
+            ),
         )
 
     @classmethod
@@ -258,16 +460,22 @@ class TrainState(_Schema):
             raw = json.loads(text)
         except json.JSONDecodeError as e:
             raise CheckpointError(f"{source}: not valid JSON ({e})") from None
-        version = raw.get("schema_version") if isinstance(raw, dict) else None
+        version = raw.get("schema_version", 1) if isinstance(raw, dict) else None
         if isinstance(version, int) and version > SCHEMA_VERSION:
             raise SchemaTooNewError(
                 f"{source}: schema_version {version} is newer than this a2b_pipeline understands "
                 f"({SCHEMA_VERSION}); upgrade a2b_pipeline to load it"
             )
         try:
+            if version == 1:
+                state = cls.model_validate(_upgrade_v1(raw))
+                state._upgraded = True
+                return state
             return cls.model_validate(raw)
         except ValidationError as e:
             raise CheckpointError(format_validation_error(e, source)) from None
+        except (KeyError, TypeError, ValueError) as e:  # a schema-1 file missing what the upgrade needs
+            raise CheckpointError(f"{source}: not a valid schema-1 state ({type(e).__name__}: {e})") from None
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=1)
@@ -277,19 +485,24 @@ class TrainState(_Schema):
         state: the containers the loop changes in place are copied; the config and the metric records,
         which nothing changes once made, are shared (a deep copy of a long run's metric history took
         ~0.2 s per checkpoint)."""
+        ck = self.checkpoint_state
         return self.model_copy(
             update={
                 "batches_drawn": dict(self.batches_drawn),
-                "rng": list(self.rng),
-                "metrics": list(self.metrics),
-                "checkpoint": self.checkpoint.model_copy(update={"files": dict(self.checkpoint.files)}),
+                "rank_rng_states": list(self.rank_rng_states),
+                "metric_history": list(self.metric_history),
+                "metric_state": MetricState(metrics=dict(self.metric_state.metrics)),
+                "checkpoint_state": ck.model_copy(
+                    update={"files": dict(ck.files), "checkpoint_paths": list(ck.checkpoint_paths)}
+                ),
             }
         )
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path) -> TrainState:
-        """Load a checkpoint directory, or a run directory's newest checkpoint that verifies."""
-        path = Path(path)
+    def from_checkpoint(cls, checkpoint_path: str | Path) -> TrainState:
+        """Load a checkpoint directory, or a run directory's newest checkpoint that verifies (an older
+        one when the newest is torn or corrupt, as after a crash mid-write)."""
+        path = Path(checkpoint_path)
         if (path / STATE_FILE).exists():
             return _load_verified(path)
         if not path.is_dir():
@@ -301,139 +514,67 @@ class TrainState(_Schema):
             except SchemaTooNewError:
                 raise
             except CheckpointError as e:
-                errors.append(str(e))  # fall back to the next newest, as after a crash mid-write
+                errors.append(str(e))
         detail = "; ".join(errors) if errors else "it holds no step_* checkpoint"
         raise CheckpointError(f"{path}: no valid checkpoint ({detail})")
 
     # ---- writing ----
 
     def to_checkpoint(
-        self, path: str | Path, tensors: dict[str, dict[str, torch.Tensor]] | None = None
-    ) -> Path:
-        """Write this state (and the given tensor files) as checkpoint `path`, atomically.
+        self, checkpoint_path: str | Path, tensors: dict[str, dict[str, torch.Tensor]] | None = None
+    ) -> None:
+        """Write this state as checkpoint directory `checkpoint_path`, atomically, with the digest of
+        every file. The weight and optimizer files are `tensors` (file name -> tensors: what train()
+        passes) or, without them, copies of the files this state names (verified against their digests);
+        a state that names no weights is refused before anything is written. Afterwards this state
+        describes the new checkpoint (its paths lead there)."""
+        path = Path(checkpoint_path).absolute()
+        copies = {} if tensors is not None else self._files_to_copy(path)
+        ms, os_, ck = self.model_state, self.optimizer_state, self.checkpoint_state
+        was_best = ck.best_step is not None and ck.best_step == self.global_step
+        names = set(tensors or copies)
+        ms.model_loaded = True
+        ms.last_model_path = path / MODEL_FILE
+        ms.ema_path = path / EMA_FILE if EMA_FILE in names else None
+        if was_best:
+            ms.best_model_path = path / (EMA_FILE if EMA_FILE in names else MODEL_FILE)
+        os_.moments_path = path / OPTIMIZER_FILE
+        ck.checkpoint_dir = path.parent
+        ck.steps_since_last_checkpoint = 0
+        ck.checkpoint_paths = [p for p in ck.checkpoint_paths if p != path and p.exists()] + [path]
+        self.updated_at = time.time()
 
-        Files go into a temporary sibling directory, are fsynced, train_state.json goes last
-        with the digest of every file, then the directory is renamed into place.
-        """
-        from safetensors.torch import save_file
+        def state_json(files: dict[str, str]) -> bytes:
+            ck.files = files
+            return self.to_json().encode()
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", dir=path.parent))
-        try:
-            files: dict[str, str] = {}
-            for name, tdict in (tensors or {}).items():
-                # straight to the file (the same bytes as safetensors.save, without a copy in memory)
-                save_file({k: v.detach().contiguous().cpu() for k, v in tdict.items()}, str(tmp / name))
-                files[name] = file_digest(tmp / name)  # of the bytes in the page cache, before the flush
-                fsync_path(tmp / name)
-            self.checkpoint.files = files
-            self.updated_at = time.time()
-            _write_synced(tmp / STATE_FILE, self.to_json().encode())
-            if path.exists():  # rewriting a step (its final status): swap, then drop the old one
-                old = path.with_name(f".old-{path.name}")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(path, old)
-                os.replace(tmp, path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, path)
-            fsync_path(path.parent)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return path
+        write_checkpoint_dir(path, state_json, tensors or {}, copies)
 
-
-# ---- checkpoint directory helpers ----
-
-
-def checkpoint_name(step: int) -> str:
-    return f"step_{step:09d}"
-
-
-def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Committed checkpoints (those with the marker), oldest first."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        return []
-    found = [p for p in run_dir.iterdir() if STEP_DIR.match(p.name) and (p / STATE_FILE).exists()]
-    return sorted(found, key=lambda p: p.name)
+    def _files_to_copy(self, dest: Path) -> dict[str, tuple[Path, str]]:
+        """(source, digest) of each file of the checkpoint this state was loaded from or written as."""
+        src = self.last_checkpoint
+        if src is None:
+            raise CheckpointError(
+                f"{dest}: this TrainState names no model weights (model_state.model_loaded is False: it "
+                "has not been trained or loaded from a checkpoint); train() it, or pass `tensors`"
+            )
+        files = self.checkpoint_state.files
+        for needed in (MODEL_FILE, OPTIMIZER_FILE):
+            if needed not in files:
+                raise CheckpointError(f"{src}: {needed} is not listed in its {STATE_FILE}")
+        return {name: (src / name, digest) for name, digest in files.items()}
 
 
-def set_pointer(run_dir: str | Path, name: str, target: Path) -> None:
-    """Point `run_dir/name` (a relative symlink) at `target`, atomically."""
-    link = Path(run_dir) / name
-    tmp = Path(run_dir) / f".{name}.tmp"
-    tmp.unlink(missing_ok=True)
-    os.symlink(target.name, tmp)
-    os.replace(tmp, link)
-
-
-def prune_checkpoints(run_dir: str | Path, keep_last: int, protect: list[str | None]) -> None:
-    """Delete all but the newest `keep_last` checkpoints, never one in `protect` (best, last)."""
-    keep = {Path(p).resolve() for p in protect if p}
-    for ckpt in list_checkpoints(run_dir)[:-keep_last]:
-        if ckpt.resolve() not in keep:
-            shutil.rmtree(ckpt, ignore_errors=True)
-    # Temporary directories of writes that never finished (a killed process). One process writes a run
-    # directory, and its own write is done when it prunes, so any left now are dead.
-    for tmp in Path(run_dir).glob(".tmp-step_*"):
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-DIGEST_ALGOS = ("xxh3_128", "sha256")
-
-
-def file_digest(path: Path, algo: str = "xxh3_128") -> str:
-    """`algo:hex` of a file, read in 1 MB chunks into one reused buffer (fresh memory for the whole file
-    costs page faults; unlike a mapping, reading turns a file that shrinks meanwhile into a mismatch, not
-    a SIGBUS)."""
-    h = xxhash.xxh3_128() if algo == "xxh3_128" else hashlib.new(algo)
-    buf = bytearray(1 << 20)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buf):
-            h.update(view[:n])
-    return f"{algo}:{h.hexdigest()}"
-
-
-def verify_file(file: Path, expected: str) -> None:
-    """Raise CheckpointError unless the file's digest is the recorded one."""
-    algo, _, want = expected.rpartition(":")
-    algo = algo or "sha256"  # a bare hex digest: sha256
-    if algo not in DIGEST_ALGOS:
-        raise CheckpointError(f"{file}: unknown digest {expected!r}")
-    try:
-        got = file_digest(file, algo).rpartition(":")[2]
-    except FileNotFoundError:
-        raise CheckpointError(f"{file}: missing") from None
-    except OSError as e:
-        raise CheckpointError(f"{file}: unreadable ({e})") from None
-    if got != want:
-        raise CheckpointError(f"{file}: checksum mismatch (truncated or modified after it was written)")
+# ---- loading ----
 
 
 def load_tensors(ckpt_dir: str | Path, name: str, state: TrainState | None = None) -> dict[str, torch.Tensor]:
     """Read a safetensors file of a checkpoint after checking its digest against the state."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     ckpt_dir = Path(ckpt_dir)
     state = state or TrainState.from_checkpoint(ckpt_dir)
-    file = ckpt_dir / name
-    expected = state.checkpoint.files.get(name)
-    if expected is None:
-        raise CheckpointError(f"{file}: not listed in {ckpt_dir / STATE_FILE}")
-    # Verified again right before the load (from_checkpoint may have run long ago): committed checkpoint
-    # files are never rewritten in place (a new one is written beside and renamed), so what load_file maps
-    # a moment later is what was hashed.
-    verify_file(file, expected)
-    try:
-        return load_file(file)
-    except (SafetensorError, OSError, ValueError) as e:
-        # A pickle or any other format planted here is refused by safetensors, never executed.
-        raise CheckpointError(f"{file}: not a safetensors file ({e})") from None
+    return read_verified_tensors(
+        ckpt_dir / name, state.checkpoint_state.files.get(name), ckpt_dir / STATE_FILE
+    )
 
 
 def _load_verified(ckpt: Path) -> TrainState:
@@ -444,28 +585,144 @@ def _load_verified(ckpt: Path) -> TrainState:
         raise CheckpointError(f"{state_file}: unreadable ({e})") from None
     state = TrainState.from_json(text, str(state_file))
     ckpt = ckpt.resolve()
-    for name, digest in state.checkpoint.files.items():
+    for name, digest in state.checkpoint_state.files.items():
         verify_file(ckpt / name, digest)
-    # Paths point where the checkpoint is now, so a copied or moved run directory still resumes.
-    state.run_dir = str(ckpt.parent)
-    state.checkpoint.last_path = str(ckpt)
-    if state.checkpoint.best_path:
-        best = ckpt.parent / Path(state.checkpoint.best_path).name
-        state.checkpoint.best_path = str(best) if (best / STATE_FILE).exists() else None
+    _rebase(state, ckpt)
     return state
 
 
-def _write_synced(path: Path, blob: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(blob)
-        f.flush()
-        os.fsync(f.fileno())
+def _rebase(state: TrainState, ckpt: Path) -> None:
+    """Paths point where the checkpoint is now, so a copied or moved run directory still resumes."""
+    ms, ck, files = state.model_state, state.checkpoint_state, state.checkpoint_state.files
+    run = ckpt.parent
+    ck.checkpoint_dir = run
+    ms.model_loaded = MODEL_FILE in files
+    ms.last_model_path = ckpt / MODEL_FILE
+    ms.ema_path = ckpt / ms.ema_path.name if ms.ema_path is not None else None
+    state.optimizer_state.moments_path = ckpt / OPTIMIZER_FILE
+    best_file = ms.ema_path.name if ms.ema_path is not None else MODEL_FILE
+    if ck.best_step is not None and (run / checkpoint_name(ck.best_step) / STATE_FILE).exists():
+        ms.best_model_path = run / checkpoint_name(ck.best_step) / best_file
+    else:
+        ms.best_model_path = run / "best" / best_file
+    ck.checkpoint_paths = [run / p.name for p in ck.checkpoint_paths if (run / p.name / STATE_FILE).exists()]
+    if state._upgraded and ms.model_loaded:  # schema 1 did not record sizes: read the files' headers
+        ms.model_ram_size_bytes = tensor_bytes(ckpt / MODEL_FILE)[0]
+        if OPTIMIZER_FILE in files:
+            size, dtype = tensor_bytes(ckpt / OPTIMIZER_FILE)
+            state.optimizer_state.moments_ram_size_bytes = size
+            state.optimizer_state.moments_dtype = dtype or torch.float32
 
 
-def fsync_path(path: Path) -> None:
-    """fsync a file or a directory (a directory: so a rename in it survives a crash)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+# ---- schema 1 -> 2 ----
+
+_STATUS_V1 = {"created": "initialized", "running": "in_progress", "failed": "stopped"}
+
+
+def _upgrade_v1(raw: dict[str, Any]) -> dict[str, Any]:
+    """A schema-1 train_state.json (fields rng, model, optimizer, meta_loader, metrics, checkpoint,
+    run_dir) as schema 2. Paths are filled in by _rebase once the directory is known."""
+    import base64
+
+    cfg = RunConfig.model_validate(raw["config"])
+    run = Path(raw["run_dir"])
+    ck = raw.get("checkpoint") or {}
+    last = Path(ck.get("last_path") or run / "last")
+
+    def rng(r: dict[str, Any], rank: int) -> dict[str, Any]:
+        keys = r["numpy_keys"]
+        # pydantic wrote bytes as URL-safe base64
+        torch_states = {"cpu": list(base64.urlsafe_b64decode(r["torch_cpu"]))}
+        for i, s in enumerate(r.get("torch_cuda") or []):
+            torch_states[f"cuda:{i}"] = list(base64.urlsafe_b64decode(s))
+        numpy = _numpy_bytes(keys, r["numpy_pos"], r["numpy_has_gauss"], r["numpy_cached_gaussian"])
+        return {
+            "seed": cfg.seed + rank,
+            "torch_rng_state": torch_states,
+            "numpy_rng_state": numpy,
+            "python_rng_state": r["python"],
+        }
+
+    rngs = [rng(r, i) for i, r in enumerate(raw.get("rng") or [])] or [RNGState.seeded(cfg.seed).model_dump()]
+    model, opt = raw.get("model"), raw.get("optimizer")
+    files = ck.get("files") or {}
+    out: dict[str, Any] = {
+        k: raw[k]
+        for k in (
+            "config",
+            "config_hash",
+            "message",
+            "epoch",
+            "global_step",
+            "samples_seen",
+            "batches_drawn",
+            "world_size",
+            "num_threads",
+            "data_version",
+            "bad_validations",
+            "wandb_run_id",
+            "wandb_run_path",
+            "created_at",
+            "updated_at",
+        )  # fmt: skip
+        if k in raw
+    }
+    status = raw.get("status", "created")
+    out["status"] = _STATUS_V1.get(status, status)
+    if status == "failed":
+        out["stop_reason"] = "error"
+    out["rng_state"], out["rank_rng_states"] = rngs[0], rngs[1:]
+    out["model_state"] = {
+        "model_loaded": model is not None and MODEL_FILE in files,
+        "model_ram_size_bytes": 0,  # filled from the file header below, where it exists
+        "model_dtype": (model or {}).get("dtype", "torch.float32"),
+        "model_device": (model or {}).get("device", "cpu"),
+        "best_model_path": str(run / "best" / MODEL_FILE),
+        "last_model_path": str(last / MODEL_FILE),
+        "architecture": (model or {}).get("name", cfg.model.name),
+        "ema_path": str(last / model["ema_file"]) if model and model.get("ema_file") else None,
+        "num_parameters": (model or {}).get("num_parameters", 0),
+        "input_shape": (model or {}).get("input_shape"),
+        "output_shape": (model or {}).get("output_shape"),
+    }
+    out["optimizer_state"] = {
+        "last_step": raw.get("global_step", 0),
+        "moments_ram_size_bytes": 0,
+        "moments_dtype": "torch.float32",
+        "moments_device": (model or {}).get("device", "cpu"),
+        "moments_path": str(last / OPTIMIZER_FILE),
+        **{k: v for k, v in (opt or {}).items() if k != "file"},
+    }
+    if not opt:
+        out["optimizer_state"].update(name=cfg.optimizer.name, lr=cfg.optimizer.lr)
+    ml = raw.get("meta_loader")
+    types = {d.name: d.type for d in cfg.data.datasets}
+    if ml:
+        loaders = ml.get("loaders") or [{"name": d.name} for d in cfg.data.datasets]
+        out["meta_dataloader_state"] = {
+            "split": ml["split"],
+            "sampling_weights": ml["weights"],
+            "dataloader_states": [
+                {
+                    "last_batch_idx": c - 1,
+                    "dataset": types.get(d.get("name"), cfg.data.datasets[i].type),
+                    "split": ml["split"],
+                    "name": d.get("name"),
+                    "num_batches": d.get("num_batches"),
+                }
+                for i, (c, d) in enumerate(zip(ml["consumed"], loaders, strict=True))
+            ],
+            **{k: ml[k] for k in ("format", "epoch", "seed", "generator_state", "draw_block", "draw_offset")},
+        }
+    else:
+        fresh = TrainState.from_config(cfg, run)
+        out["meta_dataloader_state"] = fresh.meta_dataloader_state.model_dump()
+    history = [m for m in raw.get("metrics") or [] if not m["name"].startswith("test/")]
+    out["metric_history"] = history
+    out["metric_state"] = {"metrics": {m["name"]: m["value"] for m in history}}
+    out["checkpoint_state"] = {
+        "steps_since_last_checkpoint": 0,
+        "checkpoint_dir": str(run),
+        **{k: ck[k] for k in ("best_metric", "best_value", "best_step", "files") if k in ck},
+    }
+    return out  # sizes, which the first layout did not record, are read from the files by _rebase

@@ -1,21 +1,23 @@
-"""train(state) -> state: the training loop, readable top to bottom.
+"""train(cfg) -> TrainState: the training loop, readable top to bottom.
 
-Everything a step depends on is in the TrainState (config, step, epoch, RNG, loader
-positions, optimizer) so that a run resumed from any checkpoint continues bit for bit.
+Everything a step depends on is in the TrainState (config, step, epoch, RNG, loader positions, optimizer)
+so that a run resumed from any checkpoint continues bit for bit. Saving and restoring the live objects is
+checkpointing.py's; what evaluation shares with training (device, autocast, EMA, a pass over a loader) is
+engine.py's.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import math
 import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from a2b_pipeline.checkpoint_dir import CheckpointError, checkpoint_name, list_checkpoints
+from a2b_pipeline.checkpointing import Checkpointer, CheckpointWriter
 from a2b_pipeline.configs import RunConfig
 from a2b_pipeline.data.meta_dataloader import MetaDataLoader
 from a2b_pipeline.data.pipeline import (
@@ -32,55 +36,155 @@ from a2b_pipeline.data.pipeline import (
     prepare_data,
     save_norm_stats,
 )
-from a2b_pipeline.metrics import MetricAccumulator, make_loss
+from a2b_pipeline.engine import EMA, autocast_context, evaluate_loader, pick_device
+from a2b_pipeline.metrics import make_loss
 from a2b_pipeline.models import build_model, model_io
 from a2b_pipeline.preflight import check_runnable
 from a2b_pipeline.rundir_lock import hold_run_dir
-from a2b_pipeline.state import (
-    CheckpointError,
-    DataLoaderState,
-    MetaDataLoaderState,
-    MetricState,
-    ModelState,
-    OptimizerState,
-    RNGState,
-    TrainState,
-    checkpoint_name,
-    load_tensors,
-    prune_checkpoints,
-    set_pointer,
-)
+from a2b_pipeline.state import MetricRecord, RNGState, TrainState
 from a2b_pipeline.tracking import Tracker
 
 log = logging.getLogger("a2b_pipeline.train")
 
-# Plugin point: each hook is called as hook(model, state) right after the model is built (before its
-# weights are restored), e.g. to register forward hooks for profiling, or to inject faults in tests.
-MODEL_HOOKS: list[Callable[[nn.Module, TrainState], Any]] = []
+# A hook is called as hook(model, state) right after the model is built (before its weights are restored),
+# e.g. to register forward hooks for profiling, or to inject faults in tests.
+ModelHook = Callable[[nn.Module, TrainState], Any]
 
 
-def train(state: TrainState) -> TrainState:
-    ensure_writable(Path(state.run_dir))  # fail before any work, naming the path
-    check_runnable(state.config)  # a model this machine can't hold is a config error, before any data
-    with hold_run_dir(state.run_dir):  # one trainer per run directory (RunDirBusyError otherwise)
-        return _train(state)
+@dataclass
+class Run:
+    """Everything train() builds from the state's config, for the helpers of the loop."""
+
+    cfg: RunConfig
+    rank: int
+    world_size: int
+    device: torch.device
+    model: nn.Module  # what the step calls: DDP- and compile-wrapped where configured
+    raw_model: nn.Module
+    optimizer: torch.optim.Optimizer
+    ema: EMA | None
+    scaler: Any  # torch.amp.GradScaler for fp16, else None
+    plateau: dict[str, Any]
+    train_loader: MetaDataLoader
+    val_loader: MetaDataLoader | None
+    loss_fn: Any
+    autocast: Any
+    tracker: Tracker
+    checkpointer: Checkpointer
+    total_steps: int
 
 
-def _train(state: TrainState) -> TrainState:
+def train(cfg: TrainState, *, model_hooks: Sequence[ModelHook] = ()) -> TrainState:
+    """Train the run `cfg` (a TrainState: fresh from TrainState.from_config, or resumed with
+    TrainState.from_checkpoint) to its end, a stop signal or a non-finite loss; return the final state:
+    status, metric_state, model_state's best/last weight paths, checkpoint_state's checkpoint paths."""
+    ensure_writable(cfg.run_dir)  # fail before any work, naming the path
+    check_runnable(cfg.config)  # a model this machine can't hold is a config error, before any data
+    with hold_run_dir(cfg.run_dir):  # one trainer per run directory (RunDirBusyError otherwise)
+        return _train(cfg, model_hooks)
+
+
+def _train(state: TrainState, model_hooks: Sequence[ModelHook]) -> TrainState:
+    run = setup(state, model_hooks)
+    stop = StopRequest()
+    batches = micro_batches(run.train_loader, state, run.cfg.train.num_epochs)
+    nonfinite = torch.zeros((), dtype=torch.bool, device=run.device)  # read at log steps: no per-step sync
+    state.status, state.stop_reason, state.message = "in_progress", None, ""
+    bar = progress_bar(run.cfg, state, run.total_steps, run.rank)
+    log.info(
+        "training %s on %s: step %d of %d, run dir %s",
+        run.cfg.name,
+        run.device,
+        state.global_step,
+        run.total_steps,
+        state.run_dir,
+    )
+
+    run.model.train()  # once: validation (evaluate_loader) switches the model back to train mode itself
+    try:
+        while state.global_step < run.total_steps:
+            step_loss = train_step(state, run, batches)
+            if step_loss is None:
+                break  # the configured number of epochs is done
+            nonfinite |= step_loss[1]
+            state.global_step += 1
+            step = state.global_step
+            bar.update(1)
+
+            cfg_ = run.cfg
+            log_now = step % cfg_.train.log_every_n_steps == 0 or step == run.total_steps
+            validate_now = step % val_interval(cfg_, len(run.train_loader)) == 0 or step == run.total_steps
+            every = cfg_.checkpoint.every_n_steps
+            due = log_now or validate_now or bool(every and step % every == 0)
+            # Ranks agree on a signal at steps they all sync at anyway; one process checks every step.
+            stop_now = broadcast_flag(stop.requested, run) if run.world_size == 1 or due else False
+            save_now = validate_now or stop_now or bool(every and step % every == 0)
+            # the only host syncs: at log and checkpoint steps
+            if (log_now or save_now) and broadcast_flag(nonfinite, run):
+                return stop_on_nonfinite(state, step)
+            if log_now:
+                metrics = {
+                    "train/loss": float(step_loss[0]),
+                    "train/lr": run.optimizer.param_groups[0]["lr"],
+                    "train/epoch": float(state.epoch),
+                }
+                record(state, run, metrics)
+                bar.set_postfix(loss=f"{metrics['train/loss']:.4f}")
+            early_stop = broadcast_flag(validate_and_track_best(state, run), run) if validate_now else False
+            if stop_now:
+                state.status, state.stop_reason = "stopped", "signal"
+                state.message = f"stopped by signal {stop.requested} at step {step}; resume with `a2b resume`"
+                log.warning(state.message)
+            elif early_stop:
+                state.status = "complete"
+                state.message = (
+                    f"early stopping at step {step}: {cfg_.checkpoint.metric} did not improve "
+                    f"for {state.bad_validations} validations"
+                )
+                log.info(state.message)
+            elif step >= run.total_steps:
+                state.status = "complete"
+            if save_now or state.status != "in_progress":
+                run.checkpointer.save(state, best=state.checkpoint_state.best_step == step)
+            if state.status != "in_progress":
+                break
+        if state.status == "in_progress":  # nothing left to do (a finished run resumed, or epochs ran out)
+            state.status = "complete"
+            if state.last_checkpoint != state.run_dir / checkpoint_name(state.global_step):
+                run.checkpointer.save(state, best=False)
+        run.checkpointer.writer.wait()  # the last checkpoint is on disk; a failed write fails the run
+    except BaseException as e:
+        state.status = "stopped"
+        state.stop_reason = "signal" if isinstance(e, KeyboardInterrupt) else "error"
+        state.message = f"{type(e).__name__}: {e}"
+        if isinstance(e, torch.cuda.OutOfMemoryError):  # the step is lost, the last checkpoint is not
+            state.stop_reason, state.message = "out_of_memory", out_of_memory_message(state, run.device, e)
+            log.error(state.message)
+            raise torch.cuda.OutOfMemoryError(state.message) from e
+        raise
+    finally:
+        finish(state, run, stop, bar)
+    return state
+
+
+# ---- setup ----
+
+
+def setup(state: TrainState, model_hooks: Sequence[ModelHook]) -> Run:
+    """Build (or restore) everything the loop needs from the state; fail before any work where possible."""
     cfg = state.config
     rank, world_size, local_rank = init_distributed()
-    if state.model is not None and state.world_size != world_size:
+    resuming = state.model_state.model_loaded
+    if resuming and state.world_size != world_size:
         raise CheckpointError(
-            f"{state.checkpoint.last_path}: written with world size {state.world_size}, "
-            f"resumed with {world_size}"
+            f"{state.last_checkpoint}: written with world size {state.world_size}, resumed with {world_size}"
         )
     state.world_size = world_size
     device = pick_device(cfg, local_rank)
     configure_determinism(cfg, state, device)
-    if state.model is None:
-        seed_everything(cfg.seed + rank)
+    if not resuming:  # a fresh run starts from the state's seeded generators (each rank its own seed)
+        (state.rng_state if rank == 0 else RNGState.seeded(state.rng_state.seed + rank)).restore()
 
-    # ---- data, model, optimizer ----
     data = prepare_data(cfg)
     if state.data_version and state.data_version != data.data_version:
         log.warning(
@@ -92,19 +196,19 @@ def _train(state: TrainState) -> TrainState:
     if rank == 0:  # beside the checkpoints: `a2b predict` normalises new audio with them
         save_norm_stats(data, state.run_dir)
     train_loader = make_loader(data, cfg, "train", rank=rank, world_size=world_size)
-    val_loader = make_loader(data, cfg, "val") if rank == 0 and _has_split(data, "val") else None
+    val_loader = make_loader(data, cfg, "val") if rank == 0 and has_split(data, "val") else None
     io = model_io(cfg)
     raw_model = build_model(cfg.model, io).to(device)
-    for hook in MODEL_HOOKS:
+    for hook in model_hooks:
         hook(raw_model, state)
     optimizer = build_optimizer(cfg, raw_model)
     ema = EMA(raw_model, cfg.train.ema_decay) if cfg.train.ema_decay else None
     scaler = torch.amp.GradScaler(device.type) if cfg.train.precision == "fp16" else None
     plateau: dict[str, Any] = {"scale": 1.0, "best": None, "bad": 0}
-    parts = Checkpointed(raw_model, optimizer, ema, scaler, plateau, train_loader, rank)
     writer = CheckpointWriter(background=cfg.checkpoint.async_write and rank == 0)
-    if state.model is not None:
-        restore(state, parts)
+    checkpointer = Checkpointer(raw_model, optimizer, ema, scaler, plateau, train_loader, rank, writer)
+    if resuming:
+        checkpointer.restore(state)
     else:
         train_loader.set_epoch(state.epoch)
     model: nn.Module = raw_model
@@ -114,146 +218,27 @@ def _train(state: TrainState) -> TrainState:
         )
     if cfg.train.compile:
         model = torch.compile(model)  # the checkpoint keeps raw_model's keys (no `_orig_mod.`)
-    loss_fn = make_loss(cfg.train.loss, io.channels)
-    autocast = autocast_context(cfg, device)
-
-    tracker = Tracker(cfg, state.run_dir, state.wandb_run_id, rank)
+    tracker = Tracker(cfg, str(state.run_dir), state.wandb_run_id, rank)
     state.wandb_run_id, state.wandb_run_path = tracker.run_id, tracker.run_path
-    stop = StopRequest()
-    total_steps = planned_steps(cfg, len(train_loader))
-    batches = micro_batches(train_loader, state, cfg.train.num_epochs)
-    names: list[str] = train_loader.dataset_names  # type: ignore[attr-defined]
-    accum = cfg.train.grad_accum_steps
-    nonfinite = torch.zeros((), dtype=torch.bool, device=device)  # checked at log steps: no per-step sync
-    state.status, state.message = "running", ""
-    bar = progress_bar(cfg, state, total_steps, rank)
-    log.info(
-        "training %s on %s: step %d of %d, run dir %s",
-        cfg.name,
-        device,
-        state.global_step,
-        total_steps,
-        state.run_dir,
+    return Run(
+        cfg=cfg,
+        rank=rank,
+        world_size=world_size,
+        device=device,
+        model=model,
+        raw_model=raw_model,
+        optimizer=optimizer,
+        ema=ema,
+        scaler=scaler,
+        plateau=plateau,
+        train_loader=train_loader,
+        val_loader=val_loader,
+        loss_fn=make_loss(cfg.train.loss, io.channels),
+        autocast=autocast_context(cfg, device),
+        tracker=tracker,
+        checkpointer=checkpointer,
+        total_steps=planned_steps(cfg, len(train_loader)),
     )
-
-    # ---- the loop ----
-    model.train()  # once: validation (evaluate_loader) switches the model back to train mode itself
-    try:
-        while state.global_step < total_steps:
-            step = state.global_step
-            apply_freeze(raw_model, cfg, step)
-            train_loader.set_weights(loader_weights(train_loader, cfg, step))
-            set_lr(optimizer, lr_at(cfg, step, total_steps, plateau["scale"]))
-            step_loss: torch.Tensor | None = None  # summed on device: no tensor made, no host read per step
-            got = 0
-            for micro in range(accum):
-                batch = next(batches, None)
-                if batch is None:
-                    break
-                x, y = (t.to(device, non_blocking=True) for t in batch)
-                sync = micro == accum - 1 or world_size == 1
-                with contextlib.nullcontext() if sync else model.no_sync(), autocast:
-                    loss = loss_fn(model(x), y)
-                part = loss / accum if accum > 1 else loss  # x / 1 is x: one op fewer per step
-                (scaler.scale(part) if scaler else part).backward()
-                step_loss = loss.detach() if step_loss is None else step_loss + loss.detach()
-                got += 1
-                state.samples_seen += x.shape[0] * world_size
-                drawn = names[train_loader.last_loader or 0]
-                state.batches_drawn[drawn] = state.batches_drawn.get(drawn, 0) + 1
-            if step_loss is None:
-                break  # the configured number of epochs is done
-            if got > 1:
-                step_loss = step_loss / got
-            if got < accum:  # a short last accumulation: average over what it had
-                for p in raw_model.parameters():
-                    if p.grad is not None:
-                        p.grad.mul_(accum / got)
-            nonfinite |= ~torch.isfinite(step_loss)
-            if scaler:
-                scaler.unscale_(optimizer)
-            if cfg.train.grad_clip:
-                norm = nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.train.grad_clip)
-                if not scaler:  # fp16: the scaler skips non-finite steps itself
-                    nonfinite |= ~torch.isfinite(norm)
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if ema:
-                ema.update(raw_model)
-            state.global_step += 1
-            step = state.global_step
-            bar.update(1)
-
-            log_now = step % cfg.train.log_every_n_steps == 0 or step == total_steps
-            validate_now = step % val_interval(cfg, len(train_loader)) == 0 or step == total_steps
-            every = cfg.checkpoint.every_n_steps
-            due = log_now or validate_now or bool(every and step % every == 0)
-            # Ranks agree on a signal at steps they all sync at anyway; one process checks every step.
-            stop_now = broadcast_flag(stop.requested, world_size, device) if world_size == 1 or due else False
-            save_now = validate_now or stop_now or bool(every and step % every == 0)
-            # the only host syncs: at log and checkpoint steps
-            if (log_now or save_now) and broadcast_flag(nonfinite, world_size, device):
-                return stop_on_nonfinite(state, tracker, step)
-            if log_now:
-                metrics = {
-                    "train/loss": float(step_loss),
-                    "train/lr": optimizer.param_groups[0]["lr"],
-                    "train/epoch": float(state.epoch),
-                }
-                record(state, tracker, metrics, step, rank)
-                bar.set_postfix(loss=f"{metrics['train/loss']:.4f}")
-            early_stop = False
-            if validate_now:
-                early_stop = validate_and_track_best(
-                    state, cfg, raw_model, ema, val_loader, loss_fn, autocast, device, tracker, plateau, rank
-                )
-                early_stop = broadcast_flag(early_stop, world_size, device)
-            if stop_now:
-                state.status = "stopped"
-                state.message = f"stopped by signal {stop.requested} at step {step}; resume with `a2b resume`"
-                log.warning(state.message)
-            elif early_stop:
-                state.status = "complete"
-                state.message = (
-                    f"early stopping at step {step}: {cfg.checkpoint.metric} did not improve "
-                    f"for {state.bad_validations} validations"
-                )
-                log.info(state.message)
-            elif step >= total_steps:
-                state.status = "complete"
-            if save_now or state.status != "running":
-                save_checkpoint(state, parts, writer, best=state.checkpoint.best_step == step)
-            if state.status != "running":
-                break
-        if state.status == "running":  # nothing left to do (a finished run resumed, or epochs ran out)
-            state.status = "complete"
-            if state.checkpoint.last_path != _ckpt_path(state):
-                save_checkpoint(state, parts, writer, best=False)
-        writer.wait()  # the last checkpoint is on disk before train() returns; a failed write fails the run
-    except BaseException as e:
-        state.status = "failed" if not isinstance(e, KeyboardInterrupt) else "stopped"
-        state.message = f"{type(e).__name__}: {e}"
-        if isinstance(e, torch.cuda.OutOfMemoryError):  # the step is lost, the last checkpoint is not
-            state.message = out_of_memory_message(state, device, e)
-            log.error(state.message)
-            raise torch.cuda.OutOfMemoryError(state.message) from e
-        raise
-    finally:
-        # a write in flight when the loop stopped still lands; a resumed finished run wrote nothing
-        state.checkpoint.files = writer.close() or state.checkpoint.files
-        bar.close()
-        stop.restore()
-        tracker.finish(0 if state.status in ("complete", "stopped") else 1)
-        if world_size > 1 and dist.is_initialized():
-            check_ranks_agree(raw_model, rank, world_size)
-    return state
-
-
-# ---- helpers, in the order the loop uses them ----
 
 
 def init_distributed() -> tuple[int, int, int]:
@@ -279,16 +264,6 @@ def ensure_writable(run_dir: Path) -> None:
         )
 
 
-def pick_device(cfg: RunConfig, local_rank: int) -> torch.device:
-    want = cfg.train.device
-    if want == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but no CUDA device is available")
-    if want in ("auto", "cuda") and torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
-
-
 def configure_determinism(cfg: RunConfig, state: TrainState, device: torch.device) -> None:
     # CPU kernels give different bits with different thread counts: a resume reuses the first count.
     state.num_threads = state.num_threads or cfg.train.num_threads or torch.get_num_threads()
@@ -301,17 +276,7 @@ def configure_determinism(cfg: RunConfig, state: TrainState, device: torch.devic
         torch.backends.cudnn.benchmark = False
 
 
-def seed_everything(seed: int) -> None:
-    import random
-
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _has_split(data: PreparedData, split: str) -> bool:
+def has_split(data: PreparedData, split: str) -> bool:
     return any(len(ds) for ds in data.splits.get(split, {}).values())
 
 
@@ -325,38 +290,6 @@ def build_optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
 
 
-class EMA:
-    """Exponential moving average of the weights; validation and `best` use it when enabled."""
-
-    def __init__(self, model: nn.Module, decay: float):
-        self.decay = decay
-        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        for k, v in model.state_dict().items():
-            if v.dtype.is_floating_point:
-                self.shadow[k].lerp_(v, 1.0 - self.decay)
-            else:
-                self.shadow[k].copy_(v)
-
-    @contextlib.contextmanager
-    def swapped_in(self, model: nn.Module) -> Iterator[None]:
-        backup = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        model.load_state_dict(self.shadow)
-        try:
-            yield
-        finally:
-            model.load_state_dict(backup)
-
-
-def autocast_context(cfg: RunConfig, device: torch.device) -> Any:
-    if cfg.train.precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 def planned_steps(cfg: RunConfig, batches_per_epoch: int) -> int:
     t = cfg.train
     by_epochs = math.ceil(batches_per_epoch * t.num_epochs / t.grad_accum_steps) if t.num_epochs else None
@@ -368,6 +301,64 @@ def val_interval(cfg: RunConfig, batches_per_epoch: int) -> int:
     if cfg.train.val_every_n_steps:
         return cfg.train.val_every_n_steps
     return max(1, math.ceil(batches_per_epoch / cfg.train.grad_accum_steps))  # once per epoch
+
+
+# ---- one step ----
+
+
+def train_step(
+    state: TrainState, run: Run, batches: Iterator[Any]
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """One optimizer step over `grad_accum_steps` micro-batches: (mean loss, non-finite flag), both on the
+    device (no host read), or None when the batches ran out before the step began."""
+    cfg, raw_model, optimizer, scaler = run.cfg, run.raw_model, run.optimizer, run.scaler
+    step = state.global_step
+    apply_freeze(raw_model, cfg, step)
+    run.train_loader.set_weights(loader_weights(run.train_loader, cfg, step))
+    set_lr(optimizer, lr_at(cfg, step, run.total_steps, run.plateau["scale"]))
+    accum = cfg.train.grad_accum_steps
+    names = run.train_loader.dataset_names
+    step_loss: torch.Tensor | None = None  # summed on device
+    got = 0
+    for micro in range(accum):
+        batch = next(batches, None)
+        if batch is None:
+            break
+        x, y = (t.to(run.device, non_blocking=True) for t in batch)
+        sync = micro == accum - 1 or run.world_size == 1
+        with contextlib.nullcontext() if sync else run.model.no_sync(), run.autocast:
+            loss = run.loss_fn(run.model(x), y)
+        part = loss / accum if accum > 1 else loss  # x / 1 is x: one op fewer per step
+        (scaler.scale(part) if scaler else part).backward()
+        step_loss = loss.detach() if step_loss is None else step_loss + loss.detach()
+        got += 1
+        state.samples_seen += x.shape[0] * run.world_size
+        drawn = names[run.train_loader.last_loader or 0]
+        state.batches_drawn[drawn] = state.batches_drawn.get(drawn, 0) + 1
+    if step_loss is None:
+        return None
+    if got > 1:
+        step_loss = step_loss / got
+    if got < accum:  # a short last accumulation: average over what it had
+        for p in raw_model.parameters():
+            if p.grad is not None:
+                p.grad.mul_(accum / got)
+    nonfinite = ~torch.isfinite(step_loss)
+    if scaler:
+        scaler.unscale_(optimizer)
+    if cfg.train.grad_clip:
+        norm = nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.train.grad_clip)
+        if not scaler:  # fp16: the scaler skips non-finite steps itself
+            nonfinite = nonfinite | ~torch.isfinite(norm)
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if run.ema:
+        run.ema.update(raw_model)
+    return step_loss, nonfinite
 
 
 def micro_batches(loader: MetaDataLoader, state: TrainState, num_epochs: int | None) -> Iterator[Any]:
@@ -409,16 +400,79 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         g["lr"] = lr
 
 
-def record(state: TrainState, tracker: Tracker, metrics: dict[str, float], step: int, rank: int) -> None:
-    if rank != 0:
+# ---- logging, validation, stopping ----
+
+
+def record(state: TrainState, run: Run, metrics: dict[str, float]) -> None:
+    """Newest values into metric_state, every value into the history, and to wandb (rank 0)."""
+    if run.rank != 0:
         return
-    state.metrics.extend(MetricState(name=k, value=v, step=step) for k, v in metrics.items())
-    tracker.log(metrics, step)
+    step = state.global_step
+    state.metric_state.metrics.update(metrics)
+    state.metric_history.extend(MetricRecord(name=k, value=v, step=step) for k, v in metrics.items())
+    run.tracker.log(metrics, step)
+
+
+def validate_and_track_best(state: TrainState, run: Run) -> bool:
+    """Validate (rank 0), record metrics, update best/plateau/early-stopping. Returns: stop early?"""
+    cfg, model = run.cfg, run.raw_model
+    if run.rank != 0 or run.val_loader is None:
+        return False
+    with run.ema.swapped_in(model) if run.ema else contextlib.nullcontext():
+        metrics = evaluate_loader(
+            model, run.val_loader, run.loss_fn, run.autocast, run.device, cfg.data.channels, "val"
+        )
+    record(state, run, metrics)
+    shown = {k: round(v, 4) for k, v in metrics.items() if "_" not in k}
+    log.info("step %d (epoch %d): %s", state.global_step, state.epoch, shown)
+    value = metrics.get(cfg.checkpoint.metric)
+    if value is None or not math.isfinite(value):
+        return False
+    ck = state.checkpoint_state
+    if improves(value, ck.best_value, cfg.checkpoint.mode):
+        ck.best_value, ck.best_step = value, state.global_step
+        state.bad_validations = 0
+    else:
+        state.bad_validations += 1
+    if cfg.scheduler.name == "plateau":
+        plateau = run.plateau
+        if improves(value, plateau["best"], cfg.checkpoint.mode):
+            plateau["best"], plateau["bad"] = value, 0
+        else:
+            plateau["bad"] += 1
+            if plateau["bad"] > cfg.scheduler.plateau_patience:
+                plateau["scale"] *= cfg.scheduler.plateau_factor
+                plateau["bad"] = 0
+    patience = cfg.train.early_stopping_patience
+    return patience is not None and state.bad_validations > patience
+
+
+def improves(value: float, best: float | None, mode: str) -> bool:
+    return best is None or (value > best if mode == "max" else value < best)
+
+
+def broadcast_flag(flag: Any, run: Run) -> bool:
+    """Every rank stops together: any rank's flag counts."""
+    if run.world_size == 1:
+        return bool(flag)
+    t = torch.tensor([1.0 if flag else 0.0], device=run.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def stop_on_nonfinite(state: TrainState, step: int) -> TrainState:
+    state.status, state.stop_reason = "stopped", "non_finite_loss"
+    state.message = (
+        f"non-finite loss or gradient by step {step}: training stopped; the last good "
+        f"checkpoint {state.last_checkpoint} is kept (lower the learning rate, check the data)"
+    )
+    log.error(state.message)
+    return state
 
 
 def out_of_memory_message(state: TrainState, device: torch.device, e: BaseException) -> str:
     cfg = state.config
-    last = state.checkpoint.last_path
+    last = state.last_checkpoint
     kept = (
         f"the newest checkpoint {last} is kept: `a2b resume {state.run_dir}` continues from it"
         if last
@@ -431,91 +485,22 @@ def out_of_memory_message(state: TrainState, device: torch.device, e: BaseExcept
     )
 
 
-def stop_on_nonfinite(state: TrainState, tracker: Tracker, step: int) -> TrainState:
-    state.status = "stopped"
-    state.message = (
-        f"non-finite loss or gradient by step {step}: training stopped; the last good "
-        f"checkpoint {state.checkpoint.last_path} is kept (lower the learning rate, check the data)"
-    )
-    log.error(state.message)
-    return state
-
-
-@torch.no_grad()
-def evaluate_loader(
-    model: nn.Module,
-    loader: MetaDataLoader,
-    loss_fn: Any,
-    autocast: Any,
-    device: torch.device,
-    channels: list[str],
-    prefix: str,
-) -> dict[str, float]:
-    model.eval()
-    acc = MetricAccumulator(channels)
-    for x, y in loader:
-        x, y = x.to(device), y.to(device)
-        with autocast:
-            pred = model(x)
-        acc.update(pred.float(), y, loss_fn(pred, y))
-    model.train()
-    return acc.compute(prefix)
-
-
-def validate_and_track_best(
-    state: TrainState,
-    cfg: RunConfig,
-    model: nn.Module,
-    ema: EMA | None,
-    loader: MetaDataLoader | None,
-    loss_fn: Any,
-    autocast: Any,
-    device: torch.device,
-    tracker: Tracker,
-    plateau: dict[str, Any],
-    rank: int,
-) -> bool:
-    """Validate (rank 0), record metrics, update best/plateau/early-stopping. Returns: stop early?"""
-    if rank != 0 or loader is None:
-        return False
-    with ema.swapped_in(model) if ema else contextlib.nullcontext():
-        metrics = evaluate_loader(model, loader, loss_fn, autocast, device, cfg.data.channels, "val")
-    record(state, tracker, metrics, state.global_step, rank)
-    shown = {k: round(v, 4) for k, v in metrics.items() if "_" not in k}
-    log.info("step %d (epoch %d): %s", state.global_step, state.epoch, shown)
-    value = metrics.get(cfg.checkpoint.metric)
-    if value is None or not math.isfinite(value):
-        return False
-    ck = state.checkpoint
-    better = ck.best_value is None or (
-        value > ck.best_value if cfg.checkpoint.mode == "max" else value < ck.best_value
-    )
-    if better:
-        ck.best_value, ck.best_step = value, state.global_step
-        state.bad_validations = 0
-    else:
-        state.bad_validations += 1
-    if cfg.scheduler.name == "plateau":
-        best = plateau["best"]
-        improved = best is None or (value > best if cfg.checkpoint.mode == "max" else value < best)
-        if improved:
-            plateau["best"], plateau["bad"] = value, 0
-        else:
-            plateau["bad"] += 1
-            if plateau["bad"] > cfg.scheduler.plateau_patience:
-                plateau["scale"] *= cfg.scheduler.plateau_factor
-                plateau["bad"] = 0
-    patience = cfg.train.early_stopping_patience
-    return patience is not None and state.bad_validations > patience
-
-
-def broadcast_flag(flag: Any, world_size: int, device: torch.device) -> bool:
-    """Every rank stops together: any rank's flag counts."""
-    if world_size == 1:
-        return bool(flag)
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+def finish(state: TrainState, run: Run, stop: StopRequest, bar: Any) -> None:
+    """Whatever way the loop ended: the write in flight lands, the state lists the run's checkpoints, the
+    tracker and signal handlers are closed, and under DDP the replicas are checked to agree."""
+    # a resumed finished run wrote nothing: it keeps its checkpoint's digests
+    state.checkpoint_state.files = run.checkpointer.writer.close() or state.checkpoint_state.files
+    if run.rank == 0:
+        state.checkpoint_state.checkpoint_paths = list_checkpoints(state.run_dir)
+        last = state.last_checkpoint
+        state.checkpoint_state.steps_since_last_checkpoint = (
+            state.global_step - int(last.name.removeprefix("step_")) if last else state.global_step
+        )
+    bar.close()
+    stop.restore()
+    run.tracker.finish(0 if state.stop_reason in (None, "signal", "non_finite_loss") else 1)
+    if run.world_size > 1 and dist.is_initialized():
+        check_ranks_agree(run.raw_model, run.rank, run.world_size)
 
 
 def check_ranks_agree(model: nn.Module, rank: int, world_size: int) -> None:
@@ -529,258 +514,11 @@ def check_ranks_agree(model: nn.Module, rank: int, world_size: int) -> None:
 
 
 def weights_digest(model: nn.Module) -> str:
-    import hashlib
-
     h = hashlib.sha256()
     for k, v in sorted(model.state_dict().items()):
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
-
-
-# ---- checkpoints ----
-
-
-def _ckpt_path(state: TrainState) -> str:
-    return str(Path(state.run_dir) / checkpoint_name(state.global_step))
-
-
-def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], OptimizerState]:
-    sd = optimizer.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, dict[str, Any]] = {}
-    for idx, st in sd["state"].items():
-        for k, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"{idx}.{k}"] = v
-            else:
-                scalars.setdefault(str(idx), {})[k] = v
-    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
-    meta = OptimizerState(
-        name=type(optimizer).__name__, param_groups=groups, scalar_state=scalars, lr=groups[0]["lr"]
-    )
-    return tensors, meta
-
-
-def load_optimizer(
-    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: OptimizerState
-) -> None:
-    state: dict[int, dict[str, Any]] = {}
-    for key, v in tensors.items():
-        idx, name = key.split(".", 1)
-        state.setdefault(int(idx), {})[name] = v
-    for idx, st in meta.scalar_state.items():
-        state.setdefault(int(idx), {}).update(st)
-    groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in meta.param_groups]
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
-
-
-def gather_rng(world_size: int) -> list[RNGState]:
-    mine = RNGState.capture()
-    if world_size == 1:
-        return [mine]
-    everyone: list[Any] = [None] * world_size
-    dist.all_gather_object(everyone, mine.model_dump(mode="json"))
-    return [RNGState.model_validate(r) for r in everyone]
-
-
-@dataclass
-class Checkpointed:
-    """The live objects a checkpoint is saved from and restored into, beside the TrainState."""
-
-    model: nn.Module  # unwrapped: no DDP or compile prefixes in the saved keys
-    optimizer: torch.optim.Optimizer
-    ema: EMA | None
-    scaler: Any  # torch.amp.GradScaler for fp16, else None
-    plateau: dict[str, Any]
-    loader: MetaDataLoader
-    rank: int
-
-
-class CheckpointWriter:
-    """Writes checkpoints one at a time, in a background thread when `background`: the loop then waits
-    only for host copies of the tensors (and for the previous write, if it is still running). `wait()`
-    returns the file digests of the last write (None before any) and raises its error, if it failed."""
-
-    def __init__(self, background: bool) -> None:
-        self.background = background
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="a2b-checkpoint") if background else None
-        self._pending: Future[dict[str, str]] | None = None
-        self._files: dict[str, str] | None = None  # of the last write; None: nothing written yet
-        self._buffers: dict[tuple[str, str], torch.Tensor] = {}
-
-    def save(
-        self, state: TrainState, path: Path, tensors: dict[str, dict[str, torch.Tensor]], best: bool
-    ) -> None:
-        self.wait()  # one write at a time; its host buffers are free again
-        if self._pool is None:
-            self._files = write_checkpoint(state, path, tensors, best)
-            return
-        state, tensors = state.snapshot(), self._stage(tensors)
-        self._pending = self._pool.submit(write_checkpoint, state, path, tensors, best)
-
-    def _stage(self, tensors: dict[str, dict[str, torch.Tensor]]) -> dict[str, dict[str, torch.Tensor]]:
-        """Copy into host buffers kept from one checkpoint to the next: the shapes repeat, so no fresh
-        pages are faulted in (that made a copy 5-10x slower, bench/checkpoint.py), and from CUDA they are
-        pinned, for a fast copy off the device."""
-        staged: dict[str, dict[str, torch.Tensor]] = {}
-        buffers: dict[tuple[str, str], torch.Tensor] = {}
-        for f, t in tensors.items():
-            staged[f] = {}
-            for k, v in t.items():
-                buf = self._buffers.get((f, k))
-                if buf is None or buf.shape != v.shape or buf.dtype != v.dtype:
-                    buf = torch.empty(v.shape, dtype=v.dtype, pin_memory=v.is_cuda)
-                staged[f][k] = buffers[(f, k)] = buf.copy_(v.detach(), non_blocking=v.is_cuda)
-        if any(v.is_cuda for t in tensors.values() for v in t.values()):
-            torch.cuda.synchronize()  # the copies off the device have landed before the writer reads them
-        self._buffers = buffers
-        return staged
-
-    def wait(self) -> dict[str, str] | None:
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            self._files = pending.result()
-        return self._files
-
-    def close(self) -> dict[str, str] | None:
-        try:
-            self.wait()
-        except Exception:  # the loop is already ending with its own error (a clean end waited in the loop)
-            log.exception("the last checkpoint write failed")
-        finally:
-            if self._pool is not None:
-                self._pool.shutdown()
-        return self._files
-
-
-def save_checkpoint(state: TrainState, parts: Checkpointed, writer: CheckpointWriter, best: bool) -> None:
-    model, optimizer, ema, scaler, plateau, loader, rank = astuple_shallow(parts)
-    rngs = gather_rng(state.world_size)  # every rank takes part; only rank 0 writes
-    if rank != 0:
-        return
-    cfg = state.config
-    opt_tensors, opt_meta = optimizer_tensors(optimizer)
-    opt_meta.scaler = scaler.state_dict() if scaler else None
-    opt_meta.plateau = dict(plateau)
-    io = model_io(cfg)
-    first = next(model.parameters())
-    state.rng = rngs
-    state.optimizer = opt_meta
-    state.model = ModelState(
-        name=cfg.model.name,
-        num_parameters=sum(p.numel() for p in model.parameters()),
-        dtype=first.dtype,
-        device=first.device,
-        ema_file="ema.safetensors" if ema else None,
-        input_shape=(io.in_frames, io.n_mels),
-        output_shape=(io.out_steps, io.channels),
-    )
-    state.meta_loader = meta_loader_state(loader)
-    path = Path(_ckpt_path(state))
-    state.checkpoint.last_path = str(path)
-    if best:
-        state.checkpoint.best_path = str(path)
-    tensors = {"model.safetensors": model.state_dict(), "optimizer.safetensors": opt_tensors}
-    if ema:
-        tensors["ema.safetensors"] = ema.shadow
-    writer.save(state, path, tensors, best)
-
-
-def write_checkpoint(
-    state: TrainState, path: Path, tensors: dict[str, dict[str, torch.Tensor]], best: bool
-) -> dict[str, str]:
-    try:
-        state.to_checkpoint(path, tensors)
-    except OSError as e:  # disk full, permissions, a vanished run directory: name the checkpoint
-        raise CheckpointError(f"{path}: the checkpoint could not be written ({e})") from e
-    set_pointer(state.run_dir, "last", path)
-    if best:
-        set_pointer(state.run_dir, "best", path)
-    prune_checkpoints(
-        state.run_dir,
-        state.config.checkpoint.keep_last,
-        protect=[state.checkpoint.best_path, state.checkpoint.last_path],
-    )
-    return state.checkpoint.files
-
-
-def astuple_shallow(parts: Checkpointed) -> tuple[Any, ...]:
-    return tuple(getattr(parts, f.name) for f in fields(parts))  # dataclasses.astuple would deep-copy
-
-
-def meta_loader_state(loader: MetaDataLoader) -> MetaDataLoaderState:
-    sd = loader.state_dict()
-    names = getattr(loader, "dataset_names", None) or [str(i) for i in range(len(loader.dataloaders))]
-    loaders = [
-        DataLoaderState(name=n, batches_consumed=c, num_batches=len(dl))
-        for n, c, dl in zip(names, sd["consumed"], loader.dataloaders, strict=True)
-    ]
-    return MetaDataLoaderState(**sd, loaders=loaders)
-
-
-def restore(state: TrainState, parts: Checkpointed) -> None:
-    """Load everything the state points to; RNG last, so nothing built afterwards shifts it."""
-    model, optimizer, ema, scaler, plateau, loader, rank = astuple_shallow(parts)
-    ckpt = Path(state.checkpoint.last_path or "")
-    model.load_state_dict(_checked_weights(load_tensors(ckpt, "model.safetensors", state), model, ckpt))
-    assert state.optimizer is not None
-    opt_tensors = load_tensors(ckpt, "optimizer.safetensors", state)
-    load_optimizer(optimizer, _checked_optimizer(opt_tensors, optimizer, ckpt), state.optimizer)
-    if ema and state.model and state.model.ema_file:
-        name = state.model.ema_file
-        ema.shadow = _checked_weights(load_tensors(ckpt, name, state), model, ckpt, name)
-    if scaler and state.optimizer.scaler:
-        scaler.load_state_dict(state.optimizer.scaler)
-    plateau.update(state.optimizer.plateau)
-    if state.meta_loader is not None:
-        loader.load_state_dict(state.meta_loader.loader_state_dict())
-    if rank < len(state.rng):
-        state.rng[rank].restore()
-
-
-def _checked_weights(
-    tensors: dict[str, torch.Tensor], model: nn.Module, where: Path, name: str = "model.safetensors"
-) -> dict[str, torch.Tensor]:
-    """Refuse weights that don't fit this model, naming the keys and shapes."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(tensors))
-    extra = sorted(set(tensors) - set(own))
-    shapes = [
-        f"{k}: {tuple(tensors[k].shape)} vs {tuple(own[k].shape)}"
-        for k in own.keys() & tensors.keys()
-        if tensors[k].shape != own[k].shape
-    ]
-    if missing or extra or shapes:
-        raise CheckpointError(
-            f"{where}/{name} does not fit model {type(model).__name__}: "
-            f"missing keys {missing[:5]}, unexpected keys {extra[:5]}, wrong shapes {shapes[:5]}"
-        )
-    return tensors
-
-
-def _checked_optimizer(
-    tensors: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, where: Path
-) -> dict[str, torch.Tensor]:
-    """Refuse optimizer tensors ("<param index>.<name>") for parameters this model doesn't have, or whose
-    per-parameter moments don't have the parameter's shape; torch itself would fail steps later."""
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    extra, shapes = [], []
-    for key, v in tensors.items():
-        idx, _, name = key.partition(".")
-        if not (idx.isdigit() and int(idx) < len(params) and name):
-            extra.append(key)
-        elif v.dim() and v.shape != params[int(idx)].shape:
-            shapes.append(f"{key}: {tuple(v.shape)} vs {tuple(params[int(idx)].shape)}")
-    if extra or shapes:
-        raise CheckpointError(
-            f"{where}/optimizer.safetensors does not fit the optimizer of {len(params)} parameters: "
-            f"unexpected keys {sorted(extra)[:5]}, wrong shapes {sorted(shapes)[:5]}"
-        )
-    return tensors
-
-
-# ---- process plumbing ----
 
 
 class StopRequest:

@@ -59,8 +59,9 @@ def main() -> int:
     C.setup_torch(args.threads)
     from safetensors.torch import load, load_file, save, save_file
 
-    from a2b_pipeline.state import TrainState, file_digest, fsync_path, load_tensors
-    from a2b_pipeline.train import CheckpointWriter
+    from a2b_pipeline.checkpoint_dir import file_digest, fsync_path
+    from a2b_pipeline.checkpointing import CheckpointWriter
+    from a2b_pipeline.state import TrainState, load_tensors
 
     cfg, model = big_model(args, mb)
     sd = model.state_dict()

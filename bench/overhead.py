@@ -357,7 +357,7 @@ def main() -> int:
                 fixed = total.wall - span.wall * steps / n
                 series[name].add(n, span, fixed_cost_s=fixed, **clock.median_steps(warmup))
                 if name == "b" and rep == 0:
-                    trained = load_tensors(state.checkpoint.last_path, "model.safetensors", state)
+                    trained = load_tensors(state.last_checkpoint, "model.safetensors", state)
                     parity["max_abs_weight_diff_a_vs_b"] = max(
                         float((trained[k] - w).abs().max()) for k, w in bare_weights.items()
                     )

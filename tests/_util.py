@@ -132,7 +132,7 @@ def wait_for(path: Path, proc: subprocess.Popen[str], timeout: float = 120.0) ->
 
 def final_tensors(run_dir: Path) -> tuple[TrainState, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     state = TrainState.from_checkpoint(run_dir)
-    ckpt = Path(state.checkpoint.last_path)
+    ckpt = state.last_checkpoint
     return (
         state,
         load_tensors(ckpt, "model.safetensors", state),
@@ -141,7 +141,7 @@ def final_tensors(run_dir: Path) -> tuple[TrainState, dict[str, torch.Tensor], d
 
 
 def losses_after(state: TrainState, step: int) -> list[tuple[int, float]]:
-    return [(m.step, m.value) for m in state.metrics if m.name == "train/loss" and m.step > step]
+    return [(m.step, m.value) for m in state.metric_history if m.name == "train/loss" and m.step > step]
 
 
 def start_training(config: Path, run_dir: Path) -> subprocess.Popen[str]:

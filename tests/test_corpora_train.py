@@ -71,9 +71,9 @@ def test_a2b_train_on_the_mixed_config(roots, tmp_path):
     state = TrainState.from_checkpoint(run_dir)
     assert state.status == "complete" and state.global_step == 8
     assert [d.name for d in state.config.data.datasets] == ["hku956", "pmemo2019"]
-    losses = [m.value for m in state.metrics if m.name == "train/loss"]
+    losses = [m.value for m in state.metric_history if m.name == "train/loss"]
     assert len(losses) == 8 and all(v == v for v in losses)  # finite (NaN != NaN)
-    assert any(m.name.startswith("val/") for m in state.metrics)
+    assert any(m.name.startswith("val/") for m in state.metric_history)
 
 
 def test_meta_loader_draws_both_corpora_in_the_configured_proportion(roots, tmp_path):

@@ -124,9 +124,9 @@ def test_a_corpus_type_added_by_one_module_lists_and_trains(tmp_path, folders_ty
 
     state = train(TrainState.from_config(cfg, run_dir=tmp_path / "run"))
     assert state.status == "complete" and state.global_step == cfg.train.max_steps
-    losses = [m.value for m in state.metrics if m.name == "train/loss"]
+    losses = [m.value for m in state.metric_history if m.name == "train/loss"]
     assert losses and all(v == v for v in losses)  # finite (NaN != NaN)
-    assert any(m.name.startswith("val/") for m in state.metrics)
+    assert any(m.name.startswith("val/") for m in state.metric_history)
 
 
 def test_an_installed_plugin_is_found_by_the_cli(tmp_path):

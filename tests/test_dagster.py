@@ -138,7 +138,7 @@ def test_lineage_from_evaluation_back_to_config_and_data(demo):
     assert state.data_version == splits["data_version"] == ev["data_version"]
     assert state.status == "complete" and state.global_step == 6
     assert run["status"] == "complete" and run["global_step"] == 6
-    assert best["best_metric"] == "val/pearson" and best["best_step"] == state.checkpoint.best_step
+    assert best["best_metric"] == "val/pearson" and best["best_step"] == state.checkpoint_state.best_step
     # every asset carries the same config hash; the records on disk match their sha256
     assert {m["config_hash"] for m in md.values()} == {state.config_hash}
     for m in md.values():
@@ -440,7 +440,8 @@ def test_interrupted_training_run_resumes_from_its_checkpoint(tmp_path):
         assert res.success
         splits = _md(_latest(instance, "dataset_splits", "resume"))
     # the run directory the data assets planned (config hash + data version)
-    run_dir = Path(json.loads(Path(splits["train_state"]).read_text())["run_dir"])
+    planned = json.loads(Path(splits["train_state"]).read_text())
+    run_dir = Path(planned["checkpoint_state"]["checkpoint_dir"])
     assert run_dir.name == f"train-{splits['config_hash']}-{splits['data_version'][:12]}"
 
     script = tmp_path / "train_asset.py"
@@ -464,8 +465,8 @@ def test_interrupted_training_run_resumes_from_its_checkpoint(tmp_path):
     second = TrainState.from_checkpoint(run_dir)
     assert second.status == "stopped", second.message
     assert first.global_step < second.global_step < 24
-    history = [(m.name, m.step) for m in second.metrics]
-    assert [(m.name, m.step) for m in first.metrics] == history[: len(first.metrics)]
+    history = [(m.name, m.step) for m in second.metric_history]
+    assert [(m.name, m.step) for m in first.metric_history] == history[: len(first.metric_history)]
 
     # attempt 3, in-process: resumes from the stopped checkpoint and completes
     with DagsterInstance.from_config(str(home)) as instance:
@@ -487,8 +488,8 @@ def test_interrupted_training_run_resumes_from_its_checkpoint(tmp_path):
     final = TrainState.from_checkpoint(run_dir)
     assert final.global_step == 24 and final.status == "complete"
     # the metric history continues the interrupted attempts' history instead of starting over
-    assert [(m.name, m.step) for m in final.metrics][: len(history)] == history
-    loss_steps = [m.step for m in final.metrics if m.name == "train/loss"]
+    assert [(m.name, m.step) for m in final.metric_history][: len(history)] == history
+    loss_steps = [m.step for m in final.metric_history if m.name == "train/loss"]
     assert loss_steps == sorted(set(loss_steps))
 
 

@@ -42,7 +42,10 @@ def test_torchrun_two_ranks_gloo(tmp_path: Path) -> None:
     assert set(digests) == {"0", "1"} and digests["0"] == digests["1"]
     state = TrainState.from_checkpoint(run)
     assert state.world_size == 2 and state.global_step == 12 and state.status == "complete"
-    assert len(state.rng) == 2 and state.rng[0].torch_cpu != state.rng[1].torch_cpu
+    assert (
+        len(state.rank_rng_states) == 1
+        and state.rng_state.torch_rng_state != state.rank_rng_states[0].torch_rng_state
+    )
     # rank 0 alone wrote (and held the run directory): one set of checkpoints, no second writer's leftovers
     assert sorted(p.name for p in run.iterdir() if not p.name.startswith("step_")) == [
         ".a2b-lock",

@@ -63,7 +63,7 @@ def _rewrite(ckpt: Path, name: str, blob: bytes) -> None:
     (ckpt / name).write_bytes(blob)
     state_file = ckpt / STATE_FILE
     raw = json.loads(state_file.read_text())
-    raw["checkpoint"]["files"][name] = hashlib.sha256(blob).hexdigest()
+    raw["checkpoint_state"]["files"][name] = hashlib.sha256(blob).hexdigest()
     state_file.write_text(json.dumps(raw))
 
 
@@ -82,7 +82,7 @@ def _commands(ckpt: Path, file: str) -> list[tuple[str, ...]]:
     checkpoint has them, so for model.safetensors the state is made to say "no EMA" (as in a run without)."""
     if file == "model.safetensors":
         raw = json.loads((ckpt / STATE_FILE).read_text())
-        raw["model"]["ema_file"] = None
+        raw["model_state"]["ema_path"] = None
         (ckpt / STATE_FILE).write_text(json.dumps(raw))
     if file == "optimizer.safetensors":
         return [("resume", str(ckpt))]
@@ -245,7 +245,7 @@ def test_flipped_byte_refused_and_run_resumes_from_newest_valid(
 ) -> None:
     for ckpt in list_checkpoints(run):  # every tensor file of every checkpoint is listed with its checksum
         state = json.loads((ckpt / STATE_FILE).read_text())
-        listed = state["checkpoint"]["files"]
+        listed = state["checkpoint_state"]["files"]
         on_disk = sorted(p.name for p in ckpt.iterdir() if p.name != STATE_FILE)
         assert sorted(listed) == on_disk == ["ema.safetensors", "model.safetensors", "optimizer.safetensors"]
         for name, digest in listed.items():

@@ -27,7 +27,6 @@ import torch._inductor.config  # noqa: F401
 import yaml
 from _util import tiny_config
 
-from a2b_pipeline import train as train_module
 from a2b_pipeline.cli import main
 from a2b_pipeline.configs import RunConfig
 from a2b_pipeline.state import STEP_DIR, TrainState, list_checkpoints, load_tensors
@@ -42,7 +41,7 @@ def _tensors(ckpt: str | Path, state: TrainState) -> dict[str, torch.Tensor]:
 
 def _final(run_dir: Path) -> tuple[TrainState, dict[str, torch.Tensor]]:
     state = TrainState.from_checkpoint(run_dir)
-    return state, _tensors(state.checkpoint.last_path, state)
+    return state, _tensors(state.last_checkpoint, state)
 
 
 def _assert_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -107,8 +106,11 @@ def _oom_at(step: int) -> Callable[[torch.nn.Module, TrainState], None]:
     return hook
 
 
+OOM_IN_STEP_7 = _oom_at(6)  # for the CLI, through A2B_MODEL_HOOKS
+
+
 def test_out_of_memory_is_named_and_resume_completes_bit_exact(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     overrides = ["train.max_steps=12", "checkpoint.every_n_steps=4", "train.val_every_n_steps=8"]
     ref = train(TrainState.from_config(tiny_config(tmp_path, overrides), run_dir=tmp_path / "ref"))
@@ -117,12 +119,10 @@ def test_out_of_memory_is_named_and_resume_completes_bit_exact(
     cfg_file.write_text(tiny_config(tmp_path, overrides).to_yaml())
     run = tmp_path / "oom"
 
-    hook = _oom_at(6)  # in step 7: steps 1-6 are done, checkpoint step 4 is the newest
-    train_module.MODEL_HOOKS.append(hook)
-    try:
-        code = main(["train", str(cfg_file), "--run-dir", str(run)])
-    finally:
-        train_module.MODEL_HOOKS.remove(hook)
+    # in step 7: steps 1-6 are done, checkpoint step 4 is the newest
+    monkeypatch.setenv("A2B_MODEL_HOOKS", f"{__name__}:OOM_IN_STEP_7")
+    code = main(["train", str(cfg_file), "--run-dir", str(run)])
+    monkeypatch.delenv("A2B_MODEL_HOOKS")
     err = capsys.readouterr().err
     assert code == 1, err
     assert "Traceback" not in err
@@ -131,15 +131,11 @@ def test_out_of_memory_is_named_and_resume_completes_bit_exact(
     assert f"the newest checkpoint {newest} is kept: `a2b resume {run.resolve()}` continues" in err, err
     assert "CUDA out of memory. Tried to allocate 20.00 GiB" in err
     kept = TrainState.from_checkpoint(run)
-    assert kept.global_step == 4 and kept.checkpoint.last_path == str(newest)
+    assert kept.global_step == 4 and kept.last_checkpoint == newest
 
     # the library raises the same type (a Dagster op or a notebook can catch it), with the same message
-    train_module.MODEL_HOOKS.append(hook)
-    try:
-        with pytest.raises(torch.OutOfMemoryError, match="out of memory on cpu in step 7"):
-            train(TrainState.from_checkpoint(run))
-    finally:
-        train_module.MODEL_HOOKS.remove(hook)
+    with pytest.raises(torch.OutOfMemoryError, match="out of memory on cpu in step 7"):
+        train(TrainState.from_checkpoint(run), model_hooks=[OOM_IN_STEP_7])
     assert TrainState.from_checkpoint(run).global_step == 4  # nothing half-done was saved
 
     assert main(["resume", str(run)]) == 0
@@ -220,7 +216,7 @@ def _check_run_dir(run_dir: Path, not_before: int) -> TrainState | None:
         assert not_before < 0, "a committed checkpoint disappeared"
         return None
     state = TrainState.from_checkpoint(run_dir)
-    loaded = Path(state.checkpoint.last_path)
+    loaded = state.last_checkpoint
     assert STEP_DIR.match(loaded.name) and loaded.parent == run_dir.resolve(), loaded
     assert loaded == ckpts[-1].resolve(), "the newest committed checkpoint must be the one resumed"
     assert state.global_step >= not_before
@@ -291,10 +287,10 @@ def test_sigkill_and_sigterm_at_random_points_then_resume_is_bit_exact(tmp_path:
     ref_state, want = _final(reference)
     assert state.status == "complete" and state.global_step == 80
     _assert_identical(got, want)
-    assert state.optimizer.param_groups == ref_state.optimizer.param_groups
+    assert state.optimizer_state.param_groups == ref_state.optimizer_state.param_groups
     assert state.epoch == ref_state.epoch and state.samples_seen == ref_state.samples_seen
-    ref_losses = [(m.step, m.value) for m in ref_state.metrics if m.name == "train/loss"]
-    assert [(m.step, m.value) for m in state.metrics if m.name == "train/loss"] == ref_losses
+    ref_losses = [(m.step, m.value) for m in ref_state.metric_history if m.name == "train/loss"]
+    assert [(m.step, m.value) for m in state.metric_history if m.name == "train/loss"] == ref_losses
     assert _tmp_dirs(run) == set(), "temporary directories of killed writes are cleaned up"
     with open(tmp_path / "outcomes.yaml", "w") as f:  # for a human reading a failure
         yaml.safe_dump(outcomes, f)

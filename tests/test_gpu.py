@@ -16,7 +16,6 @@ import pytest
 import torch
 from _util import final_tensors, longer_run, losses_after, run_cli, write_config
 
-from a2b_pipeline import train as train_module
 from a2b_pipeline.configs import config_from_dict
 from a2b_pipeline.state import TrainState, checkpoint_name, list_checkpoints, load_tensors
 from a2b_pipeline.train import train
@@ -49,8 +48,8 @@ def test_resume_on_device_is_bit_exact(tmp_path: Path, precision: str) -> None:
     run_a = tmp_path / "a"
     run_cli("train", str(cfg), "--run-dir", str(run_a))
     state_a, weights_a, opt_a = final_tensors(run_a)
-    assert state_a.status == "complete" and state_a.model is not None
-    assert state_a.model.device.type == DEVICE
+    assert state_a.status == "complete" and state_a.model_state.model_loaded
+    assert state_a.model_state.model_device.type == DEVICE
 
     state_b = _resume_from_copy(run_a, 8, tmp_path / "b")
     _, weights_b, opt_b = final_tensors(tmp_path / "b")
@@ -97,10 +96,10 @@ def test_async_checkpoints_from_device_equal_sync_ones(tmp_path: Path) -> None:
     for step in steps:
         a = TrainState.from_checkpoint(runs[True] / checkpoint_name(step))
         b = TrainState.from_checkpoint(runs[False] / checkpoint_name(step))
-        assert a.checkpoint.files == b.checkpoint.files, step  # the same bytes in every file
-        for name in b.checkpoint.files:
-            ta = load_tensors(a.checkpoint.last_path, name, a)
-            tb = load_tensors(b.checkpoint.last_path, name, b)
+        assert a.checkpoint_state.files == b.checkpoint_state.files, step  # the same bytes in every file
+        for name in b.checkpoint_state.files:
+            ta = load_tensors(a.last_checkpoint, name, a)
+            tb = load_tensors(b.last_checkpoint, name, b)
             assert all(torch.equal(ta[k], tb[k]) for k in tb), (step, name)
 
 
@@ -127,11 +126,11 @@ def test_no_host_device_sync_on_steps_that_do_not_log(tmp_path: Path, precision:
 
         model.register_forward_pre_hook(set_mode)
 
-    train_module.MODEL_HOOKS.append(hook)
     try:
-        state = train(TrainState.from_config(config_from_dict(raw), run_dir=tmp_path / "run"))
+        state = train(
+            TrainState.from_config(config_from_dict(raw), run_dir=tmp_path / "run"), model_hooks=[hook]
+        )
     finally:
-        train_module.MODEL_HOOKS.remove(hook)
         torch.cuda.set_sync_debug_mode("default")
     assert state.status == "complete", state.message
     assert strict_steps == [s for s in range(1, total + 1) if s % log_every and s != total]

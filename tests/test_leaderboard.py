@@ -36,7 +36,7 @@ def test_leaderboard_cli_lists_cv_runs_and_marks_failed_and_unevaluated(tmp_path
     report = json.loads(run_cli("evaluate", str(scored)).stdout)
     # a checkpoint whose weights no longer match their checksum: the run can't be read back
     state = TrainState.from_checkpoint(broken)
-    weights = Path(state.checkpoint.last_path) / "model.safetensors"
+    weights = Path(state.last_checkpoint) / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)
 
     out = tmp_path / "board.csv"

@@ -18,7 +18,7 @@ from a2b_pipeline.train import lr_at, train
 
 
 def _losses(state: TrainState) -> list[float]:
-    return [m.value for m in state.metrics if m.name == "train/loss"]
+    return [m.value for m in state.metric_history if m.name == "train/loss"]
 
 
 def _fit(
@@ -141,7 +141,7 @@ def test_optimizers_learn(tmp_path: Path, optimizer: dict[str, Any]) -> None:
     raw["train"].update(max_steps=40, val_every_n_steps=1000)
     state = train(TrainState.from_config(config_from_dict(raw)))
     _lowers_loss(state)
-    assert state.optimizer.name == {"sgd": "SGD", "adam": "Adam"}[optimizer["name"]]
+    assert state.optimizer_state.name == {"sgd": "SGD", "adam": "Adam"}[optimizer["name"]]
 
 
 def _sched_cfg(tmp_path: Path, **sched: Any) -> Any:
@@ -171,13 +171,13 @@ def test_plateau_scheduler_lowers_lr_when_val_stalls(tmp_path: Path) -> None:
     raw["train"].update(max_steps=40, val_every_n_steps=2)
     raw["checkpoint"]["every_n_steps"] = None
     state = train(TrainState.from_config(config_from_dict(raw)))
-    lrs = [m.value for m in state.metrics if m.name == "train/lr"]
-    assert lrs[-1] < lrs[0] and state.optimizer.plateau["scale"] < 1.0
+    lrs = [m.value for m in state.metric_history if m.name == "train/lr"]
+    assert lrs[-1] < lrs[0] and state.optimizer_state.plateau["scale"] < 1.0
 
 
 def test_ema_weights_are_what_best_and_evaluate_use(tmp_path: Path) -> None:
     state = _fit(tmp_path, ema_decay=0.9, val_every_n_steps=20)
-    best = Path(state.checkpoint.best_path)
+    best = state.best_checkpoint
     assert (best / "ema.safetensors").exists()
     ema = load_tensors(best, "ema.safetensors", TrainState.from_checkpoint(best))
     raw = load_tensors(best, "model.safetensors", TrainState.from_checkpoint(best))
@@ -245,9 +245,9 @@ def test_weight_schedule_shifts_the_mix_and_resumes_exactly(tmp_path: Path) -> N
 def test_mixed_precision_learns_on_cpu(tmp_path: Path, precision: str) -> None:
     state = _fit(tmp_path, precision=precision)
     _lowers_loss(state)
-    weights = load_tensors(state.checkpoint.last_path, "model.safetensors", state)
+    weights = load_tensors(state.last_checkpoint, "model.safetensors", state)
     assert all(t.dtype == torch.float32 for t in weights.values())  # autocast: fp32 master weights
-    assert (state.optimizer.scaler is not None) == (precision == "fp16")  # GradScaler only for fp16
+    assert (state.optimizer_state.scaler is not None) == (precision == "fp16")  # GradScaler only for fp16
 
 
 def test_grad_accumulation_counts_micro_batches(tmp_path: Path) -> None:

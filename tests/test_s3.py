@@ -224,7 +224,7 @@ def test_bucket_trains_like_local_disk(s3, pmemo_local, tmp_path):
         feature_cache.forget_memory()
         state = train(TrainState.from_config(cfg, run_dir=tmp_path / f"run-{name}"))
         assert state.status == "complete", state.message
-        losses[name] = [(m.step, m.value) for m in state.metrics if m.name == "train/loss"]
+        losses[name] = [(m.step, m.value) for m in state.metric_history if m.name == "train/loss"]
     assert losses["local"] and losses["local"] == losses["s3"]
 
 

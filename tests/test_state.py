@@ -10,22 +10,18 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from a2b_pipeline.checkpoint_dir import checkpoint_name, list_checkpoints, prune_checkpoints, set_pointer
 from a2b_pipeline.configs import config_from_dict
 from a2b_pipeline.state import (
     SCHEMA_VERSION,
     CheckpointError,
     DataLoaderState,
     MetaDataLoaderState,
+    MetricRecord,
     MetricState,
-    ModelState,
-    OptimizerState,
     RNGState,
     TrainState,
-    checkpoint_name,
-    list_checkpoints,
     load_tensors,
-    prune_checkpoints,
-    set_pointer,
 )
 
 
@@ -37,34 +33,26 @@ def _state(tmp_path: Path) -> TrainState:
         }
     )
     s = TrainState.from_config(cfg)
-    s.rng = [RNGState.capture()]
-    s.model = ModelState(
-        name="conv_gru",
-        num_parameters=10,
-        dtype=torch.bfloat16,
-        device=torch.device("cpu"),
-        input_shape=(400, 32),
-        output_shape=(32, 2),
-    )
-    s.optimizer = OptimizerState(
-        name="AdamW",
-        param_groups=[{"lr": 0.1, "betas": [0.9, 0.99], "params": [0]}],
-        lr=0.1,
-        scalar_state={"0": {"step": 3}},
-    )
-    s.meta_loader = MetaDataLoaderState(
+    s.rng_state = RNGState.capture(seed=0)
+    s.model_state.model_dtype = torch.bfloat16
+    s.model_state.num_parameters, s.model_state.input_shape = 10, (400, 32)
+    s.optimizer_state.param_groups = [{"lr": 0.1, "betas": [0.9, 0.99], "params": [0]}]
+    s.optimizer_state.scalar_state = {"0": {"step": 3}}
+    s.meta_dataloader_state = MetaDataLoaderState(
         split="train",
+        sampling_weights=[0.3],
+        dataloader_states=[
+            DataLoaderState(last_batch_idx=0, dataset="synthetic", split="train", name="a", num_batches=9)
+        ],
         epoch=2,
         seed=5,
-        weights=[0.3, 0.7],
-        consumed=[1, 4],
         generator_state=list(range(16)),
-        loaders=[DataLoaderState(name="a", batches_consumed=1, num_batches=9)],
     )
-    s.metrics = [
-        MetricState(name="train/loss", value=0.5, step=1),
-        MetricState(name="val/pearson", value=0.9, step=2),
+    s.metric_history = [
+        MetricRecord(name="train/loss", value=0.5, step=1),
+        MetricRecord(name="val/pearson", value=0.9, step=2),
     ]
+    s.metric_state = MetricState(metrics={"train/loss": 0.5, "val/pearson": 0.9})
     s.global_step, s.epoch = 7, 2
     return s
 
@@ -74,31 +62,34 @@ def test_json_round_trip_every_field(tmp_path: Path) -> None:
     text = s.to_json()
     back = TrainState.from_json(text)
     assert back == s
-    assert back.model.dtype is torch.bfloat16 and back.model.device == torch.device("cpu")
-    assert isinstance(back.rng[0].torch_cpu, bytes) and back.rng[0].torch_cpu == s.rng[0].torch_cpu
-    assert isinstance(back.model.input_shape, tuple)
-    assert isinstance(back.rng[0].python[1], tuple)
-    assert json.loads(text)["model"]["dtype"] == "torch.bfloat16"
+    ms = back.model_state
+    assert ms.model_dtype is torch.bfloat16 and ms.model_device == torch.device("cpu")
+    assert isinstance(back.rng_state.numpy_rng_state, bytes)
+    assert back.rng_state.numpy_rng_state == s.rng_state.numpy_rng_state
+    assert isinstance(ms.input_shape, tuple)
+    assert isinstance(back.rng_state.python_rng_state[1], tuple)
+    assert json.loads(text)["model_state"]["model_dtype"] == "torch.bfloat16"
 
 
 def test_rng_state_restores_generators() -> None:
     torch.manual_seed(3)
-    snap = RNGState.capture()
+    snap = RNGState.capture(seed=3)
     a = torch.rand(5)
-    TrainState.model_rebuild()
     RNGState.model_validate_json(snap.model_dump_json()).restore()
     assert torch.equal(torch.rand(5), a)
 
 
-@pytest.mark.parametrize("name", ["loss", "eval/loss", "train/", "Train/loss", "val loss"])
+@pytest.mark.parametrize("name", ["loss", "eval/loss", "train/", "Train/loss", "val loss", "test/ccc"])
 def test_metric_names_are_checked(name: str) -> None:
-    with pytest.raises(ValidationError, match="metric name|pattern"):
-        MetricState(name=name, value=1.0, step=0)
+    with pytest.raises(ValidationError, match="metric name"):
+        MetricState(metrics={name: 1.0})
+    with pytest.raises(ValidationError, match="metric name"):
+        MetricRecord(name=name, value=1.0, step=0)
 
 
 def test_metric_names_accepted() -> None:
-    for name in ("train/loss", "val/pearson_eda", "test/ccc"):
-        assert MetricState(name=name, value=0.0, step=0).name == name
+    for name in ("train/loss", "val/pearson_eda"):
+        assert MetricState(metrics={name: 0.0}).metrics == {name: 0.0}
 
 
 def _write(s: TrainState, step: int) -> Path:
@@ -114,7 +105,7 @@ def test_checkpoint_write_and_verified_load(tmp_path: Path) -> None:
     assert sorted(p.name for p in path.iterdir()) == ["model.safetensors", "train_state.json"]
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".tmp")]
     loaded = TrainState.from_checkpoint(path)
-    assert loaded.global_step == 5 and loaded.checkpoint.last_path == str(path.resolve())
+    assert loaded.global_step == 5 and loaded.last_checkpoint == path.resolve()
     assert torch.equal(load_tensors(path, "model.safetensors", loaded)["w"], torch.full((3,), 5.0))
 
 
@@ -127,7 +118,7 @@ def test_tampered_and_truncated_files_are_refused_and_run_dir_falls_back(tmp_pat
     with pytest.raises(CheckpointError, match="model.safetensors: checksum mismatch"):
         TrainState.from_checkpoint(bad)
     assert TrainState.from_checkpoint(s.run_dir).global_step == 10  # the newest that verifies
-    (good / "train_state.json").write_text('{"schema_version": 1, "config"')  # truncated JSON
+    (good / "train_state.json").write_text('{"schema_version": 2, "config"')  # truncated JSON
     with pytest.raises(CheckpointError, match="no valid checkpoint.*not valid JSON"):
         TrainState.from_checkpoint(s.run_dir)
 
@@ -143,18 +134,19 @@ def test_config_hash_ignores_settings_that_change_no_result(tmp_path: Path) -> N
 def test_snapshot_keeps_what_it_was_while_the_live_state_changes(tmp_path: Path) -> None:
     """What a background checkpoint write serialises must not move while the loop goes on."""
     s = _state(tmp_path)
-    s.metrics.append(MetricState(name="train/loss", value=1.0, step=1))
+    s.metric_history.append(MetricRecord(name="train/loss", value=1.0, step=1))
     s.batches_drawn["a"] = 1
     snap = s.snapshot()
     before = snap.to_json()
-    s.metrics.append(MetricState(name="train/loss", value=0.5, step=2))
+    s.metric_history.append(MetricRecord(name="train/loss", value=0.5, step=2))
+    s.metric_state.metrics["train/loss"] = 0.5
     s.batches_drawn["a"], s.batches_drawn["b"] = 2, 1
-    s.rng.append(RNGState.capture())
-    s.checkpoint.best_value, s.checkpoint.files["model.safetensors"] = 0.9, "xxh3_128:00"
+    s.rank_rng_states.append(RNGState.capture(seed=1))
+    s.checkpoint_state.best_value, s.checkpoint_state.files["model.safetensors"] = 0.9, "xxh3_128:00"
     s.global_step, s.status = 2, "complete"
     assert snap.to_json() == before
-    snap.checkpoint.files["optimizer.safetensors"] = "xxh3_128:11"  # as to_checkpoint fills the copy's
-    assert "optimizer.safetensors" not in s.checkpoint.files
+    snap.checkpoint_state.files["optimizer.safetensors"] = "xxh3_128:11"  # as to_checkpoint fills the copy's
+    assert "optimizer.safetensors" not in s.checkpoint_state.files
 
 
 def test_digests_xxh3_and_legacy_sha256(tmp_path: Path) -> None:
@@ -164,14 +156,14 @@ def test_digests_xxh3_and_legacy_sha256(tmp_path: Path) -> None:
     path = _write(s, 3)
     weights = path / "model.safetensors"
     raw = json.loads((path / "train_state.json").read_text())
-    assert raw["checkpoint"]["files"]["model.safetensors"].startswith("xxh3_128:")
+    assert raw["checkpoint_state"]["files"]["model.safetensors"].startswith("xxh3_128:")
     # a bare 64-hex digest (what the first schema-1 checkpoints recorded) is a sha256, and is checked
     for digest, ok in [
         (hashlib.sha256(weights.read_bytes()).hexdigest(), True),
         (hashlib.sha256(b"other bytes").hexdigest(), False),
         ("md5:" + hashlib.md5(weights.read_bytes()).hexdigest(), False),
     ]:
-        raw["checkpoint"]["files"]["model.safetensors"] = digest
+        raw["checkpoint_state"]["files"]["model.safetensors"] = digest
         (path / "train_state.json").write_text(json.dumps(raw))
         if ok:
             assert torch.equal(load_tensors(path, "model.safetensors")["w"], torch.full((3,), 3.0))
@@ -215,7 +207,7 @@ def test_planted_pickle_is_refused_and_not_executed(tmp_path: Path) -> None:
     import hashlib
 
     state = TrainState.from_json((path / "train_state.json").read_text())
-    state.checkpoint.files["model.safetensors"] = hashlib.sha256(blob).hexdigest()
+    state.checkpoint_state.files["model.safetensors"] = hashlib.sha256(blob).hexdigest()
     (path / "train_state.json").write_text(state.to_json())
     with pytest.raises(CheckpointError, match="not a safetensors file"):
         load_tensors(path, "model.safetensors")
@@ -231,3 +223,39 @@ def test_pointers_and_pruning_keep_best(tmp_path: Path) -> None:
     assert [p.name for p in list_checkpoints(s.run_dir)] == [checkpoint_name(i) for i in (1, 3, 4)]
     assert (Path(s.run_dir) / "best").resolve() == paths[0].resolve()
     assert TrainState.from_checkpoint(Path(s.run_dir) / "last").global_step == 4
+
+
+FIXTURE_V1 = Path(__file__).parent / "fixtures" / "checkpoint_v1" / "step_000000004"
+
+
+def test_schema_1_checkpoint_loads_converted_and_resumes(tmp_path: Path) -> None:
+    """A checkpoint in the first layout (rng/model/optimizer/meta_loader/metrics/checkpoint fields, statuses
+    created/running/failed), kept as written by that version: it verifies, converts and trains on."""
+    import shutil
+
+    ckpt = tmp_path / "run" / FIXTURE_V1.name
+    shutil.copytree(FIXTURE_V1, ckpt)
+    assert json.loads((ckpt / "train_state.json").read_text())["schema_version"] == 1
+    state = TrainState.from_checkpoint(ckpt)
+    assert state.schema_version == SCHEMA_VERSION and state.status == "complete" and state.global_step == 4
+    ms, os_, ml = state.model_state, state.optimizer_state, state.meta_dataloader_state
+    assert ms.model_loaded and ms.last_model_path == ckpt.resolve() / "model.safetensors"
+    assert ms.ema_path == ckpt.resolve() / "ema.safetensors"
+    assert ms.best_model_path == ckpt.resolve() / "ema.safetensors"  # best was step 4, with EMA on
+    assert ms.model_ram_size_bytes == 4 * ms.num_parameters  # float32, read from the file's header
+    assert os_.name == "AdamW" and os_.last_step == 4 and os_.moments_ram_size_bytes > 0
+    assert ml.sampling_weights == [1.0, 0.5] and [d.last_batch_idx for d in ml.dataloader_states] == [2, 0]
+    assert [d.dataset for d in ml.dataloader_states] == ["synthetic", "synthetic"]
+    assert state.metric_state.metrics["val/pearson"] == state.checkpoint_state.best_value
+    assert state.checkpoint_state.checkpoint_dir == ckpt.parent.resolve()
+    assert load_tensors(ckpt, "model.safetensors", state)  # the digests recorded then still verify
+    # its data roots were a machine's /tmp: point them here, train two steps more
+    datasets = [d.model_copy(update={"root": str(tmp_path / d.name)}) for d in state.config.data.datasets]
+    data = state.config.data.model_copy(update={"datasets": datasets})
+    train_cfg = state.config.train.model_copy(update={"max_steps": 6})
+    state.config = state.config.model_copy(update={"data": data, "train": train_cfg})
+    from a2b_pipeline.train import train
+
+    done = train(state)
+    assert done.status == "complete" and done.global_step == 6
+    assert TrainState.from_checkpoint(ckpt.parent).global_step == 6

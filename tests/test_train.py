@@ -53,7 +53,7 @@ def test_sigkill_then_resume_is_bit_exact(tmp_path: Path, num_workers: int) -> N
         assert torch.equal(weights_a[k], weights_b[k]), f"weight {k} differs after resume"
     for k in opt_a:
         assert torch.equal(opt_a[k], opt_b[k]), f"optimizer tensor {k} differs after resume"
-    assert state_b.optimizer.param_groups == state_a.optimizer.param_groups
+    assert state_b.optimizer_state.param_groups == state_a.optimizer_state.param_groups
     after_a, after_b = losses_after(state_a, resumed_from), losses_after(state_b, resumed_from)
     assert len(after_a) == 40 - resumed_from and after_a == after_b
 
@@ -71,7 +71,7 @@ def test_sigterm_checkpoints_and_stops(tmp_path: Path) -> None:
     assert "stopped by signal" in err
     state = TrainState.from_checkpoint(run)
     assert state.status == "stopped" and 5 <= state.global_step < 2000
-    assert load_tensors(state.checkpoint.last_path, "model.safetensors", state)
+    assert load_tensors(state.last_checkpoint, "model.safetensors", state)
 
 
 def test_learns_and_metric_is_real(tmp_path: Path) -> None:
@@ -83,8 +83,8 @@ def test_learns_and_metric_is_real(tmp_path: Path) -> None:
     cfg = config_from_dict(raw)
     state = train(TrainState.from_config(cfg))
     assert state.status == "complete"
-    assert state.checkpoint.best_value is not None and state.checkpoint.best_value >= 0.7
-    assert (Path(state.run_dir) / "best").resolve() == Path(state.checkpoint.best_path).resolve()
+    assert state.checkpoint_state.best_value is not None and state.checkpoint_state.best_value >= 0.7
+    assert (Path(state.run_dir) / "best").resolve() == state.best_checkpoint.resolve()
 
     # A model that outputs the training mean (zero in normalised units), or the truth shuffled
     # across windows, scores r near 0: the metric measures the fit, not the signal's shape.
@@ -107,7 +107,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
     state = train(TrainState.from_config(config_from_dict(raw)))
     assert state.status == "stopped" and "non-finite" in state.message
     good = TrainState.from_checkpoint(state.run_dir)
-    weights = load_tensors(good.checkpoint.last_path, "model.safetensors", good)
+    weights = load_tensors(good.last_checkpoint, "model.safetensors", good)
     assert all(torch.isfinite(t).all() for t in weights.values())
     assert good.global_step < state.global_step
 
@@ -124,9 +124,11 @@ def test_async_checkpoint_writes_equal_sync_writes(tmp_path: Path) -> None:
     done, ref = runs[True], runs[False]
     assert done.status == ref.status == "complete"
     last = TrainState.from_checkpoint(done.run_dir)
-    assert done.checkpoint.files == last.checkpoint.files and len(done.checkpoint.files) == 2
+    assert (
+        done.checkpoint_state.files == last.checkpoint_state.files and len(done.checkpoint_state.files) == 2
+    )
     again = train(last)  # a finished run resumed: nothing to write, and the state still names its files
-    assert again.status == "complete" and again.checkpoint.files == last.checkpoint.files
+    assert again.status == "complete" and again.checkpoint_state.files == last.checkpoint_state.files
     fields = ["global_step", "epoch", "samples_seen", "batches_drawn", "rng", "optimizer", "meta_loader"]
     fields += ["metrics", "bad_validations", "status"]
     same: dict = {**dict.fromkeys(fields, True), "checkpoint": {"best_value", "best_step", "files"}}
@@ -134,10 +136,10 @@ def test_async_checkpoint_writes_equal_sync_writes(tmp_path: Path) -> None:
         a = TrainState.from_checkpoint(Path(done.run_dir) / checkpoint_name(step))
         b = TrainState.from_checkpoint(Path(ref.run_dir) / checkpoint_name(step))
         assert a.model_dump(include=same) == b.model_dump(include=same), step
-        for name in b.checkpoint.files:
+        for name in b.checkpoint_state.files:
             ta, tb = (
-                load_tensors(a.checkpoint.last_path, name, a),
-                load_tensors(b.checkpoint.last_path, name, b),
+                load_tensors(a.last_checkpoint, name, a),
+                load_tensors(b.last_checkpoint, name, b),
             )
             assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in tb), (step, name)
 
@@ -147,7 +149,6 @@ def test_failed_background_write_fails_the_run_and_resume_completes(tmp_path: Pa
     background, the run fails naming that checkpoint, and once the directory is back it resumes bit-exact."""
     import shutil
 
-    from a2b_pipeline import train as train_module
     from a2b_pipeline.state import CheckpointError
 
     raw = longer_run(tmp_path)
@@ -168,14 +169,8 @@ def test_failed_background_write_fails_the_run_and_resume_completes(tmp_path: Pa
 
         model.register_forward_hook(pull_run_dir)
 
-    train_module.MODEL_HOOKS.append(hook)
-    try:
-        with pytest.raises(
-            CheckpointError, match=f"{run.resolve()}/step_000000008: the checkpoint could not"
-        ):
-            train(TrainState.from_config(config_from_dict(raw), run_dir=run))
-    finally:
-        train_module.MODEL_HOOKS.remove(hook)
+    with pytest.raises(CheckpointError, match=f"{run.resolve()}/step_000000008: the checkpoint could not"):
+        train(TrainState.from_config(config_from_dict(raw), run_dir=run), model_hooks=[hook])
     run.unlink()
     shutil.move(away, run)
     kept = TrainState.from_checkpoint(run)
@@ -199,4 +194,4 @@ def test_demo_config_reaches_r_08(tmp_path: Path) -> None:
     raw["checkpoint"]["dir"] = str(tmp_path / "runs")
     raw["tracking"]["wandb_mode"] = "disabled"
     state = train(TrainState.from_config(config_from_dict(raw)))
-    assert state.checkpoint.best_value >= 0.8
+    assert state.checkpoint_state.best_value >= 0.8

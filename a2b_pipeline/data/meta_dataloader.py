@@ -168,6 +168,9 @@ def _validate_weights(weights: Sequence[float], n_loaders: int) -> list[float]:
     return out
 
 
+SPLITS = ("train", "val", "test")
+
+
 class MetaDataLoader:
     """Mixes ``dataloaders``: each step draws loader ``i`` with probability proportional to
     ``sampling_weights[i]`` among the loaders not yet exhausted and yields its next ``(x, y)`` batch.
@@ -214,6 +217,8 @@ class MetaDataLoader:
                 raise ValueError(f"{what} has {len(given)} entries for {len(loaders)} dataloaders")
         # A DataLoader's sampler and batch size cannot be reassigned after construction: look them up once.
         self._samplers = [_sampler_and_batch_size(dl) for dl in loaders]
+        if split not in SPLITS:
+            raise ValueError(f"MetaDataLoader: split must be one of {SPLITS}, got {split!r}")
         self.split = str(split)
         self.seed = int(seed)
         self._weights = _validate_weights(sampling_weights, len(loaders))

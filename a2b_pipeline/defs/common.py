@@ -177,10 +177,10 @@ def lineage_metadata(
         "train_state": MetadataValue.path(str(state_path)),
         "status": state.status,
         "global_step": MetadataValue.int(state.global_step),
-        "best_metric": state.checkpoint.best_metric,
-        "best_value": _num(state.checkpoint.best_value),
-        "best_step": MetadataValue.int(state.checkpoint.best_step)
-        if state.checkpoint.best_step is not None
+        "best_metric": state.checkpoint_state.best_metric,
+        "best_value": _num(state.checkpoint_state.best_value),
+        "best_step": MetadataValue.int(state.checkpoint_state.best_step)
+        if state.checkpoint_state.best_step is not None
         else MetadataValue.null(),
         "wandb_run_path": state.wandb_run_path or MetadataValue.null(),
         RECORD_KEY: MetadataValue.path(str(record[0])),
@@ -189,7 +189,7 @@ def lineage_metadata(
     if checkpoint is not None:
         md["checkpoint"] = MetadataValue.path(str(checkpoint))
         md["checkpoint_sha256"] = sha256_bytes((checkpoint / "train_state.json").read_bytes())
-        md["model_digest"] = state.checkpoint.files.get("model.safetensors", "")
+        md["model_digest"] = state.checkpoint_state.files.get("model.safetensors", "")
     else:
         md["checkpoint"] = MetadataValue.null()
         md["checkpoint_sha256"] = MetadataValue.null()

@@ -158,8 +158,8 @@ def fold_training_run(context: AssetExecutionContext, config: FoldTrainingConfig
 )
 def fold_evaluation(context: AssetExecutionContext) -> MaterializeResult:
     from a2b_pipeline.cv import evaluate_fold
+    from a2b_pipeline.engine import pick_device
     from a2b_pipeline.state import TrainState
-    from a2b_pipeline.train import pick_device
 
     exp, folds, fold, _ = _fold_of(context)
     run = upstream_record(context, "fold_training_run")

@@ -59,9 +59,9 @@ def _headline(report: dict) -> dict[str, MetadataValue]:
 )
 def evaluation(step: AssetStep) -> Produced:
     from a2b_pipeline.data.pipeline import prepare_data
+    from a2b_pipeline.engine import pick_device
     from a2b_pipeline.evaluate import report_markdown, run_evaluation, write_report
     from a2b_pipeline.state import TrainState
-    from a2b_pipeline.train import pick_device
 
     exp = step.exp
     ckpt, ckpt_sha = _verified_checkpoint(step.upstream["best_checkpoint"])

@@ -37,10 +37,6 @@ class TrainingRunConfig(Config):
     )
 
 
-def _checkpoint_dir(path: str | None) -> Path | None:
-    return Path(path).resolve() if path else None
-
-
 def _set_aside(run_dir: Path, step: AssetStep) -> None:
     aside = run_dir.with_name(f"{run_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
     run_dir.rename(aside)
@@ -96,7 +92,7 @@ def training_run(step: AssetStep) -> Produced:
     if not reused:
         state = train(state)
 
-    last = _checkpoint_dir(state.checkpoint.last_path)
+    last = state.last_checkpoint
     state_path = last / "train_state.json" if last else run_dir / "train_state.json"
     failure = None
     if state.status != "complete":
@@ -117,12 +113,16 @@ def training_run(step: AssetStep) -> Produced:
             "data_version": state.data_version,
             "run_dir": str(run_dir),
             "status": state.status,
+            "stop_reason": state.stop_reason,
             "global_step": state.global_step,
             "resumed_from_step": resumed_from,
             "last_checkpoint": str(last) if last else None,
-            "best_checkpoint": str(_checkpoint_dir(state.checkpoint.best_path) or "") or None,
-            "best_metric": state.checkpoint.best_metric,
-            "best_value": state.checkpoint.best_value,
+            "best_checkpoint": str(state.best_checkpoint or "") or None,
+            "best_metric": state.checkpoint_state.best_metric,
+            "best_value": state.checkpoint_state.best_value,
+            "last_model_path": str(state.model_state.last_model_path),
+            "best_model_path": str(state.model_state.best_model_path),
+            "metric_state": state.metric_state.metrics,
             "train_state": str(state_path),
             "wandb_run_path": state.wandb_run_path,
             "message": state.message,
@@ -173,11 +173,11 @@ def best_checkpoint(step: AssetStep) -> Produced:
             "data_version": state.data_version,
             "checkpoint": str(ckpt),
             "checkpoint_sha256": ckpt_sha,
-            "model_digest": state.checkpoint.files.get("model.safetensors"),
-            "files": state.checkpoint.files,
+            "model_digest": state.checkpoint_state.files.get("model.safetensors"),
+            "files": state.checkpoint_state.files,
             "step": state.global_step,
-            "best_metric": state.checkpoint.best_metric,
-            "best_value": state.checkpoint.best_value,
+            "best_metric": state.checkpoint_state.best_metric,
+            "best_value": state.checkpoint_state.best_value,
             "train_state": str(state_path),
             "wandb_run_path": state.wandb_run_path,
             "training_run": run["train_state"],

@@ -1,0 +1,211 @@
+"""A checkpoint directory on disk: atomic writes, file digests, `last`/`best` pointers, retention.
+
+Plain file mechanics with no knowledge of what a TrainState holds (state.py and checkpointing.py build
+on them). Digests are xxh3-128 ("xxh3_128:<hex>"): they catch truncated, torn or bit-rotted files at
+~10 GB/s, where sha256 ran at ~1.4 GB/s and cost more than loading the tensors (bench/checkpoint.py).
+They guard integrity, not authenticity: whoever can rewrite a file can rewrite train_state.json beside
+it. A bare 64-hex digest is a sha256, as the first checkpoints recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import xxhash
+
+STATE_FILE = "train_state.json"
+STEP_DIR = re.compile(r"^step_(\d{9})$")
+DIGEST_ALGOS = ("xxh3_128", "sha256")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that can't be trusted: missing, truncated, tampered, foreign or too new."""
+
+
+class SchemaTooNewError(CheckpointError):
+    """Written by a newer a2b_pipeline: never skipped over to resume an older checkpoint of the run,
+    which would train over (and replace) what the newer version wrote."""
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step_{step:09d}"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Committed checkpoints (those with the marker), oldest first."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found = [p for p in run_dir.iterdir() if STEP_DIR.match(p.name) and (p / STATE_FILE).exists()]
+    return sorted(found, key=lambda p: p.name)
+
+
+def write_checkpoint_dir(
+    path: Path,
+    state_json: Callable[[dict[str, str]], bytes],
+    tensors: dict[str, dict[str, torch.Tensor]],
+    copies: dict[str, tuple[Path, str]],
+) -> dict[str, str]:
+    """Write checkpoint directory `path` atomically and return the digest of every file in it.
+
+    `tensors` (file name -> tensors) are saved with safetensors; `copies` (file name -> (source, its
+    recorded digest)) are copied and verified against that digest. Files go into a temporary sibling
+    directory and are fsynced; `state_json(digests)` gives the train_state.json bytes, written last (the
+    commit marker); then the directory is renamed into place and the parent fsynced.
+    """
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", dir=path.parent))
+    try:
+        files: dict[str, str] = {}
+        for name, tdict in tensors.items():
+            # straight to the file (the same bytes as safetensors.save, without a copy in memory)
+            save_file({k: v.detach().contiguous().cpu() for k, v in tdict.items()}, str(tmp / name))
+            files[name] = file_digest(tmp / name)  # of the bytes in the page cache, before the flush
+            fsync_path(tmp / name)
+        for name, (source, digest) in copies.items():
+            shutil.copyfile(source, tmp / name)
+            verify_file(tmp / name, digest)  # the copy is what was recorded, not a file changed since
+            files[name] = digest
+            fsync_path(tmp / name)
+        write_synced(tmp / STATE_FILE, state_json(files))
+        if path.exists():  # rewriting a step (its final status): swap, then drop the old one
+            old = path.with_name(f".old-{path.name}")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+        fsync_path(path.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return files
+
+
+def set_pointer(run_dir: str | Path, name: str, target: Path) -> None:
+    """Point `run_dir/name` (a relative symlink) at `target`, atomically."""
+    link = Path(run_dir) / name
+    tmp = Path(run_dir) / f".{name}.tmp"
+    tmp.unlink(missing_ok=True)
+    os.symlink(target.name, tmp)
+    os.replace(tmp, link)
+
+
+def prune_checkpoints(run_dir: str | Path, keep_last: int, protect: list[Path | None]) -> None:
+    """Delete all but the newest `keep_last` checkpoints, never one in `protect` (best, last)."""
+    keep = {Path(p).resolve() for p in protect if p}
+    for ckpt in list_checkpoints(run_dir)[:-keep_last]:
+        if ckpt.resolve() not in keep:
+            shutil.rmtree(ckpt, ignore_errors=True)
+    # Temporary directories of writes that never finished (a killed process). One process writes a run
+    # directory, and its own write is done when it prunes, so any left now are dead.
+    for tmp in Path(run_dir).glob(".tmp-step_*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def file_digest(path: Path, algo: str = "xxh3_128") -> str:
+    """`algo:hex` of a file, read in 1 MB chunks into one reused buffer (fresh memory for the whole file
+    costs page faults; unlike a mapping, reading turns a file that shrinks meanwhile into a mismatch, not
+    a SIGBUS)."""
+    h = xxhash.xxh3_128() if algo == "xxh3_128" else hashlib.new(algo)
+    buf = bytearray(1 << 20)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
+    return f"{algo}:{h.hexdigest()}"
+
+
+def verify_file(file: Path, expected: str) -> None:
+    """Raise CheckpointError unless the file's digest is the recorded one."""
+    algo, _, want = expected.rpartition(":")
+    algo = algo or "sha256"  # a bare hex digest: sha256
+    if algo not in DIGEST_ALGOS:
+        raise CheckpointError(f"{file}: unknown digest {expected!r}")
+    try:
+        got = file_digest(file, algo).rpartition(":")[2]
+    except FileNotFoundError:
+        raise CheckpointError(f"{file}: missing") from None
+    except OSError as e:
+        raise CheckpointError(f"{file}: unreadable ({e})") from None
+    if got != want:
+        raise CheckpointError(f"{file}: checksum mismatch (truncated or modified after it was written)")
+
+
+def read_verified_tensors(file: Path, expected: str | None, listing: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's safetensors file, after checking it against its recorded digest (`listing` is the
+    train_state.json that records it)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if expected is None:
+        raise CheckpointError(f"{file}: not listed in {listing}")
+    # Verified again right before the load (the state may have been read long ago): committed checkpoint
+    # files are never rewritten in place (a new one is written beside and renamed), so what load_file maps
+    # a moment later is what was hashed.
+    verify_file(file, expected)
+    try:
+        return load_file(file)
+    except (SafetensorError, OSError, ValueError) as e:
+        # A pickle or any other format planted here is refused by safetensors, never executed.
+        raise CheckpointError(f"{file}: not a safetensors file ({e})") from None
+
+
+def tensor_bytes(file: Path) -> tuple[int, torch.dtype | None]:
+    """(bytes of all tensors, dtype of the first) from a safetensors file's header, without loading it."""
+    from safetensors import SafetensorError, safe_open
+
+    total, dtype = 0, None
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                sl = f.get_slice(key)
+                n = 1
+                for d in sl.get_shape():
+                    n *= d
+                dt = getattr(torch, _SAFETENSORS_DTYPES.get(sl.get_dtype(), "float32"))
+                total += n * dt.itemsize
+                dtype = dtype or dt
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{file}: not a safetensors file ({e})") from None
+    return total, dtype
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
+}
+
+
+def write_synced(path: Path, blob: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(blob)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory (a directory: so a rename in it survives a crash)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
