@@ -15,7 +15,7 @@ from conftest import tiny_config
 from pydantic import ValidationError
 from torch.utils.data import DataLoader, TensorDataset
 
-from a2b_pipeline.configs import DatasetType, RunConfig
+from a2b_pipeline.configs import RunConfig
 from a2b_pipeline.data.meta_dataloader import MetaDataLoader
 from a2b_pipeline.state import (
     CheckpointError,
@@ -66,7 +66,7 @@ SEED_FIELDS = {
 
 def seed_parts(tmp_path: Path) -> dict[str, object]:
     """Each sub-state built from the seed's fields alone."""
-    dl = DataLoaderState(last_batch_idx=3, dataset=DatasetType.synthetic, split="train")
+    dl = DataLoaderState(last_batch_idx=3, dataset="synthetic", split="train")
     return {
         "rng_state": RNGState(
             seed=7,
@@ -114,7 +114,7 @@ def test_every_seed_class_has_the_seed_fields_stored_under_their_names(tmp_path:
     assert isinstance(back.rng_state.numpy_rng_state, bytes)
     assert isinstance(back.rng_state.python_rng_state, tuple)
     assert isinstance(back.optimizer_state.moments_path, Path)
-    assert back.meta_dataloader_state.dataloader_states[0].dataset is DatasetType.synthetic
+    assert back.meta_dataloader_state.dataloader_states[0].dataset == "synthetic"
 
 
 def test_status_is_exactly_the_seeds_four(tmp_path: Path) -> None:
