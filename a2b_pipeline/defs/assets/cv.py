@@ -106,8 +106,8 @@ def fold_training_run(context: AssetExecutionContext, config: FoldTrainingConfig
     exp, folds, fold, root = _fold_of(context)
     with forward_library_logs(context):
         state = train_fold(exp.cfg, fold, root, fresh=config.fresh)
-    best = state.checkpoint.best_path or state.checkpoint.last_path
-    last = Path(state.checkpoint.last_path) if state.checkpoint.last_path else None
+    best = state.best_checkpoint or state.last_checkpoint
+    last = state.last_checkpoint
     record = write_record(
         exp,
         "fold_training_run",
@@ -121,7 +121,7 @@ def fold_training_run(context: AssetExecutionContext, config: FoldTrainingConfig
             "run_dir": str(state.run_dir),
             "status": state.status,
             "global_step": state.global_step,
-            "best_checkpoint": best,
+            "best_checkpoint": str(best) if best else None,
             "message": state.message,
         },
     )
