@@ -105,7 +105,8 @@ def _resampled_medians(vals: np.ndarray, subject: np.ndarray, draws: np.ndarray)
     a recording counts as often as its subject was drawn."""
     order = np.argsort(vals, kind="stable")
     v = vals[order]
-    counts = np.stack([np.bincount(row, minlength=subject.max() + 1) for row in draws])  # [B, S]
+    counts = np.zeros((draws.shape[0], subject.max() + 1), dtype=np.int64)  # [B, S]: times each was drawn
+    np.add.at(counts, (np.arange(draws.shape[0])[:, None], draws), 1)
     cw = np.cumsum(counts[:, subject[order]], axis=1)  # [B, n]: multiset size up to each sorted value
     total = cw[:, -1]
 

@@ -156,3 +156,18 @@ def test_scores_mark_undefined_pearson_and_stats_say_why() -> None:
     series = overlap_add(np.array([[[1.0], [1.0]], [[3.0], [3.0]]]), [0, 1], 4)
     np.testing.assert_allclose(series[:3, 0], [1.0, 2.0, 3.0])
     assert np.isnan(series[3, 0])
+
+
+def test_bootstrap_medians_are_the_medians_of_the_resampled_subjects() -> None:
+    """The vectorised resampling gives exactly np.median of each resample's recordings (a subject drawn
+    twice brings its recordings twice)."""
+    from a2b_pipeline.scoring import _resampled_medians
+
+    rng = np.random.default_rng(1)
+    for _ in range(100):
+        n = int(rng.integers(1, 12))
+        vals = rng.normal(size=n)
+        subject = np.unique(rng.integers(0, int(rng.integers(1, 5)), n), return_inverse=True)[1]
+        draws = rng.integers(0, subject.max() + 1, size=(20, subject.max() + 1))
+        want = [np.median(np.concatenate([vals[subject == i] for i in row])) for row in draws]
+        np.testing.assert_allclose(_resampled_medians(vals, subject, draws), want)
