@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 from dataclasses import dataclass
@@ -76,7 +77,13 @@ class Evaluation:
     target_rate: float
 
     def plot(self, n: int = 3, title: str = "") -> bytes:
-        return plot_recordings(self.recordings[:n], self.channels, self.target_rate, title)
+        """The first `n` recordings, taking one of each dataset in turn (mixed experiments show each)."""
+        by_dataset: dict[str, list[RecordingEval]] = {}
+        for e in self.recordings:
+            by_dataset.setdefault(e.rec.dataset, []).append(e)
+        turns = itertools.zip_longest(*by_dataset.values())
+        chosen = [e for turn in turns for e in turn if e is not None][:n]
+        return plot_recordings(chosen, self.channels, self.target_rate, title)
 
 
 @torch.no_grad()
