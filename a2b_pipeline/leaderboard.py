@@ -357,11 +357,17 @@ def _md_escape(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+LOWER_IS_BETTER = ("mae", "mse")
+
+
 def ordered(rows: list[Row]) -> list[Row]:
+    """Evaluated rows first, best mean over channels first (highest r / CCC, lowest error), then the rest."""
+
     def key(r: Row) -> tuple:
         mean = r.channels.get("mean")
-        v = mean.value if mean and mean.value is not None else -math.inf
-        return (not r.ok, -v, r.experiment, r.kind)
+        v = mean.value if mean and mean.value is not None else None
+        score = math.inf if v is None else (v if r.metric in LOWER_IS_BETTER else -v)
+        return (not r.ok, score, r.experiment, r.kind)
 
     return sorted(rows, key=key)
 

@@ -79,5 +79,15 @@ def test_leaderboard_cli_lists_cv_runs_and_marks_failed_and_unevaluated(tmp_path
     )
     assert leaderboard.plot(leaderboard.rows_from_runs_dir(runs))[:8] == b"\x89PNG\r\n\x1a\n"
 
+    # ranked by an error: lowest first; the rows without an evaluation last
+    by_mae = list(
+        csv.DictReader(
+            io.StringIO(run_cli("leaderboard", str(runs), "--metric", "mae", "--format", "csv").stdout)
+        )
+    )
+    evaluated = [float(r["mae_mean"]) for r in by_mae if r["status"] == "evaluated"]
+    assert len(evaluated) == 2 and evaluated == sorted(evaluated)
+    assert [r["status"] for r in by_mae][2:] and all(r["status"] != "evaluated" for r in by_mae[2:])
+
     empty = run_cli("leaderboard", str(tmp_path / "nothing"), check=False)
     assert empty.returncode == 1 and "no run directories" in empty.stderr
