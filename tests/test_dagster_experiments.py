@@ -218,3 +218,21 @@ def test_leaderboard_lists_every_experiment_marks_failed_and_rebuilds_on_evaluat
     third = evaluate_automation_conditions(defs=defs, instance=instance, cursor=second.cursor)
     assert third.get_num_requested(AssetKey("leaderboard")) == 1
     assert third.get_num_requested(AssetKey("cv_summary")) == 0
+
+    # a later run of an evaluated experiment fails (its checkpoint is gone): the row says failed
+    ckpt = Path(_md(instance, "evaluation", SWEEP[1])["checkpoint"])
+    (ckpt / "train_state.json").unlink()
+    res = materialize(
+        ALL,
+        instance=instance,
+        resources=resources,
+        partition_key=SWEEP[1],
+        selection=[AssetKey("evaluation")],
+        raise_on_error=False,
+    )
+    assert not res.success
+    assert materialize(ALL, instance=instance, resources=resources, selection=[leaderboard]).success
+    md = _md(instance, "leaderboard")
+    rows = {r["experiment"]: r for r in csv.DictReader(Path(md["csv"]).read_text().splitlines())}
+    assert rows[SWEEP[1]]["status"] == "failed" and "failed after this evaluation" in rows[SWEEP[1]]["note"]
+    assert rows[SWEEP[1]]["pearson_eda"] != ""  # the numbers of the last good evaluation stay visible

@@ -37,17 +37,28 @@ _RUNNING = {DagsterRunStatus.QUEUED, DagsterRunStatus.STARTING, DagsterRunStatus
 def _latest_metadata(
     context: AssetExecutionContext, asset_name: str, partition: str
 ) -> dict[str, Any] | None:
+    """The metadata of the asset's latest materialization of the partition (with `_timestamp`), or None."""
     res = context.instance.fetch_materializations(
         AssetRecordsFilter(asset_key=AssetKey(asset_name), asset_partitions=[partition]), limit=1
     )
     if not res.records or res.records[0].asset_materialization is None:
         return None
-    return {k: v.value for k, v in res.records[0].asset_materialization.metadata.items()}
+    md = {k: v.value for k, v in res.records[0].asset_materialization.metadata.items()}
+    return {**md, "_timestamp": res.records[0].timestamp}
 
 
 def _latest_run(context: AssetExecutionContext, tag: str, partition: str) -> Any:
     records = context.instance.get_run_records(RunsFilter(tags={tag: partition}), limit=1)
     return records[0].dagster_run if records else None
+
+
+def _failed_since(context: AssetExecutionContext, name: str, timestamp: float) -> str | None:
+    """The id of the partition's latest run when it failed after `timestamp` (an evaluation's), else None."""
+    records = context.instance.get_run_records(RunsFilter(tags={"dagster/partition": name}), limit=1)
+    if not records or records[0].dagster_run.status != DagsterRunStatus.FAILURE:
+        return None
+    started = records[0].start_time or records[0].create_timestamp.timestamp()
+    return records[0].dagster_run.run_id[:8] if started > timestamp else None
 
 
 def _config_facts(store: Any, name: str) -> dict[str, Any]:
@@ -97,6 +108,12 @@ def experiment_rows(context: AssetExecutionContext, store: Any) -> list[Any]:
         row.model = row.model or facts.get("model", "")
         row.datasets = row.datasets or facts.get("datasets", [])
         row.steps = row.steps if row.steps is not None else md.get("global_step")
+        failed = _failed_since(context, name, md["_timestamp"])
+        if failed:  # shown as failed, with the numbers of its last good evaluation
+            row.status, row.note = (
+                "failed",
+                f"run {failed} failed after this evaluation; {row.note}".rstrip("; "),
+            )
         rows.append(row)
     for name in sorted(cv_names):
         facts = _config_facts(store, name)
