@@ -15,7 +15,7 @@ import torch
 
 from a2b_pipeline.configs import DataConfig, DatasetConfig, config_from_dict, load_config
 from a2b_pipeline.corpus_cli import corpus_main
-from a2b_pipeline.data import feature_cache
+from a2b_pipeline.data import datasets, feature_cache, signal_csv
 from a2b_pipeline.data.corpora import CorpusError, list_recordings
 from a2b_pipeline.data.corpora.hku956 import scan_hku956
 from a2b_pipeline.data.corpora.pmemo2019 import scan_pmemo2019, subject_id_from_header
@@ -367,6 +367,27 @@ def test_feature_cache_rebuilds_corrupt_and_stale_entries(corpora, tmp_path):
     feature_cache.reset_stats()
     other = load_recording(rec, data.model_copy(update={"n_mels": 8}))
     assert feature_cache.STATS["features_miss"] == 1 and other.features.shape[1] == 8
+
+
+def test_feature_cache_keys_follow_the_code_that_computes_them(corpora, tmp_path, monkeypatch):
+    """Entries are keyed by the modules and functions their caller says compute them: other target code (as
+    after an edit of the signal reader) is another target key, while the features, keyed by the audio code
+    only, are still served."""
+    assert signal_csv in datasets.TARGET_CODE and signal_csv not in datasets.FEATURE_CODE
+    data = _data(tmp_path)
+    rec = scan_pmemo2019(str(corpora["pmemo"].root), on_bad="skip").listing.recordings[0]
+    feature_cache.forget_memory()
+    load_recording(rec, data)
+
+    def edited_reader() -> str:
+        return "the signal reader, edited"
+
+    monkeypatch.setattr(datasets, "TARGET_CODE", (*datasets.TARGET_CODE, edited_reader))
+    feature_cache.forget_memory()
+    feature_cache.reset_stats()
+    load_recording(rec, data)
+    assert feature_cache.STATS["target_miss"] == 1 and feature_cache.STATS["target_hit"] == 0
+    assert feature_cache.STATS["features_hit"] == 1 and feature_cache.STATS["features_miss"] == 0
 
 
 def _write_same_entry(args):

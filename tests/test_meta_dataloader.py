@@ -189,6 +189,24 @@ def test_no_dataloaders_is_an_error() -> None:
         MetaDataLoader([], "train", [])
 
 
+def test_dataset_names_and_indices_are_constructor_fields() -> None:
+    """The seed's three-argument form still works (names "0", "1", ...); names and config positions given
+    as keywords are plain fields, checked against the number of loaders."""
+    loaders = build([8, 4], [1.0, 1.0]).dataloaders
+    plain = MetaDataLoader(loaders, "train", [1.0, 1.0])
+    assert plain.dataset_names == ["0", "1"] and plain.dataset_indices == [0, 1]
+    named = MetaDataLoader(
+        loaders, "val", [1.0, 1.0], dataset_names=["synA", "pmemo"], dataset_indices=[0, 2]
+    )
+    assert named.dataset_names == ["synA", "pmemo"] and named.dataset_indices == [0, 2]
+    # the fields change nothing drawn: the same batches in the same order
+    assert [x[:, 0].tolist() for x, _ in named] == [x[:, 0].tolist() for x, _ in plain]
+    with pytest.raises(ValueError, match="dataset_names has 1 entries for 2 dataloaders"):
+        MetaDataLoader(loaders, "train", [1.0, 1.0], dataset_names=["synA"])
+    with pytest.raises(ValueError, match="dataset_indices has 3 entries for 2 dataloaders"):
+        MetaDataLoader(loaders, "train", [1.0, 1.0], dataset_indices=[0, 1, 2])
+
+
 def test_set_weights_mid_epoch_changes_shares() -> None:
     meta = build([3000, 3000], [0.9, 0.1], batch_size=1)
     got: list[int] = []
