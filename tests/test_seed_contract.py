@@ -11,7 +11,7 @@ from typing import get_args
 
 import pytest
 import torch
-from conftest import tiny_config
+from _util import tiny_config
 from pydantic import ValidationError
 from torch.utils.data import DataLoader, TensorDataset
 
