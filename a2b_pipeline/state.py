@@ -621,7 +621,8 @@ _STATUS_V1 = {"created": "initialized", "running": "in_progress", "failed": "sto
 
 def _upgrade_v1(raw: dict[str, Any]) -> dict[str, Any]:
     """A schema-1 train_state.json (fields rng, model, optimizer, meta_loader, metrics, checkpoint,
-    run_dir) as schema 2. Paths are filled in by _rebase once the directory is known."""
+    run_dir) as schema 2. Paths are filled in by _rebase once the directory is known. Long because it is
+    one table from the old fields to the new, read top to bottom; splitting it would scatter the mapping."""
     import base64
 
     cfg = RunConfig.model_validate(raw["config"])

@@ -9,13 +9,10 @@ engine.py's.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import math
 import os
-import signal
 import sys
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,11 +33,13 @@ from a2b_pipeline.data.pipeline import (
     prepare_data,
     save_norm_stats,
 )
+from a2b_pipeline.distributed import StopRequest, broadcast_flag, check_ranks_agree, init_distributed
 from a2b_pipeline.engine import EMA, autocast_context, evaluate_loader, pick_device
 from a2b_pipeline.metrics import make_loss
 from a2b_pipeline.models import build_model, model_io
 from a2b_pipeline.preflight import check_runnable
 from a2b_pipeline.rundir_lock import hold_run_dir
+from a2b_pipeline.schedule import apply_freeze, lr_at, planned_steps, set_lr, val_interval
 from a2b_pipeline.state import MetricRecord, RNGState, TrainState
 from a2b_pipeline.tracking import Tracker
 
@@ -73,6 +72,10 @@ class Run:
     checkpointer: Checkpointer
     total_steps: int
 
+    def agree(self, flag: Any) -> bool:
+        """Every rank acts together on a flag any rank raised (a collective under DDP)."""
+        return broadcast_flag(flag, self.world_size, self.device)
+
 
 def train(cfg: TrainState, *, model_hooks: Sequence[ModelHook] = ()) -> TrainState:
     """Train the run `cfg` (a TrainState: fresh from TrainState.from_config, or resumed with
@@ -85,6 +88,8 @@ def train(cfg: TrainState, *, model_hooks: Sequence[ModelHook] = ()) -> TrainSta
 
 
 def _train(state: TrainState, model_hooks: Sequence[ModelHook]) -> TrainState:
+    """The loop, in one piece on purpose (about 80 lines): what a step does and when it logs, validates,
+    checkpoints and stops reads top to bottom here; the helpers below do one thing each."""
     run = setup(state, model_hooks)
     stop = StopRequest()
     batches = micro_batches(run.train_loader, state, run.cfg.train.num_epochs)
@@ -117,10 +122,10 @@ def _train(state: TrainState, model_hooks: Sequence[ModelHook]) -> TrainState:
             every = cfg_.checkpoint.every_n_steps
             due = log_now or validate_now or bool(every and step % every == 0)
             # Ranks agree on a signal at steps they all sync at anyway; one process checks every step.
-            stop_now = broadcast_flag(stop.requested, run) if run.world_size == 1 or due else False
+            stop_now = run.agree(stop.requested) if run.world_size == 1 or due else False
             save_now = validate_now or stop_now or bool(every and step % every == 0)
             # the only host syncs: at log and checkpoint steps
-            if (log_now or save_now) and broadcast_flag(nonfinite, run):
+            if (log_now or save_now) and run.agree(nonfinite):
                 return stop_on_nonfinite(state, step)
             if log_now:
                 metrics = {
@@ -130,7 +135,7 @@ def _train(state: TrainState, model_hooks: Sequence[ModelHook]) -> TrainState:
                 }
                 record(state, run, metrics)
                 bar.set_postfix(loss=f"{metrics['train/loss']:.4f}")
-            early_stop = broadcast_flag(validate_and_track_best(state, run), run) if validate_now else False
+            early_stop = run.agree(validate_and_track_best(state, run)) if validate_now else False
             if stop_now:
                 state.status, state.stop_reason = "stopped", "signal"
                 state.message = f"stopped by signal {stop.requested} at step {step}; resume with `a2b resume`"
@@ -241,17 +246,6 @@ def setup(state: TrainState, model_hooks: Sequence[ModelHook]) -> Run:
     )
 
 
-def init_distributed() -> tuple[int, int, int]:
-    """(rank, world_size, local_rank); joins the process group when launched by torchrun."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-    if world_size > 1:
-        return dist.get_rank(), world_size, int(os.environ.get("LOCAL_RANK", "0"))
-    return 0, 1, 0
-
-
 def ensure_writable(run_dir: Path) -> None:
     """Fail now if the run directory can't be created or written; create nothing yet."""
     existing = run_dir.absolute()
@@ -288,19 +282,6 @@ def build_optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
     if o.name == "adam":
         return torch.optim.Adam(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
     return torch.optim.AdamW(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
-
-
-def planned_steps(cfg: RunConfig, batches_per_epoch: int) -> int:
-    t = cfg.train
-    by_epochs = math.ceil(batches_per_epoch * t.num_epochs / t.grad_accum_steps) if t.num_epochs else None
-    candidates = [s for s in (t.max_steps, by_epochs) if s is not None]
-    return min(candidates)
-
-
-def val_interval(cfg: RunConfig, batches_per_epoch: int) -> int:
-    if cfg.train.val_every_n_steps:
-        return cfg.train.val_every_n_steps
-    return max(1, math.ceil(batches_per_epoch / cfg.train.grad_accum_steps))  # once per epoch
 
 
 # ---- one step ----
@@ -369,37 +350,6 @@ def micro_batches(loader: MetaDataLoader, state: TrainState, num_epochs: int | N
         loader.set_epoch(state.epoch)
 
 
-def apply_freeze(model: nn.Module, cfg: RunConfig, step: int) -> None:
-    for rule in cfg.model.freeze:
-        frozen = rule.until_step is None or step < rule.until_step
-        for name, p in model.named_parameters():
-            if name.startswith(rule.prefix):
-                p.requires_grad_(not frozen)
-
-
-def lr_at(cfg: RunConfig, step: int, total: int, plateau_scale: float = 1.0) -> float:
-    """The learning rate of `step`: a pure function of the step, so resume needs no scheduler state."""
-    base, s = cfg.optimizer.lr, cfg.scheduler
-    warm = s.warmup_steps
-    if s.name == "onecycle" and warm == 0:
-        warm = max(1, int(0.3 * total))
-    if step < warm:
-        start = base / 25 if s.name == "onecycle" else 0.0
-        return start + (base - start) * (step + 1) / warm
-    if s.name in ("constant", "plateau"):
-        return base * plateau_scale
-    progress = min(1.0, (step - warm) / max(1, total - warm))
-    floor = s.min_lr_ratio
-    if s.name == "linear":
-        return base * (1.0 - (1.0 - floor) * progress)
-    return base * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress)))  # cosine, onecycle
-
-
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for g in optimizer.param_groups:
-        g["lr"] = lr
-
-
 # ---- logging, validation, stopping ----
 
 
@@ -451,15 +401,6 @@ def improves(value: float, best: float | None, mode: str) -> bool:
     return best is None or (value > best if mode == "max" else value < best)
 
 
-def broadcast_flag(flag: Any, run: Run) -> bool:
-    """Every rank stops together: any rank's flag counts."""
-    if run.world_size == 1:
-        return bool(flag)
-    t = torch.tensor([1.0 if flag else 0.0], device=run.device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
-
-
 def stop_on_nonfinite(state: TrainState, step: int) -> TrainState:
     state.status, state.stop_reason = "stopped", "non_finite_loss"
     state.message = (
@@ -501,45 +442,6 @@ def finish(state: TrainState, run: Run, stop: StopRequest, bar: Any) -> None:
     run.tracker.finish(0 if state.stop_reason in (None, "signal", "non_finite_loss") else 1)
     if run.world_size > 1 and dist.is_initialized():
         check_ranks_agree(run.raw_model, run.rank, run.world_size)
-
-
-def check_ranks_agree(model: nn.Module, rank: int, world_size: int) -> None:
-    """DDP keeps replicas identical; verify it at the end, so a silent desync can't go unnoticed."""
-    digest = weights_digest(model)
-    everyone: list[Any] = [None] * world_size
-    dist.all_gather_object(everyone, digest)
-    log.info("rank %d of %d: final weights sha256 %s", rank, world_size, digest)
-    if len(set(everyone)) != 1:
-        raise RuntimeError(f"ranks ended with different weights: {everyone}")
-
-
-def weights_digest(model: nn.Module) -> str:
-    h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-class StopRequest:
-    """SIGTERM/SIGINT set a flag; the loop checkpoints at the next step boundary and stops."""
-
-    def __init__(self) -> None:
-        self.requested: int | None = None
-        self._old: dict[int, Any] = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._old[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C: stop now
-        self.requested = signum
-
-    def restore(self) -> None:
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
-        self._old.clear()
 
 
 def progress_bar(cfg: RunConfig, state: TrainState, total: int, rank: int) -> Any:
