@@ -55,13 +55,23 @@ def _finish(state) -> int:  # state: TrainState
     return 0 if state.status == "complete" else EXIT_STOPPED
 
 
+def _progress_friendly_logs():
+    """On a terminal, log lines print above the training progress bar instead of through it."""
+    import contextlib
+
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    return logging_redirect_tqdm() if sys.stderr.isatty() else contextlib.nullcontext()
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from a2b_pipeline.preflight import check_runnable
 
     cfg = load_config(args.config, args.set)
     check_paths(cfg, args.run_dir, source=args.config)  # before anything is created
     check_runnable(cfg, source=args.config)
-    return _finish(train_or_resume(cfg, args.run_dir, fresh=args.fresh))
+    with _progress_friendly_logs():
+        return _finish(train_or_resume(cfg, args.run_dir, fresh=args.fresh))
 
 
 def train_or_resume(cfg, run_dir: str | None = None, fresh: bool = False):  # RunConfig -> TrainState
@@ -178,16 +188,44 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def find_runs(root: Path, depth: int = 2) -> list[Path]:
+    """Run directories (with at least one committed checkpoint) at or under `root`, `depth` levels deep:
+    `checkpoint.dir/<run>` (the CLI) and `checkpoint.dir/<experiment>/train-...` (Dagster)."""
+    from a2b_pipeline.state import STATE_FILE, list_checkpoints
+
+    if list_checkpoints(root) or (root / STATE_FILE).is_file():
+        return [root]
+    if depth == 0 or not root.is_dir():
+        return []
+    return [
+        run for sub in sorted(p for p in root.iterdir() if p.is_dir()) for run in find_runs(sub, depth - 1)
+    ]
+
+
 def cmd_resume(args: argparse.Namespace) -> int:
     from a2b_pipeline.rundir_lock import hold_run_dir
     from a2b_pipeline.state import STATE_FILE, CheckpointError, TrainState
     from a2b_pipeline.train import train
 
-    path = Path(args.path)
+    root = Path(args.path)
+    runs = find_runs(root)
+    if not runs:
+        raise CheckpointError(f"{root}: no checkpoint, run directory or checkpoint.dir with a run")
+    if len(runs) > 1:
+        print(f"{root} holds {len(runs)} runs; resume one of them:", file=sys.stderr)
+        for run in runs:
+            try:
+                state = TrainState.from_checkpoint(run)
+                about = f"{state.status}, step {state.global_step}"
+            except Exception as e:  # noqa: BLE001  (a listing: say what is wrong with this one, go on)
+                about = f"does not load: {e}"
+            print(f"  a2b resume {run}    # {about}", file=sys.stderr)
+        return 2
+    path = runs[0]
+    if path != root:
+        print(f"resuming the run in {path}", file=sys.stderr)
     run_dir = path.parent if (path / STATE_FILE).exists() else path
-    if not run_dir.is_dir():
-        raise CheckpointError(f"{path}: no such checkpoint or run directory")
-    with hold_run_dir(run_dir):  # before its checkpoints are read: nobody else trains there meanwhile
+    with hold_run_dir(run_dir), _progress_friendly_logs():  # nobody else trains there meanwhile
         return _finish(train(TrainState.from_checkpoint(path), model_hooks=model_hooks_from_env()))
 
 
@@ -245,7 +283,9 @@ def cmd_cache(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from a2b_pipeline.demo import run_demo
 
-    return run_demo(Path(args.dagster_home), Path(args.data_root))
+    return run_demo(
+        Path(args.dagster_home), Path(args.data_root), experiment=args.experiment, verbose=args.verbose
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -318,7 +358,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_leaderboard)
 
     s = sub.add_parser("resume", help="continue a run to its configured end")
-    s.add_argument("path", help="a run directory (its newest valid checkpoint) or a checkpoint directory")
+    s.add_argument(
+        "path",
+        help="a run directory (its newest valid checkpoint), a checkpoint directory, or a checkpoint.dir "
+        "holding one run (several: they are listed)",
+    )
     s.set_defaults(fn=cmd_resume)
 
     s = sub.add_parser(
@@ -375,6 +419,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="materialize the whole Dagster graph on configs/demo.yaml")
     s.add_argument("--dagster-home", default=".dagster_home")
     s.add_argument("--data-root", default=".", help="relative paths in configs resolve under it")
+    s.add_argument("--experiment", default="demo", help="the config <configs dir>/<experiment>.yaml")
+    s.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="the full Dagster logs"
+    )
     s.set_defaults(fn=cmd_demo)
     return p
 

@@ -2,12 +2,18 @@
 
 The runs, materializations, checks and plots land in `dagster_home` (SQLite) and the experiment's
 files under `data_root`, so a following `dagster dev` with the same DAGSTER_HOME shows all of it.
+
+What it prints is what a person needs: one line per asset as it completes (a progress bar during
+training on a terminal), one per check, the test metrics and where to look. `verbose` prints the
+full Dagster and library logs instead (each line once).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -22,6 +28,117 @@ nux:
 """
 
 
+def _summary(asset: str, md: dict[str, Any]) -> str:
+    """A few words on what an asset produced, from its metadata."""
+
+    def v(key: str) -> Any:
+        return md[key].value if key in md else None
+
+    if asset == "corpus_manifest":
+        return f"{v('recordings')} recordings, {v('skipped_count')} skipped"
+    if asset == "dataset_splits":
+        return f"windows train {v('train_windows')} / val {v('val_windows')} / test {v('test_windows')}"
+    if asset == "meta_loader_spec":
+        return f"{v('planned_steps')} steps planned"
+    if asset in ("training_run", "best_checkpoint"):
+        best = f"{v('best_metric')} {v('best_value'):.3f}" if v("best_value") is not None else ""
+        return f"step {v('global_step')}, best {best} at step {v('best_step')}"
+    if asset == "evaluation":
+        return ", ".join(
+            f"{k} {val.value:.3f}" for k, val in sorted(md.items()) if k.count("/") == 1 and "_" not in k
+        )
+    return ""
+
+
+class _DemoConsole(logging.Handler):
+    """The run's Dagster events as the demo's lines (quiet), or every message once (verbose)."""
+
+    def __init__(self, out: TextIO, verbose: bool):
+        super().__init__(logging.DEBUG)
+        self.out, self.verbose = out, verbose
+        self.started: dict[str, float] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from dagster._core.log_manager import get_log_record_metadata, has_log_record_metadata
+
+        if not has_log_record_metadata(record):
+            return
+        meta = get_log_record_metadata(record)
+        if self.verbose:
+            # library lines forwarded into the run's log are already printed by the root handler
+            if not meta["orig_message"].startswith("a2b_pipeline"):
+                print(f"{logging.getLevelName(record.levelno):7s} {record.getMessage()}", file=self.out)
+            return
+        event = meta["dagster_event"]
+        if event is None:
+            return
+        self._event(event, meta.get("step_key") or "")
+
+    def _event(self, event: Any, step: str) -> None:
+        kind = event.event_type_value
+        if kind == "STEP_START":
+            self.started[step] = time.monotonic()
+        elif kind == "ASSET_MATERIALIZATION":
+            mat = event.event_specific_data.materialization
+            name = mat.asset_key.to_user_string()
+            took = time.monotonic() - self.started.get(step, time.monotonic())
+            reused = " (reused)" if "reused" in mat.metadata else ""
+            self._line(f"  ok      {name:18s} {took:6.1f} s  {_summary(name, dict(mat.metadata))}{reused}")
+        elif kind == "STEP_FAILURE":
+            error = event.event_specific_data.error
+            message = (error.message or "").strip().splitlines()[0] if error else ""
+            self._line(f"  FAILED  {step:18s} {message.removeprefix('dagster._core.definitions.events.')}")
+        elif kind == "ASSET_CHECK_EVALUATION":
+            ev = event.event_specific_data
+            name = f"{ev.asset_key.to_user_string()}:{ev.check_name}"
+            status = "ok" if ev.passed else ("warn" if ev.severity.value == "WARN" else "FAILED")
+            desc = f"  {ev.description}" if ev.description else ""
+            self._line(f"  {status:7s} check {name}{desc}")
+
+    def _line(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+
+def _console_logger_def(out: TextIO, verbose: bool) -> Any:
+    from dagster import LoggerDefinition
+
+    def make(_: Any) -> logging.Logger:
+        log = logging.getLogger("a2b_pipeline.demo.dagster")
+        log.handlers[:] = [_DemoConsole(out, verbose)]
+        log.setLevel(logging.DEBUG)
+        log.propagate = False
+        return log
+
+    return LoggerDefinition(make, description="the `a2b demo` console")
+
+
+def _quiet_python_logs(verbose: bool) -> None:
+    """Quiet: only warnings from Python logging (no alembic migrations, no library INFO lines, which
+    the run's log has). Verbose: everything at INFO and up, once."""
+    level = logging.INFO if verbose else logging.WARNING
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(level)
+    if not verbose:
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def browse_command(dagster_home: Path, data_root: Path, configs: Path) -> str:
+    """The `dagster dev` command that shows this demo: README's, when the demo used the default places."""
+    cwd = Path.cwd().resolve()
+    dagster = Path(sys.executable).parent / "dagster"
+    exe = f"{dagster.relative_to(cwd)}" if dagster.is_relative_to(cwd) else str(dagster)
+    env = []
+    if dagster_home == cwd / ".dagster_home":
+        env.append("DAGSTER_HOME=$PWD/.dagster_home")
+    else:
+        env.append(f"DAGSTER_HOME={dagster_home}")
+    if data_root != cwd:
+        env.append(f"A2B_DATA_ROOT={data_root}")
+    if configs != cwd / "configs":
+        env.append(f"A2B_CONFIGS_DIR={configs}")
+    return " ".join([*env, exe, "dev"])
+
+
 def run_demo(
     dagster_home: Path,
     data_root: Path,
@@ -31,14 +148,14 @@ def run_demo(
     tracking_mode: str | None = None,
     device: str | None = None,
     out: TextIO | None = None,
+    verbose: bool = False,
 ) -> int:
     """Materialize corpus_manifest -> ... -> evaluation (with their checks) for `experiment`
     (configs_dir/<experiment>.yaml, default configs/demo.yaml) and print where to look.
 
     Returns 0 when every asset materialized and every check passed, 1 otherwise, 2 for a bad setup.
     """
-    # imported here: the core imports neither Dagster nor defs/ at module level (`a2b` starts without them)
-    from dagster import DagsterInstance, materialize
+    from dagster import DagsterInstance, Definitions, define_asset_job
 
     from a2b_pipeline.configs import ConfigError
     from a2b_pipeline.defs.assets import ASSETS, experiments
@@ -46,6 +163,7 @@ def run_demo(
     from a2b_pipeline.defs.resources import ExperimentStore, TrainDevice, WandbTracking, default_resources
 
     out = out or sys.stdout
+    _quiet_python_logs(verbose)
     dagster_home = Path(dagster_home).expanduser().resolve()
     data_root = Path(data_root).expanduser().resolve()
     configs = Path(configs_dir or os.environ.get("A2B_CONFIGS_DIR", "configs")).expanduser().resolve()
@@ -70,15 +188,25 @@ def run_demo(
         print(f"a2b demo: {e}", file=out)
         return 2
 
+    job_defs = Definitions(
+        assets=ASSETS,
+        asset_checks=CHECKS,
+        jobs=[define_asset_job("a2b_demo")],
+        resources=resources,
+        loggers={"console": _console_logger_def(out, verbose)},
+    )
     with DagsterInstance.from_config(str(dagster_home)) as instance:
         if not instance.has_dynamic_partition(experiments.name, experiment):
             instance.add_dynamic_partitions(experiments.name, [experiment])
-        print(f"a2b demo: materializing {len(ASSETS)} assets for experiment {experiment!r} ...", file=out)
-        result = materialize(
-            [*ASSETS, *CHECKS],
+        print(
+            f"a2b demo: materializing {len(ASSETS)} assets for experiment {experiment!r}",
+            file=out,
+            flush=True,
+        )
+        result = job_defs.resolve_job_def("a2b_demo").execute_in_process(
             instance=instance,
-            resources=resources,
             partition_key=experiment,
+            run_config={"loggers": {"console": {}}},  # configured: ours instead of Dagster's default console
             raise_on_error=False,
             tags={"a2b/launched_by": "a2b demo"},
         )
@@ -87,45 +215,27 @@ def run_demo(
         checks = result.get_asset_check_evaluations()
 
     ok = result.success and len(done) == len(ASSETS) and all(c.passed for c in checks)
-    _report(out, [a.key.to_user_string() for a in ASSETS], done, checks)
-    _where_to_look(out, dagster_home, data_root, configs, experiment, ok)
+    _where_to_look(
+        out, done.get("evaluation"), browse_command(dagster_home, data_root, configs), experiment, ok
+    )
     return 0 if ok else 1
 
 
-def _report(out: TextIO, assets: list[str], done: dict[str, Any], checks: list[Any]) -> None:
-    """Each asset and check, ok or FAILED, and the evaluation's test metrics and files."""
-    print("", file=out)
-    for name in assets:
-        print(f"  {'ok ' if name in done else 'FAILED'}  {name}", file=out)
-    for c in checks:
-        print(
-            f"  {'ok ' if c.passed else 'FAILED'}  check {c.asset_key.to_user_string()}:{c.check_name}",
-            file=out,
-        )
-    ev = done.get("evaluation")
+def _where_to_look(out: TextIO, ev: Any, command: str, experiment: str, ok: bool) -> None:
+    """The evaluation's files, and how to open the UI on them."""
     if ev is not None:
         md = ev.metadata
-        metrics = {k: v.value for k, v in md.items() if k.startswith("test/") and "_" not in k}
         print("", file=out)
-        print("  test metrics: " + ", ".join(f"{k}={v:.3f}" for k, v in sorted(metrics.items())), file=out)
+        print(f"  checkpoint:   {md['checkpoint'].value}", file=out)
+        print(f"  plot:         {md['plot_path'].value}", file=out)
+        print(f"  train state:  {md['train_state'].value}", file=out)
         versus = {k.split("/", 1)[1]: v.value for k, v in md.items() if k.startswith("recording_pearson/")}
         if versus:  # whole-recording median Pearson r of the model and each baseline (constant: undefined)
             shown = ", ".join(f"{k}={v:.3f}" for k, v in versus.items())
             print(f"  whole-recording Pearson r (median): {shown}", file=out)
-        print(f"  checkpoint:   {md['checkpoint'].value}", file=out)
-        print(f"  plot:         {md['plot_path'].value}", file=out)
-        print(f"  train state:  {md['train_state'].value}", file=out)
-
-
-def _where_to_look(
-    out: TextIO, dagster_home: Path, data_root: Path, configs: Path, experiment: str, ok: bool
-) -> None:
     print("", file=out)
     print("To browse it in the Dagster UI, run from the repository root:", file=out)
-    print(
-        f"  DAGSTER_HOME={dagster_home} A2B_DATA_ROOT={data_root} A2B_CONFIGS_DIR={configs} dagster dev",
-        file=out,
-    )
+    print(f"  {command}", file=out)
     print(f"and open http://127.0.0.1:3000/assets (partition {experiment!r}).", file=out)
     if not ok:
-        print("a2b demo: some steps failed; the run's logs are in the UI under Runs.", file=out)
+        print("a2b demo: some steps failed; `a2b demo -v` or the run's log in the UI says why.", file=out)

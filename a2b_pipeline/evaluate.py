@@ -83,7 +83,8 @@ class Evaluation:
             by_dataset.setdefault(e.rec.dataset, []).append(e)
         turns = itertools.zip_longest(*by_dataset.values())
         chosen = [e for turn in turns for e in turn if e is not None][:n]
-        return plot_recordings(chosen, self.channels, self.target_rate, title)
+        units = "z-score" if self.report.get("units") == "z" else "signal units"
+        return plot_recordings(chosen, self.channels, self.target_rate, title, units)
 
 
 @torch.no_grad()
@@ -253,9 +254,11 @@ _COLORS = {
 }
 
 
-def plot_recordings(evals: list[RecordingEval], channels: list[str], target_rate: float, title: str) -> bytes:
+def plot_recordings(
+    evals: list[RecordingEval], channels: list[str], target_rate: float, title: str, units: str = "z-score"
+) -> bytes:
     """PNG: whole recordings (a row each, a column per channel), the true signal with the model's and every
-    baseline's prediction on the same samples."""
+    baseline's prediction on the same samples. Every panel has its legend and both axis labels."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -274,9 +277,9 @@ def plot_recordings(evals: list[RecordingEval], channels: list[str], target_rate
                     ax.plot(t, series[:, c], label=name, color=_COLORS.get(name), linewidth=width)
             ax.set_title(f"{ev.rec.dataset}/{ev.rec.recording_id} · {ch}", fontsize=9)
             ax.tick_params(labelsize=7)
-            if r == rows - 1:
-                ax.set_xlabel("seconds", fontsize=8)
-    axes[0][0].legend(fontsize=7, loc="upper right")
+            ax.set_xlabel("time (s)", fontsize=8)
+            ax.set_ylabel(f"{ch} ({units})", fontsize=8)
+            ax.legend(fontsize=6, loc="upper right", ncol=2)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     buf = io.BytesIO()

@@ -12,7 +12,6 @@ import contextlib
 import logging
 import math
 import os
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from a2b_pipeline.engine import EMA, autocast_context, evaluate_loader, pick_dev
 from a2b_pipeline.metrics import make_loss
 from a2b_pipeline.models import build_model, model_io
 from a2b_pipeline.preflight import check_runnable
+from a2b_pipeline.progress import Progress
 from a2b_pipeline.rundir_lock import hold_run_dir
 from a2b_pipeline.schedule import apply_freeze, lr_at, planned_steps, set_lr, val_interval
 from a2b_pipeline.state import MetricRecord, RNGState, TrainState
@@ -444,8 +444,7 @@ def finish(state: TrainState, run: Run, stop: StopRequest, bar: Any) -> None:
         check_ranks_agree(run.raw_model, run.rank, run.world_size)
 
 
-def progress_bar(cfg: RunConfig, state: TrainState, total: int, rank: int) -> Any:
-    from tqdm import tqdm
-
-    show = cfg.train.progress_bar and rank == 0 and sys.stderr.isatty()
-    return tqdm(total=total, initial=state.global_step, disable=not show, desc=cfg.name, unit="step")
+def progress_bar(cfg: RunConfig, state: TrainState, total: int, rank: int) -> Progress:
+    """A bar on a terminal (train.progress_bar), else a progress line every few seconds (progress.py)."""
+    bar = None if cfg.train.progress_bar else False  # None: a bar when stderr is a terminal
+    return Progress(cfg.name, total, state.global_step, enabled=rank == 0, bar=bar)

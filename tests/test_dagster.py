@@ -185,6 +185,8 @@ def test_checks_ran_and_passed(demo):
             )
             ev = rec[AssetCheckKey(AssetKey(asset), check)]
             assert ev.evaluation and ev.evaluation.passed, (asset, check)
+            # each experiment's checks are its own: the result is tied to the partition
+            assert ev.evaluation.partition == "demo", (asset, check, ev.evaluation.partition)
 
 
 def test_no_secret_in_metadata_or_logs(demo):
@@ -253,19 +255,57 @@ def test_changed_config_gives_new_data_version_and_marks_downstream_stale(demo, 
 def test_evaluation_check_fails_below_its_floor(demo):
     from a2b_pipeline.defs.checks import evaluation_metrics_ok
 
-    # executed on its own (as from the UI's check page): no partition, so it checks every experiment
+    # with its asset (whose inputs did not change: reused, nothing recomputed), for the experiment's partition
     with DagsterInstance.from_config(str(demo["home"])) as instance:
         res = materialize(
             [*ASSETS, *CHECKS],
             instance=instance,
             resources=_resources(demo["root"], demo["configs"], floor=1.5),
-            selection=AssetSelection.checks(evaluation_metrics_ok),
+            selection=AssetSelection.checks(evaluation_metrics_ok) | AssetSelection.assets("evaluation"),
+            partition_key="demo",
             raise_on_error=False,
         )
     (ev,) = res.get_asset_check_evaluations()
     assert (
         not ev.passed and "demo: test/pearson" in ev.description and "below the floor 1.5" in ev.description
     )
+    assert ev.partition == "demo"
+
+
+def test_relaunch_reuses_the_complete_run_and_its_evaluation_and_says_so(demo):
+    selection = [AssetKey(a) for a in ("training_run", "best_checkpoint", "evaluation")]
+    with DagsterInstance.from_config(str(demo["home"])) as instance:
+        before = _md(_latest(instance, "evaluation", "demo"))
+        res = materialize(
+            [*ASSETS, *CHECKS],
+            instance=instance,
+            resources=_resources(demo["root"], demo["configs"]),
+            partition_key="demo",
+            selection=selection,
+        )
+        assert res.success
+        run = _latest(instance, "training_run", "demo")
+        ev = _latest(instance, "evaluation", "demo")
+        tags = instance.get_run_by_id(res.run_id).tags
+    # "reused" is the first row of each page, a tag on the materialization and on the run
+    for mat in (run, ev):
+        assert next(iter(mat.metadata)) == "reused" and mat.metadata["reused"].value.startswith("yes")
+        assert mat.tags.get("a2b/reused") == "true"
+    assert tags.get("a2b/reused_training_run") == "true" and tags.get("a2b/reused_evaluation") == "true"
+    # nothing recomputed: the same checkpoint, metrics and plot file
+    after = _md(ev)
+    assert (
+        after["plot_path"] == before["plot_path"]
+        and after["checkpoint_sha256"] == before["checkpoint_sha256"]
+    )
+    assert {k: v for k, v in after.items() if k.startswith("test/")} == {
+        k: v for k, v in before.items() if k.startswith("test/")
+    }
+    # the training page shows the loss curve first; the evaluation page shows the plot first
+    assert (
+        list(run.metadata)[1] == "loss_curve" and "data:image/png;base64," in run.metadata["loss_curve"].value
+    )
+    assert list(ev.metadata)[1] == "plot"
 
 
 def test_rebase_finds_every_path_field_by_its_type(tmp_path):
@@ -583,16 +623,83 @@ def test_configs_sensor_registers_experiments_and_corpus_sensor_notices_a_change
     assert all(r.job_name in (None, "data_refresh_job") for r in changed.run_requests)
 
 
-def test_retrain_schedule_requests_one_gpu_run_per_experiment(tmp_path):
+def _missing_corpus_config(configs: Path, tmp_path: Path, name: str) -> Path:
+    """A config whose corpus (a manifest) is not on this machine."""
+    import yaml
+
+    raw = tiny_config(tmp_path, [f"name={name}"]).model_dump(mode="json")
+    raw["data"]["datasets"] = [{"name": "far", "type": "manifest", "manifest": str(tmp_path / "nowhere.csv")}]
+    configs.mkdir(parents=True, exist_ok=True)
+    path = configs / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_retrain_schedule_requests_one_gpu_run_per_experiment_and_skips_missing_corpora(tmp_path):
     from a2b_pipeline.defs.schedules import RETRAIN_CRON, retrain_schedule
 
     assert retrain_schedule.cron_schedule == RETRAIN_CRON == os.environ.get("A2B_RETRAIN_CRON", "0 3 * * 1")
-    tick = datetime.datetime(2026, 1, 5, 3, 0, tzinfo=datetime.UTC)
+    tick_time = datetime.datetime(2026, 1, 5, 3, 0, tzinfo=datetime.UTC)
+    configs = tmp_path / "configs"
+    for name in ("a", "b"):
+        _write_config(configs, name, tmp_path, [])
+    _missing_corpus_config(configs, tmp_path, "far")
+    store = ExperimentStore(data_root=str(tmp_path / "data"), configs_dir=str(configs))
+
+    def tick(instance):
+        # `with`: a context built with resources sets Dagster state that must be reset after the tick
+        with build_schedule_context(
+            instance=instance, scheduled_execution_time=tick_time, resources={"store": store}
+        ) as ctx:
+            return retrain_schedule(ctx)
+
     with DagsterInstance.from_config(str(tmp_path)) as instance:  # schedule contexts need a persistent one
-        skipped = retrain_schedule(build_schedule_context(instance=instance, scheduled_execution_time=tick))
+        skipped = tick(instance)
         assert "no experiments" in skipped.skip_message
+        instance.add_dynamic_partitions(experiments.name, ["far"])
+        skipped = tick(instance)
+        assert "far: dataset 'far' (manifest): manifest" in skipped.skip_message
+        assert "is not on this machine" in skipped.skip_message
         instance.add_dynamic_partitions(experiments.name, ["a", "b"])
-        reqs = retrain_schedule(build_schedule_context(instance=instance, scheduled_execution_time=tick))
+        reqs = tick(instance)
     assert sorted(r.partition_key for r in reqs) == ["a", "b"]
     assert {r.run_key for r in reqs} == {"retrain-a-20260105T0300", "retrain-b-20260105T0300"}
     assert all(r.tags["gpu"] == "1" for r in reqs)
+
+
+def test_missing_corpus_is_marked_before_launch_and_fails_cleanly(tmp_path):
+    from a2b_pipeline.defs.sensors import experiment_configs_sensor
+
+    configs = tmp_path / "configs"
+    _write_config(configs, "here", tmp_path, [])
+    _missing_corpus_config(configs, tmp_path, "far")
+    store = ExperimentStore(data_root=str(tmp_path / "data"), configs_dir=str(configs))
+    instance = DagsterInstance.ephemeral()
+
+    def tick(cursor=None):
+        with build_sensor_context(instance=instance, resources={"store": store}, cursor=cursor) as ctx:
+            return experiment_configs_sensor(ctx)
+
+    # the sensor registers both and evaluates the corpus check per partition, before any launch
+    result = tick()
+    checks = {e.partition: e for e in result.asset_events}
+    assert sorted(checks) == ["far", "here"]
+    assert checks["here"].passed and checks["here"].check_name == "corpus_available"
+    assert not checks["far"].passed and "nowhere.csv is not on this machine" in checks["far"].description
+    # an unchanged status is not evaluated again on the next tick
+    assert not tick(result.cursor).asset_events
+    # launching it anyway: a Dagster Failure whose description says why, first
+    instance.add_dynamic_partitions(experiments.name, ["far"])
+    res = materialize(
+        [*ASSETS, *CHECKS],
+        instance=instance,
+        resources=_resources(tmp_path / "data", configs),
+        partition_key="far",
+        selection=[AssetKey("corpus_manifest")],
+        raise_on_error=False,
+    )
+    assert not res.success
+    (failure,) = res.get_step_failure_events()
+    error = failure.event_specific_data.error
+    assert error.cls_name == "Failure"
+    assert error.message.startswith("dagster._core.definitions.events.Failure: far: the corpus is not on")

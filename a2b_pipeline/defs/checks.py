@@ -11,13 +11,12 @@ from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
     AssetCheckSeverity,
-    AssetKey,
     MetadataValue,
     asset_check,
 )
 
 from a2b_pipeline.defs.assets import corpus_manifest, evaluation
-from a2b_pipeline.defs.common import upstream_record
+from a2b_pipeline.defs.common import rounded, upstream_record
 from a2b_pipeline.defs.partitions import experiments
 from a2b_pipeline.defs.resources import QualityGate
 
@@ -53,18 +52,9 @@ def _signal_problem(path: str, columns: set[str]) -> str | None:
     return f"lacks column(s) {lacking} (has {sorted(have)})" if lacking else None
 
 
-def _targets(context: AssetCheckExecutionContext, asset: str) -> list[str]:
-    """The experiment of the run; when a check is executed on its own (no partition), every
-    experiment that has a materialization of the asset."""
-    if context.has_partition_key:
-        return [context.partition_key]
-    keys = context.instance.get_dynamic_partitions(experiments.name)
-    status = context.instance.get_materialized_partitions(AssetKey(asset))
-    return [k for k in keys if k in status]
-
-
 @asset_check(
     asset=corpus_manifest,
+    partitions_def=experiments,
     blocking=True,
     description="Every listed audio file exists and its header decodes (soundfile); every signal file "
     "exists and has the columns the config reads. Blocks dataset_splits when it fails, unless "
@@ -73,13 +63,9 @@ def _targets(context: AssetCheckExecutionContext, asset: str) -> list[str]:
 def corpus_files_readable(context: AssetCheckExecutionContext) -> AssetCheckResult:
     problems: list[str] = []
     audio = signals = 0
-    datasets = []
-    skip_mode = True
-    for name in _targets(context, "corpus_manifest"):
-        record = upstream_record(context, "corpus_manifest", name)
-        datasets += record["datasets"]
-        skip_mode &= record.get("on_bad_recording") == "skip"
-    for ds in datasets:
+    record = upstream_record(context, "corpus_manifest")
+    skip_mode = record.get("on_bad_recording") == "skip"
+    for ds in record["datasets"]:
         for rec in ds["recordings"]:
             audio += 1
             if err := _audio_problem(rec["audio_path"]):
@@ -108,41 +94,34 @@ def corpus_files_readable(context: AssetCheckExecutionContext) -> AssetCheckResu
 
 @asset_check(
     asset=evaluation,
+    partitions_def=experiments,
     description="Every test metric is finite, and the gate metric (QualityGate resource, default "
     "test/pearson) is at or above its floor.",
 )
 def evaluation_metrics_ok(context: AssetCheckExecutionContext, quality: QualityGate) -> AssetCheckResult:
+    name = context.partition_key
+    record = upstream_record(context, "evaluation")
+    metrics: dict[str, Any] = record["metrics"]
     problems: list[str] = []
-    values: dict[str, float | None] = {}
-    checkpoints: dict[str, str] = {}
-    for name in _targets(context, "evaluation"):
-        record = upstream_record(context, "evaluation", name)
-        metrics: dict[str, Any] = record["metrics"]
-        checkpoints[name] = record["checkpoint"]
-        bad = sorted(k for k, v in metrics.items() if not (isinstance(v, int | float) and math.isfinite(v)))
-        value = values[name] = metrics.get(quality.metric)
-        if bad:
-            problems.append(f"{name}: non-finite metrics {bad}")
-        if value is None:
-            problems.append(f"{name}: no metric {quality.metric!r} (has {sorted(metrics)})")
-        elif not math.isfinite(value) or value < quality.floor:
-            problems.append(f"{name}: {quality.metric} = {value:.4f} is below the floor {quality.floor}")
-    md: dict[str, Any] = {
-        "metric": quality.metric,
-        "floor": MetadataValue.float(float(quality.floor)),
-        "problems": MetadataValue.json(problems),
-    }
-    if len(values) == 1:
-        (value,) = values.values()
-        md["value"] = MetadataValue.float(float(value)) if value is not None else MetadataValue.null()
-        md["checkpoint"] = MetadataValue.path(next(iter(checkpoints.values())))
-    else:
-        md["values"] = MetadataValue.json(values)
+    bad = sorted(k for k, v in metrics.items() if not (isinstance(v, int | float) and math.isfinite(v)))
+    value = metrics.get(quality.metric)
+    if bad:
+        problems.append(f"{name}: non-finite metrics {bad}")
+    if value is None:
+        problems.append(f"{name}: no metric {quality.metric!r} (has {sorted(metrics)})")
+    elif not math.isfinite(value) or value < quality.floor:
+        problems.append(f"{name}: {quality.metric} = {value:.4f} is below the floor {quality.floor}")
     return AssetCheckResult(
-        passed=not problems and bool(values),
+        passed=not problems,
         severity=AssetCheckSeverity.ERROR,
-        metadata=md,
-        description="; ".join(problems) or (None if values else "no evaluation to check"),
+        metadata={
+            "value": rounded(value) if isinstance(value, int | float) else MetadataValue.null(),
+            "metric": quality.metric,
+            "floor": MetadataValue.float(float(quality.floor)),
+            "checkpoint": MetadataValue.path(record["checkpoint"]),
+            **({"problems": MetadataValue.json(problems)} if problems else {}),
+        },
+        description="; ".join(problems) or f"{quality.metric} = {value:.3f} >= {quality.floor:g}",
     )
 
 

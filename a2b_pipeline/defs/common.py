@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import math
 import os
@@ -156,8 +157,16 @@ def write_planned_state(
 # ---- metadata ----
 
 
-def _num(v: float | None) -> MetadataValue:
-    return MetadataValue.float(float(v)) if v is not None and math.isfinite(v) else MetadataValue.null()
+def rounded(v: float | None, digits: int = 4) -> MetadataValue:
+    """A number as people read it (4 significant digits); the record file keeps full precision."""
+    if v is None or not math.isfinite(v):
+        return MetadataValue.null()
+    return MetadataValue.float(float(f"{v:.{digits}g}"))
+
+
+def json_details(obj: Any) -> MetadataValue:
+    """A long structure one click away (the UI shows markdown behind a link), not a block on the page."""
+    return MetadataValue.md("```json\n" + json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n```")
 
 
 def lineage_metadata(
@@ -167,32 +176,34 @@ def lineage_metadata(
     data_version: str | None,
     record: tuple[Path, str],
     checkpoint: Path | None = None,
+    trained: bool = False,
 ) -> dict[str, Any]:
-    """The metadata every materialization carries: which config, data, state and checkpoint."""
+    """The metadata every materialization carries after its own: which config, data, state and checkpoint.
+    Training fields (status, step, best metric, wandb) only where a run produced the state; no nulls."""
     md: dict[str, Any] = {
         "experiment": exp.name,
         "config_file": MetadataValue.path(str(exp.config_file)),
         "config_hash": state.config_hash,
-        "data_version": data_version or "",
-        "train_state": MetadataValue.path(str(state_path)),
-        "status": state.status,
-        "global_step": MetadataValue.int(state.global_step),
-        "best_metric": state.checkpoint_state.best_metric,
-        "best_value": _num(state.checkpoint_state.best_value),
-        "best_step": MetadataValue.int(state.checkpoint_state.best_step)
-        if state.checkpoint_state.best_step is not None
-        else MetadataValue.null(),
-        "wandb_run_path": state.wandb_run_path or MetadataValue.null(),
-        RECORD_KEY: MetadataValue.path(str(record[0])),
-        RECORD_SHA_KEY: record[1],
     }
+    if data_version:
+        md["data_version"] = data_version
+    md["train_state"] = MetadataValue.path(str(state_path))
+    if trained:
+        md["status"] = state.status
+        md["global_step"] = MetadataValue.int(state.global_step)
+        md["best_metric"] = state.checkpoint_state.best_metric
+        if state.checkpoint_state.best_value is not None:
+            md["best_value"] = rounded(state.checkpoint_state.best_value)
+        if state.checkpoint_state.best_step is not None:
+            md["best_step"] = MetadataValue.int(state.checkpoint_state.best_step)
+        if state.wandb_run_path:
+            md["wandb_run_path"] = state.wandb_run_path
     if checkpoint is not None:
         md["checkpoint"] = MetadataValue.path(str(checkpoint))
         md["checkpoint_sha256"] = sha256_bytes((checkpoint / "train_state.json").read_bytes())
         md["model_digest"] = state.checkpoint_state.files.get("model.safetensors", "")
-    else:
-        md["checkpoint"] = MetadataValue.null()
-        md["checkpoint_sha256"] = MetadataValue.null()
+    md[RECORD_KEY] = MetadataValue.path(str(record[0]))
+    md[RECORD_SHA_KEY] = record[1]
     return md
 
 
@@ -228,7 +239,54 @@ def corpus_fingerprint(cfg: RunConfig) -> str:
     return sha256_json({name: source_fingerprint(src) for name, src in sorted(corpus_sources(cfg).items())})
 
 
-# ---- plots (drawn by the core: evaluate.py, leaderboard.py) ----
+def missing_corpora(cfg: RunConfig) -> list[str]:
+    """Why this machine can't list the experiment's corpora: a local manifest or corpus root that is not
+    there (one line per dataset). Synthetic corpora are written on first use; URLs are not checked here
+    (no request before launch)."""
+    from a2b_pipeline.data import remote
+
+    out = []
+    for name, path in corpus_sources(cfg).items():
+        ds = next(d for d in cfg.data.datasets if d.name == name)
+        if ds.type == "synthetic" or remote.is_url(path):
+            continue
+        if not os.path.exists(remote.to_local_path(path)):
+            what = "manifest" if path == ds.manifest else "corpus root"
+            out.append(f"dataset {name!r} ({ds.type}): {what} {path} is not on this machine")
+    return out
+
+
+# ---- plots (the evaluation and leaderboard plots are drawn by the core: evaluate.py, leaderboard.py) ----
+
+
+def plot_loss_curve(history: list[tuple[str, int, float]], title: str) -> bytes:
+    """PNG of the loss over optimizer steps: each `*/loss` metric of the run's history as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.0), dpi=80)
+    names = sorted({name for name, _, _ in history if name.endswith("/loss")})
+    for name in names:
+        points = sorted((step, value) for n, step, value in history if n == name and math.isfinite(value))
+        ax.plot(
+            [p[0] for p in points],
+            [p[1] for p in points],
+            marker="." if len(points) < 30 else None,
+            label=name,
+        )
+    ax.set_xlabel("optimizer step", fontsize=8)
+    ax.set_ylabel("loss (train.loss on z-scored targets)", fontsize=8)
+    ax.set_title(title, fontsize=10)
+    ax.tick_params(labelsize=7)
+    if names:
+        ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
 
 
 def png_markdown(png: bytes, alt: str = "predicted vs true") -> MetadataValue:

@@ -19,8 +19,11 @@ experiment_job = define_asset_job(
     "experiment_job",
     selection=AssetSelection.groups(GROUP),
     tags=RUN_GPU_TAGS,
+    # shown (and editable) in the launchpad: set fresh to true to train anew instead of reusing a complete run
+    config={"ops": {"training_run": {"config": {"fresh": False}}}},
     description="Materialize an experiment end to end: corpus, splits, loader spec, training, best "
-    "checkpoint, evaluation (and their checks). Tagged for a GPU.",
+    "checkpoint, evaluation (and their checks). Tagged for a GPU. Launch config `fresh: true` trains anew "
+    "instead of reusing a complete run of the same config and data.",
 )
 
 data_refresh_job = define_asset_job(

@@ -8,6 +8,9 @@ manifest, or of every file under a corpus root.
 import json
 
 from dagster import (
+    AssetCheckEvaluation,
+    AssetCheckSeverity,
+    AssetKey,
     DefaultSensorStatus,
     RunRequest,
     SensorEvaluationContext,
@@ -16,18 +19,41 @@ from dagster import (
     sensor,
 )
 
-from a2b_pipeline.defs.common import corpus_fingerprint, corpus_sources
+from a2b_pipeline.defs.assets.data import CORPUS_AVAILABLE
+from a2b_pipeline.defs.common import corpus_fingerprint, corpus_sources, missing_corpora
 from a2b_pipeline.defs.jobs import data_refresh_job
 from a2b_pipeline.defs.partitions import cv_experiments, experiments, folds
 from a2b_pipeline.defs.resources import ExperimentStore
 
 
-def _cursor(context: SensorEvaluationContext) -> dict[str, str]:
+def _cursor(context: SensorEvaluationContext) -> dict:
     try:
         value = json.loads(context.cursor or "{}")
     except json.JSONDecodeError:
         return {}
     return value if isinstance(value, dict) else {}
+
+
+def corpus_status(store: ExperimentStore, name: str) -> str:
+    """ "" when the experiment's corpora are on this machine, else why not (or why the config is unusable)."""
+    from a2b_pipeline.configs import ConfigError
+
+    try:
+        return "; ".join(missing_corpora(store.rebase(store.load_config(name))))
+    except ConfigError as e:
+        return f"the config does not load: {e}"
+
+
+def _corpus_check(name: str, problem: str) -> AssetCheckEvaluation:
+    return AssetCheckEvaluation(
+        asset_key=AssetKey("corpus_manifest"),
+        check_name=CORPUS_AVAILABLE,
+        passed=not problem,
+        partition=name,
+        severity=AssetCheckSeverity.WARN,
+        description=problem or "every dataset's manifest or corpus root is on this machine",
+        metadata={"checked_by": "experiment_configs_sensor"},
+    )
 
 
 @sensor(
@@ -36,11 +62,14 @@ def _cursor(context: SensorEvaluationContext) -> dict[str, str]:
     default_status=DefaultSensorStatus.RUNNING,
     description="Registers each YAML under the configs dir, and each experiment of each sweep under "
     "configs/sweeps/, as an experiment partition (configs with data.split.folds also as cv_experiments, "
-    "with their fold keys); when a registered config's content changes, refreshes that experiment's data "
-    "assets (training then shows as stale).",
+    "with their fold keys), and marks (check corpus_available) the experiments whose corpus is not on this "
+    "machine; when a registered config's content changes, refreshes that experiment's data assets "
+    "(training then shows as stale).",
 )
 def experiment_configs_sensor(context: SensorEvaluationContext, store: ExperimentStore):
-    seen = _cursor(context)
+    cursor = _cursor(context)
+    seen: dict[str, str] = cursor.get("configs", {})
+    corpus_seen: dict[str, str] = cursor.get("corpus", {})
     known = set(context.instance.get_dynamic_partitions(experiments.name))
     problems: list[str] = []
     now: dict[str, str] = {}
@@ -53,11 +82,15 @@ def experiment_configs_sensor(context: SensorEvaluationContext, store: Experimen
     requests = [RunRequest(run_key=f"config-{k}-{now[k][:12]}", partition_key=k) for k in changed]
     if new:
         context.log.info(f"registering experiments: {new}")
+    # the corpus check, evaluated whenever an experiment's corpus status changes (or it is new)
+    corpus = {name: corpus_status(store, name) for name in now}
+    checks = [_corpus_check(n, p) for n, p in sorted(corpus.items()) if corpus_seen.get(n) != p]
     adds = [experiments.build_add_request(new)] if new else []
     return SensorResult(
-        run_requests=requests,
+        run_requests=[r for r in requests if not corpus[r.partition_key]],
         dynamic_partitions_requests=adds + _cv_partition_requests(context, store, sorted(now)),
-        cursor=json.dumps(now, sort_keys=True),
+        asset_events=checks,
+        cursor=json.dumps({"configs": now, "corpus": corpus}, sort_keys=True),
     )
 
 

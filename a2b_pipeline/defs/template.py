@@ -62,6 +62,18 @@ class AssetStep:
     def run_id(self) -> str:
         return self.context.run.run_id
 
+    @property
+    def code_version(self) -> str | None:
+        return self.context.assets_def.code_versions_by_key.get(self.context.asset_key)
+
+    def previous_record(self) -> dict[str, Any] | None:
+        """This asset's own latest record for the partition (None when there is none or it is unreadable):
+        what a body compares its inputs with to skip work that would give the same result."""
+        try:
+            return upstream_record(self.context, self.context.asset_key.to_user_string())
+        except Failure:
+            return None
+
 
 @dataclass
 class Produced:
@@ -76,6 +88,8 @@ class Produced:
     checkpoint: Path | None = None
     checks: list[AssetCheckResult] = field(default_factory=list)
     failure: str | None = None  # set: not a materialization, a Failure with this description
+    reused: str | None = None  # set: nothing was recomputed; says what was reused (first metadata row)
+    trained: bool = False  # `state` comes from a training run: status, step, best metric are shown
 
 
 class _ToDagsterLog(logging.Handler):
@@ -135,18 +149,23 @@ def _materialize(
     with forward_library_logs(context):
         out = body(step)
 
-    record = write_record(
-        exp, name, context.run.run_id, {"experiment": exp.name, "config_hash": exp.config_hash, **out.record}
-    )
+    head = {"experiment": exp.name, "config_hash": exp.config_hash, "code_version": step.code_version}
+    record = write_record(exp, name, step.run_id, {**head, **out.record, "reused": out.reused})
     state, state_path = out.state, out.state_path
     if state is None or state_path is None:
-        state, state_path = write_planned_state(exp, name, context.run.run_id, out.data_version)
-    lineage = lineage_metadata(exp, state, state_path, out.data_version, record, checkpoint=out.checkpoint)
-    metadata = {**out.metadata, **lineage}
+        state, state_path = write_planned_state(exp, name, step.run_id, out.data_version)
+    lineage = lineage_metadata(
+        exp, state, state_path, out.data_version, record, checkpoint=out.checkpoint, trained=out.trained
+    )
+    metadata = {**({"reused": out.reused} if out.reused else {}), **out.metadata, **lineage}
     if out.failure:
         raise Failure(description=out.failure, metadata=metadata)
+    tags = {}
+    if out.reused:  # on the materialization and on the run, where the runs list shows it
+        tags = {"a2b/reused": "true"}
+        context.instance.add_run_tags(step.run_id, {f"a2b/reused_{name}": "true"})
     version = DataVersion(sha256_json([exp.config_hash, *out.version_parts])[:20])
-    return MaterializeResult(metadata=metadata, data_version=version, check_results=out.checks)
+    return MaterializeResult(metadata=metadata, data_version=version, check_results=out.checks, tags=tags)
 
 
 def experiment_asset(

@@ -8,7 +8,8 @@ from typing import Any
 
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, Failure, MetadataValue
 
-from a2b_pipeline.defs.common import corpus_sources
+from a2b_pipeline.defs.common import corpus_sources, json_details, missing_corpora, rounded
+from a2b_pipeline.defs.partitions import experiments
 from a2b_pipeline.defs.template import AssetStep, Produced, experiment_asset
 
 SPLITS = ("train", "val", "test")
@@ -56,9 +57,22 @@ def _file_infos(recordings: list[Any]) -> dict[str, Any]:
     return files
 
 
+CORPUS_AVAILABLE = "corpus_available"
+
+
 @experiment_asset(
     code_version="1",
     kinds={"python"},
+    check_specs=[
+        AssetCheckSpec(
+            CORPUS_AVAILABLE,
+            asset="corpus_manifest",
+            partitions_def=experiments,
+            description="Every dataset's manifest or corpus root is on this machine. The experiment_configs "
+            "sensor evaluates it when it registers an experiment, so a partition whose corpus is missing "
+            "shows it before anyone launches it.",
+        )
+    ],
     description="The recordings each dataset of the experiment's config lists (manifests / corpus roots), "
     "the recordings skipped with their reasons, and a fingerprint (sizes, mtimes/etags) of every file.",
 )
@@ -67,6 +81,10 @@ def corpus_manifest(step: AssetStep) -> Produced:
     from a2b_pipeline.data.pipeline import compute_data_version
 
     cfg = step.exp.cfg
+    if missing := missing_corpora(cfg):
+        raise Failure(
+            description=f"{step.exp.name}: the corpus is not on this machine. " + "; ".join(missing)
+        )
     listings: dict[str, Any] = {}
     datasets: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
@@ -95,15 +113,16 @@ def corpus_manifest(step: AssetStep) -> Produced:
         version_parts=[data_version, skipped],
         metadata={
             "recordings": MetadataValue.int(sum(len(d["recordings"]) for d in datasets)),
-            "recordings_by_dataset": MetadataValue.json({d["name"]: len(d["recordings"]) for d in datasets}),
+            "recordings_by_dataset": ", ".join(f"{d['name']}: {len(d['recordings'])}" for d in datasets),
             "subjects": MetadataValue.int(
                 len({(d["name"], r["subject_id"]) for d in datasets for r in d["recordings"]})
             ),
             "files": MetadataValue.int(len(files)),
             "skipped_count": MetadataValue.int(len(skipped)),
             "skipped": _skipped_table(skipped),
-            "sources": MetadataValue.json(sources),
+            "sources": json_details(sources),
         },
+        checks=[AssetCheckResult(check_name=CORPUS_AVAILABLE, passed=True)],
     )
 
 
@@ -154,7 +173,7 @@ def _split_checks(
                 "empty_splits": MetadataValue.json(empty),
                 "recordings_listed": listed,
                 "recordings_used": used,
-                "recordings_kept_share": float(used / listed) if listed else 0.0,
+                "recordings_kept_share": rounded(used / listed if listed else 0.0),
             },
             description=f"no windows in {', '.join(empty)}" if empty else None,
         ),
@@ -170,12 +189,14 @@ def _split_checks(
         AssetCheckSpec(
             "targets_finite",
             asset="dataset_splits",
+            partitions_def=experiments,
             blocking=True,
             description="Every window's target (and features) is finite after normalisation: no NaN/inf.",
         ),
         AssetCheckSpec(
             "split_coverage",
             asset="dataset_splits",
+            partitions_def=experiments,
             description="Train, val and test splits all have windows; reports the share of recordings kept.",
         ),
     ],
@@ -218,7 +239,6 @@ def dataset_splits(step: AssetStep) -> Produced:
         data_version=prepared.data_version,
         version_parts=[prepared.data_version, windows, recordings],
         metadata={
-            "windows": MetadataValue.json(windows),
             **{f"{s}_windows": MetadataValue.int(sum(windows[s].values())) for s in SPLITS},
             **{f"{s}_subjects": MetadataValue.int(len(subjects[s])) for s in SPLITS},
             "recordings_used": MetadataValue.int(used),
@@ -227,6 +247,7 @@ def dataset_splits(step: AssetStep) -> Produced:
             "dropped_count": MetadataValue.int(split["dropped"]),
             "dropped_by_dataset": MetadataValue.json(split["dropped_by_dataset"]),
             "skipped": _skipped_table(skipped),
+            "windows_by_dataset": json_details(windows),
         },
         checks=_split_checks(windows, prepared, listed, used),
     )
@@ -293,9 +314,14 @@ def meta_loader_spec(step: AssetStep) -> Produced:
         data_version=prepared.data_version,
         version_parts=[{"config_hash": step.exp.config_hash, **spec}],
         metadata={
-            "train_batches_per_epoch": MetadataValue.int(train_batches),
             "planned_steps": MetadataValue.int(planned),
-            "weights": MetadataValue.json({d.name: d.weight for d in cfg.data.datasets}),
-            "spec": MetadataValue.json(loaders),
+            "train_batches_per_epoch": MetadataValue.int(train_batches),
+            "batch_size": MetadataValue.int(cfg.data.batch_size),
+            "weights": ", ".join(f"{d.name}: {d.weight:g}" for d in cfg.data.datasets),
+            "loaders": " · ".join(
+                f"{split}: {len(v['loaders'])} loader(s), {v['batches_per_epoch']} batches/epoch"
+                for split, v in loaders.items()
+            ),
+            "spec": json_details(loaders),
         },
     )

@@ -4,6 +4,7 @@ best_checkpoint -> evaluation
 """
 
 from pathlib import Path
+from typing import Any
 
 from dagster import Failure, MetadataValue
 
@@ -12,6 +13,7 @@ from a2b_pipeline.defs.common import (
     atomic_write,
     materialization_file,
     png_markdown,
+    rounded,
     sha256_bytes,
 )
 from a2b_pipeline.defs.template import AssetStep, Produced, experiment_asset
@@ -39,16 +41,16 @@ def _headline(report: dict) -> dict[str, MetadataValue]:
     for name, p in summary["predictors"].items():
         value = p["recording"]["pearson"]["mean"]["value"]
         if value is not None:
-            out[f"recording_pearson/{name}"] = MetadataValue.float(value)
+            out[f"recording_pearson/{name}"] = rounded(value)
     for name, levels in summary["margins"].items():
         value = levels["recording"]["pearson"]["mean"]["value"]
         if value is not None:
-            out[f"recording_pearson_margin/{name}"] = MetadataValue.float(value)
+            out[f"recording_pearson_margin/{name}"] = rounded(value)
     return out
 
 
 @experiment_asset(
-    code_version="2",
+    code_version="3",
     reads=["best_checkpoint"],
     deps=[best_checkpoint],
     kinds={"pytorch"},
@@ -58,17 +60,66 @@ def _headline(report: dict) -> dict[str, MetadataValue]:
     "<run_dir>/evaluation-test.json); a plot of the model and the baselines on the same test recordings.",
 )
 def evaluation(step: AssetStep) -> Produced:
-    from a2b_pipeline.data.pipeline import prepare_data
-    from a2b_pipeline.engine import pick_device
-    from a2b_pipeline.evaluate import report_markdown, run_evaluation, write_report
+    from a2b_pipeline.evaluate import report_markdown
     from a2b_pipeline.state import TrainState
 
     exp = step.exp
     ckpt, ckpt_sha = _verified_checkpoint(step.upstream["best_checkpoint"])
     state = TrainState.from_checkpoint(ckpt)
-    cfg = state.config
+    previous, reused = step.previous_record(), None
+    if _same_inputs(previous, step, ckpt_sha):
+        record = {k: v for k, v in previous.items() if k not in ("experiment", "code_version", "reused")}
+        png = Path(previous["plot"]).read_bytes()
+        reused = (
+            f"yes: checkpoint {ckpt.name} (sha256 {ckpt_sha[:12]}) was evaluated before with this code; "
+            "its metrics and plot are reported again"
+        )
+    else:
+        record, png = _evaluate(step, ckpt, ckpt_sha, state)
+    metrics = record["metrics"]
+    return Produced(
+        record=record,
+        data_version=state.data_version,
+        version_parts=[ckpt_sha, metrics],
+        metadata={
+            "plot": png_markdown(png, f"{exp.name}: model and baselines vs true"),
+            **{k: rounded(v) for k, v in sorted(metrics.items())},
+            **_headline(record["report"]),
+            "summary": MetadataValue.md(report_markdown(record["report"])),
+            "report_path": MetadataValue.path(record["report_path"]),
+            "plot_path": MetadataValue.path(record["plot"]),
+            "evaluated_data_version": record["evaluated_data_version"],
+            "data_version_matches_training": record["evaluated_data_version"] == state.data_version,
+        },
+        state=state,
+        state_path=ckpt / "train_state.json",
+        checkpoint=ckpt,
+        reused=reused,
+        trained=True,
+    )
+
+
+def _same_inputs(previous: dict[str, Any] | None, step: AssetStep, ckpt_sha: str) -> bool:
+    """The last evaluation of this partition read the same checkpoint with the same config and code."""
+    return bool(
+        previous
+        and previous.get("checkpoint_sha256") == ckpt_sha
+        and previous.get("config_hash") == step.exp.config_hash
+        and previous.get("code_version") == step.code_version
+        and Path(previous.get("plot", "")).is_file()
+        and "report" in previous
+    )
+
+
+def _evaluate(step: AssetStep, ckpt: Path, ckpt_sha: str, state: Any) -> tuple[dict[str, Any], bytes]:
+    """The core's evaluation of the checkpoint on the test split: (record, plot PNG)."""
+    from a2b_pipeline.data.pipeline import prepare_data
+    from a2b_pipeline.engine import pick_device
+    from a2b_pipeline.evaluate import run_evaluation, write_report
+
+    exp = step.exp
     device = pick_device(exp.cfg, local_rank=0)  # the trainer's choice for this run's train.device
-    data = prepare_data(cfg)
+    data = prepare_data(state.config)
     result = run_evaluation(ckpt, "test", data=data, device=str(device))
     report_path = write_report(result.report)
     metrics = {k: float(v) for k, v in result.report["metrics"].items()}
@@ -78,34 +129,18 @@ def evaluation(step: AssetStep) -> Produced:
     png = result.plot(3, title)
     plot_path = materialization_file(exp, "evaluation", step.run_id, ".png")
     atomic_write(plot_path, png)
-    return Produced(
-        record={
-            "config_hash": state.config_hash,
-            "data_version": state.data_version,
-            "evaluated_data_version": data.data_version,
-            "checkpoint": str(ckpt),
-            "checkpoint_sha256": ckpt_sha,
-            "split": "test",
-            "metrics": metrics,
-            "plot": str(plot_path),
-            "recordings_plotted": min(3, len(result.recordings)),
-            "device": str(device),
-            "report": result.report,
-            "report_path": str(report_path),
-        },
-        data_version=state.data_version,
-        version_parts=[ckpt_sha, metrics],
-        metadata={
-            **{k: MetadataValue.float(v) for k, v in sorted(metrics.items())},
-            **_headline(result.report),
-            "summary": MetadataValue.md(report_markdown(result.report)),
-            "report_path": MetadataValue.path(str(report_path)),
-            "plot": png_markdown(png, f"{exp.name}: model and baselines vs true"),
-            "plot_path": MetadataValue.path(str(plot_path)),
-            "evaluated_data_version": data.data_version,
-            "data_version_matches_training": data.data_version == state.data_version,
-        },
-        state=state,
-        state_path=ckpt / "train_state.json",
-        checkpoint=ckpt,
-    )
+    record = {
+        "config_hash": state.config_hash,
+        "data_version": state.data_version,
+        "evaluated_data_version": data.data_version,
+        "checkpoint": str(ckpt),
+        "checkpoint_sha256": ckpt_sha,
+        "split": "test",
+        "metrics": metrics,
+        "plot": str(plot_path),
+        "recordings_plotted": min(3, len(result.recordings)),
+        "device": str(device),
+        "report": result.report,
+        "report_path": str(report_path),
+    }
+    return record, png

@@ -11,7 +11,7 @@ from dagster import Config, Failure, MetadataValue
 from pydantic import Field
 
 from a2b_pipeline.defs.assets.data import meta_loader_spec
-from a2b_pipeline.defs.common import sha256_bytes
+from a2b_pipeline.defs.common import plot_loss_curve, png_markdown, rounded, sha256_bytes
 from a2b_pipeline.defs.template import AssetStep, Produced, experiment_asset
 
 # A run launcher that understands these gives the training step a GPU: the k8s launcher reads
@@ -41,6 +41,28 @@ def _set_aside(run_dir: Path, step: AssetStep) -> None:
     aside = run_dir.with_name(f"{run_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
     run_dir.rename(aside)
     step.log.info(f"fresh run requested: the previous run directory is now {aside}")
+
+
+def _say_if_no_gpu(step: AssetStep) -> None:
+    """This asset asks for a GPU; with train.device auto a run that finds none says so (then uses the CPU)."""
+    import torch
+
+    if step.exp.cfg.train.device == "auto" and not torch.cuda.is_available():
+        step.log.warning(
+            "no GPU found (train.device: auto): training on the CPU. Check the run launcher's GPU request "
+            "(docker: device_requests; k8s: nvidia.com/gpu), or set A2B_DEVICE=cpu to mean it."
+        )
+
+
+def _loss_curve(state: Any, name: str) -> dict[str, Any]:
+    """The training_run page's loss curve (train and val loss over steps) and the last values, rounded."""
+    history = [(m.name, m.step, m.value) for m in state.metric_history]
+    png = plot_loss_curve(history, f"{name}: loss over steps (step {state.global_step})")
+    last = {n: v for n, _, v in history if n.endswith("/loss")}  # history is in step order: the last wins
+    return {
+        "loss_curve": png_markdown(png, f"{name}: loss over steps"),
+        **{f"last_{n.replace('/', '_')}": rounded(v) for n, v in sorted(last.items())},
+    }
 
 
 def _start_or_resume(step: AssetStep, run_dir: Path) -> tuple[Any, bool]:
@@ -90,6 +112,7 @@ def training_run(step: AssetStep) -> Produced:
     state, reused = _start_or_resume(step, run_dir)
     resumed_from = state.global_step
     if not reused:
+        _say_if_no_gpu(step)
         state = train(state)
 
     last = state.last_checkpoint
@@ -130,18 +153,25 @@ def training_run(step: AssetStep) -> Produced:
         data_version=state.data_version,
         version_parts=[checkpoint_sha],
         metadata={
+            **_loss_curve(state, step.exp.name),
             "run_dir": MetadataValue.path(str(run_dir)),
             "resumed_from_step": MetadataValue.int(resumed_from),
-            "reused_complete_run": reused,
             "epoch": MetadataValue.int(state.epoch),
             "samples_seen": MetadataValue.int(state.samples_seen),
-            "message": state.message or "",
+            **({"message": state.message} if state.message else {}),
             "data_version_matches_splits": state.data_version == data_version,
         },
         state=state,
         state_path=state_path,
         checkpoint=last,
         failure=failure,
+        reused=(
+            f"yes: the complete run in {run_dir} (step {state.global_step}) was reported, not retrained "
+            "(launch config `fresh: true` trains anew)"
+            if reused
+            else None
+        ),
+        trained=True,
     )
 
 
@@ -184,8 +214,13 @@ def best_checkpoint(step: AssetStep) -> Produced:
         },
         data_version=state.data_version,
         version_parts=[ckpt_sha],
-        metadata={"is_last_checkpoint": str(ckpt) == str(run.get("last_checkpoint"))},
+        metadata={
+            "step": MetadataValue.int(state.global_step),
+            "best_value": rounded(state.checkpoint_state.best_value),
+            "is_last_checkpoint": str(ckpt) == str(run.get("last_checkpoint")),
+        },
         state=state,
         state_path=state_path,
         checkpoint=ckpt,
+        trained=True,
     )

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Screenshots of the Dagster UI after `a2b demo` plus one more experiment (the demo with a TCN), taken with
+# headless Chromium (Debian: `apt-get install chromium`):
+#   asset_graph.png        the asset graph of the a2b group
+#   evaluation_demo.png    the evaluation asset's page, partition demo (its plot is the first metadata row)
+#   check_evaluation.png   the evaluation_metrics_ok check's page (one result per partition)
+#   training_run_demo.png  the training_run page, partition demo (loss curve first)
+# Usage, from the repository root:  bash scripts/screenshots.sh [OUT_DIR]   (default: screenshots/)
+# Everything else (Dagster home, corpora, runs) goes to a temporary directory, removed at the end
+# unless KEEP=1. Binds 127.0.0.1 only.
+set -euo pipefail
+
+OUT=$(realpath -m "${1:-screenshots}")
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+VENV_BIN=${VENV_BIN:-$REPO/.venv/bin}
+CHROMIUM=${CHROMIUM:-$(command -v chromium || command -v chromium-browser || true)}
+[ -n "$CHROMIUM" ] || { echo "no chromium: apt-get install chromium" >&2; exit 2; }
+WORK=$(mktemp -d /tmp/a2b-screenshots.XXXXXX)
+PORT=${PORT:-$("$VENV_BIN/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')}
+mkdir -p "$OUT" "$WORK/configs"
+
+cleanup() {
+  [ -n "${SERVER:-}" ] && kill "$SERVER" 2>/dev/null && wait "$SERVER" 2>/dev/null
+  [ "${KEEP:-0}" = 1 ] || rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# two experiments: the demo, and the demo with a TCN
+cp "$REPO/configs/demo.yaml" "$WORK/configs/demo.yaml"
+"$VENV_BIN/a2b" validate "$REPO/configs/demo.yaml" --set name=demo_tcn --set model.name=tcn \
+  | grep -v '^# config hash' > "$WORK/configs/demo_tcn.yaml"
+
+export DAGSTER_HOME=$WORK/home A2B_DATA_ROOT=$WORK/data A2B_CONFIGS_DIR=$WORK/configs A2B_WANDB_MODE=disabled
+cd "$REPO"
+for experiment in demo demo_tcn; do
+  "$VENV_BIN/a2b" demo --experiment "$experiment" --dagster-home "$DAGSTER_HOME" --data-root "$A2B_DATA_ROOT"
+done
+
+"$VENV_BIN/dagster-webserver" -h 127.0.0.1 -p "$PORT" -w "$REPO/workspace.yaml" > "$WORK/webserver.log" 2>&1 &
+SERVER=$!
+for _ in $(seq 1 180); do
+  curl -fs "http://127.0.0.1:$PORT/server_info" > /dev/null 2>&1 && break
+  sleep 1
+done
+curl -fs "http://127.0.0.1:$PORT/server_info" > /dev/null || { tail -20 "$WORK/webserver.log" >&2; exit 1; }
+
+shot() {  # name, path, height
+  "$CHROMIUM" --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size="1600,${3:-1000}" \
+    --virtual-time-budget=25000 --screenshot="$OUT/$1.png" "http://127.0.0.1:$PORT$2" > /dev/null 2>&1
+  echo "$OUT/$1.png"
+}
+shot asset_graph "/asset-groups/a2b" 1000
+shot evaluation_demo "/assets/evaluation?partition=demo" 1400
+shot check_evaluation "/assets/evaluation?view=checks&checkDetail=evaluation_metrics_ok" 1100
+shot training_run_demo "/assets/training_run?partition=demo" 1400

@@ -1,0 +1,105 @@
+"""What the terminal shows: `a2b demo` (quiet by default, `-v` for the full logs), training progress lines
+where there is no terminal, and `a2b resume` given the checkpoint.dir that holds the run(s)."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from _util import dagster_env
+from conftest import tiny_config
+
+from a2b_pipeline.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+ASSETS = [
+    "corpus_manifest",
+    "dataset_splits",
+    "meta_loader_spec",
+    "training_run",
+    "best_checkpoint",
+    "evaluation",
+]
+
+
+@pytest.mark.slow
+def test_demo_prints_one_line_per_asset_and_check_no_debug_no_migrations_no_line_twice(
+    tmp_path: Path,
+) -> None:
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "demo.yaml").write_text(tiny_config(tmp_path, ["name=demo"]).to_yaml())
+    env = dagster_env(A2B_CONFIGS_DIR=str(configs), A2B_WANDB_MODE="disabled", A2B_DEVICE="cpu")
+    home = tmp_path / "home"  # a new DAGSTER_HOME: its SQLite storage is created (and migrated) now
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "a2b_pipeline.cli",
+            "demo",
+            "--dagster-home",
+            str(home),
+            "--data-root",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,  # what a person sees: both streams, in order
+        text=True,
+        timeout=600,
+    )
+    out = r.stdout
+    assert r.returncode == 0, out
+    lines = [line.rstrip() for line in out.splitlines() if line.strip()]
+    assert not [line for line in lines if "DEBUG" in line], out
+    assert not [line for line in lines if "alembic" in line.lower() or "migrat" in line.lower()], out
+    twice = sorted({line for line in lines if lines.count(line) > 1})
+    assert not twice, twice
+    for asset in ASSETS:  # one line per asset, in order of completion
+        assert len([line for line in lines if line.split()[:2] == ["ok", asset]]) == 1, (asset, out)
+    order = [next(i for i, line in enumerate(lines) if line.split()[:2] == ["ok", a]) for a in ASSETS]
+    assert order == sorted(order)
+    for check in ("corpus_manifest:corpus_files_readable", "evaluation:evaluation_metrics_ok"):
+        assert any(line.split()[:3] == ["ok", "check", check] for line in lines), out
+    assert f"DAGSTER_HOME={home}" in out and "dagster dev" in out
+    assert len(lines) < 30, out
+
+
+def test_progress_lines_without_a_terminal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    from a2b_pipeline.state import TrainState
+    from a2b_pipeline.train import train
+
+    monkeypatch.setenv("A2B_PROGRESS_SECONDS", "0")  # a line every step, so a 6-step run shows them all
+    cfg = tiny_config(tmp_path)
+    with caplog.at_level(logging.INFO, logger="a2b_pipeline.progress"):
+        train(TrainState.from_config(cfg, run_dir=tmp_path / "run"))
+    lines = [r.getMessage() for r in caplog.records if r.name == "a2b_pipeline.progress"]
+    assert len(lines) == 6, lines
+    assert lines[0].startswith("tiny: step 1/6 (17%)") and "steps/s" in lines[0] and "ETA 0:00:" in lines[0]
+    assert "loss " in lines[-1] and lines[-1].startswith("tiny: step 6/6 (100%)")
+
+
+def test_resume_given_the_checkpoint_dir_resumes_its_one_run_or_lists_several(tmp_path: Path, capsys) -> None:
+    cfg_path = tmp_path / "tiny.yaml"
+    cfg_path.write_text(tiny_config(tmp_path).to_yaml())
+    root = tmp_path / "runs"  # checkpoint.dir
+    assert main(["train", str(cfg_path), "--set", "train.max_steps=2"]) == 0
+    (run,) = [p for p in root.iterdir() if p.is_dir()]
+    capsys.readouterr()
+    # the checkpoint.dir holding one run: that run is resumed (to its configured end: 2 steps, done)
+    assert main(["resume", str(root)]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip() == str(run) and f"resuming the run in {run}" in err
+    # two runs: they are listed, each with its `a2b resume` command, and nothing is trained
+    assert main(["train", str(cfg_path), "--set", "train.max_steps=2", "--set", "seed=1"]) == 0
+    capsys.readouterr()
+    assert main(["resume", str(root)]) == 2
+    out, err = capsys.readouterr()
+    listed = [line.split()[2] for line in err.splitlines() if line.strip().startswith("a2b resume")]
+    assert sorted(listed) == sorted(str(p) for p in root.iterdir() if p.is_dir()) and len(listed) == 2
+    assert "complete, step 2" in err
+    assert main(["resume", str(tmp_path / "nothing")]) == 1
