@@ -119,7 +119,14 @@ def _quiet_python_logs(verbose: bool) -> None:
     for handler in logging.getLogger().handlers:
         handler.setLevel(level)
     if not verbose:
+        import warnings
+
+        from dagster import BetaWarning, PreviewWarning
+
         logging.getLogger("alembic").setLevel(logging.WARNING)
+        # a few Dagster features the definitions use are beta/preview: nothing the demo's reader can act on
+        warnings.filterwarnings("ignore", category=BetaWarning)
+        warnings.filterwarnings("ignore", category=PreviewWarning)
 
 
 def browse_command(dagster_home: Path, data_root: Path, configs: Path) -> str:
@@ -155,6 +162,7 @@ def run_demo(
 
     Returns 0 when every asset materialized and every check passed, 1 otherwise, 2 for a bad setup.
     """
+    _quiet_python_logs(verbose)  # before the definitions are imported: they warn while loading
     from dagster import DagsterInstance, Definitions, define_asset_job
 
     from a2b_pipeline.configs import ConfigError
@@ -163,7 +171,6 @@ def run_demo(
     from a2b_pipeline.defs.resources import ExperimentStore, TrainDevice, WandbTracking, default_resources
 
     out = out or sys.stdout
-    _quiet_python_logs(verbose)
     dagster_home = Path(dagster_home).expanduser().resolve()
     data_root = Path(data_root).expanduser().resolve()
     configs = Path(configs_dir or os.environ.get("A2B_CONFIGS_DIR", "configs")).expanduser().resolve()

@@ -27,8 +27,12 @@ trap cleanup EXIT
 
 # two experiments: the demo, and the demo with a TCN
 cp "$REPO/configs/demo.yaml" "$WORK/configs/demo.yaml"
-"$VENV_BIN/a2b" validate "$REPO/configs/demo.yaml" --set name=demo_tcn --set model.name=tcn \
-  | grep -v '^# config hash' > "$WORK/configs/demo_tcn.yaml"
+"$VENV_BIN/python" - "$REPO/configs/demo.yaml" "$WORK/configs/demo_tcn.yaml" <<'EOF'
+import sys, yaml
+cfg = yaml.safe_load(open(sys.argv[1]))
+cfg["name"], cfg["model"] = "demo_tcn", {"name": "tcn"}
+yaml.safe_dump(cfg, open(sys.argv[2], "w"), sort_keys=False)
+EOF
 
 export DAGSTER_HOME=$WORK/home A2B_DATA_ROOT=$WORK/data A2B_CONFIGS_DIR=$WORK/configs A2B_WANDB_MODE=disabled
 cd "$REPO"

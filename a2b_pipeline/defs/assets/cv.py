@@ -128,7 +128,7 @@ def fold_training_run(context: AssetExecutionContext, config: FoldTrainingConfig
         },
     )
     state_path = (last or Path(state.run_dir)) / "train_state.json"
-    md = lineage_metadata(exp, state, state_path, state.data_version, record, checkpoint=last)
+    md = lineage_metadata(exp, state, state_path, state.data_version, record, checkpoint=last, trained=True)
     md.update(
         {
             "fold": MetadataValue.int(fold),
@@ -193,7 +193,9 @@ def fold_evaluation(context: AssetExecutionContext) -> MaterializeResult:
         },
     )
     ckpt = Path(report["checkpoint"])
-    md = lineage_metadata(exp, state, ckpt / "train_state.json", state.data_version, record, checkpoint=ckpt)
+    md = lineage_metadata(
+        exp, state, ckpt / "train_state.json", state.data_version, record, checkpoint=ckpt, trained=True
+    )
     md.update({k: MetadataValue.float(float(v)) for k, v in sorted(report["metrics"].items())})
     md.update(
         {
