@@ -9,8 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from _util import dagster_env
-from conftest import tiny_config
+from _util import dagster_env, tiny_config
 
 from a2b_pipeline.cli import main
 
