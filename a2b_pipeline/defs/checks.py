@@ -118,7 +118,6 @@ def evaluation_metrics_ok(context: AssetCheckExecutionContext, quality: QualityG
             # keyed by experiment too: the check page's plot draws one series per key, so experiments'
             # values are not joined into one line that reads as a regression
             f"value/{name}": rounded(value) if isinstance(value, int | float) else MetadataValue.null(),
-            "value": rounded(value) if isinstance(value, int | float) else MetadataValue.null(),
             "metric": quality.metric,
             "floor": MetadataValue.float(float(quality.floor)),
             "checkpoint": MetadataValue.path(record["checkpoint"]),
