@@ -5,9 +5,11 @@
 #   evaluation_demo.png    the evaluation asset's page, partition demo (its plot is the first metadata row)
 #   check_evaluation.png   the evaluation_metrics_ok check's page (one result per partition)
 #   training_run_demo.png  the training_run page, partition demo (loss curve first)
+#   runs.png               the runs list (a relaunch that reused a complete run carries a2b/reused_* tags)
 # Usage, from the repository root:  bash scripts/screenshots.sh [OUT_DIR]   (default: screenshots/)
 # Everything else (Dagster home, corpora, runs) goes to a temporary directory, removed at the end
-# unless KEEP=1. Binds 127.0.0.1 only.
+# unless KEEP=1; run again with WORK=<that directory> and the demos reuse what is there (a relaunch:
+# the pages then say "reused"). Binds 127.0.0.1 only.
 set -euo pipefail
 
 OUT=$(realpath -m "${1:-screenshots}")
@@ -15,7 +17,7 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 VENV_BIN=${VENV_BIN:-$REPO/.venv/bin}
 CHROMIUM=${CHROMIUM:-$(command -v chromium || command -v chromium-browser || true)}
 [ -n "$CHROMIUM" ] || { echo "no chromium: apt-get install chromium" >&2; exit 2; }
-WORK=$(mktemp -d /tmp/a2b-screenshots.XXXXXX)
+WORK=${WORK:-$(mktemp -d /tmp/a2b-screenshots.XXXXXX)}  # WORK=<dir of an earlier run> KEEP=1: run again there
 PORT=${PORT:-$("$VENV_BIN/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')}
 mkdir -p "$OUT" "$WORK/configs"
 
@@ -53,7 +55,8 @@ shot() {  # name, path, height
     --virtual-time-budget=25000 --screenshot="$OUT/$1.png" "http://127.0.0.1:$PORT$2" > /dev/null 2>&1
   echo "$OUT/$1.png"
 }
-shot asset_graph "/asset-groups/a2b" 1000
-shot evaluation_demo "/assets/evaluation?partition=demo" 1400
+shot asset_graph "/locations/a2b_pipeline/asset-groups/a2b" 900
+shot evaluation_demo "/assets/evaluation?view=partitions&partition=demo" 1400
 shot check_evaluation "/assets/evaluation?view=checks&checkDetail=evaluation_metrics_ok" 1100
-shot training_run_demo "/assets/training_run?partition=demo" 1400
+shot training_run_demo "/assets/training_run?view=partitions&partition=demo" 1400
+shot runs "/runs" 900
