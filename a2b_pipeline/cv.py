@@ -8,7 +8,8 @@ Everything lives in one directory per CV config:
       fold-0/ ... fold-<K-1>/      run directories (resumable like any run; evaluation-test.json inside)
       cv_summary.json              mean, std and per-fold values of every metric, model and baselines
 
-The CLI (`a2b cv`) and the Dagster fold assets call the same functions, so either resumes the other's work.
+The CLI (`a2b cv`) and the Dagster fold assets call the same functions; a fold's run resumes from its
+checkpoints under either, and a complete one is reported without training again.
 """
 
 from __future__ import annotations

@@ -3,9 +3,9 @@
     fold_training_run [experiment x fold] -> fold_evaluation [experiment x fold] -> cv_summary [experiment]
 
 For configs with `data.split.folds` (the sensor registers them in `cv_experiments`). Bodies call the core
-(a2b_pipeline/cv.py), the same functions as `a2b cv`, in the same directories
-(`<checkpoint.dir>/<experiment>/<name>-cv-<hash>/fold-<k>/`), so the CLI and Dagster resume each other's
-folds. A fold can be rerun alone: it is a partition of its own.
+(a2b_pipeline/cv.py), the same functions as `a2b cv`, in the same layout
+(`<checkpoint.dir>/<experiment>/<name>-cv-<hash of the effective config>/fold-<k>/`); a relaunched fold
+resumes its checkpoints. A fold can be rerun alone: it is a partition of its own.
 """
 
 import json
