@@ -40,6 +40,20 @@ _HELD: dict[str, tuple[int, int]] = {}
 _GUARD = threading.Lock()
 
 
+def _close_held_in_child() -> None:
+    """A forked child (a DataLoader worker) inherits the lock's file descriptor, and a flock lasts until
+    every descriptor of it is closed: without this, workers that outlive a SIGKILLed trainer by a few
+    seconds would keep its run directory busy. The child never writes the run directory: close its copies
+    (the parent's lock is unaffected)."""
+    for fd, _ in _HELD.values():
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_held_in_child)
+
+
 def _is_rank_zero() -> bool:
     # Under torchrun every rank opens the run directory; rank 0 alone writes it, so it alone holds it.
     return int(os.environ.get("RANK", "0")) == 0
