@@ -103,3 +103,18 @@ def test_resume_given_the_checkpoint_dir_resumes_its_one_run_or_lists_several(tm
     assert sorted(listed) == sorted(str(p) for p in root.iterdir() if p.is_dir()) and len(listed) == 2
     assert "complete, step 2" in err
     assert main(["resume", str(tmp_path / "nothing")]) == 1
+
+
+def test_demo_hint_is_the_readme_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the demo's default places, its closing hint is the `dagster dev` command README.md gives."""
+    from a2b_pipeline.demo import browse_command
+
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "executable", str(tmp_path / ".venv" / "bin" / "python"))
+    hint = browse_command(tmp_path / ".dagster_home", tmp_path, tmp_path / "configs")
+    assert hint == "DAGSTER_HOME=$PWD/.dagster_home .venv/bin/dagster dev"
+    assert f"`{hint}`" in (REPO / "README.md").read_text()
+    # elsewhere, the places it used are spelled out
+    other = browse_command(tmp_path / "home", tmp_path / "data", tmp_path / "cfg")
+    assert f"DAGSTER_HOME={tmp_path / 'home'}" in other and f"A2B_CONFIGS_DIR={tmp_path / 'cfg'}" in other
