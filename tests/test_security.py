@@ -494,3 +494,29 @@ def test_data_root_confines_relative_checkpoint_and_cache_dirs(tmp_path: Path) -
     assert rebased(checkpoint__dir=str(tmp_path / "abs")).checkpoint.dir == str(tmp_path / "abs")  # explicit
     allowed = rebased(checkpoint__dir="../escape", data__allow_outside_paths=True)
     assert allowed.checkpoint.dir == str(tmp_path / "escape")
+
+
+# ---- 8 and 11: signal files that can't be a signal table are named, not parsed into gigabytes ----
+
+
+def test_signal_csv_over_the_csv_limit_or_on_one_huge_line_is_a_bad_recording(tmp_path: Path) -> None:
+    from a2b_pipeline.configs import config_from_dict
+    from a2b_pipeline.data.pipeline import prepare_data
+    from a2b_pipeline.data.synthetic import write_synthetic_corpus
+
+    manifest = write_synthetic_corpus(
+        tmp_path / "corpus", subjects=4, recordings_per_subject=2, seconds=16, seed=0
+    )
+    rows = [r.split(",") for r in manifest.read_text().splitlines()]
+    col = rows[0].index("signal_path")
+    huge_cell, one_line = (manifest.parent / rows[i][col] for i in (1, 2))
+    huge_cell.write_text("time,eda,hr\n0," + "1" * 200_000 + ",1\n")  # a cell past csv.field_size_limit()
+    one_line.write_text(",".join(["1.5"] * 500_000) + "\n")  # 2 MB on one line: 500 000 "columns"
+    raw = longer_run(tmp_path)
+    raw["data"]["datasets"] = [{"name": "wild", "type": "manifest", "manifest": str(manifest)}]
+    raw["data"]["on_bad_recording"] = "skip"
+    data = prepare_data(config_from_dict(raw))
+    reasons = {Path(s.path).name: s.reason for s in data.skipped}
+    assert "not a readable CSV (field larger than field limit" in reasons[huge_cell.name], reasons
+    assert "line 1 is 2000000 characters long: not a signal table" in reasons[one_line.name], reasons
+    assert sum(len(v) for v in data.recordings["train"].values()) > 0

@@ -13,7 +13,7 @@ import io
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -84,8 +84,26 @@ def parse_signal_csv(text: str, path: str = "", rec: Recording | None = None) ->
     return dict(out)
 
 
+MAX_LINE_CHARS = 1 << 20  # a signal row is a time and a few values (a wide file: a few hundred listeners)
+
+
+def _bounded_lines(text: str, path: str, rec: Recording | None) -> Iterator[str]:
+    """The lines of `text`, refusing one too long to be a signal row before the csv module splits it: a
+    300 MB single-line file would become tens of millions of cell strings (gigabytes) first."""
+    for number, line in enumerate(io.StringIO(text), 1):
+        if len(line) > MAX_LINE_CHARS:
+            raise BadRecordingError(
+                rec, path, f"line {number} is {len(line)} characters long: not a signal table (rows > 1 MiB)"
+            )
+        yield line
+
+
 def _parse_signal_csv(text: str, path: str, rec: Recording | None) -> dict[str, np.ndarray]:
-    numbered = [(i + 1, r) for i, r in enumerate(csv.reader(io.StringIO(text))) if any(c.strip() for c in r)]
+    reader = csv.reader(_bounded_lines(text, path, rec))
+    try:
+        numbered = [(i + 1, r) for i, r in enumerate(reader) if any(c.strip() for c in r)]
+    except csv.Error as e:  # e.g. a cell over the csv module's size limit
+        raise BadRecordingError(rec, path, f"line {reader.line_num + 1}: not a readable CSV ({e})") from None
     if not numbered:
         raise BadRecordingError(rec, path, "signal file is empty")
     first = numbered[0][1]
