@@ -520,3 +520,46 @@ def test_signal_csv_over_the_csv_limit_or_on_one_huge_line_is_a_bad_recording(tm
     assert "not a readable CSV (field larger than field limit" in reasons[huge_cell.name], reasons
     assert "line 1 is 2000000 characters long: not a signal table" in reasons[one_line.name], reasons
     assert sum(len(v) for v in data.recordings["train"].values()) > 0
+
+
+def test_url_credentials_never_reach_dagster_metadata_or_records(tmp_path: Path) -> None:
+    import yaml
+    from dagster import AssetKey, DagsterInstance, materialize
+
+    from a2b_pipeline.defs.assets import ASSETS, experiments
+    from a2b_pipeline.defs.resources import ExperimentStore, QualityGate, TrainDevice, WandbTracking
+
+    with _not_found_server() as port:
+        manifest, url = _leaky_manifest(tmp_path, port)
+        raw = longer_run(tmp_path)
+        raw["name"] = "leaky"
+        raw["data"]["datasets"] = [{"name": "wild", "type": "manifest", "manifest": str(manifest)}]
+        raw["data"]["on_bad_recording"] = "skip"
+        configs = tmp_path / "configs"
+        configs.mkdir()
+        (configs / "leaky.yaml").write_text(yaml.safe_dump(raw))
+        instance = DagsterInstance.ephemeral()
+        instance.add_dynamic_partitions(experiments.name, ["leaky"])
+        result = materialize(
+            ASSETS,
+            instance=instance,
+            resources={
+                "store": ExperimentStore(data_root=str(tmp_path), configs_dir=str(configs)),
+                "tracking": WandbTracking(mode="disabled"),
+                "compute": TrainDevice(device="cpu"),
+                "quality": QualityGate(metric="test/pearson", floor=-1.0),
+            },
+            partition_key="leaky",
+            selection=[AssetKey("corpus_manifest")],
+        )
+    assert result.success
+    (event,) = result.get_asset_materialization_events()
+    md = {k: str(v.value) for k, v in event.materialization.metadata.items()}
+    assert "127.0.0.1" in md["skipped"] and "URL scheme 'http' is not allowed" in md["skipped"], md["skipped"]
+    for run in instance.get_runs():
+        for logged in instance.all_logs(run.run_id):
+            assert "s3cr3t" not in repr(logged) and "deadbeef" not in repr(logged), logged
+    records = [p for p in tmp_path.rglob("dagster/**/*") if p.is_file()]
+    assert records
+    for p in records:
+        assert b"s3cr3t" not in p.read_bytes() and b"deadbeef" not in p.read_bytes(), p

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from dagster import AssetKey, AssetRecordsFilter, Failure, MetadataValue
 
+from a2b_pipeline.data.remote import redact_text
 from a2b_pipeline.defs.resources import ExperimentStore, TrainDevice, WandbTracking
 
 if TYPE_CHECKING:
@@ -106,7 +107,8 @@ def materialization_file(exp: Experiment, asset: str, run_id: str, suffix: str) 
 def write_record(exp: Experiment, asset: str, run_id: str, payload: dict[str, Any]) -> tuple[Path, str]:
     """What this materialization produced, for the next asset: its path and sha256."""
     path = materialization_file(exp, asset, run_id, ".json")
-    sha = atomic_write(path, json.dumps(payload, indent=1, sort_keys=True, default=str).encode())
+    text = json.dumps(payload, indent=1, sort_keys=True, default=str)
+    sha = atomic_write(path, redact_text(text).encode())  # URLs without credentials, like every message
     return path, sha
 
 

@@ -24,6 +24,7 @@ from dagster import (
     DataVersion,
     Failure,
     MaterializeResult,
+    MetadataValue,
     asset,
 )
 
@@ -136,6 +137,27 @@ def guard_upstream(exp: Experiment, rec: dict[str, Any], asset_name: str) -> Non
         )
 
 
+def redacted(metadata: dict[str, Any]) -> dict[str, Any]:
+    """Metadata with every URL shown without its credentials (remote.redact_text): texts, markdown, paths,
+    URLs and JSON values alike; numbers and the rest as they are."""
+    import json
+
+    from a2b_pipeline.data.remote import redact_text
+
+    out: dict[str, Any] = {}
+    for key, value in metadata.items():
+        if isinstance(value, str):
+            value = redact_text(value)
+        elif isinstance(value, MetadataValue) and isinstance(getattr(value, "value", None), str):
+            value = type(value)(redact_text(value.value))
+        elif isinstance(value, MetadataValue) and isinstance(getattr(value, "value", None), dict | list):
+            text = json.dumps(value.value, default=str)
+            if redact_text(text) != text:
+                value = type(value)(json.loads(redact_text(text)))
+        out[key] = value
+    return out
+
+
 def _materialize(
     body: Callable[[AssetStep], Produced], reads: Sequence[str], context: AssetExecutionContext, config: Any
 ) -> MaterializeResult:
@@ -157,7 +179,7 @@ def _materialize(
     lineage = lineage_metadata(
         exp, state, state_path, out.data_version, record, checkpoint=out.checkpoint, trained=out.trained
     )
-    metadata = {**({"reused": out.reused} if out.reused else {}), **out.metadata, **lineage}
+    metadata = redacted({**({"reused": out.reused} if out.reused else {}), **out.metadata, **lineage})
     if out.failure:
         raise Failure(description=out.failure, metadata=metadata)
     tags = {}

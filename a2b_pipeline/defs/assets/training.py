@@ -99,6 +99,7 @@ def _start_or_resume(step: AssetStep, run_dir: Path) -> tuple[Any, bool]:
     "resumes from that directory's newest valid checkpoint.",
 )
 def training_run(step: AssetStep) -> Produced:
+    from a2b_pipeline.rundir_lock import hold_run_dir
     from a2b_pipeline.train import train
 
     data_version = step.upstream["dataset_splits"]["data_version"]
@@ -107,13 +108,17 @@ def training_run(step: AssetStep) -> Produced:
             "meta_loader_spec and dataset_splits disagree on the data version: materialize both again"
         )
     run_dir = step.exp.run_dir(data_version)
+    # One trainer per run directory (a scheduled retrain beside a UI launch): a live run is neither set
+    # aside nor resumed under its owner's feet; the second launch fails naming the owner.
     if step.config.fresh and run_dir.exists():
-        _set_aside(run_dir, step)
-    state, reused = _start_or_resume(step, run_dir)
-    resumed_from = state.global_step
-    if not reused:
-        _say_if_no_gpu(step)
-        state = train(state)
+        with hold_run_dir(run_dir):
+            _set_aside(run_dir, step)
+    with hold_run_dir(run_dir):
+        state, reused = _start_or_resume(step, run_dir)
+        resumed_from = state.global_step
+        if not reused:
+            _say_if_no_gpu(step)
+            state = train(state)
 
     last = state.last_checkpoint
     state_path = last / "train_state.json" if last else run_dir / "train_state.json"
