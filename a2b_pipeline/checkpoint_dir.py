@@ -13,6 +13,7 @@ import hashlib
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +24,10 @@ import xxhash
 STATE_FILE = "train_state.json"
 STEP_DIR = re.compile(r"^step_(\d{9})$")
 DIGEST_ALGOS = ("xxh3_128", "sha256")
+# A checkpoint from elsewhere is untrusted: the state file it carries is read only up to this size (parsing
+# JSON takes ~20x its size in memory), and the files it lists are plain names of regular files inside it.
+MAX_STATE_BYTES = 64 << 20
+FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 class CheckpointError(RuntimeError):
@@ -45,6 +50,56 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
         return []
     found = [p for p in run_dir.iterdir() if STEP_DIR.match(p.name) and (p / STATE_FILE).exists()]
     return sorted(found, key=lambda p: p.name)
+
+
+def entry_inside(run_dir: Path, entry: Path) -> Path:
+    """The real path of a run directory's entry (a step_* directory, the `last` or `best` pointer), which must
+    lead to a directory of that same run directory: else CheckpointError naming where it leads (a symlink
+    into another run would have that run resumed, written and pruned from here)."""
+    real, run = entry.resolve(), run_dir.resolve()
+    if real.parent != run:
+        raise CheckpointError(
+            f"{entry} leads out of its run directory {run} to {real} (run directory {real.parent}): refused; "
+            "a checkpoint of another run is read through its own run directory only"
+        )
+    return real
+
+
+def checkpoint_file(ckpt: Path, name: str) -> Path:
+    """A file a checkpoint's train_state.json lists: a plain file name (no path), naming a regular file in
+    the checkpoint directory itself (not a symlink, a device or a directory); else CheckpointError."""
+    if not isinstance(name, str) or not FILE_NAME.match(name):
+        raise CheckpointError(
+            f"{ckpt / STATE_FILE}: lists file {name!r}, which is not a plain file name inside the checkpoint"
+        )
+    path = ckpt / name
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing") from None
+    if not stat.S_ISREG(mode):
+        raise CheckpointError(f"{path}: not a regular file (a symlink, device or directory): refused")
+    return path
+
+
+def read_state_text(state_file: Path) -> str:
+    """train_state.json's text, read only up to MAX_STATE_BYTES: CheckpointError for a bigger file, or one
+    that is not a regular file or not UTF-8."""
+    try:
+        if not stat.S_ISREG(os.lstat(state_file).st_mode):
+            raise CheckpointError(f"{state_file}: not a regular file: refused")
+        with open(state_file, "rb") as f:
+            blob = f.read(MAX_STATE_BYTES + 1)
+    except OSError as e:
+        raise CheckpointError(f"{state_file}: unreadable ({e})") from None
+    if len(blob) > MAX_STATE_BYTES:
+        raise CheckpointError(
+            f"{state_file}: larger than {MAX_STATE_BYTES >> 20} MiB, more than a run's state takes: refused"
+        )
+    try:
+        return blob.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{state_file}: not UTF-8 ({e})") from None
 
 
 def write_checkpoint_dir(

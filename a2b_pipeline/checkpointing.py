@@ -251,9 +251,12 @@ def write_checkpoint(
     state: TrainState, path: Path, tensors: dict[str, dict[str, torch.Tensor]], best: bool
 ) -> dict[str, str]:
     """Write one checkpoint, move the `last` (and `best`) pointers to it, prune by retention."""
+    from safetensors import SafetensorError
+
     try:
         state.to_checkpoint(path, tensors)
-    except OSError as e:  # disk full, permissions, a vanished run directory: name the checkpoint
+    except (OSError, SafetensorError) as e:  # disk full (safetensors reports it as its own error),
+        # permissions, a vanished run directory: name the checkpoint
         raise CheckpointError(f"{path}: the checkpoint could not be written ({e})") from e
     set_pointer(state.run_dir, "last", path)
     if best:

@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from a2b_pipeline.baselines import BASELINES, Baselines, fit_baselines, normalised_target
+from a2b_pipeline.checkpoint_dir import entry_inside
 from a2b_pipeline.configs import RunConfig
 from a2b_pipeline.data.datasets import WindowDataset
 from a2b_pipeline.data.pipeline import PreparedData, make_loader, prepare_data
@@ -34,7 +35,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if (path / "train_state.json").exists():
         return path
     if (path / "best" / "train_state.json").exists():
-        return (path / "best").resolve()
+        return entry_inside(path, path / "best")  # a `best` leading into another run is refused
     state = TrainState.from_checkpoint(path)
     return state.last_checkpoint or path
 

@@ -45,11 +45,14 @@ from a2b_pipeline.checkpoint_dir import (  # the directory helpers are re-export
     STEP_DIR,
     CheckpointError,
     SchemaTooNewError,
+    checkpoint_file,
     checkpoint_name,
+    entry_inside,
     file_digest,
     fsync_path,
     list_checkpoints,
     prune_checkpoints,
+    read_state_text,
     read_verified_tensors,
     set_pointer,
     tensor_bytes,
@@ -460,6 +463,8 @@ class TrainState(_Schema):
             raw = json.loads(text)
         except json.JSONDecodeError as e:
             raise CheckpointError(f"{source}: not valid JSON ({e})") from None
+        except RecursionError:
+            raise CheckpointError(f"{source}: nested too deeply to be a train state") from None
         version = raw.get("schema_version", 1) if isinstance(raw, dict) else None
         if isinstance(version, int) and version > SCHEMA_VERSION:
             raise SchemaTooNewError(
@@ -470,12 +475,21 @@ class TrainState(_Schema):
             if version == 1:
                 state = cls.model_validate(_upgrade_v1(raw))
                 state._upgraded = True
-                return state
-            return cls.model_validate(raw)
+            else:
+                state = cls.model_validate(raw)
         except ValidationError as e:
             raise CheckpointError(format_validation_error(e, source)) from None
         except (KeyError, TypeError, ValueError) as e:  # a schema-1 file missing what the upgrade needs
             raise CheckpointError(f"{source}: not a valid schema-1 state ({type(e).__name__}: {e})") from None
+        except RecursionError:
+            raise CheckpointError(f"{source}: nested too deeply to be a train state") from None
+        actual = state.config.config_hash()
+        if actual != state.config_hash:  # the config was edited after the checkpoint was written
+            raise CheckpointError(
+                f"{source}: config_hash {state.config_hash} does not match the config it holds ({actual}): "
+                "edited after it was written; refused"
+            )
+        return state
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=1)
@@ -501,15 +515,20 @@ class TrainState(_Schema):
     @classmethod
     def from_checkpoint(cls, checkpoint_path: str | Path) -> TrainState:
         """Load a checkpoint directory, or a run directory's newest checkpoint that verifies (an older
-        one when the newest is torn or corrupt, as after a crash mid-write)."""
+        one when the newest is torn, corrupt or leads out of the run directory, as after a crash mid-write
+        or a planted symlink). A step_* entry or pointer given directly must lead into its own run
+        directory: one that leads into another run is refused, naming that run, before anything is read."""
         path = Path(checkpoint_path)
         if (path / STATE_FILE).exists():
+            if STEP_DIR.match(path.name) or path.name in ("last", "best") or path.is_symlink():
+                entry_inside(path.absolute().parent, path)
             return _load_verified(path)
         if not path.is_dir():
             raise CheckpointError(f"{path}: no such checkpoint or run directory")
         errors = []
         for ckpt in reversed(list_checkpoints(path)):
             try:
+                entry_inside(path, ckpt)
                 return _load_verified(ckpt)
             except SchemaTooNewError:
                 raise
@@ -543,6 +562,7 @@ class TrainState(_Schema):
         ck.steps_since_last_checkpoint = 0
         ck.checkpoint_paths = [p for p in ck.checkpoint_paths if p != path and p.exists()] + [path]
         self.updated_at = time.time()
+        self.config_hash = self.config.config_hash()  # checked on load: it must describe the config written
 
         def state_json(files: dict[str, str]) -> bytes:
             ck.files = files
@@ -562,7 +582,7 @@ class TrainState(_Schema):
         for needed in (MODEL_FILE, OPTIMIZER_FILE):
             if needed not in files:
                 raise CheckpointError(f"{src}: {needed} is not listed in its {STATE_FILE}")
-        return {name: (src / name, digest) for name, digest in files.items()}
+        return {name: (checkpoint_file(src, name), digest) for name, digest in files.items()}
 
 
 # ---- loading ----
@@ -572,23 +592,27 @@ def load_tensors(ckpt_dir: str | Path, name: str, state: TrainState | None = Non
     """Read a safetensors file of a checkpoint after checking its digest against the state."""
     ckpt_dir = Path(ckpt_dir)
     state = state or TrainState.from_checkpoint(ckpt_dir)
-    return read_verified_tensors(
-        ckpt_dir / name, state.checkpoint_state.files.get(name), ckpt_dir / STATE_FILE
-    )
+    expected = state.checkpoint_state.files.get(name)
+    file = checkpoint_file(ckpt_dir, name) if expected is not None else ckpt_dir / name
+    return read_verified_tensors(file, expected, ckpt_dir / STATE_FILE)
 
 
 def _load_verified(ckpt: Path) -> TrainState:
     state_file = ckpt / STATE_FILE
-    try:
-        text = state_file.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{state_file}: unreadable ({e})") from None
-    state = TrainState.from_json(text, str(state_file))
+    state = TrainState.from_json(read_state_text(state_file), str(state_file))
     ckpt = ckpt.resolve()
     for name, digest in state.checkpoint_state.files.items():
-        verify_file(ckpt / name, digest)
+        verify_file(checkpoint_file(ckpt, name), digest)  # only regular files inside it are read
     _rebase(state, ckpt)
     return state
+
+
+def _pointer_inside(run: Path, name: str) -> bool:
+    try:
+        entry_inside(run, run / name)
+    except (CheckpointError, OSError):
+        return False
+    return True
 
 
 def _rebase(state: TrainState, ckpt: Path) -> None:
@@ -603,8 +627,10 @@ def _rebase(state: TrainState, ckpt: Path) -> None:
     best_file = ms.ema_path.name if ms.ema_path is not None else MODEL_FILE
     if ck.best_step is not None and (run / checkpoint_name(ck.best_step) / STATE_FILE).exists():
         ms.best_model_path = run / checkpoint_name(ck.best_step) / best_file
-    else:
+    elif _pointer_inside(run, "best"):
         ms.best_model_path = run / "best" / best_file
+    else:  # no best checkpoint here (a `best` leading into another run is not this run's best)
+        ms.best_model_path = run / checkpoint_name(ck.best_step or 0) / best_file
     ck.checkpoint_paths = [run / p.name for p in ck.checkpoint_paths if (run / p.name / STATE_FILE).exists()]
     if state._upgraded and ms.model_loaded:  # schema 1 did not record sizes: read the files' headers
         ms.model_ram_size_bytes = tensor_bytes(ckpt / MODEL_FILE)[0]

@@ -563,3 +563,185 @@ def test_url_credentials_never_reach_dagster_metadata_or_records(tmp_path: Path)
     assert records
     for p in records:
         assert b"s3cr3t" not in p.read_bytes() and b"deadbeef" not in p.read_bytes(), p
+
+
+# ---- 3, 5, 6, 9, 11 and 8: checkpoints from elsewhere ----
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished tiny run with checkpoints at steps 2, 4 and 6."""
+    from _util import tiny_config
+
+    from a2b_pipeline.state import TrainState as TS
+    from a2b_pipeline.train import train
+
+    tmp = tmp_path_factory.mktemp("security_ckpt")
+    cfg = tiny_config(tmp, ["train.max_steps=6", "checkpoint.every_n_steps=2", "checkpoint.keep_last=3"])
+    state = train(TS.from_config(cfg, run_dir=tmp / "template"))
+    assert state.status == "complete"
+    return Path(state.run_dir)
+
+
+def _runs(tmp_path: Path, template: Path, *names: str) -> list[Path]:
+    out = []
+    for name in names:
+        shutil.copytree(template, tmp_path / name, symlinks=True)
+        out.append(tmp_path / name)
+    return out
+
+
+def _snapshot(run: Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(p.relative_to(run)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in run.rglob("*")
+        if p.is_file()
+    }
+
+
+def test_symlinked_checkpoints_and_pointers_into_another_run_are_refused(
+    tmp_path: Path, finished_run: Path, capsys
+) -> None:
+    from a2b_pipeline.cli import main
+
+    mine, other = _runs(tmp_path, finished_run, "mine", "other")
+    (mine / "step_000000008").symlink_to(other / "step_000000006")  # the newest "checkpoint" is another run's
+    (mine / "last").unlink()
+    (mine / "last").symlink_to(other / "step_000000006")
+    (mine / "best").unlink()
+    (mine / "best").symlink_to(other / "step_000000004")
+    before = _snapshot(other)
+
+    # a run directory falls back to its own newest valid checkpoint, as for a corrupt one
+    state = TrainState.from_checkpoint(mine)
+    assert state.global_step == 6 and Path(state.run_dir) == mine.resolve()
+    # an entry or a pointer given directly is refused, naming the run it leads into, before anything is read
+    for args in (
+        ["resume", str(mine / "step_000000008")],
+        ["resume", str(mine / "last")],
+        ["evaluate", str(mine / "best")],
+        ["evaluate", str(mine)],  # its `best` pointer
+    ):
+        code = main(args)
+        err = capsys.readouterr().err
+        assert code == 1, (args, err)
+        assert f"leads out of its run directory {mine.resolve()}" in err and f"{other.resolve()}" in err, err
+    assert main(["resume", str(mine)]) == 0  # its own checkpoints: a finished run, reported again
+    capsys.readouterr()
+    assert _snapshot(other) == before, "another run's directory was touched"
+
+
+def _edit_state(ckpt: Path, edit) -> None:
+    import json
+
+    path = ckpt / "train_state.json"
+    raw = json.loads(path.read_text())
+    edit(raw)
+    path.write_text(json.dumps(raw))
+
+
+def test_checkpoint_files_must_be_regular_files_inside_the_checkpoint(
+    tmp_path: Path, finished_run: Path
+) -> None:
+    from a2b_pipeline.state import CheckpointError
+
+    (run,) = _runs(tmp_path, finished_run, "run")
+    newest = run / "step_000000006"
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:x:0:0")
+    depth = len(newest.resolve().parts) - 1
+    traversal = "../" * depth + str(secret).lstrip("/")
+    for name in (traversal, "/dev/zero", str(secret)):
+        _edit_state(
+            newest, lambda raw, n=name: raw["checkpoint_state"]["files"].update({n: "sha256:" + "0" * 64})
+        )
+        with pytest.raises(CheckpointError, match="not a plain file name inside the checkpoint"):
+            TrainState.from_checkpoint(newest)
+        assert TrainState.from_checkpoint(run).global_step == 4  # falls back to the newest valid one
+        shutil.rmtree(newest)
+        shutil.copytree(finished_run / newest.name, newest)
+    # a listed file that is a symlink (to a device, or to a file elsewhere with the right digest) is refused
+    (newest / "model.safetensors").unlink()
+    (newest / "model.safetensors").symlink_to(finished_run / newest.name / "model.safetensors")
+    with pytest.raises(CheckpointError, match="model.safetensors: not a regular file"):
+        TrainState.from_checkpoint(newest)
+    # /dev/zero named through the CLI: refused at once, not read forever
+    _edit_state(newest, lambda raw: raw["checkpoint_state"]["files"].update({"zero": "sha256:" + "0" * 64}))
+    (newest / "zero").symlink_to("/dev/zero")
+    proc = subprocess.run(
+        [*A2B, "evaluate", str(newest)], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
+    assert proc.returncode == 1 and "not a regular file" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_an_edited_config_in_a_checkpoint_is_refused(tmp_path: Path, finished_run: Path) -> None:
+    from a2b_pipeline.cli import main
+    from a2b_pipeline.state import CheckpointError
+
+    (run,) = _runs(tmp_path, finished_run, "run")
+    elsewhere = tmp_path / "attacker"
+
+    def edit(raw: dict) -> None:
+        raw["config"]["train"]["max_steps"] = 8  # so that a resume would train (and write)
+        raw["config"]["data"]["cache_dir"] = str(elsewhere / "cache")
+        for ds in raw["config"]["data"]["datasets"]:
+            ds["root"] = str(elsewhere / ds["name"])
+
+    _edit_state(run / "step_000000006", edit)
+    with pytest.raises(CheckpointError, match="config_hash .* does not match the config it holds"):
+        TrainState.from_checkpoint(run / "step_000000006")
+    assert main(["resume", str(run)]) == 0  # from step 4, its own config: back to step 6
+    assert not elsewhere.exists(), "a checkpoint's edited config made the run write elsewhere"
+    state = TrainState.from_checkpoint(run)
+    assert state.global_step == 6 and state.config.train.max_steps == 6
+
+
+def test_huge_or_deep_state_files_are_refused_and_older_checkpoints_used(
+    tmp_path: Path, finished_run: Path
+) -> None:
+    from a2b_pipeline.state import CheckpointError
+
+    (run,) = _runs(tmp_path, finished_run, "run")
+    newest = run / "step_000000006"
+    state_file = newest / "train_state.json"
+    text = state_file.read_text()
+    with open(state_file, "a") as f:  # valid JSON still (trailing white space), 65 MB
+        f.write(" " * (65 << 20))
+    with pytest.raises(CheckpointError, match="larger than 64 MiB"):
+        TrainState.from_checkpoint(newest)
+    assert TrainState.from_checkpoint(run).global_step == 4
+    state_file.write_text(text[:-1] + ', "x": ' + "[" * 200_000 + "]" * 200_000 + "}")
+    with pytest.raises(CheckpointError, match="nested too deeply"):
+        TrainState.from_checkpoint(newest)
+    assert TrainState.from_checkpoint(run).global_step == 4
+
+
+def test_disk_full_while_writing_a_checkpoint_is_named(tmp_path: Path) -> None:
+    import resource
+
+    from a2b_pipeline.configs import config_from_dict
+    from a2b_pipeline.data.pipeline import prepare_data
+
+    raw = longer_run(tmp_path)
+    raw["model"]["hidden"] = 256  # weights of ~0.8 MB: more than the file size limit below
+    raw["train"]["max_steps"] = 4
+    cfg = write_config(tmp_path, raw, "full")
+    prepare_data(config_from_dict(raw))  # corpora and feature cache written here, before the limit
+
+    def small_files() -> None:  # every file the child writes is cut at 300 KB: a full disk, for it
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000))
+
+    run = tmp_path / "run"
+    proc = subprocess.run(
+        [*A2B, "train", str(cfg), "--run-dir", str(run)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+        preexec_fn=small_files,
+    )
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert f"error: {run}/step_" in proc.stderr and "the checkpoint could not be written" in proc.stderr
+    assert "File too large" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert not [p for p in run.iterdir() if p.name.startswith((".tmp-", "step_"))]
