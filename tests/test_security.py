@@ -745,3 +745,37 @@ def test_disk_full_while_writing_a_checkpoint_is_named(tmp_path: Path) -> None:
     assert f"error: {run}/step_" in proc.stderr and "the checkpoint could not be written" in proc.stderr
     assert "File too large" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert not [p for p in run.iterdir() if p.name.startswith((".tmp-", "step_"))]
+
+
+def test_corpus_song_links_need_an_allowed_url_scheme(tmp_path: Path) -> None:
+    import csv
+
+    from a2b_pipeline.configs import DataConfig, DatasetConfig
+    from a2b_pipeline.data.corpora import list_recordings
+    from a2b_pipeline.data.corpus_fixtures import write_hku956_fixture
+
+    root = tmp_path / "HKU956"
+    write_hku956_fixture(root, participants=2, songs_per_participant=2, seconds=6.0, missing_eda=False)
+    links = root / "2. original_song_audio.csv"
+    rows = list(csv.DictReader(links.open()))
+    REQUESTS.clear()
+    with _not_found_server() as port:
+        with open(links, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["song_id", "link"])
+            w.writeheader()
+            w.writerows(
+                {"song_id": r["song_id"], "link": f"http://127.0.0.1:{port}/{r['song_id']}.mp3"} for r in rows
+            )
+        ds = DatasetConfig(name="hku", type="hku956", root=str(root))
+
+        def data(**kw) -> DataConfig:
+            return DataConfig(datasets=[ds], window_seconds=4, hop_seconds=2, on_bad_recording="skip", **kw)
+
+        listing = list_recordings(ds, data())
+        assert listing.recordings == [] and len(listing.skipped) >= 4
+        assert all(
+            "URL scheme 'http' is not allowed" in s.reason for s in listing.skipped if "127.0.0.1" in s.path
+        )
+        assert REQUESTS == [], "a song link was fetched"
+        allowed = list_recordings(ds, data(url_schemes=["http"]))
+        assert not [s for s in allowed.skipped if "is not allowed" in s.reason]

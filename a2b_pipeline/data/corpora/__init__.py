@@ -199,8 +199,43 @@ def list_recordings(ds: DatasetConfig, data: DataConfig) -> Listing:
     """The recordings of one configured dataset (and what was skipped), dispatching on `ds.type`."""
     kind = get(ds.type)
     if kind.list_recordings is not None:
-        return kind.list_recordings(ds, data)
-    return scan_dataset(ds, data).listing
+        listing = kind.list_recordings(ds, data)
+    else:
+        listing = scan_dataset(ds, data).listing
+    return confine_urls(listing, _source_field(kind, ds), ds.name, data)
+
+
+def confine_urls(listing: Listing, source: str, dataset: str, data: Any) -> Listing:
+    """A corpus is data from elsewhere: a recording file it names by URL must lie under the dataset's own
+    root (or manifest folder) URL, or have a scheme the config allows (`data.url_schemes`); else the
+    recording is bad (an error, or skipped), so a song link can't make the pipeline fetch any URL."""
+    from a2b_pipeline.data.recording import BadRecordingError, Skipped
+    from a2b_pipeline.data.remote import is_url
+
+    allowed = {s.lower() for s in getattr(data, "url_schemes", [])}
+    src = str(source)
+    prefix = src.rsplit("/", 1)[0] + "/" if src.lower().endswith((".csv", ".jsonl", ".ndjson")) else src
+    prefix = prefix.rstrip("/") + "/" if is_url(src) else None
+    kept = []
+    for rec in listing.recordings:
+        paths = [rec.audio_path, *(s.path for s in rec.signals.values())]
+        bad = [
+            p
+            for p in paths
+            if is_url(p)
+            and not (prefix and p.startswith(prefix))
+            and p.split("://", 1)[0].lower() not in allowed
+        ]
+        if not bad:
+            kept.append(rec)
+            continue
+        scheme = bad[0].split("://", 1)[0].lower()
+        reason = f"URL scheme {scheme!r} is not allowed (data.url_schemes: {sorted(allowed) or 'none'})"
+        if data.on_bad_recording == "error":
+            raise BadRecordingError(rec, bad[0], reason)
+        listing.skipped.append(Skipped(path=bad[0], reason=reason, row=rec.row, dataset=dataset))
+    listing.recordings = kept
+    return listing
 
 
 def scan_corpus(
