@@ -90,6 +90,20 @@ class FoldTrainingConfig(Config):
     fresh: bool = Field(default=False, description="Start this fold's run over (its directory is deleted).")
 
 
+def _fold_facts(exp: Experiment, fold: int, folds: int, state: Any) -> dict[str, Any]:
+    """What both fold records say about the fold's run."""
+    return {
+        "experiment": exp.name,
+        "fold": fold,
+        "folds": folds,
+        "config_hash": state.config_hash,
+        "cv_config_hash": exp.config_hash,
+        "run_dir": str(state.run_dir),
+        "status": state.status,
+        "global_step": state.global_step,
+    }
+
+
 @asset(
     partitions_def=experiment_folds,
     group_name=CV_GROUP,
@@ -115,14 +129,7 @@ def fold_training_run(context: AssetExecutionContext, config: FoldTrainingConfig
         "fold_training_run",
         context.run.run_id,
         {
-            "experiment": exp.name,
-            "fold": fold,
-            "folds": folds,
-            "config_hash": state.config_hash,
-            "cv_config_hash": exp.config_hash,
-            "run_dir": str(state.run_dir),
-            "status": state.status,
-            "global_step": state.global_step,
+            **_fold_facts(exp, fold, folds, state),
             "best_checkpoint": str(best) if best else None,
             "message": state.message,
         },
@@ -178,14 +185,7 @@ def fold_evaluation(context: AssetExecutionContext) -> MaterializeResult:
         "fold_evaluation",
         context.run.run_id,
         {
-            "experiment": exp.name,
-            "fold": fold,
-            "folds": folds,
-            "config_hash": state.config_hash,
-            "cv_config_hash": exp.config_hash,
-            "run_dir": str(state.run_dir),
-            "status": state.status,
-            "global_step": state.global_step,
+            **_fold_facts(exp, fold, folds, state),
             "checkpoint": report["checkpoint"],
             "report": str(path),
             "test_groups": groups,
