@@ -17,10 +17,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 import statistics
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ from a2b_pipeline.configs import ConfigError, RunConfig, with_run_settings
 from a2b_pipeline.data.pipeline import prepare_data
 from a2b_pipeline.data.splits import group_key, group_kinds
 from a2b_pipeline.evaluate import evaluate_report, resolve_checkpoint
+from a2b_pipeline.files import atomic_write
 from a2b_pipeline.state import CheckpointError, TrainState, list_checkpoints
 from a2b_pipeline.train import train
 
@@ -223,15 +222,7 @@ def summarize(cfg: RunConfig, root: Path, results: list[FoldResult]) -> dict[str
 
 
 def _atomic_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, json.dumps(obj, indent=1, sort_keys=True).encode())
 
 
 # ---- all folds ----

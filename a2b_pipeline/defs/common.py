@@ -13,7 +13,6 @@ import io
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +21,7 @@ from dagster import AssetKey, AssetRecordsFilter, Failure, MetadataValue
 
 from a2b_pipeline.data.remote import redact_text
 from a2b_pipeline.defs.resources import ExperimentStore, TrainDevice, WandbTracking
+from a2b_pipeline.files import atomic_write as write_file_atomically
 
 if TYPE_CHECKING:
     from a2b_pipeline.configs import RunConfig
@@ -76,17 +76,7 @@ def load_experiment(
 
 def atomic_write(path: Path, blob: bytes) -> str:
     """Write via a temporary sibling and rename; returns the sha256 of the bytes."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_file_atomically(path, blob)
     return hashlib.sha256(blob).hexdigest()
 
 
