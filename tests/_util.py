@@ -22,6 +22,15 @@ A2B = [sys.executable, "-m", "a2b_pipeline.cli"]
 
 # small enough to write in ~0.3 s and load in ~0.5 s; 16 s recordings give 3 windows of 8 s at hop 4
 SMALL = {"subjects": 4, "recordings_per_subject": 2, "seconds": 16.0}
+# the experiment chain, upstream first (tests/test_dagster.py, tests/test_terminal.py)
+ASSET_NAMES = [
+    "corpus_manifest",
+    "dataset_splits",
+    "meta_loader_spec",
+    "training_run",
+    "best_checkpoint",
+    "evaluation",
+]
 
 
 def tiny_config(tmp_path: Path, overrides: list[str] | None = None) -> RunConfig:

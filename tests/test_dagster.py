@@ -24,7 +24,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from _util import LOOPBACK, dagster_env, free_port, listening_sockets, serving, tiny_config
+from _util import ASSET_NAMES, LOOPBACK, dagster_env, free_port, listening_sockets, serving, tiny_config
 from dagster import (
     AssetCheckKey,
     AssetCheckSeverity,
@@ -43,14 +43,6 @@ from a2b_pipeline.defs.checks import CHECKS
 from a2b_pipeline.defs.resources import ExperimentStore, QualityGate, TrainDevice, WandbTracking
 
 REPO = Path(__file__).resolve().parents[1]
-ASSET_NAMES = [
-    "corpus_manifest",
-    "dataset_splits",
-    "meta_loader_spec",
-    "training_run",
-    "best_checkpoint",
-    "evaluation",
-]
 # cross-validation (experiment x fold) and the leaderboard over everything (tests/test_dagster_experiments.py)
 MORE_ASSET_NAMES = ["fold_training_run", "fold_evaluation", "cv_summary", "leaderboard"]
 FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"  # looks like a wandb key; must never show up

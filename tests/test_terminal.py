@@ -9,19 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from _util import dagster_env, tiny_config
+from _util import ASSET_NAMES, dagster_env, tiny_config
 
 from a2b_pipeline.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-ASSETS = [
-    "corpus_manifest",
-    "dataset_splits",
-    "meta_loader_spec",
-    "training_run",
-    "best_checkpoint",
-    "evaluation",
-]
 
 
 @pytest.mark.slow
@@ -59,9 +51,9 @@ def test_demo_prints_one_line_per_asset_and_check_no_debug_no_migrations_no_line
     assert "Warning:" not in out, out  # Dagster's beta/preview notices are not for the demo's reader
     twice = sorted({line for line in lines if lines.count(line) > 1})
     assert not twice, twice
-    for asset in ASSETS:  # one line per asset, in order of completion
+    for asset in ASSET_NAMES:  # one line per asset, in order of completion
         assert len([line for line in lines if line.split()[:2] == ["ok", asset]]) == 1, (asset, out)
-    order = [next(i for i, line in enumerate(lines) if line.split()[:2] == ["ok", a]) for a in ASSETS]
+    order = [next(i for i, line in enumerate(lines) if line.split()[:2] == ["ok", a]) for a in ASSET_NAMES]
     assert order == sorted(order)
     for check in ("corpus_manifest:corpus_files_readable", "evaluation:evaluation_metrics_ok"):
         assert any(line.split()[:3] == ["ok", "check", check] for line in lines), out
