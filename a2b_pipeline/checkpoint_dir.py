@@ -85,21 +85,28 @@ def checkpoint_file(ckpt: Path, name: str) -> Path:
 def read_state_text(state_file: Path) -> str:
     """train_state.json's text, read only up to MAX_STATE_BYTES: CheckpointError for a bigger file, or one
     that is not a regular file or not UTF-8."""
-    try:
-        if not stat.S_ISREG(os.lstat(state_file).st_mode):
-            raise CheckpointError(f"{state_file}: not a regular file: refused")
-        with open(state_file, "rb") as f:
-            blob = f.read(MAX_STATE_BYTES + 1)
-    except OSError as e:
-        raise CheckpointError(f"{state_file}: unreadable ({e})") from None
-    if len(blob) > MAX_STATE_BYTES:
-        raise CheckpointError(
-            f"{state_file}: larger than {MAX_STATE_BYTES >> 20} MiB, more than a run's state takes: refused"
-        )
+    blob = read_bounded(state_file, MAX_STATE_BYTES, "more than a run's state takes")
     try:
         return blob.decode("utf-8")
     except UnicodeDecodeError as e:
         raise CheckpointError(f"{state_file}: not UTF-8 ({e})") from None
+
+
+def read_bounded(file: Path, limit: int, why: str) -> bytes:
+    """A regular file's bytes, read only up to `limit`: CheckpointError (naming the file and `why` the limit
+    holds) for a bigger one, a device, a symlink or an unreadable file."""
+    try:
+        if not stat.S_ISREG(os.lstat(file).st_mode):
+            raise CheckpointError(f"{file}: not a regular file: refused")
+        with open(file, "rb") as f:
+            blob = f.read(limit + 1)
+    except FileNotFoundError:
+        raise CheckpointError(f"{file}: missing") from None
+    except OSError as e:
+        raise CheckpointError(f"{file}: unreadable ({e})") from None
+    if len(blob) > limit:
+        raise CheckpointError(f"{file}: larger than {limit >> 20} MiB, {why}: refused")
+    return blob
 
 
 def write_checkpoint_dir(
@@ -107,13 +114,15 @@ def write_checkpoint_dir(
     state_json: Callable[[dict[str, str]], bytes],
     tensors: dict[str, dict[str, torch.Tensor]],
     copies: dict[str, tuple[Path, str]],
+    blobs: dict[str, bytes] | None = None,
 ) -> dict[str, str]:
     """Write checkpoint directory `path` atomically and return the digest of every file in it.
 
-    `tensors` (file name -> tensors) are saved with safetensors; `copies` (file name -> (source, its
-    recorded digest)) are copied and verified against that digest. Files go into a temporary sibling
-    directory and are fsynced; `state_json(digests)` gives the train_state.json bytes, written last (the
-    commit marker); then the directory is renamed into place and the parent fsynced.
+    `tensors` (file name -> tensors) are saved with safetensors, `blobs` (file name -> bytes) as they are,
+    `copies` (file name -> (source, its recorded digest)) are copied and verified against that digest.
+    Files go into a temporary sibling directory and are fsynced; `state_json(digests)` gives the
+    train_state.json bytes, written last (the commit marker); then the directory is renamed into place
+    and the parent fsynced.
     """
     from safetensors.torch import save_file
 
@@ -126,6 +135,9 @@ def write_checkpoint_dir(
             save_file({k: v.detach().contiguous().cpu() for k, v in tdict.items()}, str(tmp / name))
             files[name] = file_digest(tmp / name)  # of the bytes in the page cache, before the flush
             fsync_path(tmp / name)
+        for name, blob in (blobs or {}).items():
+            write_synced(tmp / name, blob)
+            files[name] = digest_bytes(blob)
         for name, (source, digest) in copies.items():
             shutil.copyfile(source, tmp / name)
             verify_file(tmp / name, digest)  # the copy is what was recorded, not a file changed since
@@ -178,6 +190,12 @@ def file_digest(path: Path, algo: str = "xxh3_128") -> str:
     with open(path, "rb", buffering=0) as f:
         while n := f.readinto(buf):
             h.update(view[:n])
+    return f"{algo}:{h.hexdigest()}"
+
+
+def digest_bytes(blob: bytes, algo: str = "xxh3_128") -> str:
+    """`algo:hex` of bytes in memory, as file_digest gives for a file holding them."""
+    h = xxhash.xxh3_128(blob) if algo == "xxh3_128" else hashlib.new(algo, blob)
     return f"{algo}:{h.hexdigest()}"
 
 

@@ -48,6 +48,9 @@ def _finish(state) -> int:  # state: TrainState
     import torch.distributed as dist
 
     if dist.is_initialized():
+        # every rank has finished its last collective before any tears the group down: a rank that
+        # destroyed it while a peer's gloo transfer was in flight aborted (SIGABRT) that peer
+        dist.barrier()
         dist.destroy_process_group()
     print(state.run_dir)
     if state.message:

@@ -10,14 +10,18 @@ fields of its own. A checkpoint is a directory written atomically (checkpoint_di
       model.safetensors        weights (the uncompiled, unwrapped module's keys)
       optimizer.safetensors    optimizer moments; the rest of the optimizer state is JSON in train_state.json
       ema.safetensors          EMA weights, when enabled
+      metrics.jsonl            the metric history, one logged value a line: long runs log millions, and
+                               train_state.json, which every load parses, stays small without them
       train_state.json         this schema, written last: the commit marker, with a digest of every file
 
 Nothing on the load path unpickles: tensors come from safetensors, everything else from JSON. Checkpoints
-of schema 1 (the first layout, with `rng`, `model`, `optimizer`, ... fields) are converted on load.
+of schema 1 (the first layout, with `rng`, `model`, `optimizer`, ... fields) are converted on load, and
+those of schema 2 (the metric history inside train_state.json) read as they are.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import random
 import struct
@@ -35,6 +39,7 @@ from pydantic import (
     PlainSerializer,
     PlainValidator,
     PrivateAttr,
+    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
@@ -47,11 +52,13 @@ from a2b_pipeline.checkpoint_dir import (  # the directory helpers are re-export
     SchemaTooNewError,
     checkpoint_file,
     checkpoint_name,
+    digest_bytes,
     entry_inside,
     file_digest,
     fsync_path,
     list_checkpoints,
     prune_checkpoints,
+    read_bounded,
     read_state_text,
     read_verified_tensors,
     set_pointer,
@@ -85,10 +92,13 @@ __all__ = [
     "verify_file",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 EMA_FILE = "ema.safetensors"
+METRICS_FILE = "metrics.jsonl"
+# ~4 million records: far more than a run logs; a bigger history file is refused before it is parsed
+MAX_HISTORY_BYTES = 256 << 20
 
 # ---- JSON-able torch types ----
 
@@ -384,13 +394,27 @@ class TrainState(_Schema):
     rank_rng_states: list[RNGState] = []  # ranks 1.. of a multi-process run (rank 0's is rng_state)
     num_threads: int | None = None  # CPU thread count of the first attempt: resume must match
     data_version: str | None = None
-    metric_history: list[MetricRecord] = []  # every logged value, in logging order
     bad_validations: NonNegativeInt = 0  # for early stopping
     wandb_run_id: str | None = None
     wandb_run_path: str | None = None
     created_at: float = Field(default_factory=time.time)
     updated_at: float = Field(default_factory=time.time)
     _upgraded: bool = PrivateAttr(default=False)  # read from a schema-1 file
+    # the metric history: in memory once read or logged; until then, the (file, digest) it is read from
+    _history: list[MetricRecord] | None = PrivateAttr(default=None)
+    _history_file: tuple[Path, str] | None = PrivateAttr(default=None)
+
+    @property
+    def metric_history(self) -> list[MetricRecord]:
+        """Every logged value, in logging order. A checkpoint keeps it in metrics.jsonl, not in
+        train_state.json: it is read (and its digest checked) on first use, not on every load."""
+        if self._history is None:
+            self._history = read_metric_history(*self._history_file) if self._history_file else []
+        return self._history
+
+    @metric_history.setter
+    def metric_history(self, records: list[MetricRecord]) -> None:
+        self._history, self._history_file = list(records), None
 
     # ---- derived, for reading ----
 
@@ -473,10 +497,15 @@ class TrainState(_Schema):
             )
         try:
             if version == 1:
-                state = cls.model_validate(_upgrade_v1(raw))
-                state._upgraded = True
-            else:
-                state = cls.model_validate(raw)
+                raw = _upgrade_v1(raw)
+            inline = None
+            if version in (1, 2):  # they kept the history in this file
+                inline = raw.pop("metric_history", [])
+                raw = {**raw, "schema_version": SCHEMA_VERSION}
+            state = cls.model_validate(raw)
+            state._upgraded = version == 1
+            if inline is not None:
+                state.metric_history = TypeAdapter(list[MetricRecord]).validate_python(inline)
         except ValidationError as e:
             raise CheckpointError(format_validation_error(e, source)) from None
         except (KeyError, TypeError, ValueError) as e:  # a schema-1 file missing what the upgrade needs
@@ -500,17 +529,18 @@ class TrainState(_Schema):
         which nothing changes once made, are shared (a deep copy of a long run's metric history took
         ~0.2 s per checkpoint)."""
         ck = self.checkpoint_state
-        return self.model_copy(
+        snap = self.model_copy(
             update={
                 "batches_drawn": dict(self.batches_drawn),
                 "rank_rng_states": list(self.rank_rng_states),
-                "metric_history": list(self.metric_history),
                 "metric_state": MetricState(metrics=dict(self.metric_state.metrics)),
                 "checkpoint_state": ck.model_copy(
                     update={"files": dict(ck.files), "checkpoint_paths": list(ck.checkpoint_paths)}
                 ),
             }
         )
+        snap._history = list(self._history) if self._history is not None else None
+        return snap
 
     @classmethod
     def from_checkpoint(cls, checkpoint_path: str | Path) -> TrainState:
@@ -545,30 +575,48 @@ class TrainState(_Schema):
         """Write this state as checkpoint directory `checkpoint_path`, atomically, with the digest of
         every file. The weight and optimizer files are `tensors` (file name -> tensors: what train()
         passes) or, without them, copies of the files this state names (verified against their digests);
-        a state that names no weights is refused before anything is written. Afterwards this state
-        describes the new checkpoint (its paths lead there)."""
+        a state that names no weights is refused before anything is written. Once the write has succeeded
+        this state describes the new checkpoint (its paths lead there); a failed write leaves it as it was."""
         path = Path(checkpoint_path).absolute()
         copies = {} if tensors is not None else self._files_to_copy(path)
-        ms, os_, ck = self.model_state, self.optimizer_state, self.checkpoint_state
-        was_best = ck.best_step is not None and ck.best_step == self.global_step
         names = set(tensors or copies)
-        ms.model_loaded = True
-        ms.last_model_path = path / MODEL_FILE
-        ms.ema_path = path / EMA_FILE if EMA_FILE in names else None
-        if was_best:
-            ms.best_model_path = path / (EMA_FILE if EMA_FILE in names else MODEL_FILE)
-        os_.moments_path = path / OPTIMIZER_FILE
-        ck.checkpoint_dir = path.parent
-        ck.steps_since_last_checkpoint = 0
-        ck.checkpoint_paths = [p for p in ck.checkpoint_paths if p != path and p.exists()] + [path]
-        self.updated_at = time.time()
-        self.config_hash = self.config.config_hash()  # checked on load: it must describe the config written
+        ms, ck = self.model_state, self.checkpoint_state
+        ema = path / EMA_FILE if EMA_FILE in names else None
+        best_here = ck.best_step is not None and ck.best_step == self.global_step
+        new = self.model_copy(
+            update={
+                "model_state": ms.model_copy(
+                    update={
+                        "model_loaded": True,
+                        "last_model_path": path / MODEL_FILE,
+                        "ema_path": ema,
+                        "best_model_path": (ema or path / MODEL_FILE) if best_here else ms.best_model_path,
+                    }
+                ),
+                "optimizer_state": self.optimizer_state.model_copy(
+                    update={"moments_path": path / OPTIMIZER_FILE}
+                ),
+                "checkpoint_state": ck.model_copy(
+                    update={
+                        "checkpoint_dir": path.parent,
+                        "steps_since_last_checkpoint": 0,
+                        "checkpoint_paths": [p for p in ck.checkpoint_paths if p != path and p.exists()]
+                        + [path],
+                    }
+                ),
+                "updated_at": time.time(),
+                "config_hash": self.config.config_hash(),  # checked on load: it must describe the config
+            }
+        )
 
         def state_json(files: dict[str, str]) -> bytes:
-            ck.files = files
-            return self.to_json().encode()
+            new.checkpoint_state.files = files
+            return new.to_json().encode()
 
-        write_checkpoint_dir(path, state_json, tensors or {}, copies)
+        history = b"".join(r.__pydantic_serializer__.to_json(r) + b"\n" for r in self.metric_history)
+        write_checkpoint_dir(path, state_json, tensors or {}, copies, {METRICS_FILE: history})
+        for name in ("model_state", "optimizer_state", "checkpoint_state", "updated_at", "config_hash"):
+            setattr(self, name, getattr(new, name))
 
     def _files_to_copy(self, dest: Path) -> dict[str, tuple[Path, str]]:
         """(source, digest) of each file of the checkpoint this state was loaded from or written as."""
@@ -582,7 +630,8 @@ class TrainState(_Schema):
         for needed in (MODEL_FILE, OPTIMIZER_FILE):
             if needed not in files:
                 raise CheckpointError(f"{src}: {needed} is not listed in its {STATE_FILE}")
-        return {name: (checkpoint_file(src, name), digest) for name, digest in files.items()}
+        # the history is written from memory: it may have grown since
+        return {n: (checkpoint_file(src, n), d) for n, d in files.items() if n != METRICS_FILE}
 
 
 # ---- loading ----
@@ -604,7 +653,23 @@ def _load_verified(ckpt: Path) -> TrainState:
     for name, digest in state.checkpoint_state.files.items():
         verify_file(checkpoint_file(ckpt, name), digest)  # only regular files inside it are read
     _rebase(state, ckpt)
+    if METRICS_FILE in state.checkpoint_state.files:
+        state._history_file = (ckpt / METRICS_FILE, state.checkpoint_state.files[METRICS_FILE])
     return state
+
+
+def read_metric_history(file: Path, digest: str) -> list[MetricRecord]:
+    """A checkpoint's metrics.jsonl, size-capped and checked against its digest before it is parsed."""
+    blob = read_bounded(file, MAX_HISTORY_BYTES, "more than a run's metric history takes")
+    if digest_bytes(blob, digest.rpartition(":")[0] or "sha256") != digest:
+        raise CheckpointError(f"{file}: checksum mismatch (truncated or modified after it was written)")
+    records = []
+    for number, line in enumerate(io.BytesIO(blob), 1):
+        try:
+            records.append(MetricRecord.model_validate_json(line))
+        except ValidationError as e:
+            raise CheckpointError(format_validation_error(e, f"{file}, line {number}")) from None
+    return records
 
 
 def _pointer_inside(run: Path, name: str) -> bool:

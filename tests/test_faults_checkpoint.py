@@ -207,7 +207,9 @@ def _pickle_blob(kind: str) -> bytes:
 
 
 @pytest.mark.parametrize("kind", ["pickle", "torch.save"])
-@pytest.mark.parametrize("file", ["model.safetensors", "optimizer.safetensors", "ema.safetensors"])
+@pytest.mark.parametrize(
+    "file", ["model.safetensors", "optimizer.safetensors", "ema.safetensors", "metrics.jsonl"]
+)
 def test_planted_pickle_refused_and_never_executed(
     run: Path, capsys: pytest.CaptureFixture[str], kind: str, file: str
 ) -> None:
@@ -239,7 +241,9 @@ def test_pickle_with_stale_checksum_is_skipped_and_run_resumes_from_older(
 # ---- checksums: every file is listed, a flipped byte in any of them is caught ----
 
 
-@pytest.mark.parametrize("file", ["model.safetensors", "optimizer.safetensors", "ema.safetensors"])
+@pytest.mark.parametrize(
+    "file", ["model.safetensors", "optimizer.safetensors", "ema.safetensors", "metrics.jsonl"]
+)
 def test_flipped_byte_refused_and_run_resumes_from_newest_valid(
     run: Path, capsys: pytest.CaptureFixture[str], file: str
 ) -> None:
@@ -247,7 +251,8 @@ def test_flipped_byte_refused_and_run_resumes_from_newest_valid(
         state = json.loads((ckpt / STATE_FILE).read_text())
         listed = state["checkpoint_state"]["files"]
         on_disk = sorted(p.name for p in ckpt.iterdir() if p.name != STATE_FILE)
-        assert sorted(listed) == on_disk == ["ema.safetensors", "model.safetensors", "optimizer.safetensors"]
+        tensors = ["ema.safetensors", "model.safetensors", "optimizer.safetensors"]
+        assert sorted(listed) == on_disk == ["ema.safetensors", "metrics.jsonl", *tensors[1:]]
         for name, digest in listed.items():
             assert digest == "xxh3_128:" + xxhash.xxh3_128((ckpt / name).read_bytes()).hexdigest()
 

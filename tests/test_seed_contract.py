@@ -185,6 +185,7 @@ def test_to_checkpoint_then_from_checkpoint_resumes_to_identical_weights(tmp_pat
     copy = tmp_path / "mine" / "step_000000004"
     assert mid.to_checkpoint(checkpoint_path=copy) is None
     assert sorted(p.name for p in copy.iterdir()) == [
+        "metrics.jsonl",
         "model.safetensors",
         "optimizer.safetensors",
         "train_state.json",

@@ -61,7 +61,9 @@ def test_json_round_trip_every_field(tmp_path: Path) -> None:
     s = _state(tmp_path)
     text = s.to_json()
     back = TrainState.from_json(text)
-    assert back == s
+    assert back.model_dump() == s.model_dump()
+    # the metric history is not in train_state.json: a checkpoint keeps it in metrics.jsonl
+    assert "metric_history" not in json.loads(text) and back.metric_history == []
     ms = back.model_state
     assert ms.model_dtype is torch.bfloat16 and ms.model_device == torch.device("cpu")
     assert isinstance(back.rng_state.numpy_rng_state, bytes)
@@ -102,11 +104,89 @@ def _write(s: TrainState, step: int) -> Path:
 def test_checkpoint_write_and_verified_load(tmp_path: Path) -> None:
     s = _state(tmp_path)
     path = _write(s, 5)
-    assert sorted(p.name for p in path.iterdir()) == ["model.safetensors", "train_state.json"]
+    names = ["metrics.jsonl", "model.safetensors", "train_state.json"]
+    assert sorted(p.name for p in path.iterdir()) == names
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".tmp")]
     loaded = TrainState.from_checkpoint(path)
     assert loaded.global_step == 5 and loaded.last_checkpoint == path.resolve()
     assert torch.equal(load_tensors(path, "model.safetensors", loaded)["w"], torch.full((3,), 5.0))
+    assert loaded.metric_history == s.metric_history and len(s.metric_history) == 2
+
+
+def test_metric_history_lives_beside_the_state_and_is_read_on_first_use(tmp_path: Path) -> None:
+    """A long run's history does not grow train_state.json (parsed on every load, size-capped): it is
+    metrics.jsonl, digest-checked, read when asked for; a resumed state appends and writes it on."""
+    s = _state(tmp_path)
+    s.metric_history = [MetricRecord(name="train/loss", value=1 / (i + 1), step=i) for i in range(200_000)]
+    path = _write(s, 5)
+    assert (path / "train_state.json").stat().st_size < 100_000 < (path / "metrics.jsonl").stat().st_size
+    lines = (path / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(lines[1]) == {"name": "train/loss", "value": 0.5, "step": 1}
+    loaded = TrainState.from_checkpoint(path)
+    assert loaded._history is None  # not parsed by the load
+    assert loaded.metric_history == s.metric_history
+    loaded.metric_history.append(MetricRecord(name="val/pearson", value=0.5, step=6))
+    _write(loaded, 6)
+    again = TrainState.from_checkpoint(path.parent / checkpoint_name(6))
+    assert len(again.metric_history) == 200_001 and again.metric_history[-1].name == "val/pearson"
+
+    # a history edited after it was written is refused at load, and the run falls back to an older one
+    with open(path.parent / checkpoint_name(6) / "metrics.jsonl", "a") as f:
+        f.write('{"name": "train/loss", "value": 9, "step": 7}\n')
+    with pytest.raises(CheckpointError, match="metrics.jsonl: checksum mismatch"):
+        TrainState.from_checkpoint(path.parent / checkpoint_name(6))
+    assert TrainState.from_checkpoint(s.run_dir).global_step == 5
+
+
+def test_oversized_or_malformed_metric_history_is_refused_by_name(tmp_path: Path) -> None:
+    from a2b_pipeline.state import MAX_HISTORY_BYTES, file_digest
+
+    path = _write(_state(tmp_path), 5)
+    history = path / "metrics.jsonl"
+
+    def record_digest() -> None:  # as a forger would: the state file lists the new file's digest
+        raw = json.loads((path / "train_state.json").read_text())
+        raw["checkpoint_state"]["files"]["metrics.jsonl"] = file_digest(history)
+        (path / "train_state.json").write_text(json.dumps(raw))
+
+    history.write_text('{"name": "train/loss", "value": 1, "step": 1}\n{"name": "loss", "value": 1}\n')
+    record_digest()
+    loaded = TrainState.from_checkpoint(path)
+    with pytest.raises(CheckpointError, match=r"metrics.jsonl, line 2"):
+        _ = loaded.metric_history
+    with open(history, "wb") as f:  # sparse: no disk or memory spent writing it
+        f.truncate(MAX_HISTORY_BYTES + 1)
+    record_digest()
+    loaded = TrainState.from_checkpoint(path)
+    with pytest.raises(CheckpointError, match=r"metrics.jsonl: larger than 256 MiB"):
+        _ = loaded.metric_history
+
+
+def test_schema_2_checkpoint_with_the_history_inside_loads_and_is_written_as_schema_3(tmp_path: Path) -> None:
+    s = _state(tmp_path)
+    path = _write(s, 5)
+    raw = json.loads((path / "train_state.json").read_text())
+    raw["schema_version"] = 2
+    raw["metric_history"] = [m.model_dump() for m in s.metric_history]
+    del raw["checkpoint_state"]["files"]["metrics.jsonl"]
+    (path / "metrics.jsonl").unlink()
+    (path / "train_state.json").write_text(json.dumps(raw))
+    old = TrainState.from_checkpoint(path)
+    assert old.schema_version == SCHEMA_VERSION == 3 and old.metric_history == s.metric_history
+    _write(old, 6)
+    new = json.loads((path.parent / checkpoint_name(6) / "train_state.json").read_text())
+    assert new["schema_version"] == 3 and "metrics.jsonl" in new["checkpoint_state"]["files"]
+    assert TrainState.from_checkpoint(s.run_dir).metric_history == s.metric_history
+
+
+def test_a_failed_write_leaves_the_state_describing_its_old_checkpoint(tmp_path: Path) -> None:
+    s = _state(tmp_path)
+    path = _write(s, 5)
+    before = s.model_dump()
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(OSError):
+        s.to_checkpoint(tmp_path / "a_file" / checkpoint_name(6), {"model.safetensors": {"w": torch.ones(3)}})
+    assert s.model_dump() == before and s.last_checkpoint == path.absolute()
 
 
 def test_tampered_and_truncated_files_are_refused_and_run_dir_falls_back(tmp_path: Path) -> None:
@@ -144,7 +224,7 @@ def test_snapshot_keeps_what_it_was_while_the_live_state_changes(tmp_path: Path)
     s.rank_rng_states.append(RNGState.capture(seed=1))
     s.checkpoint_state.best_value, s.checkpoint_state.files["model.safetensors"] = 0.9, "xxh3_128:00"
     s.global_step, s.status = 2, "complete"
-    assert snap.to_json() == before
+    assert snap.to_json() == before and len(snap.metric_history) == 3
     snap.checkpoint_state.files["optimizer.safetensors"] = "xxh3_128:11"  # as to_checkpoint fills the copy's
     assert "optimizer.safetensors" not in s.checkpoint_state.files
 
