@@ -236,7 +236,7 @@ def _where_to_look(out: TextIO, ev: Any, command: str, experiment: str, ok: bool
         print(f"  checkpoint:   {md['checkpoint'].value}", file=out)
         print(f"  plot:         {md['plot_path'].value}", file=out)
         print(f"  train state:  {md['train_state'].value}", file=out)
-        versus = {k.split("/", 1)[1]: v.value for k, v in md.items() if k.startswith("recording_pearson/")}
+        versus = {k.split("/", 1)[1]: v.value for k, v in md.items() if k.startswith("recording_r/")}
         if versus:  # whole-recording median Pearson r of the model and each baseline (constant: undefined)
             shown = ", ".join(f"{k}={v:.3f}" for k, v in versus.items())
             print(f"  whole-recording Pearson r (median): {shown}", file=out)

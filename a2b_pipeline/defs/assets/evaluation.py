@@ -34,18 +34,20 @@ def _verified_checkpoint(best: dict) -> tuple[Path, str]:
 
 
 def _headline(report: dict) -> dict[str, MetadataValue]:
-    """Whole-recording median Pearson r (mean over channels) of the model and each baseline, and the
-    model's margins, as numbers the UI can chart; undefined ones are left out (the summary says why)."""
+    """Whole-recording median Pearson r (mean over channels) of the model and each baseline
+    (`recording_r/<predictor>`), and the model's margin over each baseline (`margin_r/<baseline>`), as
+    numbers the UI can chart, under names short enough for its key column; undefined ones are left out
+    (the summary says why)."""
     summary = report["summary"]
     out = {}
     for name, p in summary["predictors"].items():
         value = p["recording"]["pearson"]["mean"]["value"]
         if value is not None:
-            out[f"recording_pearson/{name}"] = rounded(value)
+            out[f"recording_r/{name}"] = rounded(value)
     for name, levels in summary["margins"].items():
         value = levels["recording"]["pearson"]["mean"]["value"]
         if value is not None:
-            out[f"recording_pearson_margin/{name}"] = rounded(value)
+            out[f"margin_r/{name}"] = rounded(value)
     return out
 
 
