@@ -30,6 +30,17 @@ def _clock(seconds: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
+def _unsized_terminal() -> dict[str, int]:
+    """tqdm's size for a terminal that reports 0 rows or columns (a pseudo-terminal nobody sized:
+    `docker run -t`, `script`, some CI runners), where it drew nothing at all; {} (follow the terminal's
+    own size) otherwise."""
+    try:
+        size = os.get_terminal_size(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return {}
+    return {**({} if size.columns else {"ncols": 80}), **({} if size.lines else {"nrows": 24})}
+
+
 class Progress:
     """tqdm's `update` / `set_postfix` / `close`, for the training loop. `enabled`: this rank reports."""
 
@@ -39,7 +50,9 @@ class Progress:
         self.name, self.total, self.step = name, total, initial
         self.enabled = enabled
         show_bar = enabled and (sys.stderr.isatty() if bar is None else bar)
-        self.bar = tqdm(total=total, initial=initial, disable=not show_bar, desc=name, unit="step")
+        self.bar = tqdm(
+            total=total, initial=initial, disable=not show_bar, desc=name, unit="step", **_unsized_terminal()
+        )
         self.lines = enabled and not show_bar
         self.every_s = _every_s()
         self.loss: float | None = None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -46,6 +47,12 @@ REPO = Path(__file__).resolve().parents[1]
 # cross-validation (experiment x fold) and the leaderboard over everything (tests/test_dagster_experiments.py)
 MORE_ASSET_NAMES = ["fold_training_run", "fold_evaluation", "cv_summary", "leaderboard"]
 FAKE_KEY = "0123456789abcdef0123456789abcdef01234567"  # looks like a wandb key; must never show up
+
+
+def torch_cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _write_config(configs: Path, name: str, tmp: Path, overrides: list[str]) -> Path:
@@ -720,3 +727,26 @@ def test_missing_corpus_is_marked_before_launch_and_fails_cleanly(tmp_path):
     error = failure.event_specific_data.error
     assert error.cls_name == "Failure"
     assert error.message.startswith("dagster._core.definitions.events.Failure: far: the corpus is not on")
+
+
+@pytest.mark.skipif(torch_cuda_available(), reason="a GPU is present here: the run would use it, not warn")
+def test_a_run_meant_for_a_gpu_that_finds_none_says_so_in_its_log(tmp_path):
+    configs = tmp_path / "configs"
+    _write_config(configs, "nogpu", tmp_path, ["train.max_steps=2", "train.val_every_n_steps=2"])
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(experiments.name, ["nogpu"])
+    resources = {**_resources(tmp_path / "data", configs), "compute": TrainDevice(device="auto")}
+    res = materialize(
+        [*ASSETS],
+        instance=instance,
+        resources=resources,
+        partition_key="nogpu",
+        selection=[AssetKey(n) for n in ASSET_NAMES[: ASSET_NAMES.index("training_run") + 1]],
+    )
+    assert res.success
+    warnings = [e.user_message for e in instance.all_logs(res.run_id) if e.level == logging.WARNING]
+    assert any("no GPU found (train.device: auto): training on the CPU" in m for m in warnings), warnings
+    from a2b_pipeline.state import TrainState
+
+    state = TrainState.from_checkpoint(_md(_latest(instance, "training_run", "nogpu"))["run_dir"])
+    assert state.model_state.model_device.type == "cpu" and state.status == "complete"

@@ -110,3 +110,48 @@ def test_demo_hint_is_the_readme_command(tmp_path: Path, monkeypatch: pytest.Mon
     # elsewhere, the places it used are spelled out
     other = browse_command(tmp_path / "home", tmp_path / "data", tmp_path / "cfg")
     assert f"DAGSTER_HOME={tmp_path / 'home'}" in other and f"A2B_CONFIGS_DIR={tmp_path / 'cfg'}" in other
+
+
+@pytest.mark.parametrize("size", [(40, 100), (0, 0)])  # (0, 0): a pseudo-terminal nobody sized (docker -t)
+def test_progress_bar_on_a_terminal_with_log_lines_above_it(tmp_path: Path, size: tuple[int, int]) -> None:
+    """Under a real pseudo-terminal `a2b train` draws a tqdm bar (step count, rate, loss) and prints its
+    log lines above it, each whole on its own line; no progress lines are logged beside the bar."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    cfg_path = tmp_path / "tiny.yaml"
+    cfg_path.write_text(tiny_config(tmp_path).to_yaml())
+    primary, secondary = pty.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", *size, 0, 0))
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "a2b_pipeline.cli", "train", str(cfg_path), "--run-dir", str(run)]
+    proc = subprocess.Popen(
+        [*cmd, "--set", "train.progress_bar=true"],
+        cwd=REPO,
+        stdin=secondary,
+        stdout=secondary,
+        stderr=secondary,
+    )
+    os.close(secondary)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(primary, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(primary)
+    assert proc.wait(timeout=120) == 0
+    screen = b"".join(chunks).decode(errors="replace")
+    pieces = [p.strip() for p in screen.replace("\r", "\n").split("\n") if p.strip()]
+    bars = [p for p in pieces if "%|" in p]
+    assert bars and any("6/6" in p and "100%" in p and "loss=" in p and "step/s" in p for p in bars), screen
+    logged = [p for p in pieces if "a2b_pipeline.train" in p]
+    assert any("training tiny on cpu" in p for p in logged), screen
+    assert not [p for p in logged if "%|" in p], screen  # a log line is never drawn into the bar
+    assert "tiny: step 1/6" not in screen  # the bar replaces the progress lines
