@@ -128,6 +128,7 @@ class Checkpointer:
             self.ema.shadow = checked_weights(
                 load_tensors(ckpt, ema_path.name, state), self.model, ckpt, ema_path.name
             )
+        _ = state.metric_history  # read (and checked) now, not at the run's first log, mid-run
         if self.scaler and state.optimizer_state.scaler:
             self.scaler.load_state_dict(state.optimizer_state.scaler)
         self.plateau.update(state.optimizer_state.plateau)

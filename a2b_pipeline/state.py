@@ -46,6 +46,7 @@ from pydantic import (
 )
 
 from a2b_pipeline.checkpoint_dir import (  # the directory helpers are re-exported: one import for users
+    DIGEST_ALGOS,
     STATE_FILE,
     STEP_DIR,
     CheckpointError,
@@ -661,7 +662,8 @@ def _load_verified(ckpt: Path) -> TrainState:
 def read_metric_history(file: Path, digest: str) -> list[MetricRecord]:
     """A checkpoint's metrics.jsonl, size-capped and checked against its digest before it is parsed."""
     blob = read_bounded(file, MAX_HISTORY_BYTES, "more than a run's metric history takes")
-    if digest_bytes(blob, digest.rpartition(":")[0] or "sha256") != digest:
+    algo, _, want = digest.rpartition(":")
+    if algo not in ("", *DIGEST_ALGOS) or digest_bytes(blob, algo or "sha256").rpartition(":")[2] != want:
         raise CheckpointError(f"{file}: checksum mismatch (truncated or modified after it was written)")
     records = []
     for number, line in enumerate(io.BytesIO(blob), 1):

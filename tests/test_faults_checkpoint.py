@@ -207,9 +207,7 @@ def _pickle_blob(kind: str) -> bytes:
 
 
 @pytest.mark.parametrize("kind", ["pickle", "torch.save"])
-@pytest.mark.parametrize(
-    "file", ["model.safetensors", "optimizer.safetensors", "ema.safetensors", "metrics.jsonl"]
-)
+@pytest.mark.parametrize("file", ["model.safetensors", "optimizer.safetensors", "ema.safetensors"])
 def test_planted_pickle_refused_and_never_executed(
     run: Path, capsys: pytest.CaptureFixture[str], kind: str, file: str
 ) -> None:
@@ -224,6 +222,19 @@ def test_planted_pickle_refused_and_never_executed(
         assert f"{ckpt}/{file}: not a safetensors file" in err, (args, err)
     assert not MARKER.exists(), "the pickle was executed"
     assert _snapshot(run) == before
+
+
+def test_planted_pickle_as_metric_history_is_refused_before_training_resumes(
+    run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    MARKER.unlink(missing_ok=True)
+    ckpt = run / checkpoint_name(4)  # mid-run: resuming it would train on
+    _rewrite(ckpt, "metrics.jsonl", _pickle_blob("pickle"))
+    before = _snapshot(run)
+    code, err = _cli(capsys, "resume", str(ckpt))
+    assert code == 1 and f"{ckpt}/metrics.jsonl, line 1" in err, err
+    assert not MARKER.exists(), "the pickle was executed"
+    assert _snapshot(run) == before  # refused before a step was trained or a checkpoint written
 
 
 def test_pickle_with_stale_checksum_is_skipped_and_run_resumes_from_older(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
+import itertools
 import math
 import threading
 from collections import OrderedDict
@@ -85,65 +85,98 @@ def parse_signal_csv(text: str, path: str = "", rec: Recording | None = None) ->
 
 
 MAX_LINE_CHARS = 1 << 20  # a signal row is a time and a few values (a wide file: a few hundred listeners)
+BLOCK_ROWS = 1 << 12  # rows turned into floats at a time: only one block's cell strings are ever alive
 
 
 def _bounded_lines(text: str, path: str, rec: Recording | None) -> Iterator[str]:
-    """The lines of `text`, refusing one too long to be a signal row before the csv module splits it: a
-    300 MB single-line file would become tens of millions of cell strings (gigabytes) first."""
-    for number, line in enumerate(io.StringIO(text), 1):
-        if len(line) > MAX_LINE_CHARS:
-            raise BadRecordingError(
-                rec, path, f"line {number} is {len(line)} characters long: not a signal table (rows > 1 MiB)"
-            )
-        yield line
+    """The lines of `text`, sliced one at a time (io.StringIO held a 4-byte-per-character copy of the whole
+    file), refusing one too long to be a signal row before the csv module splits it: a 300 MB single-line
+    file would become tens of millions of cell strings (gigabytes) first."""
+    start, number = 0, 0
+    while start < len(text):
+        end = text.find("\n", start)
+        end = len(text) if end < 0 else end + 1
+        number += 1
+        if end - start > MAX_LINE_CHARS:
+            why = f"line {number} is {end - start} characters long: not a signal table (rows > 1 MiB)"
+            raise BadRecordingError(rec, path, why)
+        yield text[start:end]
+        start = end
+
+
+Row = tuple[int, list[str]]  # (line number, cells)
 
 
 def _parse_signal_csv(text: str, path: str, rec: Recording | None) -> dict[str, np.ndarray]:
     reader = csv.reader(_bounded_lines(text, path, rec))
+    rows: Iterator[Row] = ((reader.line_num, r) for r in reader if any(c.strip() for c in r))
     try:
-        numbered = [(i + 1, r) for i, r in enumerate(reader) if any(c.strip() for c in r)]
+        return _read_table(rows, path, rec)
     except csv.Error as e:  # e.g. a cell over the csv module's size limit
         raise BadRecordingError(rec, path, f"line {reader.line_num + 1}: not a readable CSV ({e})") from None
-    if not numbered:
+
+
+def _read_table(rows: Iterator[Row], path: str, rec: Recording | None) -> dict[str, np.ndarray]:
+    """The non-empty rows as float64 columns, a block of rows at a time (memory: the floats, not the
+    cells as strings: a 300 MB file took 3.5 GB that way)."""
+    head = list(itertools.islice(rows, 3))
+    if not head:
         raise BadRecordingError(rec, path, "signal file is empty")
-    first = numbered[0][1]
+    first = head[0][1]
+    names: list[str] | None = None  # None: headerless, named '0', '1', ... by the widest row
     if all(_is_number(c) for c in first if c.strip()):
-        names = [str(i) for i in range(max(len(r) for _, r in numbered))]
-        body = numbered
-        if (
-            len(body) > 2
-            and len(body[0][1]) == 1
-            and len(body[1][1]) == 1
-            and float(body[0][1][0]) > 1e8
-            and 0 < float(body[1][1][0]) <= 10000
-        ):
-            body = body[2:]
+        if _e4_preamble(head):
+            head = head[2:]
     else:
         names = [h.strip() for h in first]
-        body = numbered[1:]
-    seen: set[str] = set()
-    for name in names:
-        if name and name in seen:
-            raise BadRecordingError(rec, path, f"column {name!r} appears twice in the header")
-        seen.add(name)
-    grid = float_grid([r for _, r in body], len(names))
-    if grid is None:  # find the first bad cell, to name it
-        for line, r in body:
-            for c, name in enumerate(names[: len(r)]):
-                try:
-                    parse_float(r[c])
-                except ValueError:
-                    raise BadRecordingError(
-                        rec, path, f"line {line}, column {name!r}: not a number ({r[c]!r})"
-                    ) from None
-        grid = np.array(
-            [
-                [parse_float(c) for c in (list(r[: len(names)]) + [""] * (len(names) - len(r)))]
-                for _, r in body
-            ],
-            dtype=np.float64,
-        ).reshape(len(body), len(names))
+        head = head[1:]
+        seen: set[str] = set()
+        for name in names:
+            if name and name in seen:
+                raise BadRecordingError(rec, path, f"column {name!r} appears twice in the header")
+            seen.add(name)
+    blocks, width = [], len(names) if names is not None else 0
+    body = itertools.chain(head, rows)
+    while block := list(itertools.islice(body, BLOCK_ROWS)):
+        if names is None:
+            width = max(width, *(len(r) for _, r in block))
+        blocks.append(_block_floats(block, names or [str(i) for i in range(width)], path, rec))
+    names = names if names is not None else [str(i) for i in range(width)]
+    grid = np.full((sum(len(b) for b in blocks), len(names)), np.nan)
+    at = 0
+    for b in blocks:  # a headerless block narrower than the widest row: NaN beyond its own width
+        grid[at : at + len(b), : b.shape[1]] = b
+        at += len(b)
     return {name: np.ascontiguousarray(grid[:, c]) for c, name in enumerate(names)}
+
+
+def _e4_preamble(head: list[Row]) -> bool:
+    """A raw Empatica E4 file: a one-cell row with a Unix start time, then a one-cell row with the rate."""
+    return (
+        len(head) > 2
+        and len(head[0][1]) == 1
+        and len(head[1][1]) == 1
+        and float(head[0][1][0]) > 1e8
+        and 0 < float(head[1][1][0]) <= 10000
+    )
+
+
+def _block_floats(block: list[Row], names: list[str], path: str, rec: Recording | None) -> np.ndarray:
+    """Rows as float64 [rows, len(names)]; BadRecordingError naming the first cell that is not a number."""
+    grid = float_grid([r for _, r in block], len(names))
+    if grid is not None:
+        return grid
+    for line, r in block:  # find the first bad cell, to name it
+        for c, name in enumerate(names[: len(r)]):
+            try:
+                parse_float(r[c])
+            except ValueError:
+                why = f"line {line}, column {name!r}: not a number ({r[c]!r})"
+                raise BadRecordingError(rec, path, why) from None
+    return np.array(
+        [[parse_float(c) for c in (list(r[: len(names)]) + [""] * (len(names) - len(r)))] for _, r in block],
+        dtype=np.float64,
+    ).reshape(len(block), len(names))
 
 
 def valid_length(values: np.ndarray) -> int:
