@@ -173,11 +173,15 @@ def prune_checkpoints(run_dir: str | Path, keep_last: int, protect: list[Path | 
     keep = {Path(p).resolve() for p in protect if p}
     for ckpt in list_checkpoints(run_dir)[:-keep_last]:
         if ckpt.resolve() not in keep:
-            shutil.rmtree(ckpt, ignore_errors=True)
-    # Temporary directories of writes that never finished (a killed process). One process writes a run
-    # directory, and its own write is done when it prunes, so any left now are dead.
-    for tmp in Path(run_dir).glob(".tmp-step_*"):
-        shutil.rmtree(tmp, ignore_errors=True)
+            # renamed out of sight first: a process killed while deleting files one by one must not leave
+            # a step_* that still has its train_state.json but lacks files it lists
+            doomed = ckpt.with_name(f".pruned-{ckpt.name}")
+            os.replace(ckpt, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
+    # Temporary directories of writes or prunes that never finished (a killed process). One process writes
+    # a run directory, and its own write is done when it prunes, so any left now are dead.
+    for debris in [*Path(run_dir).glob(".tmp-step_*"), *Path(run_dir).glob(".pruned-step_*")]:
+        shutil.rmtree(debris, ignore_errors=True)
 
 
 def file_digest(path: Path, algo: str = "xxh3_128") -> str:

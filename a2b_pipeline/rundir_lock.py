@@ -7,8 +7,9 @@ it exits, so a crashed run never blocks the next one. The file itself stays (del
 the next taker); it says who holds it, for the error the second taker gets.
 
 On taking the lock the debris of writes that a crash interrupted is cleaned: temporary checkpoint
-directories (`.tmp-step_*`), pointer temporaries (`.last.tmp`) and the old copy of a step being
-rewritten (`.old-step_*`, put back in place if the crash came between the two renames).
+directories (`.tmp-step_*`), checkpoints half-deleted by a prune (`.pruned-step_*`), pointer temporaries
+(`.last.tmp`) and the old copy of a step being rewritten (`.old-step_*`, put back in place if the crash came
+between the two renames).
 """
 
 from __future__ import annotations
@@ -155,7 +156,9 @@ def clean_debris(run_dir: Path) -> None:
                 os.replace(entry, target)  # the crash came between the two renames of a rewrite
                 log.warning("restored %s from an interrupted rewrite", target)
                 continue
-        elif not (name.startswith(".tmp-step_") or (name.startswith(".") and name.endswith(".tmp"))):
+        elif not name.startswith((".tmp-step_", ".pruned-step_")) and not (
+            name.startswith(".") and name.endswith(".tmp")
+        ):
             continue
         log.info("removing %s, left by an interrupted write", entry)
         if entry.is_dir() and not entry.is_symlink():

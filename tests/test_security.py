@@ -83,13 +83,15 @@ def test_second_trainer_in_a_run_directory_is_refused_and_a_crash_releases_it(tm
         victim.wait()
     older, newest = list_checkpoints(run2)[-2:]
     step = int(newest.name.removeprefix("step_"))
-    # debris of interrupted writes: a temporary checkpoint, a pointer temporary, a stale old copy, and a
-    # rewrite caught between its two renames (the newest step only exists as .old-step_*)
+    # debris of interrupted writes: a temporary checkpoint, a pointer temporary, a stale old copy, a
+    # rewrite caught between its two renames (the newest step only exists as .old-step_*), a half prune
     (run2 / ".tmp-step_000000099-abcdef").mkdir()
     (run2 / ".tmp-step_000000099-abcdef" / "model.safetensors").write_bytes(b"half")
     os.symlink("step_000000099", run2 / ".last.tmp")
     shutil.copytree(older, run2 / f".old-{older.name}")
     os.replace(newest, run2 / f".old-{newest.name}")
+    shutil.copytree(older, run2 / f".pruned-{older.name}")  # a prune killed while deleting its files
+    (run2 / f".pruned-{older.name}" / "model.safetensors").unlink()
     proc = run_cli("resume", str(run2), check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"step {step} of 20" in proc.stderr, proc.stderr[-3000:]  # resumed from the restored step
