@@ -7,6 +7,7 @@ Each subcommand imports what it needs when it runs, so the light ones (`validate
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -48,8 +49,10 @@ def _finish(state) -> int:  # state: TrainState
     import torch.distributed as dist
 
     if dist.is_initialized():
-        # every rank has finished its last collective before any tears the group down: a rank that
-        # destroyed it while a peer's gloo transfer was in flight aborted (SIGABRT) that peer
+        # Teardown in order: the run's DDP wrapper (kept alive by reference cycles) and its reducer go
+        # while their process group still exists, and every rank has finished its last collective before
+        # any destroys the group (a rank aborted with SIGABRT at exit, once, in CI).
+        gc.collect()
         dist.barrier()
         dist.destroy_process_group()
     print(state.run_dir)
