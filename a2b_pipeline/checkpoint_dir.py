@@ -17,6 +17,7 @@ import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import xxhash
@@ -188,7 +189,7 @@ def file_digest(path: Path, algo: str = "xxh3_128") -> str:
     """`algo:hex` of a file, read in 1 MB chunks into one reused buffer (fresh memory for the whole file
     costs page faults; unlike a mapping, reading turns a file that shrinks meanwhile into a mismatch, not
     a SIGBUS)."""
-    h = xxhash.xxh3_128() if algo == "xxh3_128" else hashlib.new(algo)
+    h = _hasher(algo)
     buf = bytearray(1 << 20)
     view = memoryview(buf)
     with open(path, "rb", buffering=0) as f:
@@ -199,23 +200,44 @@ def file_digest(path: Path, algo: str = "xxh3_128") -> str:
 
 def digest_bytes(blob: bytes, algo: str = "xxh3_128") -> str:
     """`algo:hex` of bytes in memory, as file_digest gives for a file holding them."""
-    h = xxhash.xxh3_128(blob) if algo == "xxh3_128" else hashlib.new(algo, blob)
+    h = _hasher(algo)
+    h.update(blob)
     return f"{algo}:{h.hexdigest()}"
+
+
+def _hasher(algo: str) -> Any:
+    return xxhash.xxh3_128() if algo == "xxh3_128" else hashlib.new(algo)
 
 
 def verify_file(file: Path, expected: str) -> None:
     """Raise CheckpointError unless the file's digest is the recorded one."""
-    algo, _, want = expected.rpartition(":")
-    algo = algo or "sha256"  # a bare hex digest: sha256
-    if algo not in DIGEST_ALGOS:
-        raise CheckpointError(f"{file}: unknown digest {expected!r}")
+    algo, want = _recorded_digest(file, expected)
     try:
-        got = file_digest(file, algo).rpartition(":")[2]
+        got = file_digest(file, algo)
     except FileNotFoundError:
         raise CheckpointError(f"{file}: missing") from None
     except OSError as e:
         raise CheckpointError(f"{file}: unreadable ({e})") from None
-    if got != want:
+    _check_digest(file, got, want)
+
+
+def verify_bytes(file: Path, blob: bytes, expected: str) -> None:
+    """verify_file for `file`'s bytes, already read into memory."""
+    algo, want = _recorded_digest(file, expected)
+    _check_digest(file, digest_bytes(blob, algo), want)
+
+
+def _recorded_digest(file: Path, expected: str) -> tuple[str, str]:
+    """(algorithm, hex) of a recorded digest; a bare hex digest is a sha256."""
+    algo, _, want = expected.rpartition(":")
+    algo = algo or "sha256"
+    if algo not in DIGEST_ALGOS:
+        raise CheckpointError(f"{file}: unknown digest {expected!r}")
+    return algo, want
+
+
+def _check_digest(file: Path, got: str, want: str) -> None:
+    if got.rpartition(":")[2] != want:
         raise CheckpointError(f"{file}: checksum mismatch (truncated or modified after it was written)")
 
 

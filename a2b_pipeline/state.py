@@ -46,14 +46,12 @@ from pydantic import (
 )
 
 from a2b_pipeline.checkpoint_dir import (  # the directory helpers are re-exported: one import for users
-    DIGEST_ALGOS,
     STATE_FILE,
     STEP_DIR,
     CheckpointError,
     SchemaTooNewError,
     checkpoint_file,
     checkpoint_name,
-    digest_bytes,
     entry_inside,
     file_digest,
     fsync_path,
@@ -64,6 +62,7 @@ from a2b_pipeline.checkpoint_dir import (  # the directory helpers are re-export
     read_verified_tensors,
     set_pointer,
     tensor_bytes,
+    verify_bytes,
     verify_file,
     write_checkpoint_dir,
 )
@@ -662,9 +661,7 @@ def _load_verified(ckpt: Path) -> TrainState:
 def read_metric_history(file: Path, digest: str) -> list[MetricRecord]:
     """A checkpoint's metrics.jsonl, size-capped and checked against its digest before it is parsed."""
     blob = read_bounded(file, MAX_HISTORY_BYTES, "more than a run's metric history takes")
-    algo, _, want = digest.rpartition(":")
-    if algo not in ("", *DIGEST_ALGOS) or digest_bytes(blob, algo or "sha256").rpartition(":")[2] != want:
-        raise CheckpointError(f"{file}: checksum mismatch (truncated or modified after it was written)")
+    verify_bytes(file, blob, digest)
     records = []
     for number, line in enumerate(io.BytesIO(blob), 1):
         try:
