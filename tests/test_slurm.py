@@ -1,0 +1,334 @@
+"""The training step as a Slurm job, on a real local Slurm (two slurmd on this host, slurm/cluster.sh):
+the Dagster Pipes round trip (the job's log lines and metadata in the Dagster run), a requeue in the
+middle of training that ends with the weights of an uninterrupted run, two-node DDP through srun, a job
+cancelled outside Dagster failing the step in Slurm's words, and a terminated step cancelling its job.
+
+Skipped, with the reason, where there is no Slurm to start (not root, or no slurmctld/munged): install it
+with `bash slurm/cluster.sh install`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _util import REPO, dagster_env, tiny_config
+from dagster import AssetKey, DagsterInstance, materialize
+
+from a2b_pipeline.defs.assets import ASSETS, experiments
+from a2b_pipeline.defs.resources import ExperimentStore, SlurmJob, TrainDevice, WandbTracking
+from a2b_pipeline.launch import slurm
+
+TRAIN_CHAIN = [AssetKey(n) for n in ("corpus_manifest", "dataset_splits", "meta_loader_spec", "training_run")]
+
+
+def _why_no_slurm() -> str | None:
+    if os.geteuid() != 0:
+        return "the local Slurm cluster needs root (slurmd starts jobs as their users)"
+    missing = [b for b in ("slurmctld", "slurmd", "munged", "sbatch") if shutil.which(b) is None]
+    if missing:
+        return f"no {', '.join(missing)} here: `bash slurm/cluster.sh install` (Debian's slurm-wlm + munge)"
+    return None
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """A two-node cluster (a2b-n1, a2b-n2; one CPU each) for the session; SLURM_CONF points at it."""
+    why = _why_no_slurm()
+    if why:
+        pytest.skip(why)
+    # not under pytest's tmp_path: its folders are private to root, and munged runs as user munge
+    where = Path(tempfile.mkdtemp(prefix="a2b-slurm-"))
+    started = subprocess.run(
+        ["bash", str(REPO / "slurm" / "cluster.sh"), "start", str(where), "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    old = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = str(where / "slurm.conf")
+    try:
+        assert started.returncode == 0, started.stderr + "".join(
+            p.read_text() for p in (where / "log").glob("*.log")
+        )
+        yield where
+    finally:
+        subprocess.run(["bash", str(REPO / "slurm" / "cluster.sh"), "stop", str(where)], timeout=120)
+        if old is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = old
+        shutil.rmtree(where, ignore_errors=True)
+
+
+def _experiment(tmp_path: Path, name: str, overrides: list[str]) -> tuple[Path, Path]:
+    configs = tmp_path / "configs"
+    configs.mkdir(parents=True, exist_ok=True)
+    (configs / f"{name}.yaml").write_text(tiny_config(tmp_path, [f"name={name}", *overrides]).to_yaml())
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    return configs, home
+
+
+def _resources(tmp_path: Path, configs: Path, **job: Any) -> dict[str, Any]:
+    return {
+        "store": ExperimentStore(data_root=str(tmp_path / "data"), configs_dir=str(configs)),
+        "tracking": WandbTracking(mode="disabled"),
+        "compute": TrainDevice(device="cpu", launch="slurm", slurm=SlurmJob(poll_seconds=0.3, **job)),
+    }
+
+
+def _materialize(tmp_path: Path, name: str, overrides: list[str], **job: Any) -> tuple[Any, DagsterInstance]:
+    configs, home = _experiment(tmp_path, name, overrides)
+    instance = DagsterInstance.from_config(str(home))
+    instance.add_dynamic_partitions(experiments.name, [name])
+    result = materialize(
+        ASSETS,
+        instance=instance,
+        resources=_resources(tmp_path, configs, **job),
+        partition_key=name,
+        selection=TRAIN_CHAIN,
+        raise_on_error=False,
+    )
+    return result, instance
+
+
+def _in_background(
+    tmp_path: Path, name: str, overrides: list[str]
+) -> tuple[threading.Thread, dict[str, Any]]:
+    """_materialize in a thread (the test acts on the job meanwhile); the result and instance in the dict."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        outcome["result"], outcome["instance"] = _materialize(tmp_path, name, overrides)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, outcome
+
+
+def _metadata(result: Any) -> dict[str, Any]:
+    (mat,) = [m for m in result.asset_materializations_for_node("training_run")]
+    return {k: v.value for k, v in mat.metadata.items()}
+
+
+def _messages(instance: DagsterInstance, run_id: str) -> list[str]:
+    return [e.message or "" for e in instance.all_logs(run_id)]
+
+
+def _weights(run_dir: Path) -> dict[str, Any]:
+    from a2b_pipeline.state import TrainState, load_tensors
+
+    state = TrainState.from_checkpoint(run_dir)
+    return load_tensors(state.last_checkpoint, "model.safetensors", state)
+
+
+def _reference(job_dir: Path, out: Path, ranks: int = 1) -> dict[str, Any]:
+    """The same effective config (the launch's config.yaml) trained without interruption, without Slurm."""
+    launcher = [sys.executable, "-m", "a2b_pipeline.cli"]
+    if ranks > 1:
+        launcher = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc-per-node={ranks}",
+            "-m",
+            "a2b_pipeline.cli",
+        ]
+    done = subprocess.run(
+        [*launcher, "train", str(job_dir / "config.yaml"), "--run-dir", str(out)],
+        cwd=REPO,
+        env=dagster_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return _weights(out)
+
+
+def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    import torch
+
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _job_dir(metadata: dict[str, Any]) -> Path:
+    return Path(metadata["job_log"]).parent
+
+
+def _wait_job(name: str, timeout: float = 120) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        jobs = slurm.queued_jobs(f"a2b:{name}")
+        if jobs:
+            return jobs[0]
+        time.sleep(0.2)
+    raise AssertionError(f"no Slurm job a2b:{name} in squeue after {timeout}s")
+
+
+def _wait_until(what: str, check: Any, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"{what}: not after {timeout}s"
+        time.sleep(0.1)
+
+
+def _checkpoint_past(root: Path, step: int) -> bool:
+    from a2b_pipeline.state import STEP_DIR, list_checkpoints
+
+    return any(
+        int(STEP_DIR.match(c.name)[1]) > step for run in root.glob("*/train-*") for c in list_checkpoints(run)
+    )
+
+
+# ---- the round trip ----
+
+
+def test_training_run_as_a_slurm_job_reports_logs_and_metadata_through_pipes(cluster, tmp_path):
+    """training_run trains in a Slurm job: the job's log lines are in the Dagster run's log, its metadata
+    on the materialization, and its weights are those of the same config trained in process."""
+    result, instance = _materialize(tmp_path, "pipes", [])
+    assert result.success
+    md = _metadata(result)
+    job_id = md["slurm_job_id"]
+    assert md["job_status"] == "complete" and md["world_size"] == 1 and md["slurm_restarts"] == 0
+    assert md["job_global_step"] == md["global_step"] == 6
+    messages = _messages(instance, result.run_id)
+    assert any(f"submitted Slurm job {job_id}" in m for m in messages)
+    assert any(m.startswith(f"Slurm job {job_id} started") for m in messages)  # from the job, via Pipes
+    assert any(m.startswith("a2b_pipeline.train: step 3 (epoch") for m in messages)  # the trainer's own line
+    assert any(f"Slurm job {job_id} COMPLETED" in m for m in messages)
+    assert slurm.job_info(job_id).state == "COMPLETED"
+    assert _same(_weights(Path(md["run_dir"])), _reference(_job_dir(md), tmp_path / "reference"))
+
+
+# ---- requeue and preemption ----
+
+LONGER = [
+    "train.max_steps=30",
+    "checkpoint.every_n_steps=3",
+    "checkpoint.keep_last=20",
+    "train.val_every_n_steps=10",
+]
+
+
+@pytest.mark.parametrize("how", ["scontrol_requeue", "signal_ahead_of_time_limit"])
+def test_a_requeued_job_resumes_bit_exactly_and_the_step_waits_for_it(cluster, tmp_path, how):
+    """Mid-training, the job is requeued: by `scontrol requeue` (as an operator or a preemption does), or by
+    itself after the USR1 Slurm sends ahead of the time limit (checkpoint, then `scontrol requeue`). The
+    Dagster step waits through it, says so, and the final weights equal an uninterrupted run's."""
+    name = f"requeue-{how.split('_')[0]}"
+    thread, outcome = _in_background(tmp_path, name, LONGER)
+    job_id = _wait_job(name)
+    _wait_until("a checkpoint past step 3", lambda: _checkpoint_past(tmp_path / "data" / "runs" / name, 3))
+    if how == "scontrol_requeue":
+        slurm.run_command(["scontrol", "requeue", job_id])
+    else:
+        slurm.run_command(["scancel", "--batch", "--signal=USR1", job_id])
+    _wait_until("the requeue", lambda: (slurm.job_info(job_id).restarts or 0) >= 1, timeout=60)
+    # Slurm holds a requeued job back for a few seconds (BeginTime): start it now
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True)
+    thread.join(timeout=300)
+    result, instance = outcome["result"], outcome["instance"]
+    assert result.success
+    md = _metadata(result)
+    assert md["slurm_job_id"] == job_id and md["slurm_restarts"] >= 1 and md["job_status"] == "complete"
+    assert md["resumed_from_step"] == 0 and md["global_step"] == 30
+    messages = _messages(instance, result.run_id)
+    assert any(f"Slurm job {job_id} was requeued" in m for m in messages)
+    if how == "signal_ahead_of_time_limit":
+        log = Path(md["job_log"]).read_text()
+        assert "USR1: time limit or preemption ahead" in log and f"requeueing job {job_id}" in log
+    assert _same(_weights(Path(md["run_dir"])), _reference(_job_dir(md), tmp_path / "reference"))
+
+
+# ---- two nodes ----
+
+
+def test_two_node_ddp_through_srun(cluster, tmp_path):
+    """One experiment on both nodes: srun starts a rank on each (rank and world size from Slurm), the
+    replicas agree, and the result equals two ranks started by torchrun on one machine."""
+    result, _ = _materialize(tmp_path, "ddp", [], nodes=2)
+    assert result.success
+    md = _metadata(result)
+    assert md["world_size"] == 2 and md["slurm_nodes"] == "a2b-n[1-2]"
+    log = Path(md["job_log"]).read_text()
+    digests = {line.rsplit(" ", 1)[1] for line in log.splitlines() if "final weights sha256" in line}
+    assert len(digests) == 1 and "rank 1 of 2" in log
+    assert _same(_weights(Path(md["run_dir"])), _reference(_job_dir(md), tmp_path / "reference", ranks=2))
+
+
+# ---- ends outside and inside Dagster ----
+
+
+def test_a_job_cancelled_outside_dagster_fails_the_step_in_slurms_words(cluster, tmp_path):
+    name = "cancelled"
+    thread, outcome = _in_background(tmp_path, name, ["train.max_steps=100000"])
+    job_id = _wait_job(name)
+    _wait_until("the job running", lambda: slurm.job_info(job_id).state == "RUNNING")
+    slurm.cancel(job_id)
+    thread.join(timeout=120)
+    result = outcome["result"]
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.is_step_failure]
+    text = failure.step_failure_data.error.message + (
+        failure.step_failure_data.user_failure_data.description or ""
+    )
+    assert f"Slurm job {job_id} CANCELLED" in text and "End of the job log" in text
+
+
+_TERMINATE_SCRIPT = """
+import sys
+from dagster import AssetKey, DagsterInstance, materialize
+from a2b_pipeline.defs.assets import ASSETS
+from a2b_pipeline.defs.resources import default_resources
+with DagsterInstance.from_config(sys.argv[1]) as instance:
+    r = materialize(ASSETS, instance=instance, resources=default_resources(), partition_key=sys.argv[2],
+                    selection=[AssetKey(n) for n in sys.argv[3:]], raise_on_error=False)
+sys.exit(0 if r.success else 3)
+"""
+
+
+def test_terminating_the_step_cancels_its_job(cluster, tmp_path):
+    """The run worker interrupted (what Terminate in the UI does to it) scancels the job: squeue no longer
+    lists it."""
+    name = "terminated"
+    configs, home = _experiment(tmp_path, name, ["train.max_steps=100000"])
+    with DagsterInstance.from_config(str(home)) as instance:
+        instance.add_dynamic_partitions(experiments.name, [name])
+    script = tmp_path / "materialize.py"
+    script.write_text(_TERMINATE_SCRIPT)
+    env = dagster_env(
+        A2B_DATA_ROOT=str(tmp_path / "data"),
+        A2B_CONFIGS_DIR=str(configs),
+        A2B_WANDB_MODE="disabled",
+        A2B_DEVICE="cpu",
+        A2B_LAUNCH="slurm",
+        A2B_SLURM_POLL_SECONDS="0.3",
+    )
+    log = tmp_path / "run.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, str(script), str(home), name, *(k.path[0] for k in TRAIN_CHAIN)],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=out,
+        )
+        job_id = _wait_job(name)
+        _wait_until("the job running", lambda: slurm.job_info(job_id).state == "RUNNING")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) != 0, log.read_text()[-3000:]
+    _wait_until("the job gone from squeue", lambda: job_id not in slurm.queued_jobs(), timeout=60)
+    assert slurm.job_info(job_id).state == "CANCELLED"
