@@ -188,32 +188,17 @@ def _checkpoint_past(root: Path, step: int) -> bool:
     from a2b_pipeline.state import STEP_DIR, list_checkpoints
 
     return any(
-        int(STEP_DIR.match(c.name)[1]) > step for run in root.glob("*/train-*") for c in list_checkpoints(run)
+        int(STEP_DIR.match(c.name)[1]) > step for run in root.glob("train-*") for c in list_checkpoints(run)
     )
 
 
-# ---- the round trip ----
+# ---- the round trip, through requeues ----
 
 
-def test_training_run_as_a_slurm_job_reports_logs_and_metadata_through_pipes(cluster, tmp_path):
-    """training_run trains in a Slurm job: the job's log lines are in the Dagster run's log, its metadata
-    on the materialization, and its weights are those of the same config trained in process."""
-    result, instance = _materialize(tmp_path, "pipes", [])
-    assert result.success
-    md = _metadata(result)
-    job_id = md["slurm_job_id"]
-    assert md["job_status"] == "complete" and md["world_size"] == 1 and md["slurm_restarts"] == 0
-    assert md["job_global_step"] == md["global_step"] == 6
-    messages = _messages(instance, result.run_id)
-    assert any(f"submitted Slurm job {job_id}" in m for m in messages)
-    assert any(m.startswith(f"Slurm job {job_id} started") for m in messages)  # from the job, via Pipes
-    assert any(m.startswith("a2b_pipeline.train: step 3 (epoch") for m in messages)  # the trainer's own line
-    assert any(f"Slurm job {job_id} COMPLETED" in m for m in messages)
-    assert slurm.job_info(job_id).state == "COMPLETED"
-    assert _same(_weights(Path(md["run_dir"])), _reference(_job_dir(md), tmp_path / "reference"))
+def slow_steps(model: Any, state: Any) -> None:
+    """A2B_MODEL_HOOKS hook: each training forward takes 0.3 s longer, so the test can act mid-training."""
+    model.register_forward_pre_hook(lambda module, args: time.sleep(0.3) if module.training else None)
 
-
-# ---- requeue and preemption ----
 
 LONGER = [
     "train.max_steps=30",
@@ -223,33 +208,50 @@ LONGER = [
 ]
 
 
-@pytest.mark.parametrize("how", ["scontrol_requeue", "signal_ahead_of_time_limit"])
-def test_a_requeued_job_resumes_bit_exactly_and_the_step_waits_for_it(cluster, tmp_path, how):
-    """Mid-training, the job is requeued: by `scontrol requeue` (as an operator or a preemption does), or by
-    itself after the USR1 Slurm sends ahead of the time limit (checkpoint, then `scontrol requeue`). The
-    Dagster step waits through it, says so, and the final weights equal an uninterrupted run's."""
-    name = f"requeue-{how.split('_')[0]}"
+def _requeued(job_id: str, restarts: int) -> None:
+    """Wait until Slurm has requeued the job `restarts` times, then let it start again at once (Slurm
+    holds a requeued job back for a few seconds: BeginTime)."""
+    _wait_until(f"requeue {restarts}", lambda: slurm.job_info(job_id).restarts >= restarts, timeout=60)
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True)
+
+
+def test_a_slurm_training_run_reports_through_pipes_and_resumes_bit_exactly_after_requeues(
+    cluster, tmp_path, monkeypatch
+):
+    """training_run trains in a Slurm job. Mid-training the job is requeued twice: by `scontrol requeue`
+    (as an operator or a preemption does), then by itself after the USR1 Slurm sends ahead of the time
+    limit (checkpoint, `scontrol requeue`). The Dagster step waits through both and says so; the job's
+    log lines are in the Dagster run's log, its metadata on the materialization, and the final weights
+    equal those of the same config trained without interruption, in process."""
+    monkeypatch.setenv("A2B_MODEL_HOOKS", f"{__name__}:slow_steps")  # the job gets this environment
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
+    name = "requeued"
     thread, outcome = _in_background(tmp_path, name, LONGER)
     job_id = _wait_job(name)
-    _wait_until("a checkpoint past step 3", lambda: _checkpoint_past(tmp_path / "data" / "runs" / name, 3))
-    if how == "scontrol_requeue":
-        slurm.run_command(["scontrol", "requeue", job_id])
-    else:
-        slurm.run_command(["scancel", "--batch", "--signal=USR1", job_id])
-    _wait_until("the requeue", lambda: (slurm.job_info(job_id).restarts or 0) >= 1, timeout=60)
-    # Slurm holds a requeued job back for a few seconds (BeginTime): start it now
-    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True)
+    runs = tmp_path / "runs" / name
+    _wait_until("a checkpoint past step 6", lambda: _checkpoint_past(runs, 6) or not thread.is_alive())
+    assert thread.is_alive(), "the run ended before the test could requeue its job"
+    slurm.run_command(["scontrol", "requeue", job_id])
+    _requeued(job_id, 1)
+    _wait_until("a checkpoint past step 15", lambda: _checkpoint_past(runs, 15) or not thread.is_alive())
+    assert thread.is_alive(), "the run ended before the test could signal its job"
+    slurm.run_command(["scancel", "--batch", "--signal=USR1", job_id])  # what --signal=B:USR1@N sends
+    _requeued(job_id, 2)
     thread.join(timeout=300)
+
     result, instance = outcome["result"], outcome["instance"]
     assert result.success
     md = _metadata(result)
-    assert md["slurm_job_id"] == job_id and md["slurm_restarts"] >= 1 and md["job_status"] == "complete"
-    assert md["resumed_from_step"] == 0 and md["global_step"] == 30
+    assert md["slurm_job_id"] == job_id and md["slurm_restarts"] == 2 and md["world_size"] == 1
+    assert md["job_status"] == "complete" and md["job_global_step"] == md["global_step"] == 30
     messages = _messages(instance, result.run_id)
-    assert any(f"Slurm job {job_id} was requeued" in m for m in messages)
-    if how == "signal_ahead_of_time_limit":
-        log = Path(md["job_log"]).read_text()
-        assert "USR1: time limit or preemption ahead" in log and f"requeueing job {job_id}" in log
+    assert any(f"submitted Slurm job {job_id}" in m for m in messages)
+    assert any(m.startswith(f"Slurm job {job_id} started") for m in messages)  # from the job, via Pipes
+    assert any(m.startswith("a2b_pipeline.train: step 10 (epoch") for m in messages)  # the trainer's own
+    assert sum(f"Slurm job {job_id} was requeued" in m for m in messages) == 2
+    assert any(f"Slurm job {job_id} COMPLETED" in m for m in messages)
+    log = Path(md["job_log"]).read_text()
+    assert "USR1: time limit or preemption ahead" in log and f"requeueing job {job_id}" in log
     assert _same(_weights(Path(md["run_dir"])), _reference(_job_dir(md), tmp_path / "reference"))
 
 
