@@ -192,6 +192,78 @@ def _checkpoint_past(root: Path, step: int) -> bool:
     )
 
 
+# ---- what a launch asks Slurm for (no cluster needed) ----
+
+
+def test_the_job_asks_for_what_the_resource_says(tmp_path):
+    """Partition, GPUs, CPUs, memory, time limit, account and QoS from the `compute` resource (here from
+    the environment, as the code location reads them) become the batch script's #SBATCH lines."""
+    from a2b_pipeline.defs.resources import default_resources
+
+    env = {
+        "A2B_LAUNCH": "slurm",
+        "A2B_SLURM_PARTITION": "gpu",
+        "A2B_SLURM_ACCOUNT": "lab42",
+        "A2B_SLURM_QOS": "high",
+        "A2B_SLURM_TIME": "04:00:00",
+        "A2B_SLURM_NODES": "2",
+        "A2B_SLURM_TASKS_PER_NODE": "4",
+        "A2B_SLURM_GPUS_PER_NODE": "4",
+        "A2B_SLURM_CPUS_PER_TASK": "8",
+        "A2B_SLURM_MEM": "200G",
+        "A2B_SLURM_SIGNAL_SECONDS": "300",
+        "A2B_SLURM_SBATCH_ARGS": "--constraint=a100 --exclusive",
+    }
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        compute = default_resources()["compute"]
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    assert compute.launch == "slurm"
+    files = slurm.JobFiles(tmp_path)
+    script = slurm.batch_script(compute.slurm.spec(), files, "a2b:x", ["train", "c.yaml"], "/venv/bin/python")
+    lines = {line for line in script.splitlines() if line.startswith("#SBATCH")}
+    for want in (
+        "--partition=gpu",
+        "--account=lab42",
+        "--qos=high",
+        "--time=04:00:00",
+        "--nodes=2",
+        "--ntasks-per-node=4",
+        "--gpus-per-node=4",
+        "--cpus-per-task=8",
+        "--mem=200G",
+        "--signal=B:USR1@300",
+        "--requeue",
+        "--constraint=a100",
+        "--exclusive",
+    ):
+        assert f"#SBATCH {want}" in lines, want
+    assert "srun --kill-on-bad-exit=1 /venv/bin/python -m a2b_pipeline.launch.job train c.yaml &" in script
+
+
+def test_a_launch_nobody_knows_is_refused():
+    with pytest.raises(ValueError, match="launch must be one of"):
+        TrainDevice(launch="kubernetes").apply(tiny_config(Path("/nonexistent")))
+
+
+def test_ranks_come_from_slurms_environment():
+    """srun's variables -> torch.distributed's; one task, or torchrun's own variables, are left alone."""
+    from a2b_pipeline.launch.job import rank_env_from_slurm
+
+    two = {"SLURM_PROCID": "1", "SLURM_NTASKS": "2", "SLURM_LOCALID": "0", "SLURM_NTASKS_PER_NODE": "1(x2)"}
+    assert rank_env_from_slurm(two) == {
+        "RANK": "1",
+        "WORLD_SIZE": "2",
+        "LOCAL_RANK": "0",
+        "LOCAL_WORLD_SIZE": "1",
+    }
+    assert rank_env_from_slurm({**two, "SLURM_NTASKS": "1"}) == {}
+    assert rank_env_from_slurm({**two, "WORLD_SIZE": "2"}) == {}
+
+
 # ---- the round trip, through requeues ----
 
 
