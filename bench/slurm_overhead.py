@@ -30,6 +30,7 @@ def timed(fn, *args):  # noqa: ANN001, ANN202
 
 def cpu_seconds(fn, *args) -> float:  # noqa: ANN001
     """CPU time of this process and its children (the Slurm client commands) spent in fn."""
+
     def now() -> float:
         s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
         return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime

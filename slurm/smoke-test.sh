@@ -20,6 +20,11 @@ CONFIGS=$WORK/configs
 export DAGSTER_HOME=$WORK/home
 PY=$REPO/.venv/bin/python
 SWEEP=(smoke.h8 smoke.h12 smoke.h16)
+# The sweep, DDP and requeue runs execute their steps in the run worker (the launchpad's `in_process`
+# executor: one Python start per run instead of one per step, minutes on 2 cores); the cancel run keeps the
+# default multiprocess executor, where Terminate reaches the training step in a process of its own.
+IN_PROCESS='{"execution": {"config": {"in_process": {}}}}'
+
 DAGSTER_PID=
 SUMMARY=()
 STEP=0
@@ -165,7 +170,7 @@ max_jobs() { # watch squeue while $1 runs: the most a2b jobs at once, in $WORK/m
 
 sweep_backfill() {
   local id waiter
-  id=$(gql backfill "${SWEEP[@]}") || return 1
+  id=$(gql backfill "$IN_PROCESS" "${SWEEP[@]}") || return 1
   log "backfill $id over ${SWEEP[*]}"
   echo 0 >"$WORK/max_jobs"
   gql wait-backfill "$id" "$RUN_TIMEOUT" >"$WORK/sweep_runs" &
@@ -195,7 +200,7 @@ leaderboard_fills_in() {
 
 two_node_ddp() {
   local config run
-  config='{"resources": {"compute": {"config": {"device": "cpu", "launch": "slurm", "slurm": {"nodes": 2, "poll_seconds": 1}}}}}'
+  config='{"execution": {"config": {"in_process": {}}}, "resources": {"compute": {"config": {"device": "cpu", "launch": "slurm", "slurm": {"nodes": 2, "poll_seconds": 1}}}}}'
   run=$(gql launch-assets "$config" ddp corpus_manifest dataset_splits meta_loader_spec training_run) || return 1
   gql wait-run "$run" "$RUN_TIMEOUT" >/dev/null || return 1
   local world nodes
@@ -216,7 +221,7 @@ checkpoint_past() { # checkpoint_past EXPERIMENT STEP: a committed checkpoint be
 
 requeue_mid_training() {
   local run job
-  run=$(gql launch-assets '{}' requeue corpus_manifest dataset_splits meta_loader_spec training_run) || return 1
+  run=$(gql launch-assets "$IN_PROCESS" requeue corpus_manifest dataset_splits meta_loader_spec training_run) || return 1
   for _ in $(seq 600); do checkpoint_past requeue 40 && break; sleep 0.2; done
   checkpoint_past requeue 40 || fail "no checkpoint past step 40" || return 1
   job=$(squeue -h -o '%A %j' | awk '$2 == "a2b:requeue" {print $1}')

@@ -1,7 +1,7 @@
 """The Dagster GraphQL calls slurm/smoke-test.sh makes, as the UI makes them; the shared ones (waiting for the
 webserver, a partition, a run's status and metadata) are docker/smoke_client.py's. Python stdlib only.
 
-    python3 slurm/smoke_client.py URL backfill PARTITION...            -> backfill id (the experiment assets)
+    python3 slurm/smoke_client.py URL backfill CONFIG_JSON PARTITION...  -> backfill id (experiment assets)
     python3 slurm/smoke_client.py URL wait-backfill ID TIMEOUT         -> its run ids, once all succeeded
     python3 slurm/smoke_client.py URL launch-assets CONFIG_JSON PARTITION ASSET...  -> run id
     python3 slurm/smoke_client.py URL terminate RUN_ID                 -> the run's status after it
@@ -29,7 +29,7 @@ EXPERIMENT_ASSETS = [
 ]
 
 
-def backfill(url: str, partitions: list[str]) -> str:
+def backfill(url: str, run_config: str, partitions: list[str]) -> str:
     """What "Materialize all" over selected partitions sends: an asset backfill of the experiment assets."""
     data = gql(
         url,
@@ -42,6 +42,7 @@ def backfill(url: str, partitions: list[str]) -> str:
             "partitionNames": partitions,
             "assetSelection": [{"path": [a]} for a in EXPERIMENT_ASSETS],
             "fromFailure": False,
+            "runConfigData": json.loads(run_config),
         },
     )["launchPartitionBackfill"]
     return _expect(data, "LaunchBackfillSuccess")["backfillId"]
@@ -114,7 +115,7 @@ def main(argv: list[str]) -> int:
     url, cmd, *args = argv
     try:
         if cmd == "backfill":
-            print(backfill(url, args))
+            print(backfill(url, args[0], args[1:]))
         elif cmd == "wait-backfill":
             print(" ".join(wait_backfill(url, args[0], float(args[1]))))
         elif cmd == "launch-assets":

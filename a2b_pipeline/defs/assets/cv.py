@@ -47,10 +47,13 @@ RESOURCE_KEYS = {"store", "tracking", "compute"}
 # Build when missing (unless its last build failed: no retry loop) and rebuild whenever any upstream
 # partition was materialized since the last request, also while others are missing (a summary of 2 of 3
 # folds says so); never while a build of its own is running. Unlike eager(), missing upstream doesn't block.
+# Since the last *request*, not since_last_handled(): that also resets on the build's own materialization,
+# so an upstream update that lands while a build runs (a sweep's evaluations finishing close together) was
+# lost, and the leaderboard kept showing that experiment as running.
 REBUILD_ON_ANY_UPDATE = (
     (
         (AutomationCondition.missing() & ~AutomationCondition.execution_failed())
-        | AutomationCondition.any_deps_updated().since_last_handled()
+        | AutomationCondition.any_deps_updated().since(AutomationCondition.newly_requested())
     )
     & ~AutomationCondition.in_progress()
 ).with_label("rebuild_on_any_upstream_update")
