@@ -38,9 +38,10 @@ gql() { python3 slurm/smoke_client.py "$GRAPHQL" "$@"; }
 
 stop_everything() {
   if [ -n "$DAGSTER_PID" ] && kill -0 "$DAGSTER_PID" 2>/dev/null; then
-    kill -TERM -- "-$DAGSTER_PID" 2>/dev/null # dagster dev leads its own process group (setsid)
+    kill -INT -- "-$DAGSTER_PID" 2>/dev/null # dagster dev (its own process group: setsid) stops on Ctrl-C
     for _ in $(seq 60); do kill -0 "$DAGSTER_PID" 2>/dev/null || break; sleep 0.5; done
     kill -KILL -- "-$DAGSTER_PID" 2>/dev/null
+    wait "$DAGSTER_PID" 2>/dev/null
   fi
   [ -f "$CLUSTER/slurm.conf" ] && bash slurm/cluster.sh stop "$CLUSTER"
   if [ "${A2B_SMOKE_KEEP:-0}" = 1 ]; then echo "A2B_SMOKE_KEEP=1: kept $WORK"; else rm -rf "$WORK"; fi
@@ -254,6 +255,14 @@ sys.exit(0 if same else 1)
 PYTHON
 }
 
+worker_memory() { # the run worker (a child of the code server) and its step process, while they wait
+  local server worker step
+  server=$(pgrep -f "dagster api grpc.*$WORK" | head -1)
+  worker=$(pgrep -P "$server" | head -1)
+  step=$(pgrep -P "$worker" -f python | head -1)
+  ps -o rss= -p "$worker" -p "${step:-$worker}" | awk '{s += $1} END {printf "run worker + step process %.0f MB RSS", s / 1024}'
+}
+
 cancel_from_dagster() {
   local run job status
   run=$(gql launch-assets '{}' cancel corpus_manifest dataset_splits meta_loader_spec training_run) || return 1
@@ -263,7 +272,7 @@ cancel_from_dagster() {
     sleep 0.2
   done
   [ -n "$job" ] || fail "no running Slurm job a2b:cancel" || return 1
-  log "run workers waiting on their jobs: $(ps -o rss= -p "$(pgrep -d, -f 'dagster api execute_run')" | awk '{s += $1; n++} END {printf "%d, %.0f MB RSS each", n, s / n / 1024}')"
+  log "waiting on the job: $(worker_memory)"
   log "Slurm job $job running; Terminate from Dagster: $(gql terminate "$run")"
   for _ in $(seq 120); do
     status=$(gql status "$run")
