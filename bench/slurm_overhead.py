@@ -81,7 +81,7 @@ def main() -> int:
         print(
             f"  {n:>4} concurrent experiments, poll every {args.poll_seconds:g}s: "
             f"{n * per_job_cpu * 100:.1f}% of one core polling, {n / args.poll_seconds:.0f} scontrol "
-            f"calls/s, {n * rss / 1024:.1f} GB of run workers (at the RSS above)"
+            f"calls/s, at least {n * rss / 1024:.1f} GB of run workers (the import alone)"
         )
     return 0
 
