@@ -39,7 +39,7 @@ from a2b_pipeline.models import build_model, model_io
 from a2b_pipeline.preflight import check_runnable
 from a2b_pipeline.progress import Progress
 from a2b_pipeline.rundir_lock import hold_run_dir
-from a2b_pipeline.schedule import apply_freeze, lr_at, planned_steps, set_lr, val_interval
+from a2b_pipeline.schedule import apply_freeze, encoder_lr_at, lr_at, planned_steps, set_lr, val_interval
 from a2b_pipeline.state import MetricRecord, RNGState, TrainState
 from a2b_pipeline.tracking import Tracker
 
@@ -276,7 +276,15 @@ def has_split(data: PreparedData, split: str) -> bool:
 
 def build_optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
     o = cfg.optimizer
-    params = list(model.parameters())  # frozen ones too: freezing by step toggles requires_grad
+    params: Any = list(model.parameters())  # frozen ones too: freezing by step toggles requires_grad
+    own = getattr(model, "encoder_parameters", None)
+    encoder = own() if own is not None else []
+    if encoder:  # a pretrained encoder learns at its own rate (schedule.encoder_lr_at)
+        ids = {id(p) for p in encoder}
+        params = [
+            {"params": [p for p in params if id(p) not in ids]},
+            {"params": encoder, "name": "encoder"},
+        ]
     if o.name == "sgd":
         return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
     if o.name == "adam":
@@ -296,7 +304,8 @@ def train_step(
     step = state.global_step
     apply_freeze(raw_model, cfg, step)
     run.train_loader.set_weights(loader_weights(run.train_loader, cfg, step))
-    set_lr(optimizer, lr_at(cfg, step, run.total_steps, run.plateau["scale"]))
+    lr = lr_at(cfg, step, run.total_steps, run.plateau["scale"])
+    set_lr(optimizer, lr, encoder_lr_at(cfg, step, lr))
     accum = cfg.train.grad_accum_steps
     names = run.train_loader.dataset_names
     step_loss: torch.Tensor | None = None  # summed on device

@@ -5,7 +5,11 @@ The config itself is `_util.tiny_config(tmp_path, overrides)`, for tests that ne
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# Nothing is downloaded in tests: the Hugging Face hub client reads this once, when first imported.
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest
 from _util import SMALL, tiny_config

@@ -1,0 +1,202 @@
+"""`hf_encoder`: pretrained audio encoders from transformers, on tiny randomly initialised ones saved to a
+directory (tests/tiny_encoders.py; nothing is downloaded): frozen embeddings cached once, every encoder
+family trains and predicts, fine-tuning schedules resume bit for bit, a hub id that can't be reached fails
+naming the model and the way out."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import soundfile as sf
+import torch
+from _util import run_cli, tiny_config
+from tiny_encoders import save_tiny_encoder
+
+from a2b_pipeline.configs import ConfigError, config_from_dict
+from a2b_pipeline.data import feature_cache
+from a2b_pipeline.data.pipeline import prepare_data
+from a2b_pipeline.evaluate import evaluate_checkpoint
+from a2b_pipeline.models import build_model, model_io
+from a2b_pipeline.models import hf_encoder as hf
+from a2b_pipeline.predict import Predictor
+from a2b_pipeline.state import TrainState, checkpoint_name, load_tensors
+from a2b_pipeline.train import train
+
+pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def encoders(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("encoders")
+
+
+def _encoder(encoders: Path, kind: str) -> str:
+    path = encoders / kind
+    if not path.exists():
+        save_tiny_encoder(kind, path)
+    return str(path)
+
+
+def _raw(tmp_path: Path, source: str, **model: Any) -> dict[str, Any]:
+    """One small synthetic dataset (4 listeners x 2 recordings x 16 s), 4 s windows, a tiny head."""
+    raw = tiny_config(tmp_path).model_dump(mode="json")
+    raw["data"]["datasets"] = raw["data"]["datasets"][:1]
+    raw["data"].update(window_seconds=4, hop_seconds=2)
+    raw["model"] = {
+        "name": "hf_encoder",
+        "source": source,
+        "chunk_seconds": 3.0,
+        "overlap_seconds": 0.5,
+        "head": {"name": "conv_gru", "conv_channels": 8, "hidden": 8, "dropout": 0.0},
+        **model,
+    }
+    raw["train"].update(max_steps=4, val_every_n_steps=4)
+    return raw
+
+
+def _train(raw: dict[str, Any], **hooks: Any) -> TrainState:
+    state = train(TrainState.from_config(config_from_dict(raw)), **hooks)
+    assert state.status == "complete", state.message
+    return state
+
+
+def _weights(state: TrainState, step: int) -> dict[str, torch.Tensor]:
+    path = Path(state.run_dir) / checkpoint_name(step)
+    return load_tensors(path, "model.safetensors", TrainState.from_checkpoint(path))
+
+
+def test_frozen_embeddings_are_computed_once_and_cached(tmp_path: Path, encoders: Path) -> None:
+    raw = _raw(tmp_path, _encoder(encoders, "wav2vec2"))
+    raw["train"].update(max_steps=None, num_epochs=2)
+    cfg = config_from_dict(raw)
+    feature_cache.reset_stats()
+    hf.STATS["encoder_chunks"] = 0
+    prepare_data(cfg)
+    first = hf.STATS["encoder_chunks"]
+    # 8 recordings of 16 s in chunks of 3 s with 0.5 s overlap: 7 chunks each
+    assert first == 8 * math.ceil(16 / 2.5) and feature_cache.STATS["inputs_miss"] == 8
+
+    # a new process would find them on disk: the training run (2 epochs) and a second experiment on the
+    # same audio with another head never run the encoder
+    feature_cache.forget_memory()
+    state = _train(raw)
+    assert state.epoch >= 1  # the second epoch ran
+    other = _raw(tmp_path, raw["model"]["source"], head={"name": "tcn", "channels": 8, "levels": 2})
+    _train(other)
+    assert hf.STATS["encoder_chunks"] == first
+    assert feature_cache.STATS["inputs_hit"] >= 8 and feature_cache.STATS["inputs_miss"] == 8
+
+    # the checkpoint holds the head and the layer weights, not the frozen encoder
+    weights = load_tensors(state.last_checkpoint, "model.safetensors", state)
+    assert "layer_weights" in weights and not any(k.startswith("encoder.") for k in weights)
+    assert not torch.equal(weights["layer_weights"], torch.zeros(3))  # the weighted sum learns
+
+    # another layer selection is another cache entry
+    prepare_data(config_from_dict(_raw(tmp_path, raw["model"]["source"], layer=-1)))
+    assert feature_cache.STATS["inputs_miss"] == 16 and hf.STATS["encoder_chunks"] == 2 * first
+
+    metrics = evaluate_checkpoint(state.last_checkpoint, "test")
+    assert all(math.isfinite(v) for v in metrics.values())
+
+
+def test_cache_key_holds_model_revision_weights_and_layer(tmp_path: Path, encoders: Path) -> None:
+    source = _encoder(encoders, "wav2vec2")
+    base = config_from_dict(_raw(tmp_path, source)).model
+    settings = hf.cache_settings(base, 50.0)
+    assert settings["model"] == source and settings["layer"] == "weighted"
+    assert "revision" in settings and len(settings["weights"]) == 32
+    # other weights under the same directory name: another digest
+    other = save_tiny_encoder("wav2vec2", tmp_path / "retrained", seed=1)
+    assert hf.cache_settings(base.model_copy(update={"source": str(other)}), 50.0)["weights"] != settings["weights"]
+
+
+@pytest.mark.parametrize("kind", ["hubert", "ast", "whisper", "clap"])
+def test_each_encoder_family_trains_and_predicts(tmp_path: Path, encoders: Path, kind: str) -> None:
+    layer: Any = -1 if kind == "clap" else "weighted"
+    raw = _raw(tmp_path, _encoder(encoders, kind), layer=layer)
+    state = _train(raw)
+    losses = [m.value for m in state.metric_history if m.name == "train/loss"]
+    assert len(losses) == 4 and all(math.isfinite(v) for v in losses)
+    wav = sorted((tmp_path / "synA").rglob("*.wav"))[0]
+    y, _, seconds = Predictor(state.last_checkpoint).predict(wav)
+    assert y.shape == (math.ceil(seconds * 4.0 - 1e-9), 2) and torch.isfinite(torch.as_tensor(y)).all()
+
+
+def test_finetune_resumes_bit_exactly_in_the_middle_of_an_unfreeze_schedule(
+    tmp_path: Path, encoders: Path
+) -> None:
+    source = _encoder(encoders, "wav2vec2")
+    finetune = {"unfreeze_top_k": 1, "after_step": 3, "lr": 3e-3, "warmup_steps": 3}
+    raw = _raw(tmp_path, source, finetune=finetune, encoder_precision="bf16")
+    raw["train"].update(max_steps=8, val_every_n_steps=4)
+    raw["checkpoint"].update(every_n_steps=2, keep_last=10, dir=str(tmp_path / "straight"))
+
+    dtypes: list[torch.dtype] = []
+
+    def watch(model: torch.nn.Module, state: TrainState) -> None:
+        model.encoder.net.register_forward_hook(lambda m, i, o: dtypes.append(o.last_hidden_state.dtype))
+        model.head.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+
+    straight = _train(raw, model_hooks=[watch])
+    assert set(dtypes) == {torch.bfloat16, torch.float32}  # the encoder in bf16, the head in fp32
+
+    w2, w4, w8 = (_weights(straight, s) for s in (2, 4, 8))
+    top = [k for k in w2 if k.startswith("encoder.net.encoder.layers.1.")]
+    below = [k for k in w2 if k.startswith("encoder.net.encoder.layers.0.")]
+    assert top and below
+    assert all(torch.equal(w2[k], w4[k]) for k in below)
+    assert any(not torch.equal(w2[k], w4[k]) for k in top)  # unfrozen at step 3
+    assert all(torch.equal(w2[k], w8[k]) for k in below)  # only the top layer trains
+    groups = TrainState.from_checkpoint(straight.last_checkpoint).optimizer_state.param_groups
+    assert [g.get("name") for g in groups] == [None, "encoder"]
+
+    # crash in step 6 (after the checkpoint of step 4, in the warm-up of the encoder's lr), resume
+    raw["checkpoint"]["dir"] = str(tmp_path / "crashed")
+
+    def crash(model: torch.nn.Module, state: TrainState) -> None:
+        def boom(m: Any, i: Any) -> None:
+            if state.global_step == 5:
+                raise RuntimeError("simulated crash")
+
+        model.head.register_forward_pre_hook(boom)
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(TrainState.from_config(config_from_dict(raw)), model_hooks=[crash])
+    crashed = TrainState.from_checkpoint(Path(raw["checkpoint"]["dir"]) / Path(straight.run_dir).name)
+    assert crashed.global_step == 4
+    resumed = train(crashed)
+    assert resumed.global_step == 8
+    a, b = _weights(straight, 8), _weights(resumed, 8)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    opt_a = load_tensors(straight.last_checkpoint, "optimizer.safetensors", straight)
+    opt_b = load_tensors(resumed.last_checkpoint, "optimizer.safetensors", resumed)
+    assert all(torch.equal(opt_a[k], opt_b[k]) for k in opt_a)
+
+
+def test_a2b_predict_with_an_encoder_config(tmp_path: Path, encoders: Path) -> None:
+    state = _train(_raw(tmp_path, _encoder(encoders, "wav2vec2")))
+    wav = sorted((tmp_path / "synA").rglob("*.wav"))[0]
+    out = tmp_path / "out"
+    run_cli("predict", str(state.run_dir), str(wav), "--out", str(out))
+    with (out / f"{wav.stem}.csv").open() as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["time", "eda_z", "hr_z"]
+    assert len(rows) - 1 == math.ceil(sf.info(wav).duration * 4.0 - 1e-9)
+
+
+def test_unreachable_hub_id_names_the_model_and_the_way_out(tmp_path: Path) -> None:
+    raw = _raw(tmp_path, "facebook/wav2vec2-base", revision="0" * 40)
+    cfg = config_from_dict(raw)
+    with pytest.raises(hf.EncoderUnavailableError) as err:
+        build_model(cfg.model, model_io(cfg))
+    msg = str(err.value)
+    assert "facebook/wav2vec2-base" in msg and "--local-dir" in msg and "model.source" in msg
+
+
+def test_a_hub_id_needs_a_pinned_revision(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="pin `revision`"):
+        config_from_dict(_raw(tmp_path, "m-a-p/MERT-v1-95M", trust_remote_code=True))
