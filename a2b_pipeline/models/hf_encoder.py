@@ -133,7 +133,7 @@ def selected_states(cfg: HFEncoderConfig, shape: EncoderShape) -> int:
 class Encoder(nn.Module):
     """A loaded transformers encoder with its feature extractor: waveform [B, N] -> hidden states."""
 
-    def __init__(self, cfg: HFEncoderConfig):
+    def __init__(self, cfg: HFEncoderConfig, all_states: bool = False):
         super().__init__()
         tf = _transformers()
         tf.utils.logging.disable_progress_bar()  # a bar per load would drown the run's own log lines
@@ -152,7 +152,9 @@ class Encoder(nn.Module):
             model = model.audio_model
         self.net = model.float().eval()
         self.sampling_rate = int(self.extractor.sampling_rate)
-        self.layer = cfg.layer
+        self.layer = (
+            "weighted" if all_states else cfg.layer
+        )  # all_states: every hidden state, to select later
         self.bf16 = cfg.encoder_precision == "bf16"
 
     def digest(self) -> str:
@@ -290,7 +292,7 @@ def shared_encoder(cfg: HFEncoderConfig) -> Encoder:
     key = cfg.model_dump_json(include={"source", "revision", "trust_remote_code", "encoder_precision"})
     with _SHARED_LOCK:
         if key not in _SHARED:
-            _SHARED[key] = Encoder(cfg.model_copy(update={"layer": "weighted"}))
+            _SHARED[key] = Encoder(cfg, all_states=True)
         return _SHARED[key]
 
 
