@@ -318,8 +318,9 @@ class HFEncoderConfig(_ModelBase):
 
     name: Literal["hf_encoder"] = "hf_encoder"
     # A hub id (`facebook/wav2vec2-base`: needs `revision`, a commit) or a local directory saved with
-    # save_pretrained (model + feature extractor)
-    source: ConfigPath
+    # save_pretrained (model + feature extractor). Not a PathField: a hub id must not be rebased under a
+    # data root, so a local directory is absolute or relative to the working directory.
+    source: Annotated[str, Field(min_length=1)]
     revision: Annotated[str, Field(pattern=r"^[0-9a-f]{40}$")] | None = None
     # The model's own Python code from its repository runs on this machine (MERT needs it): only for
     # sources you trust, at a pinned revision.

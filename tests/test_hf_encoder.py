@@ -205,3 +205,30 @@ def test_unreachable_hub_id_names_the_model_and_the_way_out(tmp_path: Path) -> N
 def test_a_hub_id_needs_a_pinned_revision(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="pin `revision`"):
         config_from_dict(_raw(tmp_path, "m-a-p/MERT-v1-95M", trust_remote_code=True))
+
+
+@pytest.mark.slow
+def test_dagster_graph_materializes_an_encoder_experiment(
+    tmp_path: Path, encoders: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import yaml
+
+    from a2b_pipeline.demo import run_demo
+
+    monkeypatch.setenv("A2B_EVAL_FLOOR", "-1")  # 4 steps of a random encoder: the graph is under test
+    raw = _raw(tmp_path, _encoder(encoders, "wav2vec2"))
+    raw["name"] = "enc"
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "enc.yaml").write_text(yaml.safe_dump(raw))
+    with open(tmp_path / "demo.out", "w") as out:
+        code = run_demo(
+            tmp_path / "home",
+            tmp_path / "root",
+            configs_dir=configs,
+            experiment="enc",
+            tracking_mode="disabled",
+            device="cpu",
+            out=out,
+        )
+    assert code == 0, (tmp_path / "demo.out").read_text()[-3000:]
