@@ -7,16 +7,18 @@ from __future__ import annotations
 
 import csv
 import math
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 import soundfile as sf
 import torch
-from _util import run_cli, tiny_config
+from _util import REPO, run_cli, tiny_config
 from tiny_encoders import save_tiny_encoder
 
-from a2b_pipeline.configs import ConfigError, config_from_dict
+from a2b_pipeline.configs import ConfigError, config_from_dict, load_config
 from a2b_pipeline.data import feature_cache
 from a2b_pipeline.data.pipeline import prepare_data
 from a2b_pipeline.evaluate import evaluate_checkpoint
@@ -200,6 +202,26 @@ def test_unreachable_hub_id_names_the_model_and_the_way_out(tmp_path: Path) -> N
         build_model(cfg.model, model_io(cfg))
     msg = str(err.value)
     assert "facebook/wav2vec2-base" in msg and "--local-dir" in msg and "model.source" in msg
+
+
+@pytest.mark.parametrize("name", ["hf_wav2vec2", "hf_mert", "hf_clap"])
+def test_shipped_encoder_configs_pin_a_revision_and_name_the_model_offline(name: str) -> None:
+    cfg = load_config(REPO / "configs" / f"{name}.yaml")
+    assert cfg.model.name == "hf_encoder" and cfg.model.revision and len(cfg.model.revision) == 40
+    assert cfg.model.trust_remote_code == (name == "hf_mert")  # only MERT needs its repository's code
+    with pytest.raises(hf.EncoderUnavailableError, match=re.escape(cfg.model.source)):
+        build_model(cfg.model, model_io(cfg))
+
+
+def test_a_checkpoint_refuses_other_frozen_encoder_weights(tmp_path: Path, encoders: Path) -> None:
+    source = tmp_path / "enc"
+    save_tiny_encoder("wav2vec2", source)
+    state = _train(_raw(tmp_path, str(source)))
+    shutil.rmtree(source)
+    save_tiny_encoder("wav2vec2", source, seed=1)  # other weights under the same directory
+    hf._SHARED.clear()  # a new process
+    with pytest.raises(ValueError, match="not those this checkpoint was trained on"):
+        Predictor(state.last_checkpoint)
 
 
 def test_a_hub_id_needs_a_pinned_revision(tmp_path: Path) -> None:

@@ -73,6 +73,12 @@ def _source(cfg: HFEncoderConfig) -> str:
 
 
 def _unavailable(cfg: HFEncoderConfig, e: BaseException) -> EncoderUnavailableError:
+    if "trust_remote_code" in str(e) and not cfg.trust_remote_code:
+        return EncoderUnavailableError(
+            f"model.source {cfg.source!r}: its model class is Python code from its repository, which runs "
+            "only with model.trust_remote_code: true (set it if you trust that code at this revision; README "
+            "'Pretrained audio encoders')"
+        )
     if is_local(cfg):
         return EncoderUnavailableError(
             f"model.source {cfg.source!r}: not a loadable transformers model directory "
@@ -157,7 +163,8 @@ class Encoder(nn.Module):
         )  # all_states: every hidden state, to select later
         self.bf16 = cfg.encoder_precision == "bf16"
 
-    def digest(self) -> str:
+    @functools.cached_property
+    def weights_digest(self) -> str:
         """xxh3-128 over the weights as loaded (names, dtypes, shapes, bytes): part of the cache key."""
         h = xxhash.xxh3_128()
         for name, t in sorted(self.net.state_dict().items()):
@@ -302,7 +309,7 @@ def cache_settings(cfg: HFEncoderConfig, frame_rate: float) -> dict[str, Any]:
     return {
         "model": cfg.source,
         "revision": cfg.revision,
-        "weights": enc.digest() if cfg.finetune is None else None,
+        "weights": enc.weights_digest if cfg.finetune is None else None,
         "layer": cfg.layer,
         "precision": cfg.encoder_precision,
         "chunk_seconds": cfg.chunk_seconds,
@@ -350,7 +357,12 @@ class HFEncoderModel(nn.Module):
         self.n_states = selected_states(cfg, self.shape)
         self.layer_weights = nn.Parameter(torch.zeros(self.n_states)) if self.n_states > 1 else None
         self.encoder: Encoder | None = None
-        if cfg.finetune is not None:
+        if cfg.finetune is None:
+            # which weights computed the embeddings the head learnt from: a checkpoint loaded beside other
+            # weights under the same model.source is refused (see _load_from_state_dict)
+            digest = bytes.fromhex(shared_encoder(cfg).weights_digest)
+            self.register_buffer("encoder_digest", torch.tensor(list(digest), dtype=torch.uint8))
+        else:
             self.encoder = Encoder(cfg)
             self.encoder.requires_grad_(False)
             self._unfreeze = self._top_layers(cfg.finetune.unfreeze_top_k)
@@ -376,6 +388,23 @@ class HFEncoderModel(nn.Module):
         on = step >= self.cfg.finetune.after_step
         for p in self._unfreeze:
             p.requires_grad_(on)
+
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        theirs = state_dict.get(prefix + "encoder_digest")
+        if (
+            theirs is not None
+            and hasattr(self, "encoder_digest")
+            and not torch.equal(theirs, self.encoder_digest)
+        ):
+            mine, ckpt = bytes(self.encoder_digest.tolist()).hex(), bytes(theirs.tolist()).hex()
+            raise ValueError(
+                f"model.source {self.cfg.source!r}: its weights (digest {mine}) are not those this checkpoint"
+                f" was trained on ({ckpt}): the frozen encoder's embeddings would differ; point model.source "
+                "at the weights of the run"
+            )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def train(self, mode: bool = True) -> HFEncoderModel:
         super().train(mode)
