@@ -1,7 +1,8 @@
 """Benchmark: a pretrained encoder's embedding throughput, and epoch 2 (cached embeddings) vs epoch 1.
 
-    .venv/bin/python bench/encoders.py              # wav2vec2-base-sized encoder (95M), the demo corpora
-    .venv/bin/python bench/encoders.py --quick      # a tiny encoder and corpus: a smoke run (~20 s)
+    .venv/bin/python bench/encoders.py                # a wav2vec2-base-sized encoder, small corpora
+    .venv/bin/python bench/encoders.py --demo-corpus  # ... over the demo's corpora (1200 s of audio)
+    .venv/bin/python bench/encoders.py --quick        # a tiny encoder: a smoke run (~20 s)
 
 The encoder has the architecture of facebook/wav2vec2-base (transformers' Wav2Vec2Config defaults: 12 layers,
 768 wide, 95M parameters), randomly initialised from its config and saved to `--data-dir` (nothing is
@@ -106,7 +107,8 @@ def epochs(args, source: Path) -> dict[str, float]:
         "overlap_seconds": 2.0,
         "head": {"name": "conv_gru", "conv_channels": 48, "hidden": 48, "dropout": 0.1},
     }
-    raw = bench_config_dict(args.data_dir, quick=args.quick, threads=args.threads, model=model)
+    small = not args.demo_corpus  # 2 x 3 listeners x 2 recordings x 16 s: 192 s of audio
+    raw = bench_config_dict(args.data_dir, quick=small, threads=args.threads, model=model)
     cache = args.data_dir / "encoders-cache"
     shutil.rmtree(cache, ignore_errors=True)  # epoch 1 from a cold cache
     raw["data"]["cache_dir"] = str(cache)
@@ -139,10 +141,11 @@ def epochs(args, source: Path) -> dict[str, float]:
 
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
+    p.add_argument("--demo-corpus", action="store_true", help="the demo's corpora (1200 s of audio)")
     args = p.parse_args()
     setup_torch(args.threads)
     source = save_encoder(args.data_dir / ("w2v2-tiny" if args.quick else "w2v2-base-random"), args.quick)
-    tp = throughput(source, 10.0 if args.quick else 60.0, reps(args, full=3, quick=2))
+    tp = throughput(source, 10.0 if args.quick else 30.0, reps(args, full=3, quick=2))
     ep = epochs(args, source)
     table(
         f"embedding throughput ({tp['parameters'] / 1e6:.1f}M-parameter wav2vec2, {args.threads} thread(s))",
