@@ -122,7 +122,7 @@ def test_cache_key_holds_model_revision_weights_and_layer(tmp_path: Path, encode
 @pytest.mark.parametrize("kind", ["hubert", "ast", "whisper", "clap"])
 def test_each_encoder_family_trains_and_predicts(tmp_path: Path, encoders: Path, kind: str) -> None:
     layer: Any = -1 if kind == "clap" else "weighted"
-    overlap = 0.2 if kind == "ast" else 0.5  # AST takes 1.28 s at a time: fewer chunks
+    overlap = 0.2 if kind == "ast" else 0.5  # AST takes 2.56 s at a time: fewer chunks
     raw = _raw(tmp_path, _encoder(encoders, kind), layer=layer, overlap_seconds=overlap)
     state = _train(raw)
     losses = [m.value for m in state.metric_history if m.name == "train/loss"]

@@ -38,8 +38,8 @@ def _ssl(config_cls: str, model_cls: str) -> Callable[[], tuple[Any, Any]]:
 def _ast() -> tuple[Any, Any]:
     import transformers as tf
 
-    conf = tf.ASTConfig(hidden_size=16, num_hidden_layers=1, max_length=128, num_mel_bins=32, **_ATTN)
-    fe = tf.ASTFeatureExtractor(num_mel_bins=32, max_length=128, sampling_rate=16000)
+    conf = tf.ASTConfig(hidden_size=16, num_hidden_layers=1, max_length=256, num_mel_bins=32, **_ATTN)
+    fe = tf.ASTFeatureExtractor(num_mel_bins=32, max_length=256, sampling_rate=16000)
     return tf.ASTModel(conf), fe
 
 
