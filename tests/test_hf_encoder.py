@@ -254,3 +254,23 @@ def test_dagster_graph_materializes_an_encoder_experiment(
             out=out,
         )
     assert code == 0, (tmp_path / "demo.out").read_text()[-3000:]
+
+
+def test_long_recordings_are_encoded_in_bounded_overlapping_chunks(tmp_path: Path, encoders: Path) -> None:
+    cfg = config_from_dict(_raw(tmp_path, _encoder(encoders, "wav2vec2"))).model  # 3 s chunks, 0.5 s overlap
+    enc = hf.shared_encoder(cfg)
+    lengths: list[int] = []
+    hook = enc.net.register_forward_pre_hook(
+        lambda m, args, kw: lengths.append(kw["input_values"].shape[-1]), with_kwargs=True
+    )
+    try:
+        torch.manual_seed(0)
+        wave = torch.randn(60 * 16000) * 0.1
+        out = hf.recording_inputs(cfg, wave, 3000, 50.0)  # a minute of audio, 50 frames/s
+    finally:
+        hook.remove()
+    assert out.shape == (3000, 3 * 16)  # 3 hidden states x 16 wide per frame
+    assert len(lengths) == math.ceil(60 / 2.5) and max(lengths) <= 3 * 16000  # memory: one chunk at a time
+    # the first chunk's frames are that chunk encoded alone: the stitching keeps each chunk's own frames
+    first = hf.encode(enc, wave[None, : 3 * 16000], 150, 50.0, 3.0, 0.5)[0]
+    assert torch.equal(out[:100], first.permute(1, 0, 2).reshape(150, -1)[:100].half())
