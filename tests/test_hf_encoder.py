@@ -274,3 +274,19 @@ def test_long_recordings_are_encoded_in_bounded_overlapping_chunks(tmp_path: Pat
     # the first chunk's frames are that chunk encoded alone: the stitching keeps each chunk's own frames
     first = hf.encode(enc, wave[None, : 3 * 16000], 150, 50.0, 3.0, 0.5)[0]
     assert torch.equal(out[:100], first.permute(1, 0, 2).reshape(150, -1)[:100].half())
+
+
+def test_encoders_sweep_compares_log_mel_and_encoders_on_the_same_split() -> None:
+    from a2b_pipeline.sweeps import sweep_experiments
+
+    exps = [e for e in sweep_experiments(REPO / "configs").values() if e.sweep == "encoders"]
+    models = {e.name.removeprefix("encoders."): e.config.model for e in exps}
+    assert models["logmel"].name == "conv_gru"
+    assert {m.source for k, m in models.items() if k != "logmel"} == {
+        "facebook/wav2vec2-base",
+        "m-a-p/MERT-v1-95M",
+        "laion/clap-htsat-unfused",
+    }
+    assert models["wav2vec2-ft"].finetune is not None and models["wav2vec2"].finetune is None
+    # the split is a function of the data settings and the seed: one for all
+    assert len({(e.config.seed, e.config.data.model_dump_json()) for e in exps}) == 1
