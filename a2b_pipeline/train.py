@@ -23,7 +23,7 @@ from torch import nn
 
 from a2b_pipeline.checkpoint_dir import CheckpointError, checkpoint_name, list_checkpoints
 from a2b_pipeline.checkpointing import Checkpointer, CheckpointWriter
-from a2b_pipeline.configs import RunConfig
+from a2b_pipeline.configs import ConfigError, RunConfig
 from a2b_pipeline.data.meta_dataloader import MetaDataLoader
 from a2b_pipeline.data.pipeline import (
     PreparedData,
@@ -185,6 +185,7 @@ def setup(state: TrainState, model_hooks: Sequence[ModelHook]) -> Run:
             f"{state.last_checkpoint}: written with world size {state.world_size}, resumed with {world_size}"
         )
     state.world_size = world_size
+    check_schedules_fit(cfg, world_size)
     device = pick_device(cfg, local_rank)
     configure_determinism(cfg, state, device)
     if not resuming:  # a fresh run starts from the state's seeded generators (each rank its own seed)
@@ -244,6 +245,17 @@ def setup(state: TrainState, model_hooks: Sequence[ModelHook]) -> Run:
         checkpointer=checkpointer,
         total_steps=planned_steps(cfg, len(train_loader)),
     )
+
+
+def check_schedules_fit(cfg: RunConfig, world_size: int) -> None:
+    """DDP syncs the gradients of the parameters that were trainable when it started: an encoder whose
+    layers unfreeze later would train apart on each rank."""
+    ft = getattr(cfg.model, "finetune", None)
+    if world_size > 1 and ft is not None and ft.after_step > 0:
+        raise ConfigError(
+            f"model.finetune.after_step={ft.after_step}: unfreezing during a run is not supported with "
+            f"{world_size} processes (DDP); set after_step: 0 or train in one process"
+        )
 
 
 def ensure_writable(run_dir: Path) -> None:

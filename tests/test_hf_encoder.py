@@ -290,3 +290,17 @@ def test_encoders_sweep_compares_log_mel_and_encoders_on_the_same_split() -> Non
     assert models["wav2vec2-ft"].finetune is not None and models["wav2vec2"].finetune is None
     # the split is a function of the data settings and the seed: one for all
     assert len({(e.config.seed, e.config.data.model_dump_json()) for e in exps}) == 1
+
+
+def test_unfreezing_later_is_refused_under_ddp(tmp_path: Path, encoders: Path) -> None:
+    from a2b_pipeline.train import check_schedules_fit
+
+    source = _encoder(encoders, "wav2vec2")
+    later = config_from_dict(_raw(tmp_path, source, finetune={"unfreeze_top_k": 1, "after_step": 5}))
+    with pytest.raises(ConfigError, match="model.finetune.after_step=5"):
+        check_schedules_fit(later, world_size=2)
+    check_schedules_fit(later, world_size=1)
+    from_start = config_from_dict(_raw(tmp_path, source, finetune={"unfreeze_top_k": 1}))
+    check_schedules_fit(from_start, world_size=2)
+    model = build_model(from_start.model, model_io(from_start))  # trainable when DDP would wrap it
+    assert any(p.requires_grad for p in model.encoder.parameters())

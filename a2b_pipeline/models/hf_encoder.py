@@ -366,6 +366,7 @@ class HFEncoderModel(nn.Module):
             self.encoder = Encoder(cfg)
             self.encoder.requires_grad_(False)
             self._unfreeze = self._top_layers(cfg.finetune.unfreeze_top_k)
+            self.apply_step(0)  # trainable from the start when after_step is 0 (DDP registers them at start)
         head_io = ModelIO(
             n_mels=self.shape.width, channels=io.channels, in_frames=io.in_frames, out_steps=io.out_steps
         )
