@@ -120,16 +120,36 @@ def test_cache_key_holds_model_revision_weights_and_layer(tmp_path: Path, encode
 
 
 @pytest.mark.parametrize("kind", ["hubert", "ast", "whisper", "clap"])
-def test_each_encoder_family_trains_and_predicts(tmp_path: Path, encoders: Path, kind: str) -> None:
+def test_each_encoder_family_trains_evaluates_predicts_and_finetunes(
+    tmp_path: Path, encoders: Path, kind: str
+) -> None:
     layer: Any = -1 if kind == "clap" else "weighted"
     overlap = 0.2 if kind == "ast" else 0.5  # AST takes 2.56 s at a time: fewer chunks
     raw = _raw(tmp_path, _encoder(encoders, kind), layer=layer, overlap_seconds=overlap)
     state = _train(raw)
     losses = [m.value for m in state.metric_history if m.name == "train/loss"]
     assert len(losses) == 4 and all(math.isfinite(v) for v in losses)
+    assert all(math.isfinite(v) for v in evaluate_checkpoint(state.last_checkpoint, "test").values())
     wav = sorted((tmp_path / "synA").rglob("*.wav"))[0]
     y, _, seconds = Predictor(state.last_checkpoint).predict(wav)
     assert y.shape == (math.ceil(seconds * 4.0 - 1e-9), 2) and torch.isfinite(torch.as_tensor(y)).all()
+
+    # fine-tuned: the top layer of the family's own layer stack trains, the ones below stay as loaded
+    raw = _raw(
+        tmp_path, raw["model"]["source"], layer=layer, overlap_seconds=overlap, finetune={"unfreeze_top_k": 1}
+    )
+    raw["train"].update(max_steps=2)
+    raw["checkpoint"]["dir"] = str(tmp_path / "finetuned")
+    tuned = _train(raw)
+    cfg = config_from_dict(raw)
+    model = build_model(cfg.model, model_io(cfg))  # as loaded from the directory
+    top = {id(p) for p in model.encoder.layer_modules()[-1].parameters()}
+    top_names = {name for name, p in model.named_parameters() if id(p) in top}
+    after = load_tensors(tuned.last_checkpoint, "model.safetensors", tuned)
+    changed = {
+        k for k, v in model.state_dict().items() if k.startswith("encoder.") and not torch.equal(v, after[k])
+    }
+    assert changed and changed <= top_names, sorted(changed - top_names)[:5]
 
 
 def test_finetune_resumes_bit_exactly_in_the_middle_of_an_unfreeze_schedule(

@@ -91,7 +91,12 @@ def _clap() -> tuple[Any, Any]:
     }
     conf = tf.ClapConfig(text_config=text, audio_config=audio, projection_dim=8)
     fe = tf.ClapFeatureExtractor(
-        feature_size=16, sampling_rate=16000, hop_length=160, max_length_s=1, fft_window_size=400
+        feature_size=16,
+        sampling_rate=16000,
+        hop_length=160,
+        max_length_s=1,
+        fft_window_size=400,
+        frequency_max=8000,
     )
     return tf.ClapModel(conf), fe
 

@@ -43,8 +43,9 @@ STATS = {"encoder_chunks": 0}
 _KINDS = {"audio-spectrogram-transformer": "ast", "whisper": "whisper", "clap": "clap"}
 
 
-class EncoderUnavailableError(RuntimeError):
-    """The encoder can't be loaded (not installed, not reachable, not a model directory)."""
+class EncoderUnavailableError(ValueError):
+    """model.source can't be loaded (transformers not installed, the hub not reachable, not a model
+    directory, remote code not trusted). A ValueError: the CLI prints its message and exits 1."""
 
 
 def _transformers() -> Any:
@@ -87,7 +88,7 @@ def _unavailable(cfg: HFEncoderConfig, e: BaseException) -> EncoderUnavailableEr
     return EncoderUnavailableError(
         f"model.source {cfg.source!r} (revision {cfg.revision}): can't be loaded from the Hugging Face hub "
         f"({type(e).__name__}: {str(e).splitlines()[0][:200]}). On a machine without the hub, download it "
-        f"where the hub is reachable (`huggingface-cli download {cfg.source} --revision {cfg.revision} "
+        f"where the hub is reachable (`hf download {cfg.source} --revision {cfg.revision} "
         "--local-dir DIR`), copy DIR here and set model.source to that directory"
     )
 
