@@ -500,6 +500,14 @@ def realistic_check(args: Any, device: torch.device) -> int:
     def cfg_for(precision: str, n_steps: int, **over: Any) -> Any:
         return train_cfg(args, "transformer", precision, device, n_steps, model=dict(model), **over)
 
+    if args.prepare_only:  # bench/gpu-check.sh does this while the tests run: corpora and feature cache
+        from a2b_pipeline.data.pipeline import prepare_data
+
+        t0 = time.perf_counter()
+        data = prepare_data(cfg_for("bf16", 1))
+        print(f"check data ready in {time.perf_counter() - t0:.1f} s (data version {data.data_version})")
+        return 0
+
     def arm(name: str, need_s: float, run: Any) -> dict[str, Any]:
         left = deadline - time.monotonic()
         if left < need_s:
@@ -613,9 +621,12 @@ def main() -> int:
         "--size", choices=("full", "tiny"), default="full", help="--check's model (tiny: CPU dry run)"
     )
     p.add_argument("--budget-s", type=float, default=240.0, help="--check: arms that don't fit are skipped")
+    p.add_argument(
+        "--prepare-only", action="store_true", help="--check: synthesize and featurize its data, no more"
+    )
     args = p.parse_args()
     name = "gpu-check" if args.check else "gpu"
-    if args.device == "cuda" and not torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available() and not args.prepare_only:
         print("no CUDA device: skipped")
         C.write_json(name, {"skipped": "no CUDA device"}, args.json)
         return 0
