@@ -2,7 +2,7 @@
 # bench/gpu-check.sh: every GPU path proven and measured in one call of about 7-8 minutes (issue 28).
 #
 # Phases, in this order, each under its own time limit so that one slow phase can't eat the others' time
-# (and all of them inside A2B_TOTAL_S); what they write lands in $OUT, at most 7 files, no folders:
+# (and all of them inside A2B_TOTAL_S); what they write lands in $OUT, 6 files, no folders:
 #   env      the machine: GPU, driver, python, torch, CUDA                            -> env.json
 #   setup    the carried wheels (.whl/) installed into /tmp/a2b-site; `import a2b_pipeline.train` checked
 #   tests    pytest tests/test_gpu.py: fp32 and bf16 resume bit-exact, torch.compile, async checkpoints

@@ -189,7 +189,7 @@ def model_loop(
 
 def train_cfg(args: Any, arch: str, precision: str, device: torch.device, steps: int, **over: Any) -> Any:
     """`arch` with its defaults, or the `model` dict given in `over`; `checkpoint_every`: checkpoints in
-    the run (default: none before the last step)."""
+    the run (default: none before the last step); `workers`: loader workers (default --workers)."""
     from a2b_pipeline.configs import config_from_dict
 
     never = 10**9
@@ -198,7 +198,7 @@ def train_cfg(args: Any, arch: str, precision: str, device: torch.device, steps:
         quick=args.quick,
         threads=args.threads,
         model=over.pop("model", None) or {"name": arch},
-        data={"batch_size": args.batch, "num_workers": args.workers},
+        data={"batch_size": args.batch, "num_workers": over.pop("workers", args.workers)},
         train={
             "max_steps": steps,
             "num_epochs": None,
@@ -450,9 +450,19 @@ def diagnose(out: dict[str, Any]) -> list[str]:
             )
         share = train_.get("data_wait_share")
         if share is not None and share > TARGETS["data_wait_share_max"]:
-            notes.append(f"the loop waits for data {share:.0%} of the time: more loader workers")
-    if train_.get("data_wait_share", 0) > TARGETS["data_wait_share_max"]:
-        notes.append("data wait above target: try --workers 2..8 (persistent workers, pinned memory)")
+            notes.append(f"the loop waits for data {share:.0%} of the time")
+    share = train_.get("data_wait_share")
+    if share is not None and share > TARGETS["data_wait_share_max"]:
+        workers = {k: v for k, v in arms.items() if k.startswith("train bf16, ")}
+        for name, r in workers.items():
+            if "data_wait_share" in r:
+                notes.append(
+                    f"data wait {share:.1%} with {out['workers']} loader workers, "
+                    f"{r['data_wait_share']:.1%} in '{name}' ({r['samples_per_s']:.0f} samples/s): "
+                    "set data.num_workers accordingly"
+                )
+        if not workers:
+            notes.append("data wait above target: try more loader workers (bench/gpu.py --check --workers N)")
     return notes
 
 
@@ -547,6 +557,12 @@ def realistic_check(args: Any, device: torch.device) -> int:
     )
     if "samples_per_s" in eager and "samples_per_s" in compiled:
         out["compile_speedup"] = compiled["samples_per_s"] / eager["samples_per_s"]
+    more = max(4, 2 * args.workers)  # does the data wait go away with loader workers?
+    arm(
+        f"train bf16, {more} workers",
+        45,
+        lambda: train_arm(args, cfg_for("bf16", n_train, workers=more), device, warmup)[0],
+    )
     arm("model fp32", 20, lambda: model_loop(cfg_for("fp32", 1), "fp32", device, steps, warmup, min_model_s))
     arm("loader alone", 15, lambda: {"windows_per_s": loader_rate(cfg_for("bf16", 1), 5.0 if full else 1.0)})
     arm(
@@ -554,6 +570,9 @@ def realistic_check(args: Any, device: torch.device) -> int:
         120,
         lambda: train_arm(args, cfg_for("bf16+compile", n_train), device, warmup)[0],
     )
+    train_eager, train_compiled = out["arms"]["train bf16"], out["arms"]["train bf16+compile"]
+    if "samples_per_s" in train_eager and "samples_per_s" in train_compiled:
+        out["train_compile_speedup"] = train_compiled["samples_per_s"] / train_eager["samples_per_s"]
     out["targets_met"] = targets_met(out)
     out["diagnosis"] = diagnose(out)
     C.write_json("gpu-check", out, args.json)
@@ -572,7 +591,7 @@ def print_check(out: dict[str, Any], device: torch.device) -> None:
             [
                 name,
                 f(r.get("steps_per_s"), ".1f"),
-                f(r.get("samples_per_s"), ".0f"),
+                f(r.get("samples_per_s", r.get("windows_per_s")), ".0f"),
                 f(r.get("gpu_busy_share"), ".0%"),
                 f(busy, ".0%"),
                 f(r.get("data_wait_share"), ".1%"),
@@ -584,11 +603,22 @@ def print_check(out: dict[str, Any], device: torch.device) -> None:
     m = out["model"]
     C.table(
         f"{name}: transformer d_model {m['d_model']} x {m['layers']} layers, batch {out['batch']}",
-        ["arm", "steps/s", "samples/s", "busy (profiler)", "busy (NVML)", "data wait", "peak GiB", "note"],
+        [
+            "arm",
+            "steps/s",
+            "samples (windows)/s",
+            "busy (profiler)",
+            "busy (NVML)",
+            "data wait",
+            "peak GiB",
+            "note",
+        ],
         rows,
     )
     if "compile_speedup" in out:
         print(f"torch.compile speedup (bare loop, bf16): {out['compile_speedup']:.2f}x")
+    if "train_compile_speedup" in out:
+        print(f"torch.compile speedup (train(), bf16): {out['train_compile_speedup']:.2f}x")
     c = out["arms"].get("checkpoint bf16", {})
     if "stall_median_s" in c:
         print(
@@ -679,6 +709,9 @@ def main() -> int:
                 ]
             )
             print(f"  {key}: {res}", flush=True)
+            C.write_json(
+                "gpu", {"partial": True, "results": results}, args.json
+            )  # kept if stopped from outside
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     C.table(
         f"{name}: batch {args.batch}, {steps} timed steps after {warmup} warm-up, "

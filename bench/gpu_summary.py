@@ -123,6 +123,7 @@ def summarize(out_dir: Path, phases: list[str]) -> dict[str, Any]:
         "size": check.get("size"),
         "batch": check.get("batch"),
         "compile_speedup": check.get("compile_speedup"),
+        "train_compile_speedup": check.get("train_compile_speedup"),
         "figures": figures,
         "targets": targets,
         "diagnosis": check.get("diagnosis", []),
@@ -143,6 +144,8 @@ def show(summary: dict[str, Any]) -> None:
         print(f"  {name}: " + ", ".join(parts))
     if summary["compile_speedup"] is not None:
         print(f"  torch.compile speedup (bare loop, bf16): {summary['compile_speedup']:.2f}x")
+    if summary["train_compile_speedup"] is not None:
+        print(f"  torch.compile speedup (train(), bf16): {summary['train_compile_speedup']:.2f}x")
     for label, t in summary["targets"].items():
         verdict = {True: "MET", False: "NOT MET", None: "not measured"}[t.get("met")]
         value = t.get("value", t.get("outcome"))
