@@ -32,6 +32,8 @@
 #   A2B_TEST_GPU_DEVICE  cpu: the dry run here, on a CPU (the tests' CPU mode, bench/gpu.py --device cpu)
 #   A2B_GPU_CHECK_SIZE   full | tiny (the check's model; default tiny on a CPU, full otherwise)
 #   A2B_DATA_DIR         bench data (synthetic corpora, feature cache, runs), default bench/out/data
+#   A2B_SITE             where the wheels are installed (default /tmp/a2b-site)
+# The CPU dry run of all this, as the GPU machine sees the repo: bench/gpu-check-dryrun.sh.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -45,7 +47,7 @@ PHASES=" ${A2B_PHASES:-env setup tests check archs} "
 DEVICE=${A2B_TEST_GPU_DEVICE:-cuda}
 if [ "$DEVICE" = cpu ]; then SIZE=${A2B_GPU_CHECK_SIZE:-tiny}; else SIZE=${A2B_GPU_CHECK_SIZE:-full}; fi
 DATA=${A2B_DATA_DIR:-$REPO/bench/out/data}
-SITE=/tmp/a2b-site
+SITE=${A2B_SITE:-/tmp/a2b-site}
 END=$((SECONDS + ${A2B_TOTAL_S:-450}))
 SUMMARY_RESERVE=20
 export PYTHONUNBUFFERED=1 A2B_TEST_GPU_DEVICE=$DEVICE PYTHONPATH="$REPO:$SITE${PYTHONPATH:+:$PYTHONPATH}"

@@ -455,12 +455,18 @@ def diagnose(out: dict[str, Any]) -> list[str]:
     if share is not None and share > TARGETS["data_wait_share_max"]:
         workers = {k: v for k, v in arms.items() if k.startswith("train bf16, ")}
         for name, r in workers.items():
-            if "data_wait_share" in r:
-                notes.append(
-                    f"data wait {share:.1%} with {out['workers']} loader workers, "
-                    f"{r['data_wait_share']:.1%} in '{name}' ({r['samples_per_s']:.0f} samples/s): "
-                    "set data.num_workers accordingly"
+            if "data_wait_share" not in r:
+                continue
+            more = r["data_wait_share"]
+            notes.append(
+                f"data wait {share:.1%} with {out['workers']} loader workers, {more:.1%} in '{name}' "
+                + (
+                    "(workers help: set data.num_workers so)"
+                    if more < share
+                    else "(more workers did not shorten it: look at what each batch costs, the "
+                    "MetaDataLoader draw, collate, pinning, the hand-off from the workers)"
                 )
+            )
         if not workers:
             notes.append("data wait above target: try more loader workers (bench/gpu.py --check --workers N)")
     return notes
