@@ -175,7 +175,7 @@ def model_loop(
     if device.type == "cuda":
         from torch.profiler import ProfilerActivity, profile
 
-        k = max(5, steps // 10)
+        k = min(50, max(5, steps // 10))  # enough for a share; the profiler slows with events
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             sync(device)
             t0 = time.perf_counter()
