@@ -95,7 +95,7 @@ limit() { # limit PHASE DEFAULT: A2B_LIMIT_<PHASE> or DEFAULT
 
 echo "gpu-check: device $DEVICE, model size $SIZE, python $PY, results in $OUT, $(date -u +%FT%TZ)"
 if [ "$DEVICE" = cuda ]; then
-  nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used,utilization.gpu,clocks.sm,clocks.max.sm \
+  timeout 20 nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used,utilization.gpu,clocks.sm,clocks.max.sm \
     --format=csv 2>&1 | head -5
 fi
 phase env "$(limit ENV 60)" "$PY" bench/gpu_summary.py env --json "$OUT/env.json"

@@ -62,6 +62,7 @@ class NvmlBusy:
             import pynvml
 
             pynvml.nvmlInit()
+            # the CUDA index is NVML's where CUDA_VISIBLE_DEVICES does not reorder (one GPU: always)
             index = device.index if device.index is not None else torch.cuda.current_device()
             self._handle = pynvml.nvmlDeviceGetHandleByIndex(index)
             self._read = lambda: pynvml.nvmlDeviceGetUtilizationRates(self._handle).gpu
@@ -69,21 +70,27 @@ class NvmlBusy:
         except Exception as e:  # no pynvml, no driver library, a sandbox without NVML
             self.error, self._handle = f"NVML unavailable: {type(e).__name__}: {e}", None
 
-    def __enter__(self) -> NvmlBusy:
+    def start(self) -> NvmlBusy:
         if self._handle is not None:
             self._thread = threading.Thread(target=self._poll, name="nvml-busy", daemon=True)
             self._thread.start()
         return self
 
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def __enter__(self) -> NvmlBusy:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
     def _poll(self) -> None:
         while not self._stop.wait(self.period):
             with contextlib.suppress(Exception):
                 self.samples.append(self._read())
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
 
     def figures(self) -> dict[str, Any]:
         busy = statistics.fmean(self.samples) / 100 if self.samples else None
@@ -361,10 +368,10 @@ def train_arm(args: Any, cfg: Any, device: torch.device, warmup: int) -> tuple[d
 
     def on_step(n: int) -> None:  # called before step n's stamp: the window is stamps[warmup:]
         if n == warmup + 1:
-            nvml.__enter__()
+            nvml.start()
         if n == target:
             sync(device)
-            nvml.__exit__()
+            nvml.stop()
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
