@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -67,6 +68,7 @@ def main() -> int:
         ids.append(job_id)
         slurm.wait(job_id, 0.1, lambda old, new: None)
         done_s.append(time.perf_counter() - t0)
+    shutil.rmtree(work)
     poll_s = [timed(slurm.job_info, ids[-1])[0] for _ in range(30)]
     poll_cpu = cpu_seconds(lambda: [slurm.job_info(ids[-1]) for _ in range(30)]) / 30
     rss = run_worker_rss_mb()
