@@ -402,3 +402,40 @@ def test_resume_across_a_plateau_drop_is_bit_exact_with_ema_and_every_generator(
             assert torch.equal(got[name][k], want[name][k]), (name, k)
     assert resumed.optimizer_state.plateau == straight.optimizer_state.plateau
     assert _tiny.history(resumed, "val/mse") == _tiny.history(straight, "val/mse")
+
+
+def test_first_step_is_one_clipped_sgd_step_on_the_first_batch_at_the_warmup_lr(tmp_path: Path) -> None:
+    """Step 1 by hand: the loader's first batch, MSE, gradients clipped to norm 0.01, SGD at the first
+    warm-up learning rate (0.1 / 4): the step-1 checkpoint holds exactly those weights."""
+    cfg = _tiny.config(
+        tmp_path,
+        [
+            "train.max_steps=1",
+            "train.grad_clip=0.01",
+            "scheduler.name=linear",
+            "scheduler.warmup_steps=4",
+        ],
+    )
+    w0: dict[str, torch.Tensor] = {}
+
+    def keep_initial(model: torch.nn.Module, state: TrainState) -> None:
+        w0.update({k: v.detach().clone() for k, v in model.state_dict().items()})
+
+    state = _tiny.run(cfg, tmp_path / "run", [keep_initial])
+    from a2b_pipeline.models import build_model, model_io
+
+    model = build_model(cfg.model, model_io(cfg))
+    model.load_state_dict(w0)
+    x, y = next(iter(make_loader(prepare_data(cfg), cfg, "train")))
+    loss = ((model(x) - y) ** 2).mean()
+    loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    norm = torch.sqrt(sum((g**2).sum() for g in grads.values()))
+    assert norm > 0.01, "the clip must act for this test to mean anything"
+    lr = 0.1 / 4
+    got = _tensors(state.run_dir)["model.safetensors"]
+    for name, g in grads.items():
+        want = w0[name] - lr * g * (0.01 / (norm + 1e-6))
+        torch.testing.assert_close(got[name], want, rtol=1e-5, atol=1e-7, msg=name)
+    assert _tiny.history(state, "train/loss") == [(1, pytest.approx(float(loss.detach()), rel=1e-6))]
+    assert _tiny.history(state, "train/lr") == [(1, pytest.approx(lr))]
