@@ -246,8 +246,8 @@ BUGS = [
     Bug("scoring.py", "    if len(ids) >= 2:", "    if len(ids) >= 1:", "interval from one subject"),
     Bug(
         "scoring.py",
-        'return {"pearson": pearson, "ccc": ccc, "mae": np.abs(err).mean(-2), "mse": (err * err).mean(-2)}',
-        'return {"pearson": pearson, "ccc": ccc, "mae": np.abs(err).mean(-2), "mse": np.sqrt((err * err).mean(-2))}',
+        '"mse": (err * err).mean(-2)}',
+        '"mse": np.sqrt((err * err).mean(-2))}',
         "RMSE as MSE",
     ),
     # evaluate.py
@@ -393,9 +393,8 @@ def main() -> int:
         finally:
             path.write_text(original)
         caught += failed
-        print(
-            f"{'caught' if failed else 'MISSED'}  {bug.module}: {bug.what}  [{bug.test_file}, {seconds:.0f} s]"
-        )
+        verdict = "caught" if failed else "MISSED"
+        print(f"{verdict}  {bug.module}: {bug.what}  [{bug.test_file}, {seconds:.0f} s]")
     print(f"{caught}/{len(bugs)} caught ({100 * caught / max(1, len(bugs)):.0f}%)")
     return 0 if caught == len(bugs) else 1
 
