@@ -184,9 +184,15 @@ BUGS = [
     ),
     Bug(
         "checkpointing.py",
-        "best_model_path=path / (EMA_FILE if self.ema else MODEL_FILE)",
-        "best_model_path=path / MODEL_FILE",
-        "best names the raw weights under EMA",
+        "        self.loader.load_state_dict(state.meta_dataloader_state.loader_state_dict())",
+        "        pass",
+        "loader position not restored",
+    ),
+    Bug(
+        "checkpointing.py",
+        "protect=[best_dir, path]",
+        "protect=[path]",
+        "retention prunes the best checkpoint",
     ),
     # state.py (RNG capture)
     Bug(

@@ -339,3 +339,33 @@ def test_schema_1_checkpoint_loads_converted_and_resumes(tmp_path: Path) -> None
     done = train(state)
     assert done.status == "complete" and done.global_step == 6
     assert TrainState.from_checkpoint(ckpt.parent).global_step == 6
+
+
+def test_rng_state_round_trip_through_json_restores_python_numpy_and_torch() -> None:
+    """Captured, written as JSON, read back and restored after every generator moved on: the next draws
+    of python's, numpy's (gaussians too: numpy caches one) and torch's generators are the same."""
+    import random
+
+    import numpy as np
+
+    random.seed(11), np.random.seed(11), torch.manual_seed(11)
+    random.random(), torch.rand(())  # every generator has moved on from its seed
+    np.random.standard_normal()  # leaves a cached gaussian in numpy's state
+    snap = RNGState.capture(seed=11)
+    want = [
+        (random.random(), np.random.standard_normal(), np.random.rand(), float(torch.rand(())))
+        for _ in range(3)
+    ]
+    random.seed(0), np.random.seed(0), torch.manual_seed(0)
+    RNGState.model_validate_json(snap.model_dump_json()).restore()
+    got = [
+        (random.random(), np.random.standard_normal(), np.random.rand(), float(torch.rand(())))
+        for _ in range(3)
+    ]
+    assert got == want
+    # seeded(): the state seeding gives, without touching the global generators
+    seeded = RNGState.seeded(4)
+    random.seed(4), np.random.seed(4), torch.manual_seed(4)
+    want = (random.random(), np.random.rand(), float(torch.rand(())))
+    seeded.restore()
+    assert (random.random(), np.random.rand(), float(torch.rand(()))) == want
