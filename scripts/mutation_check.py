@@ -291,9 +291,15 @@ BUGS = [
     ),
     Bug(
         "baselines.py",
-        "w = np.linalg.solve(xz.T @ xz + alpha * np.eye(xz.shape[1]), xz.T @ (y - y_mean))",
-        "w = np.linalg.solve(xz.T @ xz + alpha * np.eye(xz.shape[1]), xz.T @ y)",
-        "ridge not centred",
+        "lags = sorted({round(s * data.target_rate) for s in LAG_SECONDS})",
+        "lags = sorted({round(s * data.frame_rate) for s in LAG_SECONDS})",
+        "lags counted in frames",
+    ),
+    Bug(
+        "baselines.py",
+        "frame = np.logaddexp.reduce(feats, axis=1)",
+        "frame = feats.mean(axis=1)",
+        "loudness as the mean log-mel",
     ),
     # data/datasets.py
     Bug(
