@@ -45,9 +45,8 @@ def test_fixed_rate_files_and_trailing_empty_cells(tmp_path: Path) -> None:
         "d", "r", "p", "a.wav", {"eda": SignalSource(str(path), "eda", time_column=None, rate=2.0)}
     )
     ((times, values),) = read_channels(rec, ["eda"])
-    np.testing.assert_allclose(times, [0.0, 0.5, 1.0, 1.5]) and np.testing.assert_allclose(
-        values, [1, 2, 3, 4]
-    )
+    np.testing.assert_allclose(times, [0.0, 0.5, 1.0, 1.5])
+    np.testing.assert_allclose(values, [1, 2, 3, 4])
     short = _write(tmp_path / "short.csv", ["0,1,60", "1,2,61", "2,3,", "3,4,"])
     (eda, hr) = read_channels(_rec(short), ["eda", "hr"])
     assert len(eda[0]) == 4 and list(hr[0]) == [0.0, 1.0]  # hr stopped after its second row
