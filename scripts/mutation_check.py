@@ -102,6 +102,21 @@ BUGS = [
         'set_lr(optimizer, lr_at(cfg, step + 1, run.total_steps, run.plateau["scale"]))',
         "lr of the next step",
     ),
+    Bug("train.py", "        run.ema.update(raw_model)", "        pass", "EMA never updated"),
+    Bug("train.py", "    optimizer.zero_grad(set_to_none=True)", "    pass", "gradients never zeroed"),
+    Bug("train.py", "    state.metric_state.metrics.update(metrics)", "    pass", "metric_state not updated"),
+    Bug(
+        "train.py",
+        "validate_now = step % val_interval(cfg_, len(run.train_loader)) == 0 or step == run.total_steps",
+        "validate_now = step % val_interval(cfg_, len(run.train_loader)) == 0",
+        "last step not validated",
+    ),
+    Bug(
+        "train.py",
+        "save_now = validate_now or stop_now or bool(every and step % every == 0)",
+        "save_now = stop_now or bool(every and step % every == 0)",
+        "no checkpoint at validation",
+    ),
     # engine.py
     Bug(
         "engine.py",
@@ -276,6 +291,24 @@ BUGS = [
         "evaluation ignores EMA weights",
     ),
     Bug("evaluate.py", "count[s : s + m] += taper[:m]", "count[s : s + m] += 1", "overlap-add weights wrong"),
+    Bug(
+        "evaluate.py",
+        '    if (path / "best" / "train_state.json").exists():',
+        "    if False:",
+        "a run is evaluated at its last checkpoint, not its best",
+    ),
+    Bug(
+        "evaluate.py",
+        "batch_size=cfg.data.batch_size, shuffle=False)",
+        "batch_size=cfg.data.batch_size, shuffle=True)",
+        "windows shuffled",
+    ),
+    Bug(
+        "evaluate.py",
+        "    return state, model.to(device).eval()",
+        "    return state, model.to(device)",
+        "evaluation in train mode",
+    ),
     # baselines.py
     Bug(
         "baselines.py",
@@ -326,6 +359,18 @@ BUGS = [
         "                if torch.isfinite(r.target[t0 : t0 + tw]).any():",
         "windows with gaps kept",
     ),
+    Bug(
+        "data/datasets.py",
+        "n_t = math.ceil(limit * data.target_rate - 1e-9)",
+        "n_t = math.floor(limit * data.target_rate - 1e-9)",
+        "target grid one short",
+    ),
+    Bug(
+        "data/datasets.py",
+        "if abs(end - limit) > data.duration_tolerance_seconds:",
+        "if end - limit > data.duration_tolerance_seconds:",
+        "short signals pass the duration check",
+    ),
     # data/pipeline.py
     Bug(
         "data/pipeline.py",
@@ -340,7 +385,25 @@ BUGS = [
         "w = [weights[i] for i in indices]",
         "val weighted like train",
     ),
+    Bug(
+        "data/pipeline.py",
+        "h.update(json.dumps(item + [_file_id(p) for p in files]).encode())",
+        "h.update(json.dumps(item).encode())",
+        "data version ignores file changes",
+    ),
+    Bug(
+        "data/pipeline.py",
+        'settings["datasets"] = [{k: v for k, v in d.items() if k != "weight"} for d in data["datasets"]]',
+        'settings["datasets"] = data["datasets"]',
+        "data version changes with weights",
+    ),
     # data/targets.py
+    Bug(
+        "data/targets.py",
+        "return min(float(t[-1] + np.median(np.diff(t))) for t, _ in series)",
+        "return min(float(t[-1]) for t, _ in series)",
+        "signal end without its last interval",
+    ),
     Bug(
         "data/targets.py",
         "out.append((times + rec.offset_seconds, values))",
@@ -365,7 +428,7 @@ BUGS = [
 # The fast tests of a slow file, tried first; a bug they miss is tried against the whole file.
 FAST = {
     "tests/test_train.py": "grad_accumulation or independent_evaluation or best_checkpoint or patience_none "
-    "or plateau_drop or first_step",
+    "or plateau_drop or by_hand or last_step",
 }
 
 

@@ -66,3 +66,30 @@ def test_windows_by_hand_skip_gaps_and_stop_at_the_end(tmp_path: Path) -> None:
     torch.testing.assert_close(x, ((recs[1].features[75:125] - fm) / fs).float())
     torch.testing.assert_close(y, ((recs[1].target[12:20] - tm) / ts).float())
     assert ds.window_info(8) == (recs[1].rec, 3.0)
+
+
+def test_load_recording_grids_run_to_the_audio_end_and_mismatches_are_refused(tmp_path: Path) -> None:
+    from a2b_pipeline.data.corpora import list_recordings
+    from a2b_pipeline.data.datasets import load_recording
+    from a2b_pipeline.data.recording import BadRecordingError
+
+    manifest = _tiny.write_corpus(tmp_path / "corpus", subjects=1, seconds=8.0)
+    cfg = _tiny.config(tmp_path, [], manifest)
+    (rec,) = list_recordings(cfg.data.datasets[0], cfg.data).recordings
+    lr = load_recording(rec, cfg.data)
+    assert lr.features.shape == (8 * 25, 8) and lr.target.shape == (8 * 4, 1)
+    csv_values = np.loadtxt(manifest.parent / "s0_r0.csv", delimiter=",", skiprows=1)[:, 1]
+    np.testing.assert_allclose(lr.target[:, 0].numpy(), csv_values, rtol=1e-6)
+    # a signal 2 s shorter than the audio: beyond duration_tolerance_seconds (1 s), named
+    (manifest.parent / "s0_r0.csv").write_text(
+        "time,eda\n" + "".join(f"{j / 4},{v}\n" for j, v in enumerate(csv_values[:24]))
+    )
+    with pytest.raises(
+        BadRecordingError, match="signal ends at 6.00 s of the audio but the audio lasts 8.00 s"
+    ):
+        load_recording(rec, cfg.data)
+    cfg3 = _tiny.config(tmp_path, ["data.duration_tolerance_seconds=3", "data.window_seconds=7"], manifest)
+    with pytest.raises(BadRecordingError, match="too short: 6.00 s usable, a window is 7.0 s"):
+        load_recording(rec, cfg3.data)
+    short = load_recording(rec, _tiny.config(tmp_path, ["data.duration_tolerance_seconds=3"], manifest).data)
+    assert short.target.shape == (32, 1) and torch.isnan(short.target[24:]).all()

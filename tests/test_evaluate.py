@@ -20,12 +20,14 @@ from a2b_pipeline.state import TrainState, load_tensors
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
-    """Two steps with dropout and EMA; global normalisation (train statistics), 2 test subjects."""
+    """Four steps with dropout and EMA, whose best checkpoint is step 2's (scripted validation), not the
+    last; global normalisation (train statistics); 2 test subjects."""
     tmp = tmp_path_factory.mktemp("evaluate")
-    cfg = _tiny.config(
-        tmp, ["model.dropout=0.5", "train.ema_decay=0.5", "data.normalize=global", "train.max_steps=2"]
-    )
-    state = _tiny.run(cfg, tmp / "run")
+    overrides = ["model.dropout=0.5", "train.ema_decay=0.5", "data.normalize=global", "train.max_steps=4"]
+    overrides += ["checkpoint.metric=val/mse", "checkpoint.mode=min"]
+    cfg = _tiny.config(tmp, overrides)
+    state = _tiny.run(cfg, tmp / "run", [_tiny.ScriptedValidation({2: 0.0, 4: 5.0})])
+    assert state.checkpoint_state.best_step == 2 and state.global_step == 4
     return Path(state.run_dir), cfg
 
 
@@ -51,6 +53,7 @@ def test_the_report_scores_exactly_the_test_split(trained: tuple[Path, object]) 
     assert not set(test_ids) & {r.recording_id for s in ("train", "val") for r in data.recordings[s]["tiny"]}
     report = ev.report
     assert report["split"] == "test" and report["datasets"] == ["tiny"]
+    assert report["global_step"] == 2  # a run directory is evaluated at its best checkpoint
     assert report["summary"]["n_recordings"] == 2 and report["summary"]["n_subjects"] == 2
     assert report["summary"]["n_windows"] == len(data.splits["test"]["tiny"]) == 8
     assert all(k.startswith("test/") for k in report["metrics"])

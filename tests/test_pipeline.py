@@ -79,3 +79,25 @@ def test_loaders_shuffle_train_only_and_weigh_val_datasets_equally(tmp_path: Pat
     assert torch.equal(ys, torch.cat([y for _, y in make_loader(data, cfg, "train")]))  # seeded
     with pytest.raises(KeyError, match="unknown split"):
         make_loader(data, cfg, "validation")
+
+
+def test_data_version_follows_files_and_data_settings_not_weights(tmp_path: Path) -> None:
+    from a2b_pipeline.data.pipeline import load_norm_stats, save_norm_stats
+
+    manifest = _tiny.write_corpus(tmp_path / "corpus")
+    cfg = _tiny.config(tmp_path, [], manifest)
+    data = prepare_data(cfg)
+    same = prepare_data(_tiny.config(tmp_path, ["data.datasets.0.weight=5", "data.batch_size=3"], manifest))
+    assert same.data_version == data.data_version
+    assert (
+        prepare_data(_tiny.config(tmp_path, ["data.hop_seconds=1"], manifest)).data_version
+        != data.data_version
+    )
+    assert prepare_data(_tiny.config(tmp_path, ["seed=1"], manifest)).data_version != data.data_version
+    csv_file = manifest.parent / "s0_r0.csv"
+    csv_file.write_text(csv_file.read_text() + "8.0000,1.0\n")
+    assert prepare_data(cfg).data_version != data.data_version
+    # the statistics saved beside a run are read back for the same data version only
+    save_norm_stats(data, tmp_path / "run")
+    assert load_norm_stats(tmp_path / "run", data.data_version) == data.norm
+    assert load_norm_stats(tmp_path / "run", "other") is None

@@ -64,3 +64,11 @@ def test_bad_signals_are_refused_naming_the_row(tmp_path: Path, rows: list[str],
     path = _write(tmp_path / "bad.csv", rows)
     with pytest.raises(BadRecordingError, match=message):
         read_channels(_rec(path), ["eda", "hr"])
+
+
+def test_signal_end_is_the_last_sample_plus_one_interval() -> None:
+    from a2b_pipeline.data.targets import signal_end
+
+    a = (np.array([0.0, 0.5, 1.0, 1.5]), np.zeros(4))
+    b = (np.array([0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.5]), np.zeros(9))
+    assert signal_end([a]) == 2.0 and signal_end([b]) == 2.75 and signal_end([a, b]) == 2.0

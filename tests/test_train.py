@@ -404,16 +404,19 @@ def test_resume_across_a_plateau_drop_is_bit_exact_with_ema_and_every_generator(
     assert _tiny.history(resumed, "val/mse") == _tiny.history(straight, "val/mse")
 
 
-def test_first_step_is_one_clipped_sgd_step_on_the_first_batch_at_the_warmup_lr(tmp_path: Path) -> None:
-    """Step 1 by hand: the loader's first batch, MSE, gradients clipped to norm 0.01, SGD at the first
-    warm-up learning rate (0.1 / 4): the step-1 checkpoint holds exactly those weights."""
+def test_steps_by_hand_clipped_sgd_at_the_warmup_lr_and_the_ema_recursion(tmp_path: Path) -> None:
+    """Steps 1 and 2 by hand: the loader's next batch, MSE, gradients of that batch only clipped to norm
+    0.01, SGD at the warm-up learning rates 0.1 * 1/4 and 0.1 * 2/4; and the EMA after each step is
+    decay * EMA + (1 - decay) * weights, from the initial weights. Each step's checkpoint holds exactly that."""
     cfg = _tiny.config(
         tmp_path,
         [
-            "train.max_steps=1",
+            "train.max_steps=2",
             "train.grad_clip=0.01",
+            "train.ema_decay=0.75",
             "scheduler.name=linear",
             "scheduler.warmup_steps=4",
+            "checkpoint.every_n_steps=1",
         ],
     )
     w0: dict[str, torch.Tensor] = {}
@@ -424,18 +427,50 @@ def test_first_step_is_one_clipped_sgd_step_on_the_first_batch_at_the_warmup_lr(
     state = _tiny.run(cfg, tmp_path / "run", [keep_initial])
     from a2b_pipeline.models import build_model, model_io
 
-    model = build_model(cfg.model, model_io(cfg))
-    model.load_state_dict(w0)
-    x, y = next(iter(make_loader(prepare_data(cfg), cfg, "train")))
-    loss = ((model(x) - y) ** 2).mean()
-    loss.backward()
-    grads = {n: p.grad for n, p in model.named_parameters()}
-    norm = torch.sqrt(sum((g**2).sum() for g in grads.values()))
-    assert norm > 0.01, "the clip must act for this test to mean anything"
-    lr = 0.1 / 4
-    got = _tensors(state.run_dir)["model.safetensors"]
-    for name, g in grads.items():
-        want = w0[name] - lr * g * (0.01 / (norm + 1e-6))
-        torch.testing.assert_close(got[name], want, rtol=1e-5, atol=1e-7, msg=name)
-    assert _tiny.history(state, "train/loss") == [(1, pytest.approx(float(loss.detach()), rel=1e-6))]
-    assert _tiny.history(state, "train/lr") == [(1, pytest.approx(lr))]
+    batches = iter(make_loader(prepare_data(cfg), cfg, "train"))
+    weights, ema = dict(w0), dict(w0)
+    for step in (1, 2):
+        model = build_model(cfg.model, model_io(cfg))
+        model.load_state_dict(weights)
+        x, y = next(batches)
+        loss = ((model(x) - y) ** 2).mean()
+        loss.backward()
+        grads = {n: p.grad for n, p in model.named_parameters()}
+        norm = torch.sqrt(sum((g**2).sum() for g in grads.values()))
+        assert norm > 0.01, "the clip must act for this test to mean anything"
+        lr = 0.1 * step / 4
+        saved = _tensors(Path(state.run_dir), step)
+        for name, g in grads.items():
+            want = weights[name] - lr * g * (0.01 / (norm + 1e-6))
+            torch.testing.assert_close(saved["model.safetensors"][name], want, rtol=1e-5, atol=1e-7, msg=name)
+        weights = saved["model.safetensors"]
+        ema = {k: 0.75 * ema[k] + 0.25 * weights[k] for k in ema}
+        for k, v in ema.items():
+            torch.testing.assert_close(saved["ema.safetensors"][k], v, rtol=1e-5, atol=1e-7, msg=k)
+        assert dict(_tiny.history(state, "train/loss"))[step] == pytest.approx(float(loss.detach()), rel=1e-6)
+        assert dict(_tiny.history(state, "train/lr"))[step] == pytest.approx(lr)
+
+
+def test_the_last_step_logs_validates_and_checkpoints_and_metric_state_is_the_newest(tmp_path: Path) -> None:
+    """6 steps, logging and validating every 4: at 4 and at the last step, 6; checkpoints every 4 and at 6."""
+    cfg = _tiny.config(
+        tmp_path,
+        [
+            "train.max_steps=6",
+            "train.log_every_n_steps=4",
+            "train.val_every_n_steps=4",
+            "checkpoint.every_n_steps=4",
+        ],
+    )
+    state = _tiny.run(cfg, tmp_path / "run")
+    assert [s for s, _ in _tiny.history(state, "train/loss")] == [4, 6]
+    assert [s for s, _ in _tiny.history(state, "val/loss")] == [4, 6]
+    assert sorted(p.name for p in Path(state.run_dir).glob("step_*")) == [
+        checkpoint_name(4),
+        checkpoint_name(6),
+    ]
+    newest = {}
+    for m in state.metric_history:
+        newest[m.name] = m.value
+    assert state.metric_state.metrics == newest
+    assert TrainState.from_checkpoint(state.run_dir).metric_state.metrics == newest
