@@ -407,7 +407,7 @@ def test_resume_across_a_plateau_drop_is_bit_exact_with_ema_and_every_generator(
 def test_steps_by_hand_clipped_sgd_at_the_warmup_lr_and_the_ema_recursion(tmp_path: Path) -> None:
     """Steps 1 and 2 by hand: the loader's next batch, MSE, gradients of that batch only clipped to norm
     0.01, SGD at the warm-up learning rates 0.1 * 1/4 and 0.1 * 2/4; and the EMA after each step is
-    decay * EMA + (1 - decay) * weights, from the initial weights. Each step's checkpoint holds exactly that."""
+    decay * EMA + (1 - decay) * weights, from the initial weights. Each step's checkpoint holds just that."""
     cfg = _tiny.config(
         tmp_path,
         [
