@@ -369,3 +369,15 @@ def test_rng_state_round_trip_through_json_restores_python_numpy_and_torch() -> 
     want = (random.random(), np.random.rand(), float(torch.rand(())))
     seeded.restore()
     assert (random.random(), np.random.rand(), float(torch.rand(()))) == want
+
+
+def test_best_model_path_names_the_best_step_only_when_it_is_written(tmp_path: Path) -> None:
+    s = _state(tmp_path)
+    s.checkpoint_state.best_step, s.checkpoint_state.best_value = 3, 0.9
+    best = _write(s, 3)
+    assert s.model_state.best_model_path == best / "model.safetensors"
+    later = _write(s, 5)  # not the best: best stays where it was, last moves
+    assert s.model_state.best_model_path == best / "model.safetensors"
+    assert s.model_state.last_model_path == later / "model.safetensors"
+    loaded = TrainState.from_checkpoint(later)
+    assert loaded.best_checkpoint == best.resolve() and loaded.last_checkpoint == later.resolve()
