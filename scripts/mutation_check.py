@@ -98,8 +98,8 @@ BUGS = [
     ),
     Bug(
         "train.py",
-        'set_lr(optimizer, lr_at(cfg, step, run.total_steps, run.plateau["scale"]))',
-        'set_lr(optimizer, lr_at(cfg, step + 1, run.total_steps, run.plateau["scale"]))',
+        'lr = lr_at(cfg, step, run.total_steps, run.plateau["scale"])',
+        'lr = lr_at(cfg, step + 1, run.total_steps, run.plateau["scale"])',
         "lr of the next step",
     ),
     Bug("train.py", "        run.ema.update(raw_model)", "        pass", "EMA never updated"),
@@ -349,8 +349,8 @@ BUGS = [
     ),
     Bug(
         "data/datasets.py",
-        "if f0 + fw > r.features.shape[0] or t0 + tw > r.target.shape[0]:",
-        "if f0 + fw >= r.features.shape[0] or t0 + tw >= r.target.shape[0]:",
+        "if f0 + fw > r.model_input.shape[0] or t0 + tw > r.target.shape[0]:",
+        "if f0 + fw >= r.model_input.shape[0] or t0 + tw >= r.target.shape[0]:",
         "last window dropped",
     ),
     Bug(
@@ -374,8 +374,8 @@ BUGS = [
     # data/pipeline.py
     Bug(
         "data/pipeline.py",
-        "norm = compute_norm_stats(train, everything",
-        "norm = compute_norm_stats(everything, everything",
+        "        train, everything + [d.loaded for d in dropped], cfg.data",
+        "        everything, everything + [d.loaded for d in dropped], cfg.data",
         "normalisation over every split",
     ),
     Bug("data/pipeline.py", 'shuffle=split == "train",', "shuffle=True,", "val/test shuffled"),
