@@ -7,14 +7,12 @@ Each subcommand imports what it needs when it runs, so the light ones (`validate
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
-from a2b_pipeline.configs import ConfigError, check_paths, load_config, with_run_settings
+from a2b_pipeline.configs import ConfigError, check_paths, load_config
 
 EXIT_STOPPED = 3  # a run stopped by a signal or a non-finite loss: resumable, not complete
 
@@ -46,15 +44,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _finish(state) -> int:  # state: TrainState
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        # Teardown in order: the run's DDP wrapper (kept alive by reference cycles) and its reducer go
-        # while their process group still exists, and every rank has finished its last collective before
-        # any destroys the group (a rank aborted with SIGABRT at exit, once, in CI).
-        gc.collect()
-        dist.barrier()
-        dist.destroy_process_group()
     print(state.run_dir)
     if state.message:
         print(state.message, file=sys.stderr)
@@ -81,45 +70,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def train_or_resume(cfg, run_dir: str | None = None, fresh: bool = False):  # RunConfig -> TrainState
-    """Train `cfg` in its run directory; a run directory with checkpoints is continued, not clobbered."""
-    from a2b_pipeline.checkpoint_dir import CheckpointError, list_checkpoints
-    from a2b_pipeline.rundir_lock import empty_run_dir, hold_run_dir
-    from a2b_pipeline.state import TrainState
-    from a2b_pipeline.train import train
+    """Train `cfg` in its run directory as runs.py's table says (resume, report, refuse, or start anew)."""
+    from a2b_pipeline.runs import run_training
 
-    state = TrainState.from_config(cfg, run_dir)
-    # Held from before `fresh` wipes or a checkpoint is read until training ends: a live run is never
-    # wiped or resumed under its owner's feet (RunDirBusyError, exit 2).
-    with hold_run_dir(state.run_dir):
-        if fresh:
-            empty_run_dir(Path(state.run_dir))
-        elif list_checkpoints(state.run_dir):
-            # Same config, same run directory: continue it rather than clobber it.
-            try:
-                state = TrainState.from_checkpoint(state.run_dir)
-                state.config = with_run_settings(state.config, cfg)
-                print(
-                    f"resuming {state.run_dir} from step {state.global_step} (--fresh to start over)",
-                    file=sys.stderr,
-                )
-            except CheckpointError as e:
-                print(f"warning: {e}; starting fresh", file=sys.stderr)
-        return train(state, model_hooks=model_hooks_from_env())
+    return run_training(cfg, run_dir, fresh=fresh, say=_say).state
 
 
-def model_hooks_from_env() -> list:
-    """`A2B_MODEL_HOOKS=module:function[,module:function]`: functions called as hook(model, state) right
-    after the model is built (profiling, debugging, fault injection), without editing the trainer."""
-    import importlib
-
-    hooks = []
-    for spec in filter(None, os.environ.get("A2B_MODEL_HOOKS", "").split(",")):
-        module, _, attr = spec.strip().partition(":")
-        try:
-            hooks.append(getattr(importlib.import_module(module), attr))
-        except (ImportError, AttributeError, ValueError) as e:
-            raise ConfigError(f"A2B_MODEL_HOOKS: can't load {spec!r} ({e})") from None
-    return hooks
+def _say(message: str) -> None:
+    print(message, file=sys.stderr)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -194,24 +152,9 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
-def find_runs(root: Path, depth: int = 2) -> list[Path]:
-    """Run directories (with at least one committed checkpoint) at or under `root`, `depth` levels deep:
-    `checkpoint.dir/<run>` (the CLI) and `checkpoint.dir/<experiment>/train-...` (Dagster)."""
-    from a2b_pipeline.state import STATE_FILE, list_checkpoints
-
-    if list_checkpoints(root) or (root / STATE_FILE).is_file():
-        return [root]
-    if depth == 0 or not root.is_dir():
-        return []
-    return [
-        run for sub in sorted(p for p in root.iterdir() if p.is_dir()) for run in find_runs(sub, depth - 1)
-    ]
-
-
 def cmd_resume(args: argparse.Namespace) -> int:
-    from a2b_pipeline.rundir_lock import hold_run_dir
-    from a2b_pipeline.state import STATE_FILE, CheckpointError, TrainState
-    from a2b_pipeline.train import train
+    from a2b_pipeline.runs import find_runs, resume_training
+    from a2b_pipeline.state import CheckpointError, TrainState
 
     root = Path(args.path)
     runs = find_runs(root)
@@ -230,9 +173,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
     path = runs[0]
     if path != root:
         print(f"resuming the run in {path}", file=sys.stderr)
-    run_dir = path.parent if (path / STATE_FILE).exists() else path
-    with hold_run_dir(run_dir), _progress_friendly_logs():  # nobody else trains there meanwhile
-        return _finish(train(TrainState.from_checkpoint(path), model_hooks=model_hooks_from_env()))
+    with _progress_friendly_logs():  # nobody else trains there meanwhile (runs.py holds the lock)
+        return _finish(resume_training(path, say=_say))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

@@ -284,12 +284,8 @@ def find_run_dirs(runs_dir: str | Path) -> tuple[list[Path], list[Path]]:
         if _is_run_dir(d):
             runs.append(d)
             continue
-        # not Dagster's records, nor the runs a `fresh: true` launch set aside (`<run>.replaced-<time>`)
-        stack += [
-            p
-            for p in d.iterdir()
-            if p.is_dir() and not p.is_symlink() and p.name != "dagster" and ".replaced-" not in p.name
-        ]
+        # not Dagster's records (every attempt of a run, `<run>.attempt-<n>`, is a run of its own)
+        stack += [p for p in d.iterdir() if p.is_dir() and not p.is_symlink() and p.name != "dagster"]
     return sorted(runs), sorted(cvs)
 
 

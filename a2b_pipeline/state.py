@@ -441,8 +441,10 @@ class TrainState(_Schema):
     def from_config(cls, config: RunConfig, run_dir: str | Path | None = None) -> TrainState:
         """A fresh run, status "initialized": nothing is built or written yet; train() starts it. The run
         directory is `checkpoint.dir/<name>-<config hash>` unless given."""
+        from a2b_pipeline.runs import cli_run_dir  # runs.py names run directories
+
         h = config.config_hash()
-        run = (Path(run_dir) if run_dir else Path(config.checkpoint.dir) / f"{config.name}-{h}").resolve()
+        run = (Path(run_dir) if run_dir else cli_run_dir(config)).resolve()
         weights = [d.weight for d in config.data.datasets]
         return cls(
             config=config,

@@ -87,7 +87,11 @@ def _fold_of(context: AssetExecutionContext) -> tuple[Experiment, int, int, Path
 
 
 class FoldTrainingConfig(Config):
-    fresh: bool = Field(default=False, description="Start this fold's run over (its directory is deleted).")
+    fresh: bool = Field(
+        default=False,
+        description="Train this fold anew in a new run directory (`fold-<k>.attempt-<n>`); the earlier one "
+        "stays where it is.",
+    )
 
 
 def _fold_facts(exp: Experiment, fold: int, folds: int, state: Any) -> dict[str, Any]:
@@ -120,8 +124,13 @@ def fold_training_run(context: AssetExecutionContext, config: FoldTrainingConfig
     from a2b_pipeline.cv import train_fold
 
     exp, folds, fold, root = _fold_of(context)
+    from a2b_pipeline.configs import ConfigError
+
     with forward_library_logs(context):
-        state = train_fold(exp.cfg, fold, root, fresh=config.fresh)
+        try:
+            state = train_fold(exp.cfg, fold, root, fresh=config.fresh)
+        except ConfigError as e:  # a refusal (unreadable checkpoints, a live owner): say it as it is
+            raise Failure(description=str(e)) from None
     best = state.best_checkpoint or state.last_checkpoint
     last = state.last_checkpoint
     record = write_record(
