@@ -632,19 +632,31 @@ def test_configs_sensor_registers_experiments_and_corpus_sensor_notices_a_change
     assert [r.partition_key for r in result.run_requests] == ["watched"]
     assert not result.dynamic_partitions_requests
 
-    first = corpus_change_sensor(build_sensor_context(instance=instance, resources={"store": store}))
-    assert not first.run_requests  # the first tick only records
-    again = corpus_change_sensor(
-        build_sensor_context(instance=instance, resources={"store": store}, cursor=first.cursor)
+    def tick(cursor=None):
+        return corpus_change_sensor(
+            build_sensor_context(instance=instance, resources={"store": store}, cursor=cursor)
+        )
+
+    first = tick()
+    assert not first.run_requests  # nothing materialized from the corpus yet: nothing to refresh
+    res = materialize(
+        [*ASSETS],
+        instance=instance,
+        resources=_resources(tmp_path / "data", configs),
+        partition_key="watched",
+        selection=[AssetKey("corpus_manifest")],
     )
-    assert not again.run_requests
-    with open(manifest, "a") as f:  # a new row appended to the manifest
+    assert res.success
+    again = tick(first.cursor)
+    assert not again.run_requests  # the corpus is as corpus_manifest recorded it
+    with open(manifest, "a") as f:  # a new row appended to the manifest, from outside the pipeline
         f.write("\n")
-    changed = corpus_change_sensor(
-        build_sensor_context(instance=instance, resources={"store": store}, cursor=again.cursor)
-    )
-    assert sorted(r.partition_key for r in changed.run_requests) == ["other", "watched"]
+    changed = tick(again.cursor)
+    # only the experiment that materialized from it (`other` never did), as data_refresh_job, keyed by content
+    assert [r.partition_key for r in changed.run_requests] == ["watched"]
     assert all(r.job_name in (None, "data_refresh_job") for r in changed.run_requests)
+    assert changed.run_requests[0].run_key.startswith("corpus-watched-")
+    assert not tick(changed.cursor).run_requests  # one request per change, not one per tick
 
 
 def _missing_corpus_config(configs: Path, tmp_path: Path, name: str) -> Path:
