@@ -333,7 +333,8 @@ class MetaDataLoaderState(_Schema):
 
 
 def _check_metric_name(name: Any) -> Any:
-    if not (isinstance(name, str) and len(name) > 6 and name.split("/", 1)[0] in ("train", "val")):
+    split, sep, rest = name.partition("/") if isinstance(name, str) else ("", "", "")
+    if not (sep and split in ("train", "val") and rest):  # any train/<name> or val/<name>: val/r too
         raise ValueError(
             f"metric name {name!r} must look like 'train/<name>' or 'val/<name>' "
             "(test metrics belong to the evaluation's record)"
