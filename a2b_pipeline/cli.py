@@ -177,6 +177,18 @@ def cmd_resume(args: argparse.Namespace) -> int:
         return _finish(resume_training(path, say=_say))
 
 
+def cmd_remove_runs(args: argparse.Namespace) -> int:
+    from a2b_pipeline.runs import is_run_dir, plan_removal, records_near, removal_report, remove_runs
+
+    dirs = [Path(d) for d in args.run_dirs]
+    if not_runs := [str(d) for d in dirs if d.is_symlink() or not is_run_dir(d)]:
+        raise ConfigError(f"not run directories (nothing removed): {', '.join(not_runs)}")
+    roots = [*records_near(dirs), *map(Path, args.records)]
+    removal = remove_runs(plan_removal(dirs, roots), dry_run=not args.apply)
+    print(removal_report(removal, dry_run=not args.apply))
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from a2b_pipeline.evaluate import evaluate_report
 
@@ -304,6 +316,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--format", default="markdown", choices=["markdown", "csv"])
     s.add_argument("--csv", default=None, metavar="OUT.csv", help="also write the table as CSV")
     s.set_defaults(fn=cmd_leaderboard)
+
+    s = sub.add_parser(
+        "remove-runs",
+        help="delete run directories on purpose: a dry run (the default) lists them and the Dagster records "
+        "that name them (materializations it would orphan); --apply deletes",
+    )
+    s.add_argument("run_dirs", nargs="+", help="run directories (each attempt is a directory of its own)")
+    s.add_argument("--records", action="append", default=[], help="more record folders to search")
+    s.add_argument("--apply", action="store_true", help="delete (else only report)")
+    s.set_defaults(fn=cmd_remove_runs)
 
     s = sub.add_parser("resume", help="continue a run to its configured end")
     s.add_argument(

@@ -72,12 +72,14 @@ class FoldResult:
 # ---- one fold ----
 
 
-def train_fold(cfg: RunConfig, fold: int, root: Path, fresh: bool = False) -> TrainState:
+def train_fold(
+    cfg: RunConfig, fold: int, root: Path, fresh: bool = False, launch: str | None = None
+) -> TrainState:
     """Train fold `fold` in `root/fold-<k>` as runs.py's table says (a run there is continued, a complete one
     returned as it is; `fresh` trains anew in a new directory beside it)."""
     fcfg = fold_config(cfg, fold)
     say = lambda message: log.info("fold %d: %s", fold, message)  # noqa: E731
-    return run_training(fcfg, fold_dir(root, fold), fresh=fresh, say=say).state
+    return run_training(fcfg, fold_dir(root, fold), fresh=fresh, launch=launch, say=say).state
 
 
 def test_groups(prepared: Any, group_by: str) -> dict[str, list[str]]:

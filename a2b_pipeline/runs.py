@@ -52,6 +52,7 @@ STOP_FILE = (
     "stopped.train_state.json"  # the TrainState of a run that stopped (why, where), beside its checkpoints
 )
 UNREADABLE = "unreadable-"  # prefix of a checkpoint set aside because it does not verify
+LAUNCH_FILE = ".a2b-launch"  # in an attempt a fresh launch started: that launch's id (Dagster's root run id)
 
 Action = Literal["start", "resume", "complete"]
 
@@ -115,7 +116,7 @@ def _holds_a_run(run_dir: Path) -> bool:
     """Anything a run wrote (a checkpoint, a set-aside one, an evaluation): a fresh start goes elsewhere."""
     from a2b_pipeline.rundir_lock import LOCK_FILE
 
-    return run_dir.is_dir() and any(p.name != LOCK_FILE for p in run_dir.iterdir())
+    return run_dir.is_dir() and any(p.name not in (LOCK_FILE, LAUNCH_FILE) for p in run_dir.iterdir())
 
 
 # ---- discovery ----
@@ -186,15 +187,39 @@ def _set_aside_unreadable(bad: list[tuple[Path, str]], notes: list[str]) -> None
         notes.append(f"checkpoint {ckpt} does not verify ({why}); skipped and kept as {aside}")
 
 
-def plan_run(cfg: RunConfig, base: Path, *, fresh: bool = False) -> RunStart:
-    """The table above, for a run whose first directory is `base` (the caller holds its lock)."""
+def _attempt_of(base: Path, launch: str) -> Path | None:
+    """The attempt a fresh launch `launch` started (its retries continue there, not in yet another)."""
+    for run_dir in attempts(base):
+        try:
+            if (run_dir / LAUNCH_FILE).read_text().strip() == launch:
+                return run_dir
+        except OSError:
+            continue
+    return None
+
+
+def _mark_launch(run_dir: Path, launch: str | None) -> None:
+    if launch and int(os.environ.get("RANK", "0")) == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / LAUNCH_FILE).write_text(launch + "\n")
+
+
+def plan_run(cfg: RunConfig, base: Path, *, fresh: bool = False, launch: str | None = None) -> RunStart:
+    """The table above, for a run whose first directory is `base` (the caller holds its lock). `launch`: what
+    identifies a fresh launch across its retries (Dagster's root run id): a retry of a fresh launch
+    continues the attempt that launch started."""
     from a2b_pipeline.state import TrainState
 
     current = newest_attempt(base)
+    if fresh and launch and (mine := _attempt_of(base, launch)) is not None:
+        current, fresh = mine, False  # a retry of this fresh launch: its own attempt, as any run
     if fresh and _holds_a_run(current):
         run_dir = next_attempt(base)
+        _mark_launch(run_dir, launch)
         notes = [f"fresh run requested: training in {run_dir}; {current} stays as it is"]
         return RunStart(run_dir, TrainState.from_config(cfg, run_dir=run_dir), "start", notes)
+    if fresh:
+        _mark_launch(current, launch)
     state, bad = _unreadable(current)
     if state is None and bad:
         listed = "; ".join(f"{p} ({why})" for p, why in bad)
@@ -352,17 +377,20 @@ def run_training(
     run_dir: str | Path | None = None,
     *,
     fresh: bool = False,
+    launch: str | None = None,
     model_hooks: Sequence[ModelHook] = (),
     say: Callable[[str], None] = log.info,
 ) -> RunResult:
     """Start, resume or report the run of `cfg` whose first directory is `run_dir` (default: the CLI's
     `<checkpoint.dir>/<name>-<hash>`), as the table in this module says; under one hold of the lock from the
-    choice of directory to the end of training. Returns the final TrainState and what was done."""
+    choice of directory to the end of training. `launch`: an id a retry of the same launch repeats (Dagster's
+    root run id), so a retried fresh launch resumes its own new directory. Returns the final TrainState and
+    what was done."""
     from a2b_pipeline.rundir_lock import hold_run_dir
 
     base = Path(run_dir) if run_dir else cli_run_dir(cfg)
     with _process_group(), hold_run_dir(base):
-        start = plan_run(cfg, base, fresh=fresh)
+        start = plan_run(cfg, base, fresh=fresh, launch=launch)
         _ranks_agree_on(start)
         for note in start.notes:
             say(note)
@@ -404,6 +432,12 @@ class Removal:
     orphaned: list[str]  # records (Dagster materialization files, ...) that name a path in a removed run
 
 
+def records_near(run_dirs: Sequence[Path]) -> list[Path]:
+    """Where Dagster keeps the records that may name these runs: `<experiment>/dagster/` beside them."""
+    found = {Path(d).resolve().parent / "dagster" for d in run_dirs}
+    return sorted(p for p in found if p.is_dir())
+
+
 def plan_removal(run_dirs: Sequence[Path], records_roots: Sequence[Path] = ()) -> Removal:
     """What removing these run directories would orphan: every JSON record under `records_roots` (Dagster's
     `<experiment>/dagster/`) that names a path inside one of them."""
@@ -427,9 +461,8 @@ def remove_runs(removal: Removal, *, dry_run: bool = True) -> Removal:
 
     if not dry_run:
         for d in removal.run_dirs:
-            with hold_run_dir(d):
-                pass  # refuses (RunDirBusyError) while another process trains there
-            shutil.rmtree(d)
+            with hold_run_dir(d):  # refuses (RunDirBusyError) while another process trains there
+                shutil.rmtree(d)
     return removal
 
 

@@ -137,9 +137,10 @@ class Dagster(Entry):
 
         self.base = exp.run_dir(upstream_record(_Ctx, "dataset_splits")["data_version"]).resolve()
 
-    def _materialize(self, assets: list[str], run_config: dict) -> Any:
+    def _materialize(self, assets: list[str], run_config: dict, tags: dict | None = None) -> Any:
         return materialize(
             [*self.assets],
+            tags=tags,
             instance=self.instance,
             resources=self.resources,
             partition_key="life",
@@ -148,8 +149,9 @@ class Dagster(Entry):
             raise_on_error=False,
         )
 
-    def launch(self, fresh: bool = False) -> tuple[bool, str]:
-        res = self._materialize(["training_run"], {"ops": {"training_run": {"config": {"fresh": fresh}}}})
+    def launch(self, fresh: bool = False, tags: dict | None = None) -> tuple[bool, str]:
+        config = {"ops": {"training_run": {"config": {"fresh": fresh}}}}
+        res = self._materialize(["training_run"], config, tags)
         said = [
             e.user_message for e in self.instance.all_logs(res.run_id)
         ]  # the run's log, as the UI shows it
@@ -304,3 +306,17 @@ def test_a_non_finite_stop_under_dagster_fails_saying_why_and_what_to_change(tmp
     assert "training stopped at step 4 (non_finite_loss)" in said and "lower the learning rate" in said, said
     assert "change what caused the stop first" in said, said
     assert (entry.base / STOP_FILE).is_file()
+
+
+def test_a_retried_fresh_launch_continues_its_own_new_directory(tmp_path):
+    """Dagster re-executes a failed run (run retries, a dead container) with the same config: `fresh: true`
+    again. The retry continues the directory its launch started, not yet another one."""
+    entry = Dagster(tmp_path)
+    assert entry.launch()[0]
+    first = {"dagster/root_run_id": "launch-1", "dagster/parent_run_id": "launch-1"}
+    ok, said = entry.launch(fresh=True, tags=first)
+    assert ok and f"training in {entry.base}.attempt-2" in said, said
+    ok, said = entry.launch(fresh=True, tags=first)  # its retry
+    assert ok and f"{entry.base}.attempt-2 is complete" in said, said
+    ok, said = entry.launch(fresh=True, tags={"dagster/root_run_id": "launch-2"})  # a new fresh launch
+    assert ok and f"training in {entry.base}.attempt-3" in said, said

@@ -26,6 +26,7 @@ from a2b_pipeline.data.corpora import list_recordings
 from a2b_pipeline.data.corpora.synthetic import STAMP, SyntheticCorpusMismatch, folder_conflicts
 from a2b_pipeline.defs.assets import ASSETS, experiments
 from a2b_pipeline.defs.resources import ExperimentStore, QualityGate, TrainDevice, WandbTracking
+from a2b_pipeline.state import TrainState
 
 EXPERIMENT_ASSETS = [
     "corpus_manifest",
@@ -181,8 +182,6 @@ def _short(digest: str, recorded: str) -> bool:
 
 def _check_recorded_files(instance: DagsterInstance, partition: str) -> int:
     """Every file every materialization of the partition recorded, against its recorded digest; how many."""
-    from a2b_pipeline.state import TrainState
-
     checked = 0
     for asset in EXPERIMENT_ASSETS:
         records = instance.fetch_materializations(
@@ -216,7 +215,9 @@ def _check_recorded_files(instance: DagsterInstance, partition: str) -> int:
     return checked
 
 
-def test_a_fresh_relaunch_trains_in_a_new_directory_and_every_recorded_file_still_checks_out(workspace):
+def test_a_fresh_relaunch_trains_in_a_new_directory_and_every_recorded_file_still_checks_out(
+    workspace, capsys
+):
     with DagsterInstance.from_config(str(workspace["home"])) as instance:
         first = instance.fetch_materializations(
             AssetRecordsFilter(asset_key=AssetKey("training_run"), asset_partitions=["demo"]), limit=1
@@ -250,3 +251,15 @@ def test_a_fresh_relaunch_trains_in_a_new_directory_and_every_recorded_file_stil
         # the relaunch's lineage leads to its own run; the first launch's still to the first run
         assert str(new_dir) in evaluations[0].asset_materialization.metadata["checkpoint"].value
         assert str(first_dir) + os.sep in evaluations[1].asset_materialization.metadata["checkpoint"].value
+
+        # old runs go only on purpose: a dry run names the records it would orphan, then --apply
+        from a2b_pipeline.cli import main
+
+        first_record = Path(first.asset_materialization.metadata["record"].value)
+        assert main(["remove-runs", str(first_dir)]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["would remove"] == [str(first_dir)] and str(first_record) in report["orphaned_records"]
+        assert first_dir.is_dir()
+        assert main(["remove-runs", str(first_dir), "--apply"]) == 0
+        assert json.loads(capsys.readouterr().out)["removed"] == [str(first_dir)]
+        assert not first_dir.exists() and TrainState.from_checkpoint(new_dir).status == "complete"

@@ -125,10 +125,11 @@ def fold_training_run(context: AssetExecutionContext, config: FoldTrainingConfig
 
     exp, folds, fold, root = _fold_of(context)
     from a2b_pipeline.configs import ConfigError
+    from a2b_pipeline.defs.assets.training import launch_id
 
     with forward_library_logs(context):
         try:
-            state = train_fold(exp.cfg, fold, root, fresh=config.fresh)
+            state = train_fold(exp.cfg, fold, root, fresh=config.fresh, launch=launch_id(context))
         except ConfigError as e:  # a refusal (unreadable checkpoints, a live owner): say it as it is
             raise Failure(description=str(e)) from None
     best = state.best_checkpoint or state.last_checkpoint

@@ -37,6 +37,11 @@ class TrainingRunConfig(Config):
     )
 
 
+def launch_id(context: Any) -> str:
+    """The same for a run and its retries (re-executions): the root run's id."""
+    return context.run.tags.get("dagster/root_run_id") or context.run.run_id
+
+
 def _say_if_no_gpu(step: AssetStep) -> None:
     """This asset asks for a GPU; with train.device auto a run that finds none says so (then uses the CPU)."""
     import torch
@@ -84,7 +89,11 @@ def training_run(step: AssetStep) -> Produced:
     try:
         # runs.py: the lock, resume / report / refuse / a new directory for `fresh`, the process group
         result = run_training(
-            step.exp.cfg, step.exp.run_dir(data_version), fresh=step.config.fresh, say=step.log.info
+            step.exp.cfg,
+            step.exp.run_dir(data_version),
+            fresh=step.config.fresh,
+            launch=launch_id(step.context),
+            say=step.log.info,
         )
     except ConfigError as e:  # a refusal (unreadable checkpoints, a live owner): say it as it is
         raise Failure(description=str(e)) from None
