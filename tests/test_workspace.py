@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from _util import REPO, tiny_config
+from _util import ASSET_NAMES, REPO, tiny_config
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, build_sensor_context, materialize
 
 from a2b_pipeline.data.corpora import list_recordings
@@ -27,15 +27,6 @@ from a2b_pipeline.data.corpora.synthetic import STAMP, SyntheticCorpusMismatch, 
 from a2b_pipeline.defs.assets import ASSETS, experiments
 from a2b_pipeline.defs.resources import ExperimentStore, QualityGate, TrainDevice, WandbTracking
 from a2b_pipeline.state import TrainState
-
-EXPERIMENT_ASSETS = [
-    "corpus_manifest",
-    "dataset_splits",
-    "meta_loader_spec",
-    "training_run",
-    "best_checkpoint",
-    "evaluation",
-]
 
 
 def test_no_two_shipped_experiments_describe_one_generated_folder_differently(tmp_path):
@@ -122,6 +113,20 @@ def _resources(root: Path, configs: Path) -> dict:
     }
 
 
+def _materialize_all(
+    instance: DagsterInstance, workspace: dict, partition: str, run_config: dict | None = None
+):
+    """The six experiment assets of one partition, as "Materialize all" does."""
+    return materialize(
+        [*ASSETS],
+        instance=instance,
+        resources=_resources(workspace["root"], workspace["configs"]),
+        partition_key=partition,
+        selection=[AssetKey(a) for a in ASSET_NAMES],
+        run_config=run_config,
+    )
+
+
 def _tick_sensors_as_the_daemon(instance: DagsterInstance, store: ExperimentStore, ticks: int = 3) -> list:
     """Both sensors, `ticks` times each with their cursors, applying the partitions they register as the
     daemon does; every run request they make."""
@@ -161,13 +166,7 @@ def test_demo_then_tcn_then_the_sensors_change_no_corpus_file_and_request_nothin
     store = ExperimentStore(data_root=str(workspace["root"]), configs_dir=str(workspace["configs"]))
     with DagsterInstance.from_config(str(workspace["home"])) as instance:
         instance.add_dynamic_partitions(experiments.name, ["tcn"])
-        res = materialize(
-            [*ASSETS],
-            instance=instance,
-            resources=_resources(workspace["root"], workspace["configs"]),
-            partition_key="tcn",
-            selection=[AssetKey(a) for a in EXPERIMENT_ASSETS],
-        )
+        res = _materialize_all(instance, workspace, "tcn")
         assert res.success
         assert _files(corpora) == after_demo  # tcn read the demo's corpora as they were
         requests = _tick_sensors_as_the_daemon(instance, store)
@@ -183,7 +182,7 @@ def _short(digest: str, recorded: str) -> bool:
 def _check_recorded_files(instance: DagsterInstance, partition: str) -> int:
     """Every file every materialization of the partition recorded, against its recorded digest; how many."""
     checked = 0
-    for asset in EXPERIMENT_ASSETS:
+    for asset in ASSET_NAMES:
         records = instance.fetch_materializations(
             AssetRecordsFilter(asset_key=AssetKey(asset), asset_partitions=[partition]), limit=100
         ).records
@@ -224,13 +223,8 @@ def test_a_fresh_relaunch_trains_in_a_new_directory_and_every_recorded_file_stil
         ).records[0]
         first_dir = Path(first.asset_materialization.metadata["run_dir"].value)
         before = _files(first_dir)
-        res = materialize(
-            [*ASSETS],
-            instance=instance,
-            resources=_resources(workspace["root"], workspace["configs"]),
-            partition_key="demo",
-            selection=[AssetKey(a) for a in EXPERIMENT_ASSETS],
-            run_config={"ops": {"training_run": {"config": {"fresh": True}}}},
+        res = _materialize_all(
+            instance, workspace, "demo", {"ops": {"training_run": {"config": {"fresh": True}}}}
         )
         assert res.success
         latest = instance.fetch_materializations(
