@@ -102,13 +102,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return 0
     for e in chosen:
         check_paths(e.config, source=f"{args.file}: {e.name}")
+    from a2b_pipeline.runs import process_group
+
     stopped = []
-    for e in chosen:
-        print(f"== {e.name} ({e.config_hash})", file=sys.stderr)
-        state = train_or_resume(e.config, fresh=args.fresh)
-        print(f"{e.name}\t{state.status}\t{state.run_dir}")
-        if state.status != "complete":
-            stopped.append(e.name)
+    with process_group():  # one process group (under torchrun) for the whole sweep
+        for e in chosen:
+            print(f"== {e.name} ({e.config_hash})", file=sys.stderr)
+            state = train_or_resume(e.config, fresh=args.fresh)
+            print(f"{e.name}\t{state.status}\t{state.run_dir}")
+            if state.status != "complete":
+                stopped.append(e.name)
     if stopped:
         print(f"not complete (run the command again to resume): {', '.join(stopped)}", file=sys.stderr)
         return EXIT_STOPPED
@@ -124,7 +127,10 @@ def cmd_cv(args: argparse.Namespace) -> int:
     require_folds(cfg)
     check_paths(cfg, source=args.config)
     device = "cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu"
-    summary = run_cv(cfg, args.dir, fresh=args.fresh, device=device, only=args.fold or None)
+    from a2b_pipeline.runs import process_group
+
+    with process_group():  # one process group (under torchrun) for every fold
+        summary = run_cv(cfg, args.dir, fresh=args.fresh, device=device, only=args.fold or None)
     if args.json:
         print(json.dumps(summary, indent=1, sort_keys=True))
     else:

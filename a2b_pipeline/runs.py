@@ -140,6 +140,34 @@ def find_runs(root: str | Path, depth: int = 2) -> list[Path]:
     return [run for sub in subs for run in find_runs(sub, depth - 1)]
 
 
+def _started_here(path: Path) -> bool:
+    """A run started here (a checkpoint, a pointer, or only its lock: a run that failed before any)."""
+    from a2b_pipeline.rundir_lock import LOCK_FILE
+
+    names = {p.name for p in path.iterdir()}
+    return any(n.startswith("step_") for n in names) or "last" in names or LOCK_FILE in names
+
+
+def find_run_dirs(runs_dir: str | Path, cv_marker: str) -> tuple[list[Path], list[Path]]:
+    """(run directories, cross-validation directories: those holding `cv_marker`) under `runs_dir`, sorted,
+    failed runs included (for the leaderboard). A CV directory holds its folds' run directories; Dagster's
+    experiment directories hold `train-*` run directories and their `dagster/` records (not runs)."""
+    runs, cvs = [], []
+    stack = [Path(runs_dir)]
+    while stack:
+        d = stack.pop()
+        if not d.is_dir():
+            continue
+        if (d / cv_marker).is_file():
+            cvs.append(d)
+        if _started_here(d):
+            runs.append(d)
+            continue
+        # every attempt of a run (`<run>.attempt-<n>`) is a run of its own
+        stack += [p for p in d.iterdir() if p.is_dir() and not p.is_symlink() and p.name != "dagster"]
+    return sorted(runs), sorted(cvs)
+
+
 # ---- the policy ----
 
 
@@ -342,18 +370,28 @@ def _train(start: RunStart, hooks: Sequence[ModelHook]) -> TrainState:
     return state
 
 
+_GROUP_DEPTH = [0]  # nesting of process_group(): the outermost one leaves the group
+
+
 @contextlib.contextmanager
-def _process_group() -> Iterator[None]:
-    """Join the process group (under torchrun) for the run's whole life, and leave it at the end."""
+def process_group() -> Iterator[None]:
+    """Join the process group (under torchrun) for the run's whole life, and leave it at the end. Nested
+    (a sweep or a cross-validation around its runs), the group lives until the outermost one ends: a group
+    is joined once per process."""
     from a2b_pipeline.distributed import init_distributed
 
     init_distributed()
+    _GROUP_DEPTH[0] += 1
     try:
         yield
     except BaseException:
-        end_process_group(clean=False)
+        _GROUP_DEPTH[0] -= 1
+        if _GROUP_DEPTH[0] == 0:
+            end_process_group(clean=False)
         raise
-    end_process_group()
+    _GROUP_DEPTH[0] -= 1
+    if _GROUP_DEPTH[0] == 0:
+        end_process_group()
 
 
 def _ranks_agree_on(start: RunStart) -> None:
@@ -389,7 +427,7 @@ def run_training(
     from a2b_pipeline.rundir_lock import hold_run_dir
 
     base = Path(run_dir) if run_dir else cli_run_dir(cfg)
-    with _process_group(), hold_run_dir(base):
+    with process_group(), hold_run_dir(base):
         start = plan_run(cfg, base, fresh=fresh, launch=launch)
         _ranks_agree_on(start)
         for note in start.notes:
@@ -410,7 +448,7 @@ def resume_training(
 
     path = Path(path)
     run_dir = path.parent if (path / STATE_FILE).exists() else path
-    with _process_group(), hold_run_dir(first_attempt(run_dir)), hold_run_dir(run_dir):
+    with process_group(), hold_run_dir(first_attempt(run_dir)), hold_run_dir(run_dir):
         state, bad = _unreadable(run_dir) if path == run_dir else (TrainState.from_checkpoint(path), [])
         if state is None:
             state = TrainState.from_checkpoint(run_dir)  # raises, naming each checkpoint and why
