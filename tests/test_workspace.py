@@ -127,23 +127,30 @@ def _materialize_all(
     )
 
 
-def _tick_sensors_as_the_daemon(instance: DagsterInstance, store: ExperimentStore, ticks: int = 3) -> list:
-    """Both sensors, `ticks` times each with their cursors, applying the partitions they register as the
-    daemon does; every run request they make."""
-    from a2b_pipeline.defs.sensors import corpus_change_sensor, experiment_configs_sensor
+class Daemon:
+    """Ticks both sensors as the daemon does, each with its cursor kept between ticks, applying the
+    partitions they register; collects every run request they make."""
 
-    requests, cursors = [], {"configs": None, "corpus": None}
-    for _ in range(ticks):
-        for key, sensor in (("configs", experiment_configs_sensor), ("corpus", corpus_change_sensor)):
-            with build_sensor_context(
-                instance=instance, resources={"store": store}, cursor=cursors[key]
-            ) as ctx:
-                result = sensor(ctx)
-            for req in result.dynamic_partitions_requests or []:
-                instance.add_dynamic_partitions(req.partitions_def_name, list(req.partition_keys))
-            requests += result.run_requests or []
-            cursors[key] = result.cursor
-    return requests
+    def __init__(self, instance: DagsterInstance, store: ExperimentStore):
+        self.instance, self.store = instance, store
+        self.cursors: dict[str, str | None] = {}
+        self.requests: list = []
+
+    def tick(self, times: int = 3) -> list:
+        from a2b_pipeline.defs.sensors import corpus_change_sensor, experiment_configs_sensor
+
+        for _ in range(times):
+            for sensor in (experiment_configs_sensor, corpus_change_sensor):
+                cursor = self.cursors.get(sensor.name)
+                with build_sensor_context(
+                    instance=self.instance, resources={"store": self.store}, cursor=cursor
+                ) as ctx:
+                    result = sensor(ctx)
+                for req in result.dynamic_partitions_requests or []:
+                    self.instance.add_dynamic_partitions(req.partitions_def_name, list(req.partition_keys))
+                self.requests += result.run_requests or []
+                self.cursors[sensor.name] = result.cursor
+        return self.requests
 
 
 @pytest.fixture(scope="module")
@@ -165,13 +172,14 @@ def test_demo_then_tcn_then_the_sensors_change_no_corpus_file_and_request_nothin
     assert {"synth_a/manifest.csv", "synth_b/manifest.csv"} <= set(after_demo)
     store = ExperimentStore(data_root=str(workspace["root"]), configs_dir=str(workspace["configs"]))
     with DagsterInstance.from_config(str(workspace["home"])) as instance:
-        instance.add_dynamic_partitions(experiments.name, ["tcn"])
-        res = _materialize_all(instance, workspace, "tcn")
+        daemon = Daemon(instance, store)
+        daemon.tick()  # the UI is open after the demo: the sensors tick, registering every shipped experiment
+        assert len(instance.get_dynamic_partitions(experiments.name)) >= 13
+        res = _materialize_all(instance, workspace, "tcn")  # "Materialize all" for tcn
         assert res.success
         assert _files(corpora) == after_demo  # tcn read the demo's corpora as they were
-        requests = _tick_sensors_as_the_daemon(instance, store)
-        assert len(instance.get_dynamic_partitions(experiments.name)) >= 13  # every shipped experiment
-    assert requests == []
+        daemon.tick()
+    assert daemon.requests == []
     assert _files(corpora) == after_demo
 
 
