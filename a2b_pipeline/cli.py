@@ -291,7 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
         )
         if name == "train":
             s.add_argument("--run-dir", default=None, help="default: checkpoint.dir/<name>-<config hash>")
-            s.add_argument("--fresh", action="store_true", help="delete the run directory and start over")
+            s.add_argument(
+                "--fresh",
+                action="store_true",
+                help="train anew in a new run directory (<run dir>.attempt-<n>); the earlier run stays",
+            )
         s.set_defaults(fn=fn)
 
     s = sub.add_parser("sweep", help="list a sweep's experiments (name, config hash); --train runs them")
@@ -302,7 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--train", action="store_true", help="train each experiment in turn (resumes unfinished ones)"
     )
-    s.add_argument("--fresh", action="store_true", help="with --train: start every run over")
+    s.add_argument(
+        "--fresh", action="store_true", help="with --train: train each anew in a new run directory"
+    )
     s.set_defaults(fn=cmd_sweep)
 
     s = sub.add_parser(
@@ -312,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     s.add_argument("--fold", action="append", type=int, default=[], help="only this fold (repeatable)")
     s.add_argument("--dir", default=None, help="parent of the CV directory (default: checkpoint.dir)")
-    s.add_argument("--fresh", action="store_true", help="start the folds' runs over")
+    s.add_argument("--fresh", action="store_true", help="train the folds anew, each in a new run directory")
     s.add_argument("--json", action="store_true", help="print the whole summary")
     s.set_defaults(fn=cmd_cv)
 
