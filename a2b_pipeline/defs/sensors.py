@@ -31,6 +31,8 @@ from a2b_pipeline.defs.jobs import data_refresh_job
 from a2b_pipeline.defs.partitions import cv_experiments, experiments, folds
 from a2b_pipeline.defs.resources import ExperimentStore
 
+MAX_REFRESH_REQUESTS = 4  # data refreshes either sensor asks for per tick; the rest wait for the next ticks
+
 
 def _cursor(context: SensorEvaluationContext) -> dict:
     try:
@@ -85,6 +87,9 @@ def experiment_configs_sensor(context: SensorEvaluationContext, store: Experimen
         context.log.warning(problem)
     new = sorted(set(now) - known)
     changed = sorted(k for k in now if k in known and k in seen and seen[k] != now[k])
+    # at most MAX_REFRESH_REQUESTS refreshes a tick (an edited base config changes every sweep experiment on
+    # it); the others keep their old fingerprint in the cursor, so the next ticks ask for them
+    changed, later = changed[:MAX_REFRESH_REQUESTS], changed[MAX_REFRESH_REQUESTS:]
     requests = [RunRequest(run_key=f"config-{k}-{now[k][:12]}", partition_key=k) for k in changed]
     if new:
         context.log.info(f"registering experiments: {new}")
@@ -96,7 +101,9 @@ def experiment_configs_sensor(context: SensorEvaluationContext, store: Experimen
         run_requests=[r for r in requests if not corpus[r.partition_key]],
         dynamic_partitions_requests=adds + _cv_partition_requests(context, store, sorted(now)),
         asset_events=checks,
-        cursor=json.dumps({"configs": now, "corpus": corpus}, sort_keys=True),
+        cursor=json.dumps(
+            {"configs": {**now, **{k: seen[k] for k in later}}, "corpus": corpus}, sort_keys=True
+        ),
     )
 
 
@@ -123,9 +130,6 @@ def _cv_partition_requests(
     return requests + ([folds.build_add_request(new_folds)] if new_folds else [])
 
 
-MAX_CORPUS_REQUESTS = 4  # refreshes asked for per tick; the rest wait for the next ticks
-
-
 def recorded_fingerprint(context: SensorEvaluationContext, name: str) -> str | None:
     """The corpus fingerprint the latest corpus_manifest materialization of `name` recorded (None: never
     materialized, or before fingerprints were recorded): what the pipeline itself last saw of the corpus."""
@@ -145,7 +149,7 @@ def recorded_fingerprint(context: SensorEvaluationContext, name: str) -> str | N
     description="Watches every materialized experiment's corpus (manifest files, or the files under a corpus "
     "root: size + mtime/ETag) and refreshes its data assets when it differs from what its latest "
     "corpus_manifest recorded: a change from outside the pipeline, never the pipeline's own writes. One "
-    f"request per experiment and corpus content (run key), at most {MAX_CORPUS_REQUESTS} per tick.",
+    f"request per experiment and corpus content (run key), at most {MAX_REFRESH_REQUESTS} per tick.",
 )
 def corpus_change_sensor(context: SensorEvaluationContext, store: ExperimentStore):
     from a2b_pipeline.configs import ConfigError
@@ -164,7 +168,7 @@ def corpus_change_sensor(context: SensorEvaluationContext, store: ExperimentStor
             continue
         if now == recorded or requested.get(name) == now:
             continue
-        if len(requests) >= MAX_CORPUS_REQUESTS:
+        if len(requests) >= MAX_REFRESH_REQUESTS:
             waiting += 1
             continue
         context.log.info(f"{name}: corpus changed ({', '.join(corpus_sources(cfg).values())})")
