@@ -223,10 +223,13 @@ def row_from_run_dir(run_dir: str | Path, split: str = "test", metric: str = DEF
     experiment = state.config.name
     report_path = run_dir / EVALUATION_FILE.format(split=split)
     if state.status != "complete":
+        from a2b_pipeline.runs import read_stop
+
+        stop = read_stop(run_dir)  # a non-finite loss or an error: written beside the last good checkpoint
         return missing_row(
             experiment,
-            state.status,
-            state.message or "training did not complete",
+            stop.status if stop else state.status,
+            (stop or state).message or "training did not complete",
             checkpoint=str(run_dir),
             **facts,
         )

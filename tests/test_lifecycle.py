@@ -289,6 +289,10 @@ def test_a_non_finite_stop_is_written_down_and_its_resume_says_why(tmp_path, cap
     )
     good = TrainState.from_checkpoint(run)
     assert good.global_step == 2 and good.status == "in_progress"
+    from a2b_pipeline.leaderboard import row_from_run_dir
+
+    row = row_from_run_dir(run)  # the leaderboard says it too
+    assert row.status == "stopped" and "non-finite loss" in row.note, row
 
     code = main(["resume", str(run)])
     err = capsys.readouterr().err
