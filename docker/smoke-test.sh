@@ -22,6 +22,7 @@ cd "$(dirname "$0")/.."
 DOCKER=${DOCKER:-docker}
 IMAGE=${A2B_IMAGE:-a2b_pipeline:0.1.0}
 PARTITION=demo
+SHIPPED=tcn # a shipped experiment that names the demo's corpus folders
 JOB=experiment_job
 GRAPHQL=http://127.0.0.1:3000/graphql
 RUN_TIMEOUT=${A2B_SMOKE_TIMEOUT:-1200}
@@ -63,7 +64,7 @@ run_step() {
   secs=$(awk "BEGIN { printf \"%.1f\", $t1 - $t0 }")
   if [ $rc -ne 0 ]; then
     printf '[%2d] FAILED: %s (%ss)\n' "$STEP" "$name" "$secs"
-    SUMMARY+=("$(printf '%2d  %-62s %8ss  FAILED' "$STEP" "$name" "$secs")")
+    SUMMARY+=("$(printf '%2d  %-76s %8ss  FAILED' "$STEP" "$name" "$secs")")
     print_summary
     if [ -n "${COMPOSE:-}" ] && [ -f "$ENV_FILE" ]; then
       echo "--- service logs (last 60 lines each) ---"
@@ -79,7 +80,7 @@ run_step() {
     exit 1
   fi
   printf '[%2d] ok: %s (%ss)\n' "$STEP" "$name" "$secs"
-  SUMMARY+=("$(printf '%2d  %-62s %8ss  ok' "$STEP" "$name" "$secs")")
+  SUMMARY+=("$(printf '%2d  %-76s %8ss  ok' "$STEP" "$name" "$secs")")
 }
 
 print_summary() {
@@ -205,8 +206,10 @@ deployment_guarantees() {
   log "published: ${ports% }"
 }
 
+SENSORS_SINCE=""
 register_partition() {
   local added sensor status
+  SENSORS_SINCE=$(date +%s)
   added=$(gql add-partition "$PARTITION") || return 1
   log "partition $added registered (addDynamicPartition, as the launchpad's 'Add partition')"
   # The sensors run as shipped: the corpus sensor must not chase the pipeline's own writes (no refresh
@@ -287,6 +290,31 @@ check_checkpoints() {
   ! echo "$listing" | grep -q '^root ' || fail "checkpoint files owned by root" || return 1
 }
 
+# The demo's synthesized corpus, as the corpus sensor sees it (size, mtime) and by content.
+CORPUS_DIR=/data/data/demo
+corpus_listing() {
+  in_user_code "cd '$CORPUS_DIR' && find . -type f -print0 | sort -z | xargs -0 stat -c '%n %s %Y' &&
+    find . -type f -print0 | sort -z | xargs -0 sha256sum"
+}
+
+CORPUS_A=""
+SHIPPED_DONE=""
+shipped_experiment_data() {
+  # What started the run storm of issue #22: another shipped experiment over the same corpus folders
+  # materialized after the demo. Its data assets must read the demo's corpus as it is, never rewrite it.
+  CORPUS_A=$(corpus_listing) || return 1
+  [ -n "$CORPUS_A" ] || fail "no corpus files under $CORPUS_DIR" || return 1
+  log "$CORPUS_DIR: $(($(echo "$CORPUS_A" | wc -l) / 2)) files"
+  gql add-partition "$SHIPPED" >/dev/null || return 1
+  local run_id
+  run_id=$(gql launch-assets "$SHIPPED" corpus_manifest dataset_splits meta_loader_spec) || return 1
+  log "run $run_id launched (corpus_manifest, dataset_splits, meta_loader_spec of $SHIPPED)"
+  gql wait-run "$run_id" "$RUN_TIMEOUT" >/dev/null || return 1
+  SHIPPED_DONE=$(date +%s)
+  [ "$(corpus_listing)" = "$CORPUS_A" ] || fail "materializing $SHIPPED changed the corpus in $CORPUS_DIR" || return 1
+  log "SUCCESS; every corpus file's size, mtime and content unchanged"
+}
+
 RUN_B=""
 restart_during_training() {
   # Training anew (a plain relaunch would report the complete run): `fresh: true` trains in a new run
@@ -346,7 +374,13 @@ restart_during_training() {
 no_refresh_storm() {
   # The sensors ran as shipped all along: the pipeline's own writes (the synthesized corpus) never made the
   # corpus sensor ask for a data refresh.
-  local refreshes
+  # Not vacuous: each sensor evaluated after the last launch above, and none of its ticks failed.
+  local sensor ticks refreshes
+  for sensor in corpus_change_sensor experiment_configs_sensor; do
+    ticks=$(gql sensor-ticked "$sensor" "$SENSORS_SINCE" "$SHIPPED_DONE" 180) || return 1
+    log "$sensor: $ticks"
+  done
+  [ "$(corpus_listing)" = "$CORPUS_A" ] || fail "the corpus in $CORPUS_DIR changed during the test" || return 1
   refreshes=$(gql job-runs data_refresh_job) || return 1
   [ -z "$refreshes" ] || fail "the sensors launched data_refresh_job runs: $refreshes" || return 1
   log "no data_refresh_job run (corpus_change_sensor as shipped)"
@@ -371,8 +405,9 @@ run_step "the run executed in its own container started by the run launcher" che
 run_step "the run and its asset events are in Postgres (SQL)" check_postgres
 run_step "evaluation metrics are finite" check_metrics
 run_step "checkpoint files on the shared volume" check_checkpoints
+run_step "materialize the data of shipped $SHIPPED (same corpus): the corpus is unchanged" shipped_experiment_data
 run_step "daemon restart during training: resume, metrics equal the uninterrupted run" restart_during_training
-run_step "no refresh run from the sensors" no_refresh_storm
+run_step "the sensors evaluated, none failed, no refresh run, corpus unchanged" no_refresh_storm
 run_step "docker compose down -v" compose_down
 rm -rf "$WORK"
 print_summary

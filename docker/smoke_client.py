@@ -5,6 +5,9 @@ smoke test needs nothing installed on the host but an engine and python3).
     python3 docker/smoke_client.py URL add-partition PARTITION
     python3 docker/smoke_client.py URL sensor-status SENSOR            -> its status (RUNNING/STOPPED)
     python3 docker/smoke_client.py URL launch JOB PARTITION [--fresh]  -> run id (--fresh: training_run fresh)
+    python3 docker/smoke_client.py URL launch-assets PARTITION ASSET... -> run id ("Materialize selected")
+    python3 docker/smoke_client.py URL sensor-ticked SENSOR SINCE AFTER TIMEOUT
+        -> its ticks since SINCE (unix time): none failed, and one evaluated after AFTER (waits up to TIMEOUT)
     python3 docker/smoke_client.py URL job-runs JOB                    -> the ids of every run of the job
     python3 docker/smoke_client.py URL wait-run RUN_ID TIMEOUT         -> the run id that finished it
     python3 docker/smoke_client.py URL status RUN_ID                   -> status
@@ -116,6 +119,69 @@ def launch(url: str, job: str, partition: str, fresh: bool = False) -> str:
         },
     )["launchRun"]
     return _expect(data, "LaunchRunSuccess")["run"]["runId"]
+
+
+def launch_assets(url: str, partition: str, assets: list[str]) -> str:
+    """What the UI sends for "Materialize selected" on a partition: the implicit asset job, the assets."""
+    data = gql(
+        url,
+        """mutation($params: ExecutionParams!) { launchRun(executionParams: $params) {
+             __typename ... on LaunchRunSuccess { run { runId } }
+             ... on PythonError { message } ... on RunConfigValidationInvalid { errors { message } }
+             ... on InvalidSubsetError { message } ... on UnauthorizedError { message } } }""",
+        params={
+            "selector": {
+                "repositoryLocationName": LOCATION,
+                "repositoryName": REPOSITORY,
+                "jobName": "__ASSET_JOB",
+                "assetSelection": [{"path": [a]} for a in assets],
+                "assetCheckSelection": [],
+            },
+            "runConfigData": {},
+            "mode": "default",
+            "executionMetadata": {"tags": [{"key": "dagster/partition", "value": partition}]},
+        },
+    )["launchRun"]
+    return _expect(data, "LaunchRunSuccess")["run"]["runId"]
+
+
+def sensor_ticks(url: str, name: str, since: float) -> list[dict]:
+    sensor = gql(
+        url,
+        """query($sel: SensorSelector!, $since: Float) { sensorOrError(sensorSelector: $sel) {
+             __typename ... on Sensor { sensorState { ticks(afterTimestamp: $since, limit: 500) {
+               status timestamp skipReason runIds error { message } } } }
+             ... on PythonError { message } } }""",
+        sel={"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY, "sensorName": name},
+        since=since,
+    )["sensorOrError"]
+    return _expect(sensor, "Sensor")["sensorState"]["ticks"]
+
+
+def sensor_ticked(url: str, name: str, since: float, after: float, timeout: float) -> str:
+    """The sensor evaluated (a tick that succeeded or skipped) after `after`, and none of its ticks since
+    `since` failed: so a check that it requested nothing is not vacuous (a sensor that raises, or never
+    ran, requests nothing either)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        ticks = sensor_ticks(url, name, since)
+        failed = [t for t in ticks if t["status"] == "FAILURE"]
+        if failed:
+            raise SmokeError(
+                f"{len(failed)} failed ticks, the last: {(failed[0]['error'] or {}).get('message')}"
+            )
+        done = [t for t in ticks if t["status"] in ("SUCCESS", "SKIPPED")]
+        if any(t["timestamp"] > after for t in done):
+            counts = {s: sum(t["status"] == s for t in ticks) for s in sorted({t["status"] for t in ticks})}
+            newest = max(done, key=lambda t: t["timestamp"])
+            at = time.strftime("%H:%M:%S", time.gmtime(newest["timestamp"]))
+            what = newest["skipReason"] or "runs " + " ".join(newest["runIds"])
+            return f"{len(ticks)} ticks {counts}, the newest at {at} UTC: {what}"
+        if time.monotonic() > deadline:
+            raise SmokeError(
+                f"no completed tick after {after:.0f} within {timeout:.0f}s ({len(ticks)} ticks)"
+            )
+        time.sleep(5)
 
 
 RUN_FIELDS = "runId status tags { key value }"
@@ -239,6 +305,10 @@ def main(argv: list[str]) -> int:
             print(sensor_status(url, args[0]))
         elif cmd == "launch":
             print(launch(url, args[0], args[1], fresh="--fresh" in args[2:]))
+        elif cmd == "launch-assets":
+            print(launch_assets(url, args[0], args[1:]))
+        elif cmd == "sensor-ticked":
+            print(sensor_ticked(url, args[0], float(args[1]), float(args[2]), float(args[3])))
         elif cmd == "job-runs":
             print(" ".join(job_runs(url, args[0])))
         elif cmd == "wait-run":
