@@ -84,9 +84,13 @@ def train_or_resume(cfg, run_dir: str | None = None, fresh: bool = False):  # Ru
     """Train `cfg` in its run directory; a run directory with checkpoints is continued, not clobbered."""
     from a2b_pipeline.checkpoint_dir import CheckpointError, list_checkpoints
     from a2b_pipeline.rundir_lock import empty_run_dir, hold_run_dir
+    from a2b_pipeline.security import Grant, check_grant
     from a2b_pipeline.state import TrainState
     from a2b_pipeline.train import train
 
+    named = Path(run_dir or Path(cfg.checkpoint.dir) / f"{cfg.name}-{cfg.config_hash()}")
+    if fresh and named.is_symlink():  # --fresh deletes inside the run directory: never through a link
+        raise ConfigError(f"{named}: a symlink (to {named.resolve()}); --fresh empties only a real directory")
     state = TrainState.from_config(cfg, run_dir)
     # Held from before `fresh` wipes or a checkpoint is read until training ends: a live run is never
     # wiped or resumed under its owner's feet (RunDirBusyError, exit 2).
@@ -97,6 +101,8 @@ def train_or_resume(cfg, run_dir: str | None = None, fresh: bool = False):  # Ru
             # Same config, same run directory: continue it rather than clobber it.
             try:
                 state = TrainState.from_checkpoint(state.run_dir)
+                # the checkpoint's config reaches no further than the config given now
+                check_grant(state.config, Grant.from_config(cfg, cfg.name), str(state.run_dir))
                 state.config = with_run_settings(state.config, cfg)
                 print(
                     f"resuming {state.run_dir} from step {state.global_step} (--fresh to start over)",
@@ -210,6 +216,7 @@ def find_runs(root: Path, depth: int = 2) -> list[Path]:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from a2b_pipeline.rundir_lock import hold_run_dir
+    from a2b_pipeline.security import Grant, check_grant
     from a2b_pipeline.state import STATE_FILE, CheckpointError, TrainState
     from a2b_pipeline.train import train
 
@@ -231,20 +238,34 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if path != root:
         print(f"resuming the run in {path}", file=sys.stderr)
     run_dir = path.parent if (path / STATE_FILE).exists() else path
+    if not os.access(run_dir, os.W_OK | os.X_OK):  # else a traceback from the lock file or the first write
+        raise PermissionError(f"{run_dir}: run directory not writable (a resume writes checkpoints there)")
     with hold_run_dir(run_dir), _progress_friendly_logs():  # nobody else trains there meanwhile
-        return _finish(train(TrainState.from_checkpoint(path), model_hooks=model_hooks_from_env()))
+        state = TrainState.from_checkpoint(path)
+        # no config is given: the checkpoint's reaches no further than the environment allows
+        check_grant(state.config, Grant.from_env(), str(path))
+        return _finish(train(state, model_hooks=model_hooks_from_env()))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from a2b_pipeline.evaluate import evaluate_report
+    from a2b_pipeline.evaluate import run_evaluation, write_report
 
-    print(json.dumps(evaluate_report(args.checkpoint, args.split), indent=1, sort_keys=True))
+    report = run_evaluation(args.checkpoint, args.split).report
+    print(json.dumps(report, indent=1, sort_keys=True))  # first: a report that can't be saved is still shown
+    try:
+        write_report(report)
+    except OSError as e:
+        where = getattr(e, "filename", None) or report["run_dir"]
+        print(f"error: the report could not be written to {where} ({e.strerror or e})", file=sys.stderr)
+        return 1
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from a2b_pipeline.predict import predict_files
 
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ConfigError(f"--out {args.out}: exists and is not a directory (predictions go into one)")
     results = predict_files(args.checkpoint, args.audio, args.out, args.device, args.subject)
     for r in results:
         if r.error:
@@ -433,11 +454,31 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# HTTP and object-store clients whose DEBUG output carries credentials (botocore prints the access key ID
+# and session token of signed requests): never more verbose than WARNING, whatever -v says.
+WIRE_LOGGERS = (
+    "botocore",
+    "boto3",
+    "s3transfer",
+    "aiobotocore",
+    "s3fs",
+    "fsspec",
+    "urllib3",
+    "aiohttp",
+    "requests",
+    "httpx",
+    "httpcore",
+    "gcsfs",
+    "adlfs",
+    "azure",
+)
+
+
 class RedactURLs(logging.Filter):
     """Log lines show URLs without their credentials (a `user:password@` part, signature parameters)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from a2b_pipeline.data.remote import redact_text
+        from a2b_pipeline.security import redact_text
 
         message = record.getMessage()
         shown = redact_text(message)
@@ -459,22 +500,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactURLs())
+    for wire in WIRE_LOGGERS:  # -v is about the pipeline: these print request headers, signatures, tokens
+        logging.getLogger(wire).setLevel(logging.WARNING)
     from torch.cuda import OutOfMemoryError
 
     from a2b_pipeline.data.recording import BadRecordingError
-    from a2b_pipeline.data.remote import redact_text
+    from a2b_pipeline.files import FileRefusedError
+    from a2b_pipeline.security import GrantError, redact_text
     from a2b_pipeline.state import CheckpointError
 
     try:
         return args.fn(args)
-    except ConfigError as e:
+    except (ConfigError, GrantError, FileRefusedError) as e:  # bad input, named
         print(f"error: {redact_text(str(e))}", file=sys.stderr)
         return 2
     except (
         CheckpointError,
         BadRecordingError,
-        FileNotFoundError,
-        PermissionError,
+        OSError,  # missing, unreadable or unwritable files, unreachable storage: named by the message
         ValueError,
         OutOfMemoryError,
     ) as e:

@@ -24,6 +24,7 @@ from a2b_pipeline.engine import autocast_context, checked_weights, evaluate_load
 from a2b_pipeline.metrics import MetricAccumulator, make_loss
 from a2b_pipeline.models import build_model, model_io
 from a2b_pipeline.scoring import N_BOOT, RecordingEval, block
+from a2b_pipeline.security import Grant, check_grant
 from a2b_pipeline.state import CheckpointError, TrainState, load_tensors
 
 REPORT_SCHEMA = "a2b.evaluation/1"
@@ -40,10 +41,15 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return state.last_checkpoint or path
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[TrainState, nn.Module]:
-    """The checkpoint's model (its EMA weights when it has them), in eval mode."""
+def load_model(
+    path: str | Path, device: str | torch.device = "cpu", grant: Grant | None = None
+) -> tuple[TrainState, nn.Module]:
+    """The checkpoint's model (its EMA weights when it has them), in eval mode. Its config may reach at most
+    what `grant` allows (default: the environment's, security.Grant.from_env): anything wider is refused
+    before its data is touched."""
     ckpt = resolve_checkpoint(path)
     state = TrainState.from_checkpoint(ckpt)
+    check_grant(state.config, grant or Grant.from_env(), str(ckpt))
     if not state.model_state.model_loaded:
         raise CheckpointError(f"{ckpt}: holds no model weights")
     model = build_model(state.config.model, model_io(state.config))
@@ -152,12 +158,13 @@ def run_evaluation(
     data: PreparedData | None = None,
     device: str = "cpu",
     n_boot: int = N_BOOT,
+    grant: Grant | None = None,
 ) -> Evaluation:
     """The model and every baseline (fitted on the train split) on exactly the split's windows and
     recordings: per channel and mean, per window and whole recording, overall and per dataset.
     The layout of `report` is in README.md ("Reading an evaluation")."""
     ckpt = resolve_checkpoint(path)
-    state, model = load_model(ckpt, device)
+    state, model = load_model(ckpt, device, grant)
     cfg = state.config
     data = data or prepare_data(cfg)
     parts = {name: ds for name, ds in data.splits.get(split, {}).items() if len(ds)}
@@ -203,10 +210,14 @@ def run_evaluation(
 
 
 def evaluate_report(
-    path: str | Path, split: str = "test", data: PreparedData | None = None, device: str = "cpu"
+    path: str | Path,
+    split: str = "test",
+    data: PreparedData | None = None,
+    device: str = "cpu",
+    grant: Grant | None = None,
 ) -> dict[str, Any]:
     """`run_evaluation(...).report`, also written to `<run_dir>/evaluation-<split>.json`."""
-    ev = run_evaluation(path, split, data, device)
+    ev = run_evaluation(path, split, data, device, grant=grant)
     write_report(ev.report)
     return ev.report
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from a2b_pipeline.files import read_json
+
 EVALUATION_FILE = "evaluation-{split}.json"
 CV_SUMMARY_FILE = "cv_summary.json"
 BASELINES = ("constant", "other_listeners", "audio_linear")
@@ -236,8 +238,8 @@ def row_from_run_dir(run_dir: str | Path, split: str = "test", metric: str = DEF
             experiment, "not evaluated", f"run `a2b evaluate {run_dir}`", checkpoint=str(best), **facts
         )
     try:
-        report = json.loads(report_path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        report = read_json(report_path, what="evaluation report")
+    except OSError as e:
         return missing_row(experiment, "failed", f"{report_path}: unreadable ({e})", **facts)
     row = row_from_report(report, experiment, metric)
     row.model = facts["model"]
@@ -248,11 +250,11 @@ def row_from_run_dir(run_dir: str | Path, split: str = "test", metric: str = DEF
 def _unverified_facts(run_dir: Path, default_name: str) -> tuple[str, dict[str, Any]]:
     """Name, model, datasets, step and hash from the newest train_state.json as written, unverified: what a
     row of a broken run can still say about it."""
-    from a2b_pipeline.state import list_checkpoints
+    from a2b_pipeline.state import MAX_STATE_BYTES, list_checkpoints
 
     for ckpt in reversed(list_checkpoints(run_dir)):
         try:
-            raw = json.loads((ckpt / "train_state.json").read_text())
+            raw = read_json(ckpt / "train_state.json", MAX_STATE_BYTES, "train state")
             cfg = raw["config"]
             return cfg.get("name", default_name), {
                 "model": cfg["model"]["name"],
@@ -300,7 +302,7 @@ def rows_from_runs_dir(runs_dir: str | Path, split: str = "test", metric: str = 
     rows = []
     for cv in cvs:
         try:
-            rows.append(row_from_cv_summary(json.loads((cv / CV_SUMMARY_FILE).read_text()), metric))
+            rows.append(row_from_cv_summary(read_json(cv / CV_SUMMARY_FILE, what="CV summary"), metric))
         except (OSError, json.JSONDecodeError) as e:
             rows.append(
                 missing_row(cv.name, "failed", f"{cv / CV_SUMMARY_FILE}: unreadable ({e})", kind="cv")

@@ -7,6 +7,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -117,6 +118,15 @@ class NormStats:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> NormStats:
         return cls(**d)
+
+    def finite(self) -> bool:
+        """Every statistic a finite number (a NaN one turns every normalised value NaN)."""
+        values = [self.feature_mean, self.feature_std, self.target_mean, self.target_std]
+        values += [s[k] for s in self.subjects.values() for k in ("mean", "std")]
+        try:
+            return all(np.isfinite(np.asarray(v, dtype=np.float64)).all() for v in values)
+        except (TypeError, ValueError):
+            return False
 
     def target_stats(self, dataset: str, subject: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, std) [C] used for a subject's targets."""

@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 from dagster import AssetKey, AssetRecordsFilter, Failure, MetadataValue
 
-from a2b_pipeline.data.remote import redact_text
 from a2b_pipeline.defs.resources import ExperimentStore, TrainDevice, WandbTracking
+from a2b_pipeline.files import MAX_RECORD_BYTES, FileRefusedError, parse_json, read_bounded
 from a2b_pipeline.files import atomic_write as write_file_atomically
+from a2b_pipeline.security import redact_text
 
 if TYPE_CHECKING:
     from a2b_pipeline.configs import RunConfig
@@ -127,7 +128,7 @@ def upstream_record(context: Any, asset: str, partition: str | None = None) -> d
         raise Failure(f"{asset} [{partition}]: its latest materialization has no {RECORD_KEY!r} metadata")
     path = Path(str(md[RECORD_KEY].value))
     try:
-        blob = path.read_bytes()
+        blob = read_bounded(path, MAX_RECORD_BYTES, "more than a Dagster record takes")
     except OSError as e:
         raise Failure(
             f"{asset} [{partition}]: record {path} unreadable ({e}); materialize {asset} again"
@@ -138,7 +139,10 @@ def upstream_record(context: Any, asset: str, partition: str | None = None) -> d
             f"{asset} [{partition}]: {path} changed after its materialization was recorded "
             f"(another run rewrote it?); materialize {asset} again"
         )
-    return json.loads(blob)
+    try:
+        return parse_json(blob, path, "Dagster record")
+    except FileRefusedError as e:
+        raise Failure(f"{asset} [{partition}]: {e}; materialize {asset} again") from None
 
 
 def write_planned_state(

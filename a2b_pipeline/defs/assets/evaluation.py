@@ -17,6 +17,7 @@ from a2b_pipeline.defs.common import (
     sha256_bytes,
 )
 from a2b_pipeline.defs.template import AssetStep, Produced, experiment_asset
+from a2b_pipeline.files import MAX_RECORD_BYTES, read_bounded
 
 
 def _verified_checkpoint(best: dict) -> tuple[Path, str]:
@@ -63,15 +64,17 @@ def _headline(report: dict) -> dict[str, MetadataValue]:
 )
 def evaluation(step: AssetStep) -> Produced:
     from a2b_pipeline.evaluate import report_markdown
+    from a2b_pipeline.security import check_grant
     from a2b_pipeline.state import TrainState
 
     exp = step.exp
     ckpt, ckpt_sha = _verified_checkpoint(step.upstream["best_checkpoint"])
     state = TrainState.from_checkpoint(ckpt)
+    check_grant(state.config, _grant(exp), str(ckpt))  # a checkpoint's config is data, not authority
     previous, reused = step.previous_record(), None
     if _same_inputs(previous, step, ckpt_sha):
         record = {k: v for k, v in previous.items() if k not in ("experiment", "code_version", "reused")}
-        png = Path(previous["plot"]).read_bytes()
+        png = read_bounded(previous["plot"], MAX_RECORD_BYTES, "more than a plot takes")
         reused = (
             f"yes: checkpoint {ckpt.name} (sha256 {ckpt_sha[:12]}) was evaluated before with this code; "
             "its metrics and plot are reported again"
@@ -101,6 +104,12 @@ def evaluation(step: AssetStep) -> Produced:
     )
 
 
+def _grant(exp: Any) -> Any:
+    from a2b_pipeline.security import Grant
+
+    return Grant.from_config(exp.cfg, str(exp.config_file))
+
+
 def _same_inputs(previous: dict[str, Any] | None, step: AssetStep, ckpt_sha: str) -> bool:
     """The last evaluation of this partition read the same checkpoint with the same config and code."""
     return bool(
@@ -122,7 +131,7 @@ def _evaluate(step: AssetStep, ckpt: Path, ckpt_sha: str, state: Any) -> tuple[d
     exp = step.exp
     device = pick_device(exp.cfg, local_rank=0)  # the trainer's choice for this run's train.device
     data = prepare_data(state.config)
-    result = run_evaluation(ckpt, "test", data=data, device=str(device))
+    result = run_evaluation(ckpt, "test", data=data, device=str(device), grant=_grant(exp))
     report_path = write_report(result.report)
     metrics = {k: float(v) for k, v in result.report["metrics"].items()}
     title = f"{exp.name}: step {state.global_step}, test " + ", ".join(

@@ -29,6 +29,7 @@ from a2b_pipeline.defs.assets.cv import REBUILD_ON_ANY_UPDATE, cv_summary
 from a2b_pipeline.defs.assets.evaluation import evaluation
 from a2b_pipeline.defs.common import atomic_write, png_markdown, upstream_record
 from a2b_pipeline.defs.partitions import cv_experiments, experiments
+from a2b_pipeline.files import read_json
 
 LEADERBOARD_GROUP = "a2b_leaderboard"
 _RUNNING = {DagsterRunStatus.QUEUED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED}
@@ -121,9 +122,8 @@ def experiment_rows(context: AssetExecutionContext, store: Any) -> list[Any]:
         if md is None or not Path(str(md.get("cv_summary"))).is_file():
             rows.append(_status_row(context, name, "dagster/partition/experiment", "cv", **facts))
             continue
-        import json
 
-        rows.append(lb.row_from_cv_summary(json.loads(Path(str(md["cv_summary"])).read_text())))
+        rows.append(lb.row_from_cv_summary(read_json(str(md["cv_summary"]), what="CV summary")))
     return rows
 
 
