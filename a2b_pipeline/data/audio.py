@@ -49,7 +49,7 @@ def read_audio(path_or_url: str, sample_rate: int) -> torch.Tensor:
     try:
         return resample(torch.from_numpy(np.ascontiguousarray(mono)), int(sr), int(sample_rate))
     except (ValueError, RuntimeError, MemoryError) as e:  # a rate soxr can't convert: this recording only
-        raise BadRecordingError(None, path_or_url, f"cannot resample {sr} Hz to {sample_rate} Hz ({e})") from None
+        raise BadRecordingError(None, path_or_url, f"cannot resample {sr} Hz ({e})") from None
 
 
 def resample(wave: torch.Tensor, orig: int, new: int) -> torch.Tensor:
