@@ -54,7 +54,11 @@ def load_model(
         raise CheckpointError(f"{ckpt}: holds no model weights")
     model = build_model(state.config.model, model_io(state.config))
     name = (state.model_state.ema_path or state.model_state.last_model_path).name
-    model.load_state_dict(checked_weights(load_tensors(ckpt, name, state), model, ckpt, name))
+    tensors = checked_weights(load_tensors(ckpt, name, state), model, ckpt, name)
+    bad = [k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:  # every prediction would be NaN
+        raise CheckpointError(f"{ckpt / name}: non-finite weights (NaN/inf) in {', '.join(bad[:5])}: refused")
+    model.load_state_dict(tensors)
     return state, model.to(device).eval()
 
 

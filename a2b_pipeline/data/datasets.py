@@ -41,8 +41,9 @@ def load_recording(rec: Recording, data: DataConfig) -> LoadedRecording:
     )
     audio_seconds = n_samples / data.sample_rate
     limit = min(audio_seconds, rec.duration_seconds or math.inf)
+    bound = limit + data.duration_tolerance_seconds  # no signal time past the recording's end
     all_target, extent = feature_cache.target(
-        rec, data, lambda local_rec: _read_target(local_rec, data), TARGET_CODE
+        rec, data, lambda local_rec: _read_target(local_rec, data, bound), TARGET_CODE
     )
     end, start = extent["end"], extent["start"]
     if abs(end - limit) > data.duration_tolerance_seconds:
@@ -74,10 +75,13 @@ def _decode(path: str, data: DataConfig) -> tuple[torch.Tensor, int]:
     return log_mel(wave, data.sample_rate, data.n_mels, data.frame_rate), int(wave.shape[0])
 
 
-def _read_target(rec: Recording, data: DataConfig) -> tuple[torch.Tensor, dict[str, float]]:
+def _read_target(
+    rec: Recording, data: DataConfig, max_seconds: float = math.inf
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Targets on t = j / target_rate up to the last signal sample (later ones are NaN by construction),
-    with the second where the shortest channel ends and the latest channel start."""
-    series = read_channels(rec, data.channels)
+    with the second where the shortest channel ends and the latest channel start; a time past `max_seconds`
+    is a bad recording."""
+    series = read_channels(rec, data.channels, max_seconds)
     last = max(float(t[-1]) for t, _ in series)
     n = math.floor(last * data.target_rate + 1e-9) + 1
     extent = {"end": signal_end(series), "start": max(float(t[0]) for t, _ in series)}

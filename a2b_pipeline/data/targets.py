@@ -33,8 +33,11 @@ def read_signal_file(path: str, rec: Recording | None) -> dict[str, np.ndarray]:
     return parse_signal_csv(raw.decode("utf-8-sig"), path, rec)
 
 
-def read_channels(rec: Recording, channels: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per channel: (times in seconds of the AUDIO, values), validated (finite, time strictly increasing)."""
+def read_channels(
+    rec: Recording, channels: Sequence[str], max_seconds: float = math.inf
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per channel: (times in seconds of the AUDIO, values), validated (finite, time strictly increasing, none
+    past `max_seconds`: the recording's end, so a time of 1e13 is named, not turned into a 291 TiB grid)."""
     tables: dict[str, dict[str, np.ndarray]] = {}
     out = []
     for ch in channels:
@@ -78,7 +81,16 @@ def read_channels(rec: Recording, channels: Sequence[str]) -> list[tuple[np.ndar
             raise BadRecordingError(
                 rec, src.path, f"time is not strictly increasing (at data row {steps[0] + 2})"
             )
-        out.append((times + rec.offset_seconds, values))
+        times = times + rec.offset_seconds
+        past = np.flatnonzero(times > max_seconds)
+        if past.size:
+            raise BadRecordingError(
+                rec,
+                src.path,
+                f"time {times[past[0]] - rec.offset_seconds:.6g} s at data row {past[0] + 1} is past the "
+                f"recording's end ({max_seconds:.2f} s of audio, tolerance included)",
+            )
+        out.append((times, values))
     return out
 
 
