@@ -204,6 +204,16 @@ def _translate(exc: BaseException, url: str) -> RemoteError:
     where = f" at endpoint {endpoint}" if endpoint and scheme.startswith("s3") else ""
     if isinstance(exc, RemoteError):
         return exc
+    cause = exc.__cause__
+    if isinstance(exc, FileNotFoundError) and cause is not None and not isinstance(cause, FileNotFoundError):
+        # fsspec's HTTP filesystem reports every failure as FileNotFoundError: say what it was
+        status, reason = getattr(cause, "status", None), getattr(cause, "message", "")
+        if status in (401, 403, 407):
+            return RemoteAccessError(f"{shown}: access refused (HTTP {status} {reason})", url)
+        if isinstance(status, int) and status not in (404, 410):
+            return RemoteError(f"{shown}: the server answered HTTP {status} {reason}", url)
+        if status is None:
+            return _translate(cause, url)
     if "nosuchbucket" in low.replace(" ", "") or "bucket does not exist" in low:
         return RemoteNotFoundError(f"{shown}: bucket {bucket!r} does not exist{where}", url)
     if name in ("NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError"):
@@ -227,7 +237,14 @@ def _translate(exc: BaseException, url: str) -> RemoteError:
                 f"{shown}: no such object (key {key!r} in bucket {bucket!r}){where}", url
             )
         return RemoteNotFoundError(f"{shown}: no such file", url)
-    if name in ("EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError", "ConnectionError"):
+    if isinstance(exc, ConnectionError) or name in (
+        "EndpointConnectionError",
+        "ConnectTimeoutError",
+        "ClientConnectorError",
+        "ClientConnectorDNSError",
+        "ServerDisconnectedError",
+        "ConnectionError",
+    ):
         return RemoteError(f"{shown}: cannot reach the storage endpoint{where}: {text}", url)
     return RemoteError(f"{shown}: {name}: {text}", url)
 
