@@ -248,15 +248,14 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from a2b_pipeline.evaluate import run_evaluation, write_report
+    from a2b_pipeline.evaluate import report_path, run_evaluation, write_report
 
     report = run_evaluation(args.checkpoint, args.split).report
     print(json.dumps(report, indent=1, sort_keys=True))  # first: a report that can't be saved is still shown
     try:
         write_report(report)
     except OSError as e:
-        where = getattr(e, "filename", None) or report["run_dir"]
-        print(f"error: the report could not be written to {where} ({e.strerror or e})", file=sys.stderr)
+        print(f"error: the report could not be written to {report_path(report)} ({e})", file=sys.stderr)
         return 1
     return 0
 

@@ -500,7 +500,8 @@ def format_validation_error(err: ValidationError, source: str = "config") -> str
         if e["type"] == "extra_forbidden":
             msg = "unknown key (typo?)"
         value = e.get("input")
-        shown = short_repr(value) if not isinstance(value, dict) else "{...}"
+        value = redact(value) if isinstance(value, str) else value  # a URL's credentials are never shown
+        shown = redact(short_repr(value)) if not isinstance(value, dict) else "{...}"
         lines.append(f"  {loc}: {msg} (got {shown})")
     if err.error_count() > 50:
         lines.append(f"  ... and {err.error_count() - 50} more")

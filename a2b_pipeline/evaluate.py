@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import itertools
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from a2b_pipeline.configs import RunConfig
 from a2b_pipeline.data.datasets import WindowDataset
 from a2b_pipeline.data.pipeline import PreparedData, make_loader, prepare_data
 from a2b_pipeline.engine import autocast_context, checked_weights, evaluate_loader
+from a2b_pipeline.files import atomic_write
 from a2b_pipeline.metrics import MetricAccumulator, make_loss
 from a2b_pipeline.models import build_model, model_io
 from a2b_pipeline.scoring import N_BOOT, RecordingEval, block
@@ -255,11 +255,13 @@ def report_markdown(report: dict[str, Any], metrics: tuple[str, ...] = ("pearson
 
 def write_report(report: dict[str, Any]) -> Path:
     """`<run_dir>/evaluation-<split>.json` (atomically): the run's latest evaluation of that split."""
-    out = Path(report["run_dir"]) / f"evaluation-{report['split']}.json"
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, out)
+    out = report_path(report)
+    atomic_write(out, (json.dumps(report, indent=1, sort_keys=True) + "\n").encode())
     return out
+
+
+def report_path(report: dict[str, Any]) -> Path:
+    return Path(report["run_dir"]) / f"evaluation-{report['split']}.json"
 
 
 _COLORS = {

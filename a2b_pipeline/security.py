@@ -49,9 +49,13 @@ def redact(url: str) -> str:
 
 
 def literal_secret(value: str) -> bool:
-    """True when a URL carries a credential written out (not a `${ENV_VAR}` reference)."""
-    without_refs = _ENV_REF.sub("ENVREF", value)
-    return redact_text(without_refs) != without_refs
+    """True when a URL carries a credential written out, not as a `${ENV_VAR}` reference."""
+    masked = _ENV_REF.sub(REDACTED, value)
+    for m in _USERINFO.finditer(masked):
+        userinfo = m.group(0)[len(m.group("scheme")) : -1]
+        if userinfo.replace(REDACTED, "").strip(":"):
+            return True
+    return _SECRET_PARAM.sub(lambda m: m.group("name") + REDACTED, masked) != masked
 
 
 def expand_secrets(url: str) -> str:
