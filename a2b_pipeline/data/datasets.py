@@ -41,7 +41,9 @@ def load_recording(rec: Recording, data: DataConfig) -> LoadedRecording:
     )
     audio_seconds = n_samples / data.sample_rate
     limit = min(audio_seconds, rec.duration_seconds or math.inf)
-    bound = limit + data.duration_tolerance_seconds  # no signal time past the recording's end
+    # No signal time far past the recording's end (1e13 s would ask for a 291 TiB grid); a signal a little
+    # longer than its audio gets the duration check's message below, which names both files.
+    bound = 2 * limit + data.duration_tolerance_seconds + 60.0
     all_target, extent = feature_cache.target(
         rec, data, lambda local_rec: _read_target(local_rec, data, bound), TARGET_CODE
     )

@@ -30,7 +30,9 @@ def read_signal_file(path: str, rec: Recording | None) -> dict[str, np.ndarray]:
                 return {k: np.asarray(z[k], dtype=np.float64).reshape(-1) for k in z.files}
         except (ValueError, OSError) as e:
             raise BadRecordingError(rec, path, f"not a readable .npz of numeric arrays ({e})") from None
-    return parse_signal_csv(raw.decode("utf-8-sig"), path, rec)
+    text = raw.decode("utf-8-sig")
+    del raw  # the bytes go before parsing starts: memory holds the text and the floats, not the file twice
+    return parse_signal_csv(text, path, rec)
 
 
 def read_channels(
@@ -87,8 +89,8 @@ def read_channels(
             raise BadRecordingError(
                 rec,
                 src.path,
-                f"time {times[past[0]] - rec.offset_seconds:.6g} s at data row {past[0] + 1} is past the "
-                f"recording's end ({max_seconds:.2f} s of audio, tolerance included)",
+                f"time {times[past[0]] - rec.offset_seconds:.6g} s at data row {past[0] + 1} is far past the "
+                f"recording's end (a signal time may reach {max_seconds:.2f} s of the audio)",
             )
         out.append((times, values))
     return out
