@@ -29,7 +29,7 @@ STEP_DIR = re.compile(r"^step_(\d{9})$")
 DIGEST_ALGOS = ("xxh3_128", "sha256")
 # A checkpoint from elsewhere is untrusted: the state file it carries is read only up to this size (parsing
 # JSON takes ~20x its size in memory), and the files it lists are plain names of regular files inside it.
-MAX_STATE_BYTES = 64 << 20
+MAX_STATE_BYTES = files.MAX_STATE_BYTES
 FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 

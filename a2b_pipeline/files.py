@@ -88,6 +88,8 @@ def read_bounded(path: str | os.PathLike[str], limit: int, why: str = "too big f
     return blob
 
 
+# A checkpoint's train_state.json (parsing JSON takes ~20x its size in memory).
+MAX_STATE_BYTES = 64 << 20
 # An evaluation report, a Dagster record, a CV summary, saved statistics: a few MB at most in practice.
 MAX_RECORD_BYTES = 256 << 20
 MAX_DEPTH = 64  # of the JSON files the pipeline reads (reports, records, statistics): a few levels

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from dagster import AssetKey, AssetRecordsFilter, Failure, MetadataValue
 
 from a2b_pipeline.defs.resources import ExperimentStore, TrainDevice, WandbTracking
-from a2b_pipeline.files import MAX_RECORD_BYTES, FileRefusedError, parse_json, read_bounded
+from a2b_pipeline.files import MAX_RECORD_BYTES, MAX_STATE_BYTES, FileRefusedError, parse_json, read_bounded
 from a2b_pipeline.files import atomic_write as write_file_atomically
 from a2b_pipeline.security import redact_text
 
@@ -92,6 +92,12 @@ def short_digest(digest: str) -> str:
     """`[algo:]hex` cut to SHORT_DIGEST hex digits, for a metadata page (see SHORT_DIGEST)."""
     algo, sep, hexdigest = digest.rpartition(":")
     return f"{algo}{sep}{hexdigest[:SHORT_DIGEST]}"
+
+
+def state_sha256(checkpoint: Path) -> str:
+    """sha256 of a checkpoint's train_state.json, read bounded (files.read_bounded)."""
+    blob = read_bounded(checkpoint / "train_state.json", MAX_STATE_BYTES, "more than a run's state takes")
+    return sha256_bytes(blob)
 
 
 def sha256_json(obj: Any) -> str:
@@ -205,7 +211,7 @@ def lineage_metadata(
             md["wandb_run_path"] = state.wandb_run_path
     if checkpoint is not None:
         md["checkpoint"] = MetadataValue.path(str(checkpoint))
-        md["checkpoint_sha256"] = short_digest(sha256_bytes((checkpoint / "train_state.json").read_bytes()))
+        md["checkpoint_sha256"] = short_digest(state_sha256(checkpoint))
         md["model_digest"] = short_digest(state.checkpoint_state.files.get("model.safetensors", ""))
     md[RECORD_KEY] = MetadataValue.path(str(record[0]))
     md[RECORD_SHA_KEY] = short_digest(record[1])

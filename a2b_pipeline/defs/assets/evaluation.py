@@ -14,7 +14,7 @@ from a2b_pipeline.defs.common import (
     materialization_file,
     png_markdown,
     rounded,
-    sha256_bytes,
+    state_sha256,
 )
 from a2b_pipeline.defs.template import AssetStep, Produced, experiment_asset
 from a2b_pipeline.files import MAX_RECORD_BYTES, read_bounded
@@ -24,7 +24,7 @@ def _verified_checkpoint(best: dict) -> tuple[Path, str]:
     """The checkpoint best_checkpoint recorded, with the sha256 of its train_state.json unchanged."""
     ckpt = Path(best["checkpoint"])
     try:
-        ckpt_sha = sha256_bytes((ckpt / "train_state.json").read_bytes())
+        ckpt_sha = state_sha256(ckpt)
     except OSError as e:
         raise Failure(
             f"{ckpt}: the recorded best checkpoint is gone ({e}); materialize training_run+"
