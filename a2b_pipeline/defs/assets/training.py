@@ -69,12 +69,15 @@ def _start_or_resume(step: AssetStep, run_dir: Path) -> tuple[Any, bool]:
     """The TrainState to train from: the run directory's newest checkpoint, or a new one. True when that
     checkpoint is a complete run (reported as it is, not trained again)."""
     from a2b_pipeline.configs import with_run_settings
+    from a2b_pipeline.security import Grant, check_grant
     from a2b_pipeline.state import TrainState, list_checkpoints
 
     if not list_checkpoints(run_dir):
         step.log.info(f"starting a new run in {run_dir}")
         return TrainState.from_config(step.exp.cfg, run_dir=run_dir), False
     state = TrainState.from_checkpoint(run_dir)
+    # the checkpoint's config reaches no further than the experiment's own config (#24)
+    check_grant(state.config, Grant.from_config(step.exp.cfg, str(step.exp.config_file)), str(run_dir))
     state.config = with_run_settings(state.config, step.exp.cfg)
     if state.status == "complete":
         step.log.info(
