@@ -41,15 +41,10 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return state.last_checkpoint or path
 
 
-def load_model(
-    path: str | Path, device: str | torch.device = "cpu", grant: Grant | None = None
-) -> tuple[TrainState, nn.Module]:
-    """The checkpoint's model (its EMA weights when it has them), in eval mode. Its config may reach at most
-    what `grant` allows (default: the environment's, security.Grant.from_env): anything wider is refused
-    before its data is touched."""
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[TrainState, nn.Module]:
+    """The checkpoint's model (its EMA weights when it has them), in eval mode."""
     ckpt = resolve_checkpoint(path)
     state = TrainState.from_checkpoint(ckpt)
-    check_grant(state.config, grant or Grant.from_env(), str(ckpt))
     if not state.model_state.model_loaded:
         raise CheckpointError(f"{ckpt}: holds no model weights")
     model = build_model(state.config.model, model_io(state.config))
@@ -166,11 +161,14 @@ def run_evaluation(
 ) -> Evaluation:
     """The model and every baseline (fitted on the train split) on exactly the split's windows and
     recordings: per channel and mean, per window and whole recording, overall and per dataset.
-    The layout of `report` is in README.md ("Reading an evaluation")."""
+    The layout of `report` is in README.md ("Reading an evaluation"). Without `data`, the checkpoint's config
+    may reach at most what `grant` allows (default: the environment's, security.Grant.from_env)."""
     ckpt = resolve_checkpoint(path)
-    state, model = load_model(ckpt, device, grant)
+    state, model = load_model(ckpt, device)
     cfg = state.config
-    data = data or prepare_data(cfg)
+    if data is None:  # the checkpoint's config names the data: it may reach at most what `grant` allows
+        check_grant(cfg, grant or Grant.from_env(), str(ckpt))
+        data = prepare_data(cfg)
     parts = {name: ds for name, ds in data.splits.get(split, {}).items() if len(ds)}
     if not parts:
         raise ValueError(f"split {split!r} has no windows for config {cfg.name!r}")

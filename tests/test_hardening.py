@@ -12,16 +12,13 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
-from _util import REPO, tiny_config
+from _util import REPO, http_server, tiny_config
 
 from a2b_pipeline.cli import main
 from a2b_pipeline.state import CheckpointError, TrainState
@@ -67,38 +64,6 @@ def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
-@contextmanager
-def _http(status: int, body: bytes = b"") -> Iterator[int]:
-    """A real HTTP server on a free port answering every request with `status`."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if status == 200:
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-            else:
-                self.send_error(status)
-
-        def do_HEAD(self) -> None:
-            self.send_response(status)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 # ---- 1. a checkpoint grants itself nothing ----
 
 
@@ -118,6 +83,7 @@ def test_a_checkpoint_config_can_not_widen_what_the_invocation_allows(
     newest = run / "step_000000006"
     assert TrainState.from_checkpoint(newest).config.data.url_schemes == ["http"]  # the hash checks out
     wav = _wav(tmp_path / "a.wav")
+    (run / "norm_stats.json").unlink()  # so predict needs the corpus too
     for args in (
         ("evaluate", str(newest)),
         ("predict", str(newest), str(wav), "--out", str(tmp_path / "out")),
@@ -302,31 +268,16 @@ def test_credentials_never_go_into_a_config_and_references_are_filled_in_when_op
 
     seen: list[str] = []
 
-    class Guarded(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            seen.append(self.path)
-            ok = self.path.endswith("token=s3cr3t")
-            self.send_response(200 if ok else 401)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"ok")
+    def guarded(path: str) -> tuple[int, bytes]:
+        seen.append(path)
+        return (200, b"ok") if path.endswith("token=s3cr3t") else (401, b"")
 
-        do_HEAD = do_GET
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Guarded)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/m.csv?token=${{A2B_TEST_TOKEN}}"
+    with http_server(guarded) as port:
+        url = f"http://127.0.0.1:{port}/m.csv?token=${{A2B_TEST_TOKEN}}"
         with pytest.raises(remote.RemoteAccessError, match="A2B_TEST_TOKEN.*not set"):
             remote.fetch(url, tmp_path / "c1")
         monkeypatch.setenv("A2B_TEST_TOKEN", "s3cr3t")
         local = remote.fetch(url, tmp_path / "c2")
-    finally:
-        server.shutdown()
-        server.server_close()
     assert Path(local).read_bytes() == b"ok" and any(p.endswith("token=s3cr3t") for p in seen)
     assert "s3cr3t" not in local  # the cache is keyed by the reference
 
@@ -521,7 +472,10 @@ def test_absurd_steps_nan_weights_and_nan_statistics_are_refused(
 def test_http_401_and_a_refused_port_are_reported_as_what_they_are(tmp_path: Path) -> None:
     from a2b_pipeline.data import remote
 
-    with _http(401) as port, pytest.raises(remote.RemoteAccessError, match="access refused \\(HTTP 401"):
+    with (
+        http_server(lambda path: (401, b"")) as port,
+        pytest.raises(remote.RemoteAccessError, match="access refused \\(HTTP 401"),
+    ):
         remote.fetch(f"http://127.0.0.1:{port}/m.csv", tmp_path)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

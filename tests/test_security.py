@@ -13,12 +13,10 @@ import shutil
 import signal
 import socket
 import subprocess
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _util import A2B, REPO, longer_run, run_cli, start_training, wait_for, write_config
+from _util import A2B, REPO, http_server, longer_run, run_cli, start_training, wait_for, write_config
 
 from a2b_pipeline.state import TrainState, checkpoint_name, list_checkpoints
 
@@ -264,29 +262,14 @@ def test_unusable_config_files_and_overrides_are_named(tmp_path: Path, capsys) -
 REQUESTS: list[str] = []  # paths the test HTTP server was asked for
 
 
-@contextlib.contextmanager
-def _not_found_server() -> Iterator[int]:
+def _not_found_server() -> contextlib.AbstractContextManager[int]:
     """A real HTTP server on 127.0.0.1 that answers 404 to everything; yields its port."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    class NotFound(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            REQUESTS.append(self.path)
-            self.send_error(404)
+    def not_found(path: str) -> tuple[int, bytes]:
+        REQUESTS.append(path)
+        return 404, b""
 
-        do_HEAD = do_GET
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
+    return http_server(not_found)
 
 
 def _leaky_manifest(tmp_path: Path, port: int) -> tuple[Path, str]:
