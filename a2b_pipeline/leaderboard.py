@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from a2b_pipeline.files import read_json
+from a2b_pipeline.files import MAX_STATE_BYTES, read_json
 
 EVALUATION_FILE = "evaluation-{split}.json"
 CV_SUMMARY_FILE = "cv_summary.json"
@@ -250,7 +250,7 @@ def row_from_run_dir(run_dir: str | Path, split: str = "test", metric: str = DEF
 def _unverified_facts(run_dir: Path, default_name: str) -> tuple[str, dict[str, Any]]:
     """Name, model, datasets, step and hash from the newest train_state.json as written, unverified: what a
     row of a broken run can still say about it."""
-    from a2b_pipeline.state import MAX_STATE_BYTES, list_checkpoints
+    from a2b_pipeline.state import list_checkpoints
 
     for ckpt in reversed(list_checkpoints(run_dir)):
         try:
