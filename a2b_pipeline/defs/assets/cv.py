@@ -47,10 +47,13 @@ RESOURCE_KEYS = {"store", "tracking", "compute"}
 # Build when missing (unless its last build failed: no retry loop) and rebuild whenever any upstream
 # partition was materialized since the last request, also while others are missing (a summary of 2 of 3
 # folds says so); never while a build of its own is running. Unlike eager(), missing upstream doesn't block.
+# Since the last *request*, not since_last_handled(): that also resets on the build's own materialization,
+# so an upstream update that lands while a build runs (a sweep's evaluations finishing close together) was
+# lost, and the leaderboard kept showing that experiment as running.
 REBUILD_ON_ANY_UPDATE = (
     (
         (AutomationCondition.missing() & ~AutomationCondition.execution_failed())
-        | AutomationCondition.any_deps_updated().since_last_handled()
+        | AutomationCondition.any_deps_updated().since(AutomationCondition.newly_requested())
     )
     & ~AutomationCondition.in_progress()
 ).with_label("rebuild_on_any_upstream_update")
@@ -104,6 +107,27 @@ def _fold_facts(exp: Experiment, fold: int, folds: int, state: Any) -> dict[str,
     }
 
 
+def _train_fold_elsewhere(
+    context: AssetExecutionContext, exp: Experiment, fold: int, root: Path, fresh: bool
+) -> Any:
+    """train_fold's policy (fresh starts over, a complete fold is reported as it is, else train or resume)
+    with the training itself in a Slurm job (TrainDevice.launch), which runs `a2b train` on the fold."""
+    import shutil
+
+    from a2b_pipeline.cv import fold_config, fold_dir
+    from a2b_pipeline.state import TrainState, list_checkpoints
+
+    run_dir = fold_dir(root, fold)
+    if fresh:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    if list_checkpoints(run_dir) and TrainState.from_checkpoint(run_dir).status == "complete":
+        context.log.info(f"fold {fold}: {run_dir} is complete; reporting it")
+    else:
+        job_dir = exp.dir / "slurm" / context.run.run_id
+        context.resources.compute.train_elsewhere(context, fold_config(exp.cfg, fold), run_dir, job_dir)
+    return TrainState.from_checkpoint(run_dir)
+
+
 @asset(
     partitions_def=experiment_folds,
     group_name=CV_GROUP,
@@ -121,7 +145,10 @@ def fold_training_run(context: AssetExecutionContext, config: FoldTrainingConfig
 
     exp, folds, fold, root = _fold_of(context)
     with forward_library_logs(context):
-        state = train_fold(exp.cfg, fold, root, fresh=config.fresh)
+        if context.resources.compute.launch == "process":
+            state = train_fold(exp.cfg, fold, root, fresh=config.fresh)
+        else:
+            state = _train_fold_elsewhere(context, exp, fold, root, fresh=config.fresh)
     best = state.best_checkpoint or state.last_checkpoint
     last = state.last_checkpoint
     record = write_record(

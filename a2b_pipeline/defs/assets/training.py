@@ -54,6 +54,12 @@ def _say_if_no_gpu(step: AssetStep) -> None:
         )
 
 
+def _job_dir(step: AssetStep) -> Path:
+    """A launch's Slurm files (script, effective config, job log, Pipes files): one directory per Dagster
+    run, beside the experiment's run directories on the shared filesystem."""
+    return step.exp.dir / "slurm" / step.run_id
+
+
 def _loss_curve(state: Any, name: str) -> dict[str, Any]:
     """The training_run page's loss curve (train and val loss over steps) and the last values, rounded."""
     history = [(m.name, m.step, m.value) for m in state.metric_history]
@@ -103,6 +109,7 @@ def _start_or_resume(step: AssetStep, run_dir: Path) -> tuple[Any, bool]:
 )
 def training_run(step: AssetStep) -> Produced:
     from a2b_pipeline.rundir_lock import hold_run_dir
+    from a2b_pipeline.state import TrainState
     from a2b_pipeline.train import train
 
     data_version = step.upstream["dataset_splits"]["data_version"]
@@ -116,12 +123,17 @@ def training_run(step: AssetStep) -> Produced:
     if step.config.fresh and run_dir.exists():
         with hold_run_dir(run_dir):
             _set_aside(run_dir, step)
+    compute = step.context.resources.compute
+    job_metadata: dict[str, Any] = {}
     with hold_run_dir(run_dir):
         state, reused = _start_or_resume(step, run_dir)
         resumed_from = state.global_step
-        if not reused:
+        if not reused and compute.launch == "process":
             _say_if_no_gpu(step)
             state = train(state)
+    if not reused and compute.launch != "process":  # the job holds the run directory while it trains
+        job_metadata = compute.train_elsewhere(step.context, step.exp.cfg, run_dir, _job_dir(step))
+        state = TrainState.from_checkpoint(run_dir)
 
     last = state.last_checkpoint
     state_path = last / "train_state.json" if last else run_dir / "train_state.json"
@@ -168,6 +180,7 @@ def training_run(step: AssetStep) -> Produced:
             "samples_seen": MetadataValue.int(state.samples_seen),
             **({"message": state.message} if state.message else {}),
             "data_version_matches_splits": state.data_version == data_version,
+            **job_metadata,
         },
         state=state,
         state_path=state_path,
