@@ -414,14 +414,6 @@ class TrainState(_Schema):
     _history: list[MetricRecord] | None = PrivateAttr(default=None)
     _history_file: tuple[Path, str] | None = PrivateAttr(default=None)
 
-    @model_validator(mode="after")
-    def _step_within_the_run(self) -> TrainState:
-        # a step past the config's end would "complete" without training and name a checkpoint after it
-        end = self.config.train.max_steps
-        if end is not None and self.global_step > end:
-            raise ValueError(f"global_step {self.global_step} is past the config's train.max_steps ({end})")
-        return self
-
     @property
     def metric_history(self) -> list[MetricRecord]:
         """Every logged value, in logging order. A checkpoint keeps it in metrics.jsonl, not in

@@ -439,11 +439,14 @@ def test_absurd_steps_nan_weights_and_nan_statistics_are_refused(
     run = _copy(tmp_path, finished_run)
     ckpt = run / "step_000000006"
     text = (ckpt / "train_state.json").read_text()
-    for step in (10**30, 7):  # past any counter; past the config's train.max_steps (6)
-        _edit_state(ckpt, lambda raw, s=step: raw.update(global_step=s))
-        with pytest.raises(CheckpointError, match="global_step"):
-            TrainState.from_checkpoint(ckpt)
-        (ckpt / "train_state.json").write_text(text)
+    _edit_state(ckpt, lambda raw: raw.update(global_step=10**30))  # past any counter: refused on load
+    with pytest.raises(CheckpointError, match="global_step"):
+        TrainState.from_checkpoint(ckpt)
+    _edit_state(ckpt, lambda raw: raw.update(global_step=7))  # past the run's end (6): never "completes"
+    code, err = _cli(capsys, "resume", str(ckpt))
+    assert code == 1 and "global_step 7 is past the run's end (6 steps)" in err, err
+    assert not (run / "step_000000007").exists()
+    (ckpt / "train_state.json").write_text(text)
 
     wav = _wav(tmp_path / "a.wav")
     tensors = load_file(ckpt / "model.safetensors")
