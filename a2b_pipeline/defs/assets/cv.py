@@ -29,7 +29,7 @@ from dagster import (
 )
 from pydantic import Field
 
-from a2b_pipeline.defs.assets.training import GPU_POOL, GPU_TAGS
+from a2b_pipeline.defs.assets.training import GPU_POOL, GPU_TAGS, run_where_configured
 from a2b_pipeline.defs.common import (
     Experiment,
     lineage_metadata,
@@ -90,7 +90,11 @@ def _fold_of(context: AssetExecutionContext) -> tuple[Experiment, int, int, Path
 
 
 class FoldTrainingConfig(Config):
-    fresh: bool = Field(default=False, description="Start this fold's run over (its directory is deleted).")
+    fresh: bool = Field(
+        default=False,
+        description="Train this fold anew in a new run directory (`fold-<k>.attempt-<n>`); the earlier one "
+        "stays where it is.",
+    )
 
 
 def _fold_facts(exp: Experiment, fold: int, folds: int, state: Any) -> dict[str, Any]:
@@ -107,27 +111,6 @@ def _fold_facts(exp: Experiment, fold: int, folds: int, state: Any) -> dict[str,
     }
 
 
-def _train_fold_elsewhere(
-    context: AssetExecutionContext, exp: Experiment, fold: int, root: Path, fresh: bool
-) -> Any:
-    """train_fold's policy (fresh starts over, a complete fold is reported as it is, else train or resume)
-    with the training itself in a Slurm job (TrainDevice.launch), which runs `a2b train` on the fold."""
-    import shutil
-
-    from a2b_pipeline.cv import fold_config, fold_dir
-    from a2b_pipeline.state import TrainState, list_checkpoints
-
-    run_dir = fold_dir(root, fold)
-    if fresh:
-        shutil.rmtree(run_dir, ignore_errors=True)
-    if list_checkpoints(run_dir) and TrainState.from_checkpoint(run_dir).status == "complete":
-        context.log.info(f"fold {fold}: {run_dir} is complete; reporting it")
-    else:
-        job_dir = exp.dir / "slurm" / context.run.run_id
-        context.resources.compute.train_elsewhere(context, fold_config(exp.cfg, fold), run_dir, job_dir)
-    return TrainState.from_checkpoint(run_dir)
-
-
 @asset(
     partitions_def=experiment_folds,
     group_name=CV_GROUP,
@@ -141,14 +124,19 @@ def _train_fold_elsewhere(
     "Resumes the fold's run directory when it has checkpoints; a complete fold is reported as it is.",
 )
 def fold_training_run(context: AssetExecutionContext, config: FoldTrainingConfig) -> MaterializeResult:
-    from a2b_pipeline.cv import train_fold
+    from a2b_pipeline.cv import fold_config
+    from a2b_pipeline.runs import fold_dir
 
     exp, folds, fold, root = _fold_of(context)
     with forward_library_logs(context):
-        if context.resources.compute.launch == "process":
-            state = train_fold(exp.cfg, fold, root, fresh=config.fresh)
-        else:
-            state = _train_fold_elsewhere(context, exp, fold, root, fresh=config.fresh)
+        state = run_where_configured(
+            context,
+            fold_config(exp.cfg, fold),
+            fold_dir(root, fold),
+            fresh=config.fresh,
+            job_dir=exp.dir / "slurm" / context.run.run_id,
+            say=lambda message: context.log.info(f"fold {fold}: {message}"),
+        )[0].state
     best = state.best_checkpoint or state.last_checkpoint
     last = state.last_checkpoint
     record = write_record(

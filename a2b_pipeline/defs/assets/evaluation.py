@@ -14,6 +14,7 @@ from a2b_pipeline.defs.common import (
     materialization_file,
     png_markdown,
     rounded,
+    sha256_bytes,
     state_sha256,
 )
 from a2b_pipeline.defs.template import AssetStep, Produced, experiment_asset
@@ -139,7 +140,7 @@ def _evaluate(step: AssetStep, ckpt: Path, ckpt_sha: str, state: Any) -> tuple[d
     )
     png = result.plot(3, title)
     plot_path = materialization_file(exp, "evaluation", step.run_id, ".png")
-    atomic_write(plot_path, png)
+    plot_sha = atomic_write(plot_path, png)
     record = {
         "config_hash": state.config_hash,
         "data_version": state.data_version,
@@ -149,9 +150,11 @@ def _evaluate(step: AssetStep, ckpt: Path, ckpt_sha: str, state: Any) -> tuple[d
         "split": "test",
         "metrics": metrics,
         "plot": str(plot_path),
+        "plot_sha256": plot_sha,
         "recordings_plotted": min(3, len(result.recordings)),
         "device": str(device),
         "report": result.report,
         "report_path": str(report_path),
+        "report_sha256": sha256_bytes(read_bounded(report_path, MAX_RECORD_BYTES)),
     }
     return record, png
