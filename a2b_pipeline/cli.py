@@ -236,9 +236,18 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from a2b_pipeline.evaluate import evaluate_report
+    from a2b_pipeline.evaluate import report_table, run_evaluation, write_report
+    from a2b_pipeline.gate import verdict
 
-    print(json.dumps(evaluate_report(args.checkpoint, args.split), indent=1, sort_keys=True))
+    report = run_evaluation(args.checkpoint, args.split).report
+    path = write_report(report)
+    line = f"verdict: {verdict(report).line}"
+    if args.json:  # stdout stays one JSON document; the verdict goes to stderr
+        print(json.dumps(report, indent=1, sort_keys=True))
+        print(line, file=sys.stderr)
+    else:
+        print(report_table(report, path))
+        print(line)
     return 0
 
 
@@ -373,10 +382,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser(
         "evaluate",
-        help="the model and its baselines on a split, as JSON (also <run_dir>/evaluation-<split>.json)",
+        help="the model and its baselines on a split: a short table and a verdict (--json: the full report; "
+        "always written to <run_dir>/evaluation-<split>.json)",
     )
     s.add_argument("checkpoint", help="a checkpoint directory, or a run directory (its best checkpoint)")
     s.add_argument("--split", default="test", choices=["train", "val", "test"])
+    s.add_argument("--json", action="store_true", help="print the full report as JSON (verdict on stderr)")
     s.set_defaults(fn=cmd_evaluate)
 
     s = sub.add_parser(

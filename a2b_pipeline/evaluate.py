@@ -231,11 +231,45 @@ def report_markdown(report: dict[str, Any], metrics: tuple[str, ...] = ("pearson
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     for name, levels in summary["margins"].items():
         cells = [_fmt(levels["recording"][m][k]) for m in metrics for k in keys]
-        lines.append(f"| model - {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| better than {name} by | " + " | ".join(cells) + " |")
     n = f"{summary['n_recordings']} recordings of {summary['n_subjects']} subjects"
     return f"Whole recordings, {report['split']} split ({n}); median [bootstrap 95% over subjects]\n\n" + (
         "\n".join(lines)
     )
+
+
+def report_table(report: dict[str, Any], path: str | Path | None = None, metric: str = "pearson") -> str:
+    """The terminal summary of a report: per channel (and the mean), the model's whole-recording median with
+    its interval, each baseline's, and how much better the model is than each (positive = better), then
+    the recordings and subjects it rests on and where the full report is."""
+    from a2b_pipeline.gate import METRIC_LABEL, fmt_interval
+
+    summary = report["summary"]
+    baselines = [b for b in summary["predictors"] if b != "model"]
+    head = ["channel", "model", *baselines, *(f"better than {b} by" for b in baselines)]
+    rows = []
+    for ch in [*report["channels"], "mean"]:
+        cells = [ch, fmt_interval(summary["predictors"]["model"]["recording"][metric][ch])]
+        for b in baselines:
+            p = summary["predictors"][b]
+            value = p["recording"][metric][ch]["value"]
+            cells.append("n/a" if not p["available"] else "undefined" if value is None else f"{value:.3f}")
+        cells += [fmt_interval(summary["margins"][b]["recording"][metric][ch]) for b in baselines]
+        rows.append(cells)
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()  # noqa: E731
+    n = f"{summary['n_recordings']} recordings of {summary['n_subjects']} subjects"
+    out = [
+        f"{report['experiment']} step {report['global_step']}, {report['split']} split ({n}): "
+        f"whole-recording {METRIC_LABEL.get(metric, metric)}, median [bootstrap 95% over subjects]",
+        "",
+        line(head),
+        *(line(r) for r in rows),
+        "",
+    ]
+    if path is not None:
+        out.append(f"full report: {path}")
+    return "\n".join(out)
 
 
 def write_report(report: dict[str, Any]) -> Path:

@@ -294,6 +294,11 @@ def test_evaluation_check_fails_below_its_floor(demo):
         not ev.passed and "demo: test/pearson" in ev.description and "below the floor 1.5" in ev.description
     )
     assert ev.partition == "demo"
+    # a floor or a baseline the model does not reliably beat is a warning; errors are for broken metrics
+    assert ev.severity == AssetCheckSeverity.WARN
+    md = {k: v.value for k, v in ev.metadata.items()}
+    assert {"better than audio_linear by", "better than other_listeners by", "verdict"} <= set(md)
+    assert set(md["margins"]) == {"audio_linear", "other_listeners"}  # constant's r margin is undefined
 
 
 def test_relaunch_reuses_the_complete_run_and_its_evaluation_and_says_so(demo):
