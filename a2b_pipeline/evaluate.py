@@ -218,24 +218,37 @@ def _fmt(s: dict[str, Any]) -> str:
     return f"{s['value']:.3f}{ci}"
 
 
-def report_markdown(report: dict[str, Any], metrics: tuple[str, ...] = ("pearson", "mae")) -> str:
-    """The report's summary as a Markdown table: whole-recording medians [95% interval] per channel and
-    mean, for the model and each baseline, and the model's margin over each (positive = model better)."""
+def summary_rows(
+    report: dict[str, Any], metrics: tuple[str, ...] = ("pearson", "mae")
+) -> tuple[list[str], list[dict[str, str]]]:
+    """(columns, rows) of the report's summary: whole-recording medians [95% interval] per channel and mean,
+    for the model and each baseline, then how much better the model is than each (positive = better)."""
     summary = report["summary"]
     keys = [*report["channels"], "mean"]
-    head = "| predictor | " + " | ".join(f"{m} {k}" for m in metrics for k in keys) + " |"
-    lines = [head, "|" + " --- |" * (1 + len(metrics) * len(keys))]
+    columns = ["predictor", *(f"{m} {k}" for m in metrics for k in keys)]
+    rows = []
     for name, p in sorted(summary["predictors"].items(), key=lambda item: item[0] != "model"):
         cells = [_fmt(p["recording"][m][k]) for m in metrics for k in keys] if p["available"] else []
         cells = cells or [f"n/a: {p['reason']}"] + [""] * (len(metrics) * len(keys) - 1)
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        rows.append(dict(zip(columns, [name, *cells], strict=True)))
     for name, levels in summary["margins"].items():
         cells = [_fmt(levels["recording"][m][k]) for m in metrics for k in keys]
-        lines.append(f"| better than {name} by | " + " | ".join(cells) + " |")
+        rows.append(dict(zip(columns, [f"better than {name} by", *cells], strict=True)))
+    return columns, rows
+
+
+def summary_caption(report: dict[str, Any]) -> str:
+    summary = report["summary"]
     n = f"{summary['n_recordings']} recordings of {summary['n_subjects']} subjects"
-    return f"Whole recordings, {report['split']} split ({n}); median [bootstrap 95% over subjects]\n\n" + (
-        "\n".join(lines)
-    )
+    return f"Whole recordings, {report['split']} split ({n}); median [bootstrap 95% over subjects]"
+
+
+def report_markdown(report: dict[str, Any], metrics: tuple[str, ...] = ("pearson", "mae")) -> str:
+    """The report's summary (`summary_rows`) as a Markdown table under its caption."""
+    columns, rows = summary_rows(report, metrics)
+    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    lines += ["| " + " | ".join(r[c] for c in columns) + " |" for r in rows]
+    return summary_caption(report) + "\n\n" + "\n".join(lines)
 
 
 def report_table(report: dict[str, Any], path: str | Path | None = None, metric: str = "pearson") -> str:
@@ -293,7 +306,7 @@ def plot_recordings(
     evals: list[RecordingEval], channels: list[str], target_rate: float, title: str, units: str = "z-score"
 ) -> bytes:
     """PNG: whole recordings (a row each, a column per channel), the true signal with the model's and every
-    baseline's prediction on the same samples. Every panel has its legend and both axis labels."""
+    baseline's prediction on the same samples; one legend below the panels; both axis labels on each."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -314,11 +327,24 @@ def plot_recordings(
             ax.tick_params(labelsize=7)
             ax.set_xlabel("time (s)", fontsize=8)
             ax.set_ylabel(f"{ch} ({units})", fontsize=8)
-            ax.legend(fontsize=6, loc="upper right", ncol=2)
+    # one legend for every panel, below them (inside a panel it covers the curves)
+    handles: dict[str, Any] = {}
+    for ax in axes.flat:
+        for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, h)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    fig.legend(
+        list(handles.values()),
+        list(handles.keys()),
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.0),
+        ncol=len(handles),
+        fontsize=8,
+        frameon=False,
+    )
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format="png", bbox_inches="tight")
     plt.close(fig)
     return buf.getvalue()
 

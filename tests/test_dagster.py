@@ -159,8 +159,16 @@ def test_lineage_from_evaluation_back_to_config_and_data(demo):
     assert Path(ev["report_path"]) == ckpt.parent / "evaluation-test.json"
     assert set(report["summary"]["predictors"]) == {"model", "constant", "other_listeners", "audio_linear"}
     assert report["summary"]["predictors"]["model"]["recording"]["pearson"]["mean"]["value"] is not None
-    assert "| model |" in ev["summary"] and "| model - audio_linear |" in ev["summary"]
     headline = report["summary"]["predictors"]["model"]["recording"]["pearson"]["mean"]["value"]
+    summary_rows = {r.data["predictor"]: r.data for r in ev["summary"].records}  # a table shown inline
+    assert {"model", "audio_linear", "better than audio_linear by"} <= set(summary_rows)
+    assert summary_rows["model"]["pearson mean"].startswith(f"{headline:.3f}")
+    # which config produced it, in a few lines, on every asset a training run feeds
+    for name in ("training_run", "best_checkpoint", "evaluation"):
+        config = {r.data["setting"]: r.data["value"] for r in md[name]["config"].records}
+        assert config["model"].startswith(f"{state.config.model.name}, ") and "params" in config["model"]
+        assert config["optimizer"].startswith(f"{state.config.optimizer.name}, lr ")
+        assert config["group_by"] == "subject" and config["steps"] == "6" and "weight" in config["datasets"]
     assert ev["recording_r/model"] == float(f"{headline:.4g}")  # rounded for reading; full in the record
     assert splits["group_by"] == "subject" and splits["dropped_count"] == 0
     # the corpus listing: recordings and skipped count; dataset_splits' windows

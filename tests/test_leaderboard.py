@@ -73,7 +73,7 @@ def test_leaderboard_cli_lists_cv_runs_and_marks_failed_and_unevaluated(tmp_path
     # The Markdown table says the same: every experiment, its status, the failed one in bold.
     for name in rows:
         assert f"| {name} |" in table
-    assert "**failed**" in table and "**not evaluated**" in table and "Δ vs audio_linear" in table
+    assert "**failed**" in table and "**not evaluated**" in table and "better than audio_linear by" in table
     assert (
         f"{model['eda']['value']:.3f} [{model['eda']['ci_low']:.3f}, {model['eda']['ci_high']:.3f}]" in table
     )
