@@ -239,6 +239,19 @@ def test_leaderboard_lists_every_experiment_marks_failed_and_rebuilds_on_evaluat
         raise_on_error=False,
     )
     assert not res.success
+    # the failure itself asks for the leaderboard again (no evaluation materialized to trigger it)
+    from dagster import RunRequest, build_run_status_sensor_context
+
+    from a2b_pipeline.defs.sensors import leaderboard_after_failure
+
+    ctx = build_run_status_sensor_context(
+        sensor_name=leaderboard_after_failure.name,
+        dagster_instance=instance,
+        dagster_run=res.dagster_run,
+        dagster_event=res.get_run_failure_event(),
+    ).for_run_failure()
+    request = leaderboard_after_failure(ctx)
+    assert isinstance(request, RunRequest) and res.dagster_run.run_id in request.run_key
     assert materialize(ALL, instance=instance, resources=resources, selection=[leaderboard]).success
     md = _md(instance, "leaderboard")
     rows = {r["experiment"]: r for r in csv.DictReader(Path(md["csv"]).read_text().splitlines())}

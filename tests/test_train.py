@@ -9,9 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from _util import (
-    REPO,
     final_tensors,
     kill_after,
     longer_run,
@@ -187,16 +185,3 @@ def test_failed_background_write_fails_the_run_and_resume_completes(tmp_path: Pa
     assert all(torch.equal(got[k], want[k]) for k in want) and all(
         torch.equal(got_opt[k], want_opt[k]) for k in want_opt
     )
-
-
-@pytest.mark.skipif(
-    not os.environ.get("A2B_DEMO_TEST"), reason="the full demo run is exercised by `a2b demo`"
-)
-def test_demo_config_reaches_r_08(tmp_path: Path) -> None:
-    raw = yaml.safe_load((REPO / "configs/demo.yaml").read_text())
-    for ds in raw["data"]["datasets"]:
-        ds["root"] = str(tmp_path / ds["name"])
-    raw["checkpoint"]["dir"] = str(tmp_path / "runs")
-    raw["tracking"]["wandb_mode"] = "disabled"
-    state = train(TrainState.from_config(config_from_dict(raw)))
-    assert state.checkpoint_state.best_value >= 0.8
