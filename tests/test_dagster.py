@@ -136,7 +136,9 @@ def test_lineage_from_evaluation_back_to_config_and_data(demo):
     assert ev["train_state"] == str(ckpt / "train_state.json")
     assert state.config_hash == splits["config_hash"] == ev["config_hash"]
     assert state.data_version == splits["data_version"] == ev["data_version"]
-    assert state.status == "complete" and state.global_step == 6
+    # the best checkpoint: the final one (complete) or an earlier one whose validation scored higher
+    assert state.global_step == best["best_step"]
+    assert state.status == ("complete" if state.global_step == 6 else "in_progress")
     assert run["status"] == "complete" and run["global_step"] == 6
     assert best["best_metric"] == "val/pearson" and best["best_step"] == state.checkpoint_state.best_step
     # every asset carries the same config hash; the records on disk match their sha256
@@ -305,8 +307,8 @@ def test_evaluation_check_fails_below_its_floor(demo):
     # a floor or a baseline the model does not reliably beat is a warning; errors are for broken metrics
     assert ev.severity == AssetCheckSeverity.WARN
     md = {k: v.value for k, v in ev.metadata.items()}
-    assert {"better than audio_linear by", "better than other_listeners by", "verdict"} <= set(md)
-    assert set(md["margins"]) == {"audio_linear", "other_listeners"}  # constant's r margin is undefined
+    assert {"better than audio_linear by", "verdict"} <= set(md) and "audio_linear" in md["margins"]
+    assert "constant" not in md["margins"]  # a constant's r, and so its margin, is undefined
 
 
 def test_relaunch_reuses_the_complete_run_and_its_evaluation_and_says_so(demo):

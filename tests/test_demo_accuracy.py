@@ -39,6 +39,6 @@ def test_demo_model_beats_both_baselines_with_intervals_above_zero(tmp_path: Pat
         assert r["model"] > r[baseline], shown
         # better than the baseline, reliably: the bootstrap interval over subjects lies above 0
         assert margin["value"] > 0 and margin["ci_low"] is not None and margin["ci_low"] > 0, shown
-    # the listeners of a clip agree only partly (responses differ between people), as on real corpora
-    assert 0.2 < r["other_listeners"] < 0.8, shown
+    # the listeners of a clip agree, but only partly (responses differ between people), as on real corpora
+    assert 0.0 < r["other_listeners"] < 0.7, shown
     assert verdict(report).status == "ok"

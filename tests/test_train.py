@@ -81,7 +81,9 @@ def test_learns_and_metric_is_real(tmp_path: Path) -> None:
     cfg = config_from_dict(raw)
     state = train(TrainState.from_config(cfg))
     assert state.status == "complete"
-    assert state.checkpoint_state.best_value is not None and state.checkpoint_state.best_value >= 0.7
+    assert state.checkpoint_state.best_value is not None and state.checkpoint_state.best_value >= 0.7, (
+        state.checkpoint_state.best_value
+    )
     assert (Path(state.run_dir) / "best").resolve() == state.best_checkpoint.resolve()
 
     # A model that outputs the training mean (zero in normalised units), or the truth shuffled

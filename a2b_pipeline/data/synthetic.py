@@ -13,14 +13,15 @@ latency, shape and feature sensitivity. Skin conductance (eda, microsiemens):
   Filion, "The electrodermal system", and Boucsein et al. 2012, the publication recommendations for
   electrodermal measurements, place elicited SCRs 1-3 s after the stimulus), shaped as the Bateman
   function of Benedek & Kaernbach 2010 (continuous decomposition analysis): a rise time of 0.5-5 s
-  (per listener) and a recovery over several seconds (decay time constant 2.5-6 s; Boucsein et al.'s
-  rise and half-recovery times).
+  (onset time constant 0.3-0.8 s per listener, plus the overlap of responses) and a recovery over several
+  seconds (decay time constant 2-3.5 s; Boucsein et al.'s rise and half-recovery times).
 - The amplitude grows with the event's intensity but saturates (Dawson et al.: SCR amplitude is a
   saturating function of stimulus intensity), and the summed phasic level saturates too. Responses
-  habituate across repeated, similar events (the same sound: 0.7x per repeat, recovering over ~30 s)
+  habituate across repeated, similar events (the same sound: 0.8x per repeat, recovering over ~30 s)
   and recover to a novel one (Dawson et al. on habituation and dishabituation of the orienting SCR).
-- Non-specific SCRs (NS-SCRs) unrelated to the audio, 1-4 a minute per listener (Dawson et al.;
-  Boucsein et al.), and a tonic level (SCL, 2-15 uS) that drifts slowly and declines over the session.
+- Non-specific SCRs (NS-SCRs) unrelated to the audio, 2-5 a minute per listener (Dawson et al. give 1-3
+  at rest, more when aroused; Boucsein et al.), and a tonic level (SCL, 2-15 uS) that drifts slowly and
+  declines over the session.
 - How much a listener weighs onsets against novelty differs per listener, and about one listener in ten
   barely responds (gain x0.05: the electrodermal non-responders of Dawson et al.).
 
@@ -42,7 +43,7 @@ of the other listeners of a clip and a linear regression on loudness, but only b
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -194,14 +195,17 @@ def _amplitudes(triggers: Sequence[_Trigger], who: _Listener) -> list[float]:
     return out
 
 
-def _pulses(t: np.ndarray, times: Sequence[float], sizes: Sequence[float], kernel) -> np.ndarray:
+def _pulses(
+    t: np.ndarray, times: Sequence[float], sizes: Sequence[float], kernel: Callable[[np.ndarray], np.ndarray]
+) -> np.ndarray:
+    """The sum of `kernel` responses of the given sizes to events at the given times."""
     out = np.zeros_like(t)
     for at, size in zip(times, sizes, strict=True):
         out += size * kernel(t - at)
     return out
 
 
-def _slow_noise(rng: np.random.Generator, n: int, seconds: float) -> np.ndarray:
+def _slow_noise(rng: np.random.Generator, n: int) -> np.ndarray:
     """Low-pass noise with unit standard deviation, wandering over tens of seconds."""
     walk = np.cumsum(rng.standard_normal(n))
     walk -= np.linspace(walk[0], walk[-1], n) * rng.uniform(0.0, 1.0)  # not always a plain trend
@@ -224,7 +228,7 @@ def _signal(
         phasic += _pulses(t, ns_times, rng.uniform(0.4, 1.0, size=len(ns_times)), scr)
         phasic = 2.0 * (1.0 - np.exp(-phasic / 2.0))  # overlapping responses saturate
         gain = who.scr_gain
-        tonic = who.scl - 0.1 * gain * t / 60.0 + 0.4 * max(gain, 0.1) * _slow_noise(rng, n, seconds)
+        tonic = who.scl - 0.1 * gain * t / 60.0 + 0.4 * max(gain, 0.1) * _slow_noise(rng, n)
         return tonic + gain * phasic + 0.01 * max(gain, 0.1) * rng.standard_normal(n)
     db = np.concatenate([np.full(round(pre * CONTROL_RATE), FLOOR_DB), clip.db])[:n]
     loud = np.clip((db - FLOOR_DB) / -FLOOR_DB, 0.0, 1.0)
@@ -239,7 +243,7 @@ def _signal(
         - who.hr_orienting * orienting
         + who.hr_arousal * arousal
         + rsa
-        + 1.3 * _slow_noise(rng, n, seconds)
+        + 1.3 * _slow_noise(rng, n)
         + 0.3 * rng.standard_normal(n)
     )
 
