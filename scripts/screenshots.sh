@@ -9,7 +9,7 @@
 #   training_run_demo.png  the training_run page, partition demo (loss curve first)
 #   leaderboard.png        the leaderboard asset's page (table and plot)
 #   runs.png               the runs list (a relaunch that reused a complete run carries a2b/reused_* tags)
-# Usage, from the repository root:  bash scripts/screenshots.sh [OUT_DIR]   (default: screenshots/)
+# Usage, from the repository root:  [STEPS=N] bash scripts/screenshots.sh [OUT_DIR]   (default: screenshots/)
 # Everything else (Dagster home, corpora, runs) goes to a temporary directory, removed at the end
 # unless KEEP=1; run again with WORK=<that directory> and the demos reuse what is there (a relaunch:
 # the pages then say "reused"). Binds 127.0.0.1 only.
@@ -30,8 +30,14 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# two experiments: the demo, and the demo with a TCN
-cp "$REPO/configs/demo.yaml" "$WORK/configs/demo.yaml"
+# two experiments: the demo (STEPS=N: only N training steps, for a quicker look), and the demo with a TCN
+"$VENV_BIN/python" - "$REPO/configs/demo.yaml" "$WORK/configs/demo.yaml" "${STEPS:-}" <<'EOF'
+import sys, yaml
+cfg = yaml.safe_load(open(sys.argv[1]))
+if sys.argv[3]:
+    cfg["train"]["max_steps"] = int(sys.argv[3])
+yaml.safe_dump(cfg, open(sys.argv[2], "w"), sort_keys=False)
+EOF
 "$VENV_BIN/python" - "$REPO/configs/demo.yaml" "$WORK/configs/demo_tcn.yaml" <<'EOF'
 import sys, yaml
 cfg = yaml.safe_load(open(sys.argv[1]))
