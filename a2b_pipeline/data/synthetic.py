@@ -225,10 +225,10 @@ def _signal(
         phasic = _pulses(t, times, sizes, scr)
         n_ns = rng.poisson(who.ns_rate * (seconds + pre) / 60.0)
         ns_times = np.sort(rng.uniform(0.0, seconds + pre, size=n_ns))
-        phasic += _pulses(t, ns_times, rng.uniform(0.4, 1.0, size=len(ns_times)), scr)
+        phasic += _pulses(t, ns_times, rng.uniform(0.3, 0.8, size=len(ns_times)), scr)
         phasic = 2.0 * (1.0 - np.exp(-phasic / 2.0))  # overlapping responses saturate
         gain = who.scr_gain
-        tonic = who.scl - 0.1 * gain * t / 60.0 + 0.4 * max(gain, 0.1) * _slow_noise(rng, n)
+        tonic = who.scl - 0.1 * gain * t / 60.0 + 0.3 * max(gain, 0.1) * _slow_noise(rng, n)
         return tonic + gain * phasic + 0.01 * max(gain, 0.1) * rng.standard_normal(n)
     db = np.concatenate([np.full(round(pre * CONTROL_RATE), FLOOR_DB), clip.db])[:n]
     loud = np.clip((db - FLOOR_DB) / -FLOOR_DB, 0.0, 1.0)
@@ -237,13 +237,13 @@ def _signal(
     if channel != "hr":
         return arousal + 0.05 * rng.standard_normal(n)
     orienting = _pulses(t, times, sizes, _orienting)
-    rsa = rng.uniform(1.5, 3.0) * np.sin(2 * np.pi * who.rsa_hz * t + rng.uniform(0, 2 * np.pi))
+    rsa = rng.uniform(1.0, 2.5) * np.sin(2 * np.pi * who.rsa_hz * t + rng.uniform(0, 2 * np.pi))
     return (
         who.hr_base
         - who.hr_orienting * orienting
         + who.hr_arousal * arousal
         + rsa
-        + 1.3 * _slow_noise(rng, n)
+        + 1.0 * _slow_noise(rng, n)
         + 0.3 * rng.standard_normal(n)
     )
 
