@@ -259,7 +259,11 @@ def report_table(report: dict[str, Any], path: str | Path | None = None, metric:
 
     summary = report["summary"]
     baselines = [b for b in summary["predictors"] if b != "model"]
-    head = ["channel", "model", *baselines, *(f"better than {b} by" for b in baselines)]
+    # a margin column only where the baseline scores somewhere (a constant's r is undefined everywhere)
+    scored = [
+        b for b in baselines if summary["predictors"][b]["recording"][metric]["mean"]["value"] is not None
+    ]
+    head = ["channel", "model", *baselines, *(f"better than {b} by" for b in scored)]
     rows = []
     for ch in [*report["channels"], "mean"]:
         cells = [ch, fmt_interval(summary["predictors"]["model"]["recording"][metric][ch])]
@@ -267,7 +271,7 @@ def report_table(report: dict[str, Any], path: str | Path | None = None, metric:
             p = summary["predictors"][b]
             value = p["recording"][metric][ch]["value"]
             cells.append("n/a" if not p["available"] else "undefined" if value is None else f"{value:.3f}")
-        cells += [fmt_interval(summary["margins"][b]["recording"][metric][ch]) for b in baselines]
+        cells += [fmt_interval(summary["margins"][b]["recording"][metric][ch]) for b in scored]
         rows.append(cells)
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()  # noqa: E731

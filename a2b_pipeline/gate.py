@@ -71,9 +71,9 @@ def verdict(report: dict[str, Any], metric: str = GATE_METRIC) -> Verdict:
         return Verdict("warn", f"WARN: no baseline to compare with on {label} (model {own:.3f})")
     best = min(margins, key=lambda name: margins[name]["value"])
     m = margins[best]
-    said = f"better than {best} (the best baseline) by {fmt_interval(m)} on {label}"
-    reliable = m["ci_low"] is not None and m["ci_low"] > 0
-    if reliable:
-        return Verdict("ok", f"ok: model {said}", best, margins)
-    why = "its interval reaches 0" if m["ci_low"] is not None else "no interval (one subject)"
-    return Verdict("warn", f"WARN: model not reliably {said}: {why}", best, margins)
+    by = f"by {fmt_interval(m)} on {label}"
+    if m["ci_low"] is not None and m["ci_low"] > 0:
+        return Verdict("ok", f"ok: model better than {best}, the best baseline, {by}", best, margins)
+    why = "the interval reaches 0" if m["ci_low"] is not None else "no interval: one subject"
+    line = f"WARN: model not reliably better than {best}, the best baseline: better than it {by} ({why})"
+    return Verdict("warn", line, best, margins)

@@ -204,11 +204,16 @@ def test_gate_warns_when_a_margin_interval_reaches_zero_and_errors_on_broken_met
         margins[name]["recording"]["pearson"]["mean"].update(value=0.2, ci_low=0.1, ci_high=0.3)
     ok = verdict(report)
     assert ok.status == "ok" and ok.best_baseline in ("audio_linear", "other_listeners")
-    assert "better than" in ok.line and "0.200 [0.100, 0.300]" in ok.line
+    assert ok.line.startswith(
+        f"ok: model better than {ok.best_baseline}, the best baseline, by 0.200 [0.100, 0.300]"
+    )
     margins["other_listeners"]["recording"]["pearson"]["mean"].update(value=0.05, ci_low=0.0, ci_high=0.1)
     warn = verdict(report)  # the best baseline is the one with the smallest margin; its interval reaches 0
     assert warn.status == "warn" and warn.best_baseline == "other_listeners"
-    assert "better than other_listeners (the best baseline) by 0.050 [0.000, 0.100]" in warn.line
+    assert (
+        "not reliably better than other_listeners, the best baseline: better than it by 0.050 [0.000, 0.100]"
+        in (warn.line)
+    )
     assert set(warn.margins) == {"audio_linear", "other_listeners"}
     broken = copy.deepcopy(report)
     broken["metrics"]["test/pearson"] = float("nan")
