@@ -298,8 +298,64 @@ class PretrainedEncoderConfig(_ModelBase):
     freeze_encoder: bool = True
 
 
+HeadConfig = Annotated[ConvGRUConfig | TCNConfig | TransformerConfig, Field(discriminator="name")]
+
+
+class FinetuneConfig(_Strict):
+    """Fine-tuning an `hf_encoder`'s encoder: the encoder runs in every step (no embedding cache). Every
+    option is a pure function of the step, so a resume continues bit for bit."""
+
+    unfreeze_top_k: Annotated[int, Field(ge=0, le=1024)] = 0  # top transformer layers trained; 0: none
+    after_step: NonNegativeInt = 0  # the top k layers stay frozen before this optimizer step
+    # The encoder's own learning rate and linear warm-up (counted from after_step); None: optimizer.lr
+    lr: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] | None = None
+    warmup_steps: NonNegativeInt = 0
+
+
+class HFEncoderConfig(_ModelBase):
+    """A pretrained audio encoder from Hugging Face `transformers` (`pip install -e '.[encoders]'`), its
+    hidden states mapped onto the frame grid (data.frame_rate) and fed to a small sequence head."""
+
+    name: Literal["hf_encoder"] = "hf_encoder"
+    # A hub id (`facebook/wav2vec2-base`: needs `revision`, a commit) or a local directory saved with
+    # save_pretrained (model + feature extractor). Not a PathField: a hub id must not be rebased under a
+    # data root, so a local directory is absolute or relative to the working directory.
+    source: Annotated[str, Field(min_length=1)]
+    revision: Annotated[str, Field(pattern=r"^[0-9a-f]{40}$")] | None = None
+    # The model's own Python code from its repository runs on this machine (MERT needs it): only for
+    # sources you trust, at a pinned revision.
+    trust_remote_code: bool = False
+    # One layer's hidden states (0: the embeddings, -1: the last) or `weighted`: a learned softmax-weighted
+    # sum of all layers (the SUPERB / MARBLE probe)
+    layer: int | Literal["weighted"] = "weighted"
+    # Long audio is encoded in chunks of chunk_seconds overlapping by overlap_seconds (bounded memory);
+    # fixed-input encoders (AST, Whisper, CLAP) take at most their input length
+    chunk_seconds: Annotated[float, Field(gt=0.0, le=600.0)] = 10.0
+    overlap_seconds: Annotated[float, Field(ge=0.0, le=60.0)] = 1.0
+    # bf16: the encoder's forward runs under bfloat16 autocast (its weights stay float32, so the optimizer
+    # steps them exactly), the head in float32; frozen embeddings are then computed (and cached) in bf16
+    encoder_precision: Literal["fp32", "bf16"] = "fp32"
+    head: HeadConfig = ConvGRUConfig(conv_channels=64, hidden=64)
+    finetune: FinetuneConfig | None = None  # None: frozen, embeddings computed once and cached
+
+    @model_validator(mode="after")
+    def _check(self) -> HFEncoderConfig:
+        if self.overlap_seconds >= self.chunk_seconds:
+            raise ValueError(
+                f"overlap_seconds ({self.overlap_seconds:g}) must be less than chunk_seconds "
+                f"({self.chunk_seconds:g})"
+            )
+        local = Path(self.source).expanduser().is_dir() or self.source.startswith((".", "/", "~"))
+        if not local and self.revision is None:
+            raise ValueError(
+                f"source {self.source!r} is a hub id: pin `revision` (a 40-hex commit) so the weights "
+                "can't change under the run, or give a local directory"
+            )
+        return self
+
+
 ModelConfig = Annotated[
-    ConvGRUConfig | TCNConfig | TransformerConfig | PretrainedEncoderConfig,
+    ConvGRUConfig | TCNConfig | TransformerConfig | PretrainedEncoderConfig | HFEncoderConfig,
     Field(discriminator="name"),
 ]
 

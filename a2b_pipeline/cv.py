@@ -17,19 +17,18 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from a2b_pipeline.configs import ConfigError, RunConfig, with_run_settings
+from a2b_pipeline.configs import ConfigError, RunConfig
 from a2b_pipeline.data.pipeline import prepare_data
 from a2b_pipeline.data.splits import group_key, group_kinds
 from a2b_pipeline.evaluate import evaluate_report, resolve_checkpoint
 from a2b_pipeline.files import atomic_write
-from a2b_pipeline.state import CheckpointError, TrainState, list_checkpoints
-from a2b_pipeline.train import train
+from a2b_pipeline.runs import cv_dir, fold_dir, run_training
+from a2b_pipeline.state import TrainState
 
 log = logging.getLogger(__name__)
 
@@ -57,15 +56,6 @@ def fold_config(cfg: RunConfig, fold: int) -> RunConfig:
     return cfg.model_copy(update={"data": data, "name": f"{cfg.name}.fold-{fold}"})
 
 
-def cv_dir(cfg: RunConfig, parent: str | Path | None = None) -> Path:
-    """`<parent or checkpoint.dir>/<name>-cv-<config hash>`."""
-    return Path(parent or cfg.checkpoint.dir) / f"{cfg.name}-cv-{cfg.config_hash()}"
-
-
-def fold_dir(root: Path, fold: int) -> Path:
-    return root / f"fold-{fold}"
-
-
 @dataclass
 class FoldResult:
     fold: int
@@ -82,33 +72,14 @@ class FoldResult:
 # ---- one fold ----
 
 
-def train_fold(cfg: RunConfig, fold: int, root: Path, fresh: bool = False) -> TrainState:
-    """Train fold `fold` in `root/fold-<k>`: continues the run there if it has checkpoints (a complete run is
-    returned as it is), `fresh` starts over."""
+def train_fold(
+    cfg: RunConfig, fold: int, root: Path, fresh: bool = False, launch: str | None = None
+) -> TrainState:
+    """Train fold `fold` in `root/fold-<k>` as runs.py's table says (a run there is continued, a complete one
+    returned as it is; `fresh` trains anew in a new directory beside it)."""
     fcfg = fold_config(cfg, fold)
-    run_dir = fold_dir(root, fold)
-    if fresh:
-        shutil.rmtree(run_dir, ignore_errors=True)
-    if list_checkpoints(run_dir):
-        try:
-            state = TrainState.from_checkpoint(run_dir)
-        except CheckpointError as e:
-            log.warning("fold %d: %s; starting it fresh", fold, e)
-            shutil.rmtree(run_dir, ignore_errors=True)
-        else:
-            if state.config_hash != fcfg.config_hash():
-                raise ConfigError(
-                    f"{run_dir} holds a run of another config (hash {state.config_hash}, expected "
-                    f"{fcfg.config_hash()}); remove it or use fresh"
-                )
-            if state.status == "complete":
-                log.info("fold %d: %s is complete (step %d)", fold, run_dir, state.global_step)
-                return state
-            log.info("fold %d: resuming %s from step %d", fold, run_dir, state.global_step)
-            state.config = with_run_settings(state.config, fcfg)
-            return train(state)
-    log.info("fold %d: training in %s", fold, run_dir)
-    return train(TrainState.from_config(fcfg, run_dir))
+    say = lambda message: log.info("fold %d: %s", fold, message)  # noqa: E731
+    return run_training(fcfg, fold_dir(root, fold), fresh=fresh, launch=launch, say=say).state
 
 
 def test_groups(prepared: Any, group_by: str) -> dict[str, list[str]]:

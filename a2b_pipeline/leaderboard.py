@@ -237,10 +237,13 @@ def row_from_run_dir(run_dir: str | Path, split: str = "test", metric: str = DEF
     experiment = state.config.name
     report_path = run_dir / EVALUATION_FILE.format(split=split)
     if state.status != "complete":
+        from a2b_pipeline.runs import read_stop
+
+        stop = read_stop(run_dir)  # a non-finite loss or an error: written beside the last good checkpoint
         return missing_row(
             experiment,
-            state.status,
-            state.message or "training did not complete",
+            stop.status if stop else state.status,
+            (stop or state).message or "training did not complete",
             checkpoint=str(run_dir),
             **facts,
         )
@@ -279,32 +282,11 @@ def _unverified_facts(run_dir: Path, default_name: str) -> tuple[str, dict[str, 
     return default_name, {}
 
 
-def _is_run_dir(path: Path) -> bool:
-    names = {p.name for p in path.iterdir()}
-    return any(n.startswith("step_") for n in names) or "last" in names or ".a2b-lock" in names
-
-
 def find_run_dirs(runs_dir: str | Path) -> tuple[list[Path], list[Path]]:
-    """(run directories, cross-validation directories) under `runs_dir`, sorted. A CV directory holds its
-    folds' run directories; Dagster's experiment directories hold `train-*` run directories."""
-    runs, cvs = [], []
-    stack = [Path(runs_dir)]
-    while stack:
-        d = stack.pop()
-        if not d.is_dir():
-            continue
-        if (d / CV_SUMMARY_FILE).is_file():
-            cvs.append(d)
-        if _is_run_dir(d):
-            runs.append(d)
-            continue
-        # not Dagster's records, nor the runs a `fresh: true` launch set aside (`<run>.replaced-<time>`)
-        stack += [
-            p
-            for p in d.iterdir()
-            if p.is_dir() and not p.is_symlink() and p.name != "dagster" and ".replaced-" not in p.name
-        ]
-    return sorted(runs), sorted(cvs)
+    """(run directories, cross-validation directories) under `runs_dir`: runs.py finds them."""
+    from a2b_pipeline.runs import find_run_dirs as find
+
+    return find(runs_dir, cv_marker=CV_SUMMARY_FILE)
 
 
 def rows_from_runs_dir(runs_dir: str | Path, split: str = "test", metric: str = DEFAULT_METRIC) -> list[Row]:

@@ -23,7 +23,7 @@ import torch
 
 from a2b_pipeline.configs import RunConfig
 from a2b_pipeline.data.audio import read_audio
-from a2b_pipeline.data.datasets import NormStats
+from a2b_pipeline.data.datasets import NormStats, audio_inputs, fit_frames, reads_own_inputs
 from a2b_pipeline.data.features import log_mel
 from a2b_pipeline.data.pipeline import load_norm_stats, prepare_data, save_norm_stats
 from a2b_pipeline.evaluate import load_model, overlap_add, resolve_checkpoint
@@ -109,7 +109,11 @@ class Predictor:
         seconds = wave.shape[0] / d.sample_rate
         feats = log_mel(wave, d.sample_rate, d.n_mels, d.frame_rate)
         loud_db = torch.logsumexp(feats.double(), dim=1).numpy() * 10.0 / math.log(10.0)
-        x = self.norm.normalize_features(feats).float()
+        if reads_own_inputs(self.cfg.model):  # hf_encoder: the encoder's states (or waveform), same grid
+            feats_in = fit_frames(audio_inputs(str(path), d, self.cfg.model)[0], feats.shape[0])
+        else:
+            feats_in = feats
+        x = self.norm.normalize_features(feats_in.float()).float()
         fw, tw = round(d.window_seconds * d.frame_rate), round(d.window_seconds * d.target_rate)
         n_t = max(1, math.ceil(seconds * d.target_rate - 1e-9))
         if x.shape[0] < fw:  # shorter than a window: pad with the mean frame (0 after normalising)

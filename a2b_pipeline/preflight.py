@@ -20,10 +20,10 @@ _BYTES_PER_PARAM = 4 * 4
 
 def count_parameters(cfg: RunConfig) -> int | None:
     """Parameters of the config's model, built on the meta device; None when it can't be built there (a
-    pretrained encoder reads its weights file at build time: the real build raises its own errors)."""
+    pretrained encoder reads its weights at build time: the real build raises its own errors)."""
     from a2b_pipeline.models import build_model, model_io
 
-    if cfg.model.name == "pretrained_encoder":
+    if cfg.model.name in ("pretrained_encoder", "hf_encoder"):
         return None
     with torch.device("meta"):
         model = build_model(cfg.model, model_io(cfg))

@@ -26,6 +26,10 @@ def val_interval(cfg: RunConfig, batches_per_epoch: int) -> int:
 
 
 def apply_freeze(model: nn.Module, cfg: RunConfig, step: int) -> None:
+    """The model's own schedule (hf_encoder: unfreezing its top layers), then the config's freeze rules."""
+    own = getattr(model, "apply_step", None)
+    if own is not None:
+        own(step)
     for rule in cfg.model.freeze:
         frozen = rule.until_step is None or step < rule.until_step
         for name, p in model.named_parameters():
@@ -51,6 +55,20 @@ def lr_at(cfg: RunConfig, step: int, total: int, plateau_scale: float = 1.0) -> 
     return base * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress)))  # cosine, onecycle
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+def encoder_lr_at(cfg: RunConfig, step: int, lr: float) -> float | None:
+    """An hf_encoder's fine-tuning learning rate at `step`, given the head's `lr` then: the run's schedule
+    scaled to `finetune.lr`, 0 before `after_step`, warmed up linearly over `warmup_steps` from there.
+    None when the model has no encoder of its own to train."""
+    ft = getattr(cfg.model, "finetune", None)
+    if ft is None:
+        return None
+    if step < ft.after_step:
+        return 0.0
+    warm = min(1.0, (step - ft.after_step + 1) / ft.warmup_steps) if ft.warmup_steps else 1.0
+    return (ft.lr or cfg.optimizer.lr) * lr / cfg.optimizer.lr * warm
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float, encoder_lr: float | None = None) -> None:
+    """`lr` for every param group, `encoder_lr` (when given) for the one named "encoder"."""
     for g in optimizer.param_groups:
-        g["lr"] = lr
+        g["lr"] = encoder_lr if encoder_lr is not None and g.get("name") == "encoder" else lr

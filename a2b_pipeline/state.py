@@ -333,7 +333,8 @@ class MetaDataLoaderState(_Schema):
 
 
 def _check_metric_name(name: Any) -> Any:
-    if not (isinstance(name, str) and len(name) > 6 and name.split("/", 1)[0] in ("train", "val")):
+    split, sep, rest = name.partition("/") if isinstance(name, str) else ("", "", "")
+    if not (sep and split in ("train", "val") and rest):  # any train/<name> or val/<name>: val/r too
         raise ValueError(
             f"metric name {name!r} must look like 'train/<name>' or 'val/<name>' "
             "(test metrics belong to the evaluation's record)"
@@ -441,8 +442,10 @@ class TrainState(_Schema):
     def from_config(cls, config: RunConfig, run_dir: str | Path | None = None) -> TrainState:
         """A fresh run, status "initialized": nothing is built or written yet; train() starts it. The run
         directory is `checkpoint.dir/<name>-<config hash>` unless given."""
+        from a2b_pipeline.runs import cli_run_dir  # runs.py names run directories
+
         h = config.config_hash()
-        run = (Path(run_dir) if run_dir else Path(config.checkpoint.dir) / f"{config.name}-{h}").resolve()
+        run = (Path(run_dir) if run_dir else cli_run_dir(config)).resolve()
         weights = [d.weight for d in config.data.datasets]
         return cls(
             config=config,

@@ -23,7 +23,7 @@ from torch import nn
 
 from a2b_pipeline.checkpoint_dir import CheckpointError, checkpoint_name, list_checkpoints
 from a2b_pipeline.checkpointing import Checkpointer, CheckpointWriter
-from a2b_pipeline.configs import RunConfig
+from a2b_pipeline.configs import ConfigError, RunConfig
 from a2b_pipeline.data.meta_dataloader import MetaDataLoader
 from a2b_pipeline.data.pipeline import (
     PreparedData,
@@ -39,7 +39,7 @@ from a2b_pipeline.models import build_model, model_io
 from a2b_pipeline.preflight import check_runnable
 from a2b_pipeline.progress import Progress
 from a2b_pipeline.rundir_lock import hold_run_dir
-from a2b_pipeline.schedule import apply_freeze, lr_at, planned_steps, set_lr, val_interval
+from a2b_pipeline.schedule import apply_freeze, encoder_lr_at, lr_at, planned_steps, set_lr, val_interval
 from a2b_pipeline.state import MetricRecord, RNGState, TrainState
 from a2b_pipeline.tracking import Tracker
 
@@ -85,6 +85,31 @@ def train(cfg: TrainState, *, model_hooks: Sequence[ModelHook] = ()) -> TrainSta
     check_runnable(cfg.config)  # a model this machine can't hold is a config error, before any data
     with hold_run_dir(cfg.run_dir):  # one trainer per run directory (RunDirBusyError otherwise)
         return _train(cfg, model_hooks)
+
+
+@dataclass(frozen=True)
+class TrainOutput:
+    """What the seed's Scratch has `fit()` return: the metrics, the checkpoints written and the best one's
+    path. A view of the TrainState `train` returns (kept as `state`), not a loop of its own."""
+
+    metrics: dict[str, float | int]  # the newest value of every train/... and val/... metric
+    paths_to_artifacts: list[Path]  # the run's checkpoint directories on disk, oldest first
+    best_checkpoint_path: Path | None  # by checkpoint.metric; None before a validation
+    state: TrainState
+
+    @classmethod
+    def of(cls, state: TrainState) -> TrainOutput:
+        return cls(
+            metrics=dict(state.metric_state.metrics),
+            paths_to_artifacts=list(state.checkpoint_state.checkpoint_paths),
+            best_checkpoint_path=state.best_checkpoint,
+            state=state,
+        )
+
+
+def fit(cfg: TrainState, *, model_hooks: Sequence[ModelHook] = ()) -> TrainOutput:
+    """The seed's `fit()`: `train`, seen as a TrainOutput."""
+    return TrainOutput.of(train(cfg, model_hooks=model_hooks))
 
 
 def _train(state: TrainState, model_hooks: Sequence[ModelHook]) -> TrainState:
@@ -185,6 +210,7 @@ def setup(state: TrainState, model_hooks: Sequence[ModelHook]) -> Run:
             f"{state.last_checkpoint}: written with world size {state.world_size}, resumed with {world_size}"
         )
     state.world_size = world_size
+    check_schedules_fit(cfg, world_size)
     device = pick_device(cfg, local_rank)
     configure_determinism(cfg, state, device)
     if not resuming:  # a fresh run starts from the state's seeded generators (each rank its own seed)
@@ -246,6 +272,17 @@ def setup(state: TrainState, model_hooks: Sequence[ModelHook]) -> Run:
     )
 
 
+def check_schedules_fit(cfg: RunConfig, world_size: int) -> None:
+    """DDP syncs the gradients of the parameters that were trainable when it started: an encoder whose
+    layers unfreeze later would train apart on each rank."""
+    ft = getattr(cfg.model, "finetune", None)
+    if world_size > 1 and ft is not None and ft.after_step > 0:
+        raise ConfigError(
+            f"model.finetune.after_step={ft.after_step}: unfreezing during a run is not supported with "
+            f"{world_size} processes (DDP); set after_step: 0 or train in one process"
+        )
+
+
 def ensure_writable(run_dir: Path) -> None:
     """Fail now if the run directory can't be created or written; create nothing yet."""
     existing = run_dir.absolute()
@@ -276,7 +313,15 @@ def has_split(data: PreparedData, split: str) -> bool:
 
 def build_optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
     o = cfg.optimizer
-    params = list(model.parameters())  # frozen ones too: freezing by step toggles requires_grad
+    params: Any = list(model.parameters())  # frozen ones too: freezing by step toggles requires_grad
+    own = getattr(model, "encoder_parameters", None)
+    encoder = own() if own is not None else []
+    if encoder:  # a pretrained encoder learns at its own rate (schedule.encoder_lr_at)
+        ids = {id(p) for p in encoder}
+        params = [
+            {"params": [p for p in params if id(p) not in ids]},
+            {"params": encoder, "name": "encoder"},
+        ]
     if o.name == "sgd":
         return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
     if o.name == "adam":
@@ -296,7 +341,8 @@ def train_step(
     step = state.global_step
     apply_freeze(raw_model, cfg, step)
     run.train_loader.set_weights(loader_weights(run.train_loader, cfg, step))
-    set_lr(optimizer, lr_at(cfg, step, run.total_steps, run.plateau["scale"]))
+    lr = lr_at(cfg, step, run.total_steps, run.plateau["scale"])
+    set_lr(optimizer, lr, encoder_lr_at(cfg, step, lr))
     accum = cfg.train.grad_accum_steps
     names = run.train_loader.dataset_names
     step_loss: torch.Tensor | None = None  # summed on device

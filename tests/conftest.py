@@ -5,7 +5,14 @@ The config itself is `_util.tiny_config(tmp_path, overrides)`, for tests that ne
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
+
+# Nothing is downloaded in tests, and no model in the user's Hugging Face cache is found: the hub client
+# reads these once, when first imported.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="a2b-tests-hf-")
 
 import pytest
 from _util import SMALL, tiny_config

@@ -647,19 +647,59 @@ def test_configs_sensor_registers_experiments_and_corpus_sensor_notices_a_change
     assert [r.partition_key for r in result.run_requests] == ["watched"]
     assert not result.dynamic_partitions_requests
 
-    first = corpus_change_sensor(build_sensor_context(instance=instance, resources={"store": store}))
-    assert not first.run_requests  # the first tick only records
-    again = corpus_change_sensor(
-        build_sensor_context(instance=instance, resources={"store": store}, cursor=first.cursor)
+    def tick(cursor=None):
+        return corpus_change_sensor(
+            build_sensor_context(instance=instance, resources={"store": store}, cursor=cursor)
+        )
+
+    first = tick()
+    assert not first.run_requests  # nothing materialized from the corpus yet: nothing to refresh
+    res = materialize(
+        [*ASSETS],
+        instance=instance,
+        resources=_resources(tmp_path / "data", configs),
+        partition_key="watched",
+        selection=[AssetKey("corpus_manifest")],
     )
-    assert not again.run_requests
-    with open(manifest, "a") as f:  # a new row appended to the manifest
+    assert res.success
+    again = tick(first.cursor)
+    assert not again.run_requests  # the corpus is as corpus_manifest recorded it
+    with open(manifest, "a") as f:  # a new row appended to the manifest, from outside the pipeline
         f.write("\n")
-    changed = corpus_change_sensor(
-        build_sensor_context(instance=instance, resources={"store": store}, cursor=again.cursor)
-    )
-    assert sorted(r.partition_key for r in changed.run_requests) == ["other", "watched"]
+    changed = tick(again.cursor)
+    # only the experiment that materialized from it (`other` never did), as data_refresh_job, keyed by content
+    assert [r.partition_key for r in changed.run_requests] == ["watched"]
     assert all(r.job_name in (None, "data_refresh_job") for r in changed.run_requests)
+    assert changed.run_requests[0].run_key.startswith("corpus-watched-")
+    assert not tick(changed.cursor).run_requests  # one request per change, not one per tick
+
+
+def test_edited_configs_ask_for_at_most_a_few_refreshes_a_tick_and_none_twice(tmp_path):
+    from a2b_pipeline.defs.sensors import MAX_REFRESH_REQUESTS, experiment_configs_sensor
+
+    configs = tmp_path / "configs"
+    names = [f"e{i}" for i in range(MAX_REFRESH_REQUESTS + 2)]
+    for name in names:
+        _write_config(configs, name, tmp_path, [])
+    store = ExperimentStore(data_root=str(tmp_path / "data"), configs_dir=str(configs))
+    instance = DagsterInstance.ephemeral()
+
+    def tick(cursor):
+        with build_sensor_context(instance=instance, resources={"store": store}, cursor=cursor) as ctx:
+            return experiment_configs_sensor(ctx)
+
+    result = tick(None)
+    instance.add_dynamic_partitions(
+        experiments.name, list(result.dynamic_partitions_requests[0].partition_keys)
+    )
+    for name in names:  # every config edited at once (as an edited base config does to a sweep)
+        _write_config(configs, name, tmp_path, ["seed=1"])
+    asked = []
+    for _ in range(3):
+        result = tick(result.cursor)
+        assert len(result.run_requests) <= MAX_REFRESH_REQUESTS
+        asked += [r.partition_key for r in result.run_requests]
+    assert sorted(asked) == names  # each once, over two ticks
 
 
 def _missing_corpus_config(configs: Path, tmp_path: Path, name: str) -> Path:

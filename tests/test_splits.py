@@ -120,3 +120,38 @@ def test_split_setting_changes_the_hash_only_when_set(tmp_path: Path) -> None:
     assert config_from_dict(raw).config_hash() == plain
     raw["data"]["split"] = {"group_by": "stimulus"}
     assert config_from_dict(raw).config_hash() != plain
+
+
+# ---- the split by hand (#27): counts, and which ranked groups go where ----
+
+
+@pytest.mark.parametrize(
+    ("n", "val", "test", "want"),
+    [
+        (10, 0.2, 0.2, (6, 2, 2)),
+        (10, 0.25, 0.15, (6, 2, 2)),  # rounded: 2.5 -> 2 (banker's), 1.5 -> 2
+        (3, 0.05, 0.05, (1, 1, 1)),  # a positive fraction keeps at least one group
+        (2, 0.3, 0.3, (1, 1, 0)),  # too few: train keeps one; on a tie test gives way first
+        (3, 0.7, 0.2, (1, 1, 1)),  # otherwise the larger of val and test shrinks
+        (1, 0.2, 0.2, (1, 0, 0)),
+        (8, 0.0, 0.25, (6, 0, 2)),
+        (8, 0.0, 0.0, (8, 0, 0)),
+    ],
+)
+def test_split_counts_by_hand(n: int, val: float, test: float, want: tuple[int, int, int]) -> None:
+    from a2b_pipeline.data.splits import split_counts
+
+    assert split_counts(n, val, test) == want
+
+
+def test_test_takes_the_first_ranked_subjects_val_the_next_train_the_rest() -> None:
+    from a2b_pipeline.data.splits import rank
+
+    recs = [Recording("d", f"r{s}_{i}", f"p{s}", "a.wav", {}) for s in range(10) for i in range(2)]
+    order = sorted({f"p{s}" for s in range(10)}, key=lambda s: rank(7, ("d", s)))
+    parts = split_grouped(recs, 0.2, 0.3, seed=7).parts
+    who = {k: {r.subject_id for r in v} for k, v in parts.items()}
+    assert who == {"test": set(order[:3]), "val": set(order[3:5]), "train": set(order[5:])}
+    assert [r.recording_id for r in parts["train"]] == [
+        r.recording_id for r in recs if r.subject_id in who["train"]
+    ]

@@ -90,7 +90,7 @@ def test_metric_names_are_checked(name: str) -> None:
 
 
 def test_metric_names_accepted() -> None:
-    for name in ("train/loss", "val/pearson_eda"):
+    for name in ("train/loss", "val/pearson_eda", "val/r2", "val/r", "train/x"):
         assert MetricState(metrics={name: 0.0}).metrics == {name: 0.0}
 
 
@@ -339,3 +339,45 @@ def test_schema_1_checkpoint_loads_converted_and_resumes(tmp_path: Path) -> None
     done = train(state)
     assert done.status == "complete" and done.global_step == 6
     assert TrainState.from_checkpoint(ckpt.parent).global_step == 6
+
+
+def test_rng_state_round_trip_through_json_restores_python_numpy_and_torch() -> None:
+    """Captured, written as JSON, read back and restored after every generator moved on: the next draws
+    of python's, numpy's (gaussians too: numpy caches one) and torch's generators are the same."""
+    import random
+
+    import numpy as np
+
+    random.seed(11), np.random.seed(11), torch.manual_seed(11)
+    random.random(), torch.rand(())  # every generator has moved on from its seed
+    np.random.standard_normal()  # leaves a cached gaussian in numpy's state
+    snap = RNGState.capture(seed=11)
+    want = [
+        (random.random(), np.random.standard_normal(), np.random.rand(), float(torch.rand(())))
+        for _ in range(3)
+    ]
+    random.seed(0), np.random.seed(0), torch.manual_seed(0)
+    RNGState.model_validate_json(snap.model_dump_json()).restore()
+    got = [
+        (random.random(), np.random.standard_normal(), np.random.rand(), float(torch.rand(())))
+        for _ in range(3)
+    ]
+    assert got == want
+    # seeded(): the state seeding gives, without touching the global generators
+    seeded = RNGState.seeded(4)
+    random.seed(4), np.random.seed(4), torch.manual_seed(4)
+    want = (random.random(), np.random.rand(), float(torch.rand(())))
+    seeded.restore()
+    assert (random.random(), np.random.rand(), float(torch.rand(()))) == want
+
+
+def test_best_model_path_names_the_best_step_only_when_it_is_written(tmp_path: Path) -> None:
+    s = _state(tmp_path)
+    s.checkpoint_state.best_step, s.checkpoint_state.best_value = 3, 0.9
+    best = _write(s, 3)
+    assert s.model_state.best_model_path == best / "model.safetensors"
+    later = _write(s, 5)  # not the best: best stays where it was, last moves
+    assert s.model_state.best_model_path == best / "model.safetensors"
+    assert s.model_state.last_model_path == later / "model.safetensors"
+    loaded = TrainState.from_checkpoint(later)
+    assert loaded.best_checkpoint == best.resolve() and loaded.last_checkpoint == later.resolve()

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from a2b_pipeline.configs import DataConfig
+from a2b_pipeline.configs import DataConfig, ModelConfig
 from a2b_pipeline.data import audio, feature_cache, features, signal_csv, targets
 from a2b_pipeline.data.audio import read_audio
 from a2b_pipeline.data.features import log_mel, n_frames
@@ -25,9 +25,16 @@ class LoadedRecording:
     features: torch.Tensor  # [T_frames, n_mels] raw log-mel, frame j at j / frame_rate
     target: torch.Tensor  # [T_target, C] raw signal, sample j at j / target_rate; NaN where unknown
     rec: Recording
+    # [T_frames, width]: the model's own inputs on the same frame grid when it doesn't read log-mel
+    # (hf_encoder: a pretrained encoder's hidden states, or the waveform in frames); baselines read `features`
+    inputs: torch.Tensor | None = None
+
+    @property
+    def model_input(self) -> torch.Tensor:
+        return self.features if self.inputs is None else self.inputs
 
 
-def load_recording(rec: Recording, data: DataConfig) -> LoadedRecording:
+def load_recording(rec: Recording, data: DataConfig, model: ModelConfig | None = None) -> LoadedRecording:
     """Decode and featurise one recording; the single place where audio is decoded.
 
     Both tensors end with the audio (limited by `rec.duration_seconds`); targets are NaN where a signal
@@ -64,7 +71,48 @@ def load_recording(rec: Recording, data: DataConfig) -> LoadedRecording:
     frames = all_features[:n_f]
     n_t = math.ceil(limit * data.target_rate - 1e-9)
     target = feature_cache.extend_target(all_target, n_t)
-    return LoadedRecording(features=frames, target=target, rec=rec)
+    inputs = _model_inputs(rec, data, model, n_f) if model is not None and reads_own_inputs(model) else None
+    return LoadedRecording(features=frames, target=target, rec=rec, inputs=inputs)
+
+
+def reads_own_inputs(model: ModelConfig) -> bool:
+    """Models whose windows hold something other than log-mel frames."""
+    return model.name == "hf_encoder"
+
+
+def normalizes_inputs(model: ModelConfig | None) -> bool:
+    """Inputs standardised with train-split statistics: not a waveform (its feature extractor does it)."""
+    return not (model is not None and model.name == "hf_encoder" and model.finetune is not None)
+
+
+def _model_inputs(rec: Recording, data: DataConfig, model: Any, n_f: int) -> torch.Tensor:
+    """An hf_encoder's inputs for the recording's frames [n_f, width], through the feature cache (keyed by
+    the encoder's id, revision, weights digest and layer selection, and the audio's content)."""
+    from a2b_pipeline.models import hf_encoder  # transformers only where such a model is configured
+
+    settings = {"kind": "hf_encoder", **hf_encoder.cache_settings(model, data.frame_rate)}
+    code = (*FEATURE_CODE, hf_encoder)
+    inputs, _ = feature_cache.audio_array(
+        rec, data.cache_dir, "inputs", settings, lambda path: audio_inputs(path, data, model), code
+    )
+    return fit_frames(inputs, n_f)
+
+
+def audio_inputs(path: str, data: DataConfig, model: Any) -> tuple[torch.Tensor, int]:
+    """An hf_encoder's inputs for a whole audio file (decoded at the encoder's rate) and its samples."""
+    from a2b_pipeline.models import hf_encoder
+
+    sr = hf_encoder.encoder_rate(model)
+    wave = read_audio(path, sr)
+    n = n_frames(wave.shape[0], sr, data.frame_rate)
+    return hf_encoder.recording_inputs(model, wave, n, data.frame_rate), int(wave.shape[0])
+
+
+def fit_frames(inputs: torch.Tensor, n_f: int) -> torch.Tensor:
+    """`n_f` frames: the encoder's grid can end a frame before the log-mel one (its last frame repeats)."""
+    if inputs.shape[0] < n_f:
+        inputs = torch.cat([inputs, inputs[-1:].expand(n_f - inputs.shape[0], -1)])
+    return inputs[:n_f]
 
 
 def _decode(path: str, data: DataConfig) -> tuple[torch.Tensor, int]:
@@ -163,13 +211,18 @@ def _moments(tensors: list[torch.Tensor], width: int) -> tuple[list[float], list
 
 
 def compute_norm_stats(
-    train: list[LoadedRecording], everything: list[LoadedRecording], data: DataConfig
+    train: list[LoadedRecording], everything: list[LoadedRecording], data: DataConfig, features: bool = True
 ) -> NormStats:
     """Feature and global target stats from `train` only; per-subject target stats from each subject's own
-    recordings in `everything` (see NormStats)."""
+    recordings in `everything` (see NormStats). The features are the model's inputs; `features=False`
+    leaves them as they are (mean 0, std 1)."""
     if not train:
         raise ValueError("cannot compute normalisation statistics: the train split has no recordings")
-    fm, fs = _moments([r.features for r in train], data.n_mels)
+    width = train[0].model_input.shape[1]
+    if features:
+        fm, fs = _moments([r.model_input for r in train], width)
+    else:
+        fm, fs = [0.0] * width, [1.0] * width
     tm, ts = _moments([r.target for r in train], len(data.channels))
     subjects: dict[str, dict[str, list[float]]] = {}
     if data.normalize == "subject":
@@ -203,7 +256,7 @@ class WindowDataset(Dataset):
             for k in itertools.count():
                 s = k * data.hop_seconds
                 f0, t0 = round(s * data.frame_rate), round(s * data.target_rate)
-                if f0 + fw > r.features.shape[0] or t0 + tw > r.target.shape[0]:
+                if f0 + fw > r.model_input.shape[0] or t0 + tw > r.target.shape[0]:
                     break
                 if torch.isfinite(r.target[t0 : t0 + tw]).all():
                     self.index.append((i, f0, t0, s))
@@ -216,7 +269,7 @@ class WindowDataset(Dataset):
         rec = self.loaded[r]
         fm, fs = self._feat_stats
         tm, ts = self._target_stats[r]
-        x = (rec.features[f0 : f0 + self.frames_per_window] - fm) / fs
+        x = (rec.model_input[f0 : f0 + self.frames_per_window] - fm) / fs
         y = (rec.target[t0 : t0 + self.targets_per_window] - tm) / ts
         return x.float(), y.float()
 

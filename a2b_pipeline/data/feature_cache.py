@@ -63,6 +63,8 @@ STATS: dict[str, int] = {
     "features_miss": 0,
     "target_hit": 0,
     "target_miss": 0,
+    "inputs_hit": 0,  # a model's own inputs (hf_encoder: a pretrained encoder's hidden states)
+    "inputs_miss": 0,
     "corrupt": 0,
 }
 
@@ -274,38 +276,45 @@ def audio_features(
     `compute(local_audio_path)` does the decoding on a miss; `code` (the modules and functions it runs) is
     part of the key. BadRecordingErrors name the original path.
     """
-    local = _localize(rec.audio_path, rec, data.cache_dir)
+    settings = {"sample_rate": data.sample_rate, "n_mels": data.n_mels, "frame_rate": data.frame_rate}
+    feats, meta = audio_array(rec, data.cache_dir, "features", {"kind": "logmel", **settings}, compute, code)
+    return feats, int(meta["n_samples"])
+
+
+def audio_array(
+    rec: Recording,
+    cache_dir: str | None,
+    kind: str,
+    settings: dict[str, Any],
+    compute: Callable[[str], tuple[torch.Tensor, int]],
+    code: Sequence[object],
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """An array computed from a recording's audio alone (log-mel frames, a model's inputs), cached under
+    `kind` and keyed by the audio's content, `settings` and `code`; meta holds `n_samples` from `compute`.
+    One tensor per key is shared in this process while alive (every listener of a song)."""
+    local = _localize(rec.audio_path, rec, cache_dir)
     key = settings_hash(
-        {
-            "kind": "logmel",
-            "v": FEATURE_CODE_VERSION,
-            "code": code_version(code),
-            "audio": content_hash(local),
-            "sample_rate": data.sample_rate,
-            "n_mels": data.n_mels,
-            "frame_rate": data.frame_rate,
-        }
+        {"v": FEATURE_CODE_VERSION, "code": code_version(code), "audio": content_hash(local), **settings}
     )
 
     def build() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         try:
-            feats, n_samples = compute(local)
+            arr, n_samples = compute(local)
         except BadRecordingError as e:
             path = rec.audio_path if e.path == local else e.path
             raise BadRecordingError(rec, path, e.reason) from None
-        return {"features": feats.detach().cpu().numpy().astype(np.float32)}, {"n_samples": int(n_samples)}
+        return {"features": arr.detach().cpu().numpy()}, {"n_samples": int(n_samples)}
 
     with _key_lock(key):
         alive = _ALIVE.get(key)
         if alive is not None and key in _ALIVE_META:
-            _count("features_hit")
-            return alive, _ALIVE_META[key]
-        arrays, meta = get_or_build(cache_root(data.cache_dir), "features", key, build)
-        feats = torch.from_numpy(arrays["features"])
-        n_samples = int(meta["n_samples"])
-        _ALIVE[key] = feats
-        _ALIVE_META[key] = n_samples
-    return feats, n_samples
+            _count(f"{kind}_hit")
+            return alive, {"n_samples": _ALIVE_META[key]}
+        arrays, meta = get_or_build(cache_root(cache_dir), kind, key, build)
+        arr = torch.from_numpy(arrays["features"])
+        _ALIVE[key] = arr
+        _ALIVE_META[key] = int(meta["n_samples"])
+    return arr, meta
 
 
 def target(

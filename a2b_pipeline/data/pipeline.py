@@ -24,6 +24,7 @@ from a2b_pipeline.data.datasets import (
     WindowDataset,
     compute_norm_stats,
     load_recording,
+    normalizes_inputs,
 )
 from a2b_pipeline.data.meta_dataloader import MetaDataLoader, ShardedEpochSampler, derive_seed
 from a2b_pipeline.data.recording import BadRecordingError, Listing, Recording, Skipped
@@ -129,7 +130,7 @@ def compute_data_version(cfg: RunConfig, listings: dict[str, Listing]) -> str:
 def _load_all(recs: list[Recording], cfg: RunConfig) -> tuple[list[LoadedRecording], list[Skipped]]:
     def one(rec: Recording) -> LoadedRecording | BadRecordingError:
         try:
-            return load_recording(rec, cfg.data)
+            return load_recording(rec, cfg.data, cfg.model)
         except BadRecordingError as e:
             return e
 
@@ -183,7 +184,9 @@ def prepare_data(cfg: RunConfig) -> PreparedData:
     everything = [lr for part in loaded_by.values() for lst in part.values() for lr in lst]
     # dropped recordings count for their listener's own statistics (mode "subject"): they are listened to,
     # never trained on, and the other_listeners baseline reads them
-    norm = compute_norm_stats(train, everything + [d.loaded for d in dropped], cfg.data)
+    norm = compute_norm_stats(
+        train, everything + [d.loaded for d in dropped], cfg.data, features=normalizes_inputs(cfg.model)
+    )
     splits = {
         s: {name: WindowDataset(lst, cfg.data, norm) for name, lst in part.items()}
         for s, part in loaded_by.items()

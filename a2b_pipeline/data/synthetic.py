@@ -1,6 +1,6 @@
 """A deterministic synthetic corpus of real files: listeners who respond to sound as the literature describes.
 
-Audio (`_clip`): a quiet bed (-40..-28 dB, swelling slowly) with sound events of 1-5 s (-20..0 dB), each
+Audio (`_clip`): a quiet bed (-40..-22 dB, swelling slowly) with sound events of 1-5 s (-20..0 dB), each
 one of a few "sounds" of the clip (a pitch and a tone/noise mix), so sounds repeat; some events change
 pitch midway. The generator knows the acoustic events it made (`_Trigger`): an *onset* (a sudden rise in
 loudness, intensity = the rise over 40 dB) or a *novelty* (a pitch jump of the sustained sound, intensity =

@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 RECORDS_DIR = "dagster"
 RECORD_KEY = "record"
 RECORD_SHA_KEY = "record_sha256"
+CORPUS_FINGERPRINT = (
+    "corpus_fingerprint"  # corpus_manifest's metadata: the corpus files' stat as it read them
+)
 # Digests on a page show their first 16 hex digits: whole ones were cut at the column edge, and 64 bits
 # tell any two files apart that are not forged to collide. The record files keep them whole.
 SHORT_DIGEST = 16
@@ -62,8 +65,11 @@ class Experiment:
         return self.dir / RECORDS_DIR
 
     def run_dir(self, data_version: str) -> Path:
-        """One training run per (config, data): a retry resumes here, new data or config starts anew."""
-        return self.dir / f"train-{self.config_hash}-{data_version[:12]}"
+        """One training run per (config, data): a retry resumes here, new data or config starts anew (a
+        fresh launch in `<this>.attempt-<n>`, see runs.py)."""
+        from a2b_pipeline.runs import experiment_run_dir
+
+        return experiment_run_dir(self.dir, self.cfg, data_version)
 
 
 def load_experiment(

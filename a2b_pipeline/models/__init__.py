@@ -9,6 +9,7 @@ from torch import nn
 
 from a2b_pipeline.configs import (
     ConvGRUConfig,
+    HFEncoderConfig,
     PretrainedEncoderConfig,
     RunConfig,
     TCNConfig,
@@ -22,16 +23,26 @@ from a2b_pipeline.models.transformer import Transformer
 
 __all__ = ["MODELS", "AudioEncoder", "ModelIO", "build_model", "model_io"]
 
+
+def _hf_encoder(cfg: HFEncoderConfig, io: ModelIO) -> nn.Module:
+    # transformers (an optional extra) is imported only when such a model is built
+    from a2b_pipeline.models.hf_encoder import HFEncoderModel
+
+    return HFEncoderModel(cfg, io)
+
+
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "conv_gru": ConvGRU,
     "tcn": TCN,
     "transformer": Transformer,
     "pretrained_encoder": PretrainedEncoderModel,
+    "hf_encoder": _hf_encoder,
 }
 
 
 def build_model(
-    cfg: ConvGRUConfig | TCNConfig | TransformerConfig | PretrainedEncoderConfig, io: ModelIO
+    cfg: ConvGRUConfig | TCNConfig | TransformerConfig | PretrainedEncoderConfig | HFEncoderConfig,
+    io: ModelIO,
 ) -> nn.Module:
     return MODELS[cfg.name](cfg, io)
 

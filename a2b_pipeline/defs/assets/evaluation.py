@@ -141,7 +141,7 @@ def _evaluate(step: AssetStep, ckpt: Path, ckpt_sha: str, state: Any) -> tuple[d
     )
     png = result.plot(3, title)
     plot_path = materialization_file(exp, "evaluation", step.run_id, ".png")
-    atomic_write(plot_path, png)
+    plot_sha = atomic_write(plot_path, png)
     record = {
         "config_hash": state.config_hash,
         "data_version": state.data_version,
@@ -151,9 +151,11 @@ def _evaluate(step: AssetStep, ckpt: Path, ckpt_sha: str, state: Any) -> tuple[d
         "split": "test",
         "metrics": metrics,
         "plot": str(plot_path),
+        "plot_sha256": plot_sha,
         "recordings_plotted": min(3, len(result.recordings)),
         "device": str(device),
         "report": result.report,
         "report_path": str(report_path),
+        "report_sha256": sha256_bytes(report_path.read_bytes()),
     }
     return record, png
