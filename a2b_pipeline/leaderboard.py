@@ -352,7 +352,10 @@ def to_markdown(rows: list[Row]) -> str:
 def to_table(rows: list[Row]) -> tuple[list[str], list[dict[str, str]]]:
     """The compact table a UI shows inline: (columns, one dict per row, best first): the main metric's
     mean over channels with its interval, how much better than each baseline, and where it came from."""
-    baselines = _baseline_names(rows)
+    # a margin column only where some row has one (the r of a constant predictor is undefined)
+    baselines = [
+        b for b in _baseline_names(rows) if any(r.margins.get(b, Cell(None)).value is not None for r in rows)
+    ]
     metric = rows[0].metric if rows else DEFAULT_METRIC
     columns = ["experiment", "status", "model", "datasets", f"{metric} (mean)"]
     columns += [f"better than {b} by" for b in baselines] + ["steps", "config hash", "note"]
