@@ -74,6 +74,6 @@ def verdict(report: dict[str, Any], metric: str = GATE_METRIC) -> Verdict:
     by = f"by {fmt_interval(m)} on {label}"
     if m["ci_low"] is not None and m["ci_low"] > 0:
         return Verdict("ok", f"ok: model better than {best}, the best baseline, {by}", best, margins)
-    why = "the interval reaches 0" if m["ci_low"] is not None else "no interval: one subject"
+    why = "its interval is not above 0" if m["ci_low"] is not None else "no interval: one subject"
     line = f"WARN: model not reliably better than {best}, the best baseline: better than it {by} ({why})"
     return Verdict("warn", line, best, margins)
