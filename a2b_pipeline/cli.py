@@ -196,14 +196,24 @@ def cmd_remove_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from a2b_pipeline.evaluate import report_path, run_evaluation, write_report
+    from a2b_pipeline.evaluate import report_path, report_table, run_evaluation, write_report
+    from a2b_pipeline.gate import verdict
 
     report = run_evaluation(args.checkpoint, args.split).report
-    print(json.dumps(report, indent=1, sort_keys=True))  # first: a report that can't be saved is still shown
+    path, unsaved = report_path(report), None
     try:
         write_report(report)
-    except OSError as e:
-        print(f"error: the report could not be written to {report_path(report)} ({e})", file=sys.stderr)
+    except OSError as e:  # a read-only run directory: the report is still shown, and where it failed said
+        unsaved = f"error: the report could not be written to {path} ({e})"
+    line = f"verdict: {verdict(report).line}"
+    if args.json:  # stdout stays one JSON document; the verdict goes to stderr
+        print(json.dumps(report, indent=1, sort_keys=True))
+        print(line, file=sys.stderr)
+    else:
+        print(report_table(report, path))
+        print(line)
+    if unsaved:
+        print(unsaved, file=sys.stderr)
         return 1
     return 0
 
@@ -357,10 +367,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser(
         "evaluate",
-        help="the model and its baselines on a split, as JSON (also <run_dir>/evaluation-<split>.json)",
+        help="the model and its baselines on a split: a short table and a verdict (--json: the full report; "
+        "always written to <run_dir>/evaluation-<split>.json)",
     )
     s.add_argument("checkpoint", help="a checkpoint directory, or a run directory (its best checkpoint)")
     s.add_argument("--split", default="test", choices=["train", "val", "test"])
+    s.add_argument("--json", action="store_true", help="print the full report as JSON (verdict on stderr)")
     s.set_defaults(fn=cmd_evaluate)
 
     s = sub.add_parser(

@@ -231,24 +231,75 @@ def _fmt(s: dict[str, Any]) -> str:
     return f"{s['value']:.3f}{ci}"
 
 
-def report_markdown(report: dict[str, Any], metrics: tuple[str, ...] = ("pearson", "mae")) -> str:
-    """The report's summary as a Markdown table: whole-recording medians [95% interval] per channel and
-    mean, for the model and each baseline, and the model's margin over each (positive = model better)."""
+def summary_rows(
+    report: dict[str, Any], metrics: tuple[str, ...] = ("pearson", "mae")
+) -> tuple[list[str], list[dict[str, str]]]:
+    """(columns, rows) of the report's summary: whole-recording medians [95% interval] per channel and mean,
+    for the model and each baseline, then how much better the model is than each (positive = better)."""
     summary = report["summary"]
     keys = [*report["channels"], "mean"]
-    head = "| predictor | " + " | ".join(f"{m} {k}" for m in metrics for k in keys) + " |"
-    lines = [head, "|" + " --- |" * (1 + len(metrics) * len(keys))]
+    columns = ["predictor", *(f"{m} {k}" for m in metrics for k in keys)]
+    rows = []
     for name, p in sorted(summary["predictors"].items(), key=lambda item: item[0] != "model"):
         cells = [_fmt(p["recording"][m][k]) for m in metrics for k in keys] if p["available"] else []
         cells = cells or [f"n/a: {p['reason']}"] + [""] * (len(metrics) * len(keys) - 1)
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        rows.append(dict(zip(columns, [name, *cells], strict=True)))
     for name, levels in summary["margins"].items():
         cells = [_fmt(levels["recording"][m][k]) for m in metrics for k in keys]
-        lines.append(f"| model - {name} | " + " | ".join(cells) + " |")
+        rows.append(dict(zip(columns, [f"better than {name} by", *cells], strict=True)))
+    return columns, rows
+
+
+def summary_caption(report: dict[str, Any]) -> str:
+    summary = report["summary"]
     n = f"{summary['n_recordings']} recordings of {summary['n_subjects']} subjects"
-    return f"Whole recordings, {report['split']} split ({n}); median [bootstrap 95% over subjects]\n\n" + (
-        "\n".join(lines)
-    )
+    return f"Whole recordings, {report['split']} split ({n}); median [bootstrap 95% over subjects]"
+
+
+def report_markdown(report: dict[str, Any], metrics: tuple[str, ...] = ("pearson", "mae")) -> str:
+    """The report's summary (`summary_rows`) as a Markdown table under its caption."""
+    columns, rows = summary_rows(report, metrics)
+    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    lines += ["| " + " | ".join(r[c] for c in columns) + " |" for r in rows]
+    return summary_caption(report) + "\n\n" + "\n".join(lines)
+
+
+def report_table(report: dict[str, Any], path: str | Path | None = None, metric: str = "pearson") -> str:
+    """The terminal summary of a report: per channel (and the mean), the model's whole-recording median with
+    its interval, each baseline's, and how much better the model is than each (positive = better), then
+    the recordings and subjects it rests on and where the full report is."""
+    from a2b_pipeline.gate import METRIC_LABEL, fmt_interval
+
+    summary = report["summary"]
+    baselines = [b for b in summary["predictors"] if b != "model"]
+    # a margin column only where the baseline scores somewhere (a constant's r is undefined everywhere)
+    scored = [
+        b for b in baselines if summary["predictors"][b]["recording"][metric]["mean"]["value"] is not None
+    ]
+    head = ["channel", "model", *baselines, *(f"better than {b} by" for b in scored)]
+    rows = []
+    for ch in [*report["channels"], "mean"]:
+        cells = [ch, fmt_interval(summary["predictors"]["model"]["recording"][metric][ch])]
+        for b in baselines:
+            p = summary["predictors"][b]
+            value = p["recording"][metric][ch]["value"]
+            cells.append("n/a" if not p["available"] else "undefined" if value is None else f"{value:.3f}")
+        cells += [fmt_interval(summary["margins"][b]["recording"][metric][ch]) for b in scored]
+        rows.append(cells)
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()  # noqa: E731
+    n = f"{summary['n_recordings']} recordings of {summary['n_subjects']} subjects"
+    out = [
+        f"{report['experiment']} step {report['global_step']}, {report['split']} split ({n}): "
+        f"whole-recording {METRIC_LABEL.get(metric, metric)}, median [bootstrap 95% over subjects]",
+        "",
+        line(head),
+        *(line(r) for r in rows),
+        "",
+    ]
+    if path is not None:
+        out.append(f"full report: {path}")
+    return "\n".join(out)
 
 
 def write_report(report: dict[str, Any]) -> Path:
@@ -274,7 +325,7 @@ def plot_recordings(
     evals: list[RecordingEval], channels: list[str], target_rate: float, title: str, units: str = "z-score"
 ) -> bytes:
     """PNG: whole recordings (a row each, a column per channel), the true signal with the model's and every
-    baseline's prediction on the same samples. Every panel has its legend and both axis labels."""
+    baseline's prediction on the same samples; one legend below the panels; both axis labels on each."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -295,11 +346,24 @@ def plot_recordings(
             ax.tick_params(labelsize=7)
             ax.set_xlabel("time (s)", fontsize=8)
             ax.set_ylabel(f"{ch} ({units})", fontsize=8)
-            ax.legend(fontsize=6, loc="upper right", ncol=2)
+    # one legend for every panel, below them (inside a panel it covers the curves)
+    handles: dict[str, Any] = {}
+    for ax in axes.flat:
+        for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, h)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    fig.legend(
+        list(handles.values()),
+        list(handles.keys()),
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.0),
+        ncol=len(handles),
+        fontsize=8,
+        frameon=False,
+    )
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format="png", bbox_inches="tight")
     plt.close(fig)
     return buf.getvalue()
 

@@ -392,7 +392,7 @@ def test_evaluate_prints_the_report_it_could_not_write(
     blocked = run / "evaluation-test.json"
     blocked.mkdir()  # a write that fails even for root (a read-only run directory, for anyone else)
     (blocked / "keep").write_text("")
-    code = main(["evaluate", str(run)])
+    code = main(["evaluate", str(run), "--json"])
     out, err = capsys.readouterr()
     assert code == 1, err
     assert json.loads(out)["split"] == "test"  # the whole report, on stdout

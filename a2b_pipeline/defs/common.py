@@ -13,11 +13,19 @@ import io
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dagster import AssetKey, AssetRecordsFilter, Failure, MetadataValue
+from dagster import (
+    AssetKey,
+    AssetRecordsFilter,
+    Failure,
+    MetadataValue,
+    TableColumn,
+    TableRecord,
+    TableSchema,
+)
 
 from a2b_pipeline.defs.resources import ExperimentStore, TrainDevice, WandbTracking
 from a2b_pipeline.files import MAX_RECORD_BYTES, MAX_STATE_BYTES, FileRefusedError, parse_json, read_bounded
@@ -47,6 +55,7 @@ class Experiment:
     config_file: Path
     cfg: RunConfig
     dir: Path
+    overrides: dict[str, Any] = field(default_factory=dict)  # a sweep experiment's, over its base config
 
     @property
     def config_hash(self) -> str:
@@ -73,7 +82,13 @@ def load_experiment(
     cfg = store.rebase(store.load_config(name))  # a copy: the settings below are set on it
     tracking.apply(cfg)
     compute.apply(cfg)
-    exp = Experiment(name=name, config_file=config_file, cfg=cfg, dir=store.experiment_dir(cfg, name))
+    exp = Experiment(
+        name=name,
+        config_file=config_file,
+        cfg=cfg,
+        dir=store.experiment_dir(cfg, name),
+        overrides=store.overrides(name),
+    )
     exp.records.mkdir(parents=True, exist_ok=True)
     effective = exp.records / f"config-{exp.config_hash}.yaml"
     if not effective.exists():
@@ -186,6 +201,18 @@ def json_details(obj: Any) -> MetadataValue:
     return MetadataValue.md("```json\n" + json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n```")
 
 
+def config_table(exp: Experiment, state: TrainState) -> MetadataValue:
+    """The config in a few lines (model and size, loss, optimizer, datasets and weights, group_by, steps; a
+    sweep's overrides), as a table the UI shows inline."""
+    from a2b_pipeline.config_summary import summarize_config
+
+    rows = summarize_config(state.config, state.model_state.model_ram_size_bytes, exp.overrides)
+    return MetadataValue.table(
+        [TableRecord({"setting": k, "value": redact_text(v)}) for k, v in rows.items()],
+        schema=TableSchema([TableColumn("setting", "string"), TableColumn("value", "string")]),
+    )
+
+
 def lineage_metadata(
     exp: Experiment,
     state: TrainState,
@@ -206,6 +233,7 @@ def lineage_metadata(
         md["data_version"] = data_version
     md["train_state"] = MetadataValue.path(str(state_path))
     if trained:
+        md["config"] = config_table(exp, state)
         md["status"] = state.status
         md["global_step"] = MetadataValue.int(state.global_step)
         md["best_metric"] = state.checkpoint_state.best_metric

@@ -6,7 +6,7 @@ best_checkpoint -> evaluation
 from pathlib import Path
 from typing import Any
 
-from dagster import Failure, MetadataValue
+from dagster import Failure, MetadataValue, TableColumn, TableRecord, TableSchema
 
 from a2b_pipeline.defs.assets.training import best_checkpoint
 from a2b_pipeline.defs.common import (
@@ -53,8 +53,17 @@ def _headline(report: dict) -> dict[str, MetadataValue]:
     return out
 
 
+def _summary_table(report: dict) -> MetadataValue:
+    from a2b_pipeline.evaluate import summary_rows
+
+    columns, rows = summary_rows(report)
+    return MetadataValue.table(
+        [TableRecord(r) for r in rows], schema=TableSchema([TableColumn(c, "string") for c in columns])
+    )
+
+
 @experiment_asset(
-    code_version="3",
+    code_version="4",
     reads=["best_checkpoint"],
     deps=[best_checkpoint],
     kinds={"pytorch"},
@@ -64,7 +73,7 @@ def _headline(report: dict) -> dict[str, MetadataValue]:
     "<run_dir>/evaluation-test.json); a plot of the model and the baselines on the same test recordings.",
 )
 def evaluation(step: AssetStep) -> Produced:
-    from a2b_pipeline.evaluate import report_markdown
+    from a2b_pipeline.evaluate import summary_caption
     from a2b_pipeline.security import check_grant
     from a2b_pipeline.state import TrainState
 
@@ -91,7 +100,9 @@ def evaluation(step: AssetStep) -> Produced:
             "plot": png_markdown(png, f"{exp.name}: model and baselines vs true"),
             **{k: rounded(v) for k, v in sorted(metrics.items())},
             **_headline(record["report"]),
-            "summary": MetadataValue.md(report_markdown(record["report"])),
+            # a table the UI renders inline (Markdown would hide behind "[Show Markdown]")
+            "summary": _summary_table(record["report"]),
+            "summary_about": summary_caption(record["report"]),
             "report_path": MetadataValue.path(record["report_path"]),
             "plot_path": MetadataValue.path(record["plot"]),
             "evaluated_data_version": record["evaluated_data_version"],
