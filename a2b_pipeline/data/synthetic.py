@@ -54,6 +54,9 @@ from a2b_pipeline.data.manifest import summarize_manifest
 
 __all__ = ["summarize_manifest", "write_synthetic_corpus"]  # summarize_manifest: for `a2b synth`
 
+# Bump when the files written for the same settings change: a corpus on disk from another version is then
+# refused (naming both), never silently read as if it were this generator's.
+GENERATOR_VERSION = 2
 CONTROL_RATE = 100  # Hz: envelope and responses are computed on this grid
 SIGNAL_RATE = 32  # Hz of the written signal files
 FLOOR_DB, EVENT_DB = -40.0, (-20.0, 0.0)
