@@ -196,15 +196,33 @@ def cmd_remove_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from a2b_pipeline.evaluate import evaluate_report
+    from a2b_pipeline.evaluate import report_path, report_table, run_evaluation, write_report
+    from a2b_pipeline.gate import verdict
 
-    print(json.dumps(evaluate_report(args.checkpoint, args.split), indent=1, sort_keys=True))
+    report = run_evaluation(args.checkpoint, args.split).report
+    path, unsaved = report_path(report), None
+    try:
+        write_report(report)
+    except OSError as e:  # a read-only run directory: the report is still shown, and where it failed said
+        unsaved = f"error: the report could not be written to {path} ({e})"
+    line = f"verdict: {verdict(report).line}"
+    if args.json:  # stdout stays one JSON document; the verdict goes to stderr
+        print(json.dumps(report, indent=1, sort_keys=True))
+        print(line, file=sys.stderr)
+    else:
+        print(report_table(report, path))
+        print(line)
+    if unsaved:
+        print(unsaved, file=sys.stderr)
+        return 1
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from a2b_pipeline.predict import predict_files
 
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ConfigError(f"--out {args.out}: exists and is not a directory (predictions go into one)")
     results = predict_files(args.checkpoint, args.audio, args.out, args.device, args.subject)
     for r in results:
         if r.error:
@@ -349,10 +367,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser(
         "evaluate",
-        help="the model and its baselines on a split, as JSON (also <run_dir>/evaluation-<split>.json)",
+        help="the model and its baselines on a split: a short table and a verdict (--json: the full report; "
+        "always written to <run_dir>/evaluation-<split>.json)",
     )
     s.add_argument("checkpoint", help="a checkpoint directory, or a run directory (its best checkpoint)")
     s.add_argument("--split", default="test", choices=["train", "val", "test"])
+    s.add_argument("--json", action="store_true", help="print the full report as JSON (verdict on stderr)")
     s.set_defaults(fn=cmd_evaluate)
 
     s = sub.add_parser(
@@ -409,11 +429,31 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# HTTP and object-store clients whose DEBUG output carries credentials (botocore prints the access key ID
+# and session token of signed requests): never more verbose than WARNING, whatever -v says.
+WIRE_LOGGERS = (
+    "botocore",
+    "boto3",
+    "s3transfer",
+    "aiobotocore",
+    "s3fs",
+    "fsspec",
+    "urllib3",
+    "aiohttp",
+    "requests",
+    "httpx",
+    "httpcore",
+    "gcsfs",
+    "adlfs",
+    "azure",
+)
+
+
 class RedactURLs(logging.Filter):
     """Log lines show URLs without their credentials (a `user:password@` part, signature parameters)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from a2b_pipeline.data.remote import redact_text
+        from a2b_pipeline.security import redact_text
 
         message = record.getMessage()
         shown = redact_text(message)
@@ -435,22 +475,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactURLs())
+    for wire in WIRE_LOGGERS:  # -v is about the pipeline: these print request headers, signatures, tokens
+        logging.getLogger(wire).setLevel(logging.WARNING)
     from torch.cuda import OutOfMemoryError
 
     from a2b_pipeline.data.recording import BadRecordingError
-    from a2b_pipeline.data.remote import redact_text
+    from a2b_pipeline.files import FileRefusedError
+    from a2b_pipeline.security import GrantError, redact_text
     from a2b_pipeline.state import CheckpointError
 
     try:
         return args.fn(args)
-    except ConfigError as e:
+    except (ConfigError, GrantError, FileRefusedError) as e:  # bad input, named
         print(f"error: {redact_text(str(e))}", file=sys.stderr)
         return 2
     except (
         CheckpointError,
         BadRecordingError,
-        FileNotFoundError,
-        PermissionError,
+        OSError,  # missing, unreadable or unwritable files, unreachable storage: named by the message
         ValueError,
         OutOfMemoryError,
     ) as e:

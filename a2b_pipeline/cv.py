@@ -26,8 +26,9 @@ from a2b_pipeline.configs import ConfigError, RunConfig
 from a2b_pipeline.data.pipeline import prepare_data
 from a2b_pipeline.data.splits import group_key, group_kinds
 from a2b_pipeline.evaluate import evaluate_report, resolve_checkpoint
-from a2b_pipeline.files import atomic_write
+from a2b_pipeline.files import atomic_write, read_json
 from a2b_pipeline.runs import cv_dir, fold_dir, run_training
+from a2b_pipeline.security import Grant, check_grant
 from a2b_pipeline.state import TrainState
 
 log = logging.getLogger(__name__)
@@ -88,12 +89,17 @@ def test_groups(prepared: Any, group_by: str) -> dict[str, list[str]]:
     return {kind: sorted({"/".join(group_key(r, kind)) for r in recs}) for kind in group_kinds(group_by)}
 
 
-def evaluate_fold(state: Any, device: str = "cpu") -> tuple[dict[str, Any], Path, dict[str, list[str]]]:
+def evaluate_fold(
+    state: Any, device: str = "cpu", grant: Grant | None = None
+) -> tuple[dict[str, Any], Path, dict[str, list[str]]]:
     """Evaluate a fold's best checkpoint on its test set (model and baselines, evaluate.evaluate_report, which
-    writes `<run_dir>/evaluation-test.json`). Returns (report, its path, the test groups)."""
+    writes `<run_dir>/evaluation-test.json`). Returns (report, its path, the test groups). The fold's config
+    may reach at most what `grant` allows (default: the environment's)."""
     ckpt = resolve_checkpoint(state.run_dir)
+    grant = grant or Grant.from_env()
+    check_grant(state.config, grant, str(ckpt))
     data = prepare_data(state.config)
-    report = evaluate_report(ckpt, "test", data=data, device=device)
+    report = evaluate_report(ckpt, "test", data=data, device=device, grant=grant)
     path = Path(report["run_dir"]) / REPORT_FILE.format(split="test")
     return report, path, test_groups(data, state.config.data.split.group_by)
 
@@ -163,7 +169,7 @@ def summarize(cfg: RunConfig, root: Path, results: list[FoldResult]) -> dict[str
     """Write `root/cv_summary.json` from the folds' results and reports; returns it."""
     folds = require_folds(cfg)
     evaluated = [r for r in results if r.report]
-    reports = [json.loads(Path(r.report).read_text()) for r in evaluated]  # type: ignore[arg-type]
+    reports = [read_json(r.report, what="evaluation report") for r in evaluated]  # type: ignore[arg-type]
     problems = [
         f"fold {r.fold}: {r.status}" + (f" ({r.message})" if r.message else "")
         for r in results
@@ -221,7 +227,7 @@ def run_cv(
         if state.status != "complete":
             results.append(fold_result(k, state, None, {}))
             continue
-        _, path, groups = evaluate_fold(state, device)
+        _, path, groups = evaluate_fold(state, device, Grant.from_config(cfg, cfg.name))
         results.append(fold_result(k, state, path, groups))
     return summarize(cfg, root, results)
 
@@ -231,7 +237,7 @@ def _existing(cfg: RunConfig, root: Path, fold: int) -> list[FoldResult]:
     path = root / SUMMARY_FILE
     if not path.is_file():
         return []
-    for r in json.loads(path.read_text()).get("fold_results", []):
+    for r in read_json(path, what="CV summary").get("fold_results", []):
         if r["fold"] == fold:
             return [FoldResult(**r)]
     return []

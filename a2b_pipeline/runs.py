@@ -39,6 +39,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from a2b_pipeline.configs import ConfigError, with_run_settings
+from a2b_pipeline.files import MAX_RECORD_BYTES, read_bounded
+from a2b_pipeline.security import Grant, check_grant
 
 if TYPE_CHECKING:
     from a2b_pipeline.configs import RunConfig
@@ -262,6 +264,9 @@ def plan_run(cfg: RunConfig, base: Path, *, fresh: bool = False, launch: str | N
             f"it holds a run of another config (hash {state.config_hash}; "
             f"this config's is {cfg.config_hash()})",
         )
+    # the checkpoint's config reaches no further than the config given now (#24; the hash check above
+    # makes them equal today: this holds whatever the hash leaves out)
+    check_grant(state.config, Grant.from_config(cfg, cfg.name), str(current))
     notes: list[str] = []
     _set_aside_unreadable(bad, notes)
     state.config = with_run_settings(state.config, cfg)
@@ -471,10 +476,14 @@ def resume_training(
 
     path = Path(path)
     run_dir = path.parent if (path / STATE_FILE).exists() else path
+    if not os.access(run_dir, os.W_OK | os.X_OK):  # else a traceback from the lock file or the first write
+        raise PermissionError(f"{run_dir}: run directory not writable (a resume writes checkpoints there)")
     with process_group(), hold_run_dir(first_attempt(run_dir)), hold_run_dir(run_dir):
         state, bad = _unreadable(run_dir) if path == run_dir else (TrainState.from_checkpoint(path), [])
         if state is None:
             state = TrainState.from_checkpoint(run_dir)  # raises, naming each checkpoint and why
+        # no config is given: the checkpoint's reaches no further than the environment allows (#24)
+        check_grant(state.config, Grant.from_env(), str(path))
         notes: list[str] = []
         if path == run_dir:
             _set_aside_unreadable(bad, notes)
@@ -507,8 +516,8 @@ def plan_removal(run_dirs: Sequence[Path], records_roots: Sequence[Path] = ()) -
     for root in records_roots:
         for record in sorted(Path(root).rglob("*.json")):
             try:
-                text = record.read_text()
-            except OSError:
+                text = read_bounded(record, MAX_RECORD_BYTES).decode(errors="replace")
+            except OSError:  # unreadable, not a regular file, or too big to be a record
                 continue
             if any(str(d) in text for d in dirs):
                 orphaned.append(str(record))

@@ -116,6 +116,9 @@ def _train(state: TrainState, model_hooks: Sequence[ModelHook]) -> TrainState:
     """The loop, in one piece on purpose (about 80 lines): what a step does and when it logs, validates,
     checkpoints and stops reads top to bottom here; the helpers below do one thing each."""
     run = setup(state, model_hooks)
+    step, end = state.global_step, run.total_steps
+    if step > end:  # else it "completes" untrained, naming a checkpoint after that step
+        raise CheckpointError(f"{state.run_dir}: global_step {step} is past the run's end ({end} steps)")
     stop = StopRequest()
     batches = micro_batches(run.train_loader, state, run.cfg.train.num_epochs)
     nonfinite = torch.zeros((), dtype=torch.bool, device=run.device)  # read at log steps: no per-step sync

@@ -188,7 +188,7 @@ sweep_backfill() {
 }
 
 leaderboard_fills_in() {
-  local csv=$DATA/leaderboard/leaderboard.csv
+  local csv=$DATA/data/leaderboard/leaderboard.csv
   for _ in $(seq 90); do
     if [ -f "$csv" ] && [ "$(grep -E '^(smoke\.h8|smoke\.h12|smoke\.h16),' "$csv" | grep -vcE 'missing|not evaluated|running|failed')" = 3 ]; then
       grep -E '^(experiment|smoke\.)' "$csv" | cut -c1-150 | sed 's/^/    /'

@@ -136,7 +136,9 @@ def test_lineage_from_evaluation_back_to_config_and_data(demo):
     assert ev["train_state"] == str(ckpt / "train_state.json")
     assert state.config_hash == splits["config_hash"] == ev["config_hash"]
     assert state.data_version == splits["data_version"] == ev["data_version"]
-    assert state.status == "complete" and state.global_step == 6
+    # the best checkpoint: the final one (complete) or an earlier one whose validation scored higher
+    assert state.global_step == best["best_step"]
+    assert state.status == ("complete" if state.global_step == 6 else "in_progress")
     assert run["status"] == "complete" and run["global_step"] == 6
     assert best["best_metric"] == "val/pearson" and best["best_step"] == state.checkpoint_state.best_step
     # every asset carries the same config hash; the records on disk match their sha256
@@ -159,8 +161,16 @@ def test_lineage_from_evaluation_back_to_config_and_data(demo):
     assert Path(ev["report_path"]) == ckpt.parent / "evaluation-test.json"
     assert set(report["summary"]["predictors"]) == {"model", "constant", "other_listeners", "audio_linear"}
     assert report["summary"]["predictors"]["model"]["recording"]["pearson"]["mean"]["value"] is not None
-    assert "| model |" in ev["summary"] and "| model - audio_linear |" in ev["summary"]
     headline = report["summary"]["predictors"]["model"]["recording"]["pearson"]["mean"]["value"]
+    summary_rows = {r.data["predictor"]: r.data for r in ev["summary"].records}  # a table shown inline
+    assert {"model", "audio_linear", "better than audio_linear by"} <= set(summary_rows)
+    assert summary_rows["model"]["pearson mean"].startswith(f"{headline:.3f}")
+    # which config produced it, in a few lines, on every asset a training run feeds
+    for name in ("training_run", "best_checkpoint", "evaluation"):
+        config = {r.data["setting"]: r.data["value"] for r in md[name]["config"].records}
+        assert config["model"].startswith(f"{state.config.model.name}, ") and "params" in config["model"]
+        assert config["optimizer"].startswith(f"{state.config.optimizer.name}, lr ")
+        assert config["group_by"] == "subject" and config["steps"] == "6" and "weight" in config["datasets"]
     assert ev["recording_r/model"] == float(f"{headline:.4g}")  # rounded for reading; full in the record
     assert splits["group_by"] == "subject" and splits["dropped_count"] == 0
     # the corpus listing: recordings and skipped count; dataset_splits' windows
@@ -294,6 +304,11 @@ def test_evaluation_check_fails_below_its_floor(demo):
         not ev.passed and "demo: test/pearson" in ev.description and "below the floor 1.5" in ev.description
     )
     assert ev.partition == "demo"
+    # a floor or a baseline the model does not reliably beat is a warning; errors are for broken metrics
+    assert ev.severity == AssetCheckSeverity.WARN
+    md = {k: v.value for k, v in ev.metadata.items()}
+    assert {"better than audio_linear by", "verdict"} <= set(md) and "audio_linear" in md["margins"]
+    assert "constant" not in md["margins"]  # a constant's r, and so its margin, is undefined
 
 
 def test_relaunch_reuses_the_complete_run_and_its_evaluation_and_says_so(demo):

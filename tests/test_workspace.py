@@ -41,7 +41,8 @@ def test_no_two_shipped_experiments_describe_one_generated_folder_differently(tm
     tcn = configs["tcn"].model_copy(deep=True)
     tcn.data.datasets[0].synthetic.stimuli = None
     (conflict,) = folder_conflicts({**configs, "tcn": tcn})
-    assert "synth_a" in conflict and "'stimuli': 6" in conflict and "tcn" in conflict
+    stimuli = configs["demo"].data.datasets[0].synthetic.stimuli
+    assert "synth_a" in conflict and f"'stimuli': {stimuli}" in conflict and "tcn" in conflict
 
 
 def _files(root: Path) -> dict[str, tuple[int, int, str]]:

@@ -101,6 +101,11 @@ class ExperimentStore(ConfigurableResource):
             f"experiment of that name (experiments there: {known})"
         )
 
+    def overrides(self, experiment: str) -> dict[str, Any]:
+        """A sweep experiment's overrides of its base config (dotted key -> value); {} for a config file."""
+        sweep = self._sweep_experiment(experiment)
+        return dict(sweep.overrides) if sweep is not None else {}
+
     def _sweep_experiment(self, experiment: str) -> Any:
         """The sweep experiment of that name (`<sweep>.<labels>`), or None. Sweep files are small: they
         are expanded again on every call, so an edit shows at once."""

@@ -13,10 +13,12 @@ from dagster import (
     AssetKey,
     AssetRecordsFilter,
     DefaultSensorStatus,
+    RunFailureSensorContext,
     RunRequest,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
+    run_failure_sensor,
     sensor,
 )
 
@@ -27,7 +29,7 @@ from a2b_pipeline.defs.common import (
     corpus_sources,
     missing_corpora,
 )
-from a2b_pipeline.defs.jobs import data_refresh_job
+from a2b_pipeline.defs.jobs import data_refresh_job, leaderboard_job
 from a2b_pipeline.defs.partitions import cv_experiments, experiments, folds
 from a2b_pipeline.defs.resources import ExperimentStore
 
@@ -182,3 +184,16 @@ def corpus_change_sensor(context: SensorEvaluationContext, store: ExperimentStor
             skip_reason=SkipReason("no corpus changed since it was materialized"), cursor=cursor
         )
     return SensorResult(run_requests=requests, cursor=cursor)
+
+
+@run_failure_sensor(
+    request_job=leaderboard_job,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Rebuilds the leaderboard when an experiment's run fails, so its row says `failed` (a failed "
+    "run materializes no evaluation, so declarative automation alone would leave the row as it was).",
+)
+def leaderboard_after_failure(context: RunFailureSensorContext) -> RunRequest | SkipReason:
+    run = context.dagster_run
+    if run.job_name == leaderboard_job.name:  # its own failure: no loop
+        return SkipReason("the leaderboard's own run failed")
+    return RunRequest(run_key=f"after-failure-{run.run_id}")

@@ -35,14 +35,21 @@ def manifest_path(ds: DatasetConfig) -> str:
 
 def generator_spec(ds: DatasetConfig, data: DataConfig) -> dict[str, Any]:
     """What a synthetic dataset's files are a function of: its generator settings and the channels written."""
+    from a2b_pipeline.data.synthetic import GENERATOR_VERSION
+
     channels = list(dict.fromkeys(["eda", "hr", *data.channels]))  # config channels are always present
-    return {**ds.synthetic.model_dump(exclude_none=True), "channels": channels}
+    return {
+        **ds.synthetic.model_dump(exclude_none=True),
+        "channels": channels,
+        "generator": GENERATOR_VERSION,
+    }
 
 
 def _read_stamp(root: str) -> dict[str, Any] | None:
+    from a2b_pipeline.files import read_json
+
     try:
-        with open(os.path.join(root, STAMP)) as f:
-            return json.load(f)
+        return read_json(os.path.join(root, STAMP), 1 << 20, "generator stamp")
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as e:

@@ -183,6 +183,7 @@ def fold_training_run(context: AssetExecutionContext, config: FoldTrainingConfig
 def fold_evaluation(context: AssetExecutionContext) -> MaterializeResult:
     from a2b_pipeline.cv import evaluate_fold
     from a2b_pipeline.engine import pick_device
+    from a2b_pipeline.security import Grant
     from a2b_pipeline.state import TrainState
 
     exp, folds, fold, _ = _fold_of(context)
@@ -194,7 +195,7 @@ def fold_evaluation(context: AssetExecutionContext) -> MaterializeResult:
     state = TrainState.from_checkpoint(run["run_dir"])
     device = str(pick_device(exp.cfg, local_rank=0))
     with forward_library_logs(context):
-        report, path, groups = evaluate_fold(state, device)
+        report, path, groups = evaluate_fold(state, device, Grant.from_config(exp.cfg, str(exp.config_file)))
     record = write_record(
         exp,
         "fold_evaluation",

@@ -11,7 +11,7 @@ from dagster import Config, Failure, MetadataValue
 from pydantic import Field
 
 from a2b_pipeline.defs.assets.data import meta_loader_spec
-from a2b_pipeline.defs.common import plot_loss_curve, png_markdown, rounded, sha256_bytes
+from a2b_pipeline.defs.common import plot_loss_curve, png_markdown, rounded, state_sha256
 from a2b_pipeline.defs.template import AssetStep, Produced, experiment_asset
 
 # A run launcher that understands these gives the training step a GPU: the k8s launcher reads
@@ -147,7 +147,7 @@ def training_run(step: AssetStep) -> Produced:
             f"training read data version {state.data_version}, dataset_splits recorded {data_version}: "
             "the corpus changed while the run went on"
         )
-    checkpoint_sha = sha256_bytes((last / "train_state.json").read_bytes()) if last else None
+    checkpoint_sha = state_sha256(last) if last else None
     return Produced(
         record={
             "config_hash": state.config_hash,
@@ -215,7 +215,7 @@ def best_checkpoint(step: AssetStep) -> Produced:
     except CheckpointError as e:
         raise Failure(f"best checkpoint of {step.exp.name} does not verify: {e}") from None
     state_path = ckpt / "train_state.json"
-    ckpt_sha = sha256_bytes(state_path.read_bytes())
+    ckpt_sha = state_sha256(ckpt)
     return Produced(
         record={
             "config_hash": state.config_hash,
