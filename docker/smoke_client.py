@@ -121,8 +121,25 @@ def launch(url: str, job: str, partition: str, fresh: bool = False) -> str:
     return _expect(data, "LaunchRunSuccess")["run"]["runId"]
 
 
+def asset_checks(url: str, assets: list[str]) -> list[dict]:
+    """The checks of the assets, as handles: "Materialize selected" runs them with their assets (an asset
+    that produces its checks' results can't be materialized without them)."""
+    nodes = gql(
+        url,
+        """query($keys: [AssetKeyInput!]) { assetNodes(assetKeys: $keys) { assetKey { path }
+             assetChecksOrError { __typename ... on AssetChecks { checks { name } } } } }""",
+        keys=[{"path": [a]} for a in assets],
+    )["assetNodes"]
+    return [
+        {"assetKey": {"path": n["assetKey"]["path"]}, "name": c["name"]}
+        for n in nodes
+        for c in n["assetChecksOrError"].get("checks", [])
+    ]
+
+
 def launch_assets(url: str, partition: str, assets: list[str]) -> str:
-    """What the UI sends for "Materialize selected" on a partition: the implicit asset job, the assets."""
+    """What the UI sends for "Materialize selected" on a partition: the implicit asset job, the assets and
+    their checks."""
     data = gql(
         url,
         """mutation($params: ExecutionParams!) { launchRun(executionParams: $params) {
@@ -135,7 +152,7 @@ def launch_assets(url: str, partition: str, assets: list[str]) -> str:
                 "repositoryName": REPOSITORY,
                 "jobName": "__ASSET_JOB",
                 "assetSelection": [{"path": [a]} for a in assets],
-                "assetCheckSelection": [],
+                "assetCheckSelection": asset_checks(url, assets),
             },
             "runConfigData": {},
             "mode": "default",
