@@ -487,6 +487,552 @@ BUGS = [
         "        pass",
         "torch RNG not restored",
     ),
+    # data/features.py
+    Bug(
+        "data/features.py",
+        "return 2595.0 * torch.log10(1.0 + f / 700.0)",
+        "return 2595.0 * torch.log(1.0 + f / 700.0)",
+        "mel with ln",
+    ),
+    Bug(
+        "data/features.py",
+        "return 700.0 * (10.0 ** (m / 2595.0) - 1.0)",
+        "return 700.0 * (10.0 ** (m / 2595.0))",
+        "inverse mel without -1",
+    ),
+    Bug("data/features.py", "n_mels + 2)", "n_mels + 1)", "one edge short"),
+    Bug("data/features.py", "fb = fb * (2.0 / (hi - lo))", "fb = fb * (1.0 / (hi - lo))", "half area"),
+    Bug(
+        "data/features.py",
+        "torch.clamp(torch.minimum(up, down), min=0.0)",
+        "torch.clamp(torch.maximum(up, down), min=0.0)",
+        "triangles as max",
+    ),
+    Bug(
+        "data/features.py",
+        "def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float = 20.0)",
+        "def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0)",
+        "f_min default 0",
+    ),
+    Bug(
+        "data/features.py",
+        "return max(0, math.ceil(n_samples * frame_rate / sample_rate - 1e-9))",
+        "return max(0, math.floor(n_samples * frame_rate / sample_rate))",
+        "frames floored",
+    ),
+    Bug(
+        "data/features.py",
+        "n_fft = 1 << max(8, math.ceil(math.log2(2 * hop)))",
+        "n_fft = 1 << max(8, math.ceil(math.log2(hop)))",
+        "n_fft of one hop",
+    ),
+    Bug(
+        "data/features.py",
+        'mode = "reflect" if wave.shape[-1] > half else "constant"',
+        'mode = "constant"',
+        "zero padding always",
+    ),
+    Bug(
+        "data/features.py",
+        "starts = torch.round(torch.arange(t, dtype=torch.float64) * hop).long()",
+        "starts = (torch.arange(t, dtype=torch.float64) * hop).long()",
+        "starts truncated",
+    ),
+    Bug(
+        "data/features.py",
+        "window = torch.hann_window(n_fft, periodic=True)",
+        "window = torch.hann_window(n_fft, periodic=False)",
+        "symmetric window",
+    ),
+    Bug(
+        "data/features.py",
+        "window = torch.hann_window(n_fft, periodic=True)",
+        "window = torch.ones(n_fft)",
+        "no window",
+    ),
+    Bug(
+        "data/features.py",
+        "frames = framed[i : min(i + 4096, t)]",
+        "frames = framed[i : i + 4096]",
+        "extra frames at the end",
+    ),
+    Bug(
+        "data/features.py",
+        "chunks.append((spec.real.square() + spec.imag.square()) @ fb)",
+        "chunks.append(spec.abs() @ fb)",
+        "magnitude not power",
+    ),
+    Bug("data/features.py", "return torch.log(mel + LOG_EPS)", "return torch.log10(mel + LOG_EPS)", "log10"),
+    Bug("data/features.py", "(half, half), mode=mode)", "(0, n_fft), mode=mode)", "frames not centred"),
+    Bug(
+        "data/features.py",
+        "framed = padded.unfold(0, n_fft, int(hop)) if hop == int(hop) else None",
+        "framed = padded.unfold(0, n_fft, round(hop))",
+        "strided view for a fractional hop",
+    ),
+    # models/layers.py
+    Bug(
+        "models/layers.py",
+        "F.adaptive_avg_pool1d(h.transpose(1, 2), out_steps)",
+        "F.adaptive_max_pool1d(h.transpose(1, 2), out_steps)",
+        "max pooling",
+    ),
+    Bug(
+        "models/layers.py",
+        "nn.Conv1d(n_mels if i == 0 else channels, channels, 5, padding=2), nn.GELU()",
+        "nn.Conv1d(n_mels if i == 0 else channels, channels, 3, padding=1), nn.GELU()",
+        "kernel 3",
+    ),
+    Bug(
+        "models/layers.py", "channels, 5, padding=2), nn.GELU()", "channels, 5, padding=2), nn.ReLU()", "ReLU"
+    ),
+    Bug("models/layers.py", "for i in range(layers):", "for i in range(layers - 1):", "one conv short"),
+    Bug(
+        "models/layers.py",
+        "self.net = nn.Sequential(*blocks, nn.Dropout(dropout))",
+        "self.net = nn.Sequential(*blocks)",
+        "dropout dropped",
+    ),
+    # models/tcn.py
+    Bug(
+        "models/tcn.py",
+        "self.pad = (kernel - 1) * dilation",
+        "self.pad = (kernel - 1) * dilation // 2",
+        "not causal-padded",
+    ),
+    Bug(
+        "models/tcn.py",
+        "h = self.drop(F.gelu(self.conv1(F.pad(x, (self.pad, 0)))))",
+        "h = self.drop(F.gelu(self.conv1(F.pad(x, (0, self.pad)))))",
+        "padded on the right: acausal",
+    ),
+    Bug("models/tcn.py", "return x + h", "return h", "no residual"),
+    Bug(
+        "models/tcn.py",
+        "TemporalBlock(cfg.channels, cfg.kernel_size, 2**i, cfg.dropout)",
+        "TemporalBlock(cfg.channels, cfg.kernel_size, 2 ** (i + 1), cfg.dropout)",
+        "dilations from 2",
+    ),
+    Bug(
+        "models/tcn.py",
+        "TemporalBlock(cfg.channels, cfg.kernel_size, 2**i, cfg.dropout)",
+        "TemporalBlock(cfg.channels, cfg.kernel_size, 2**i, 0.0)",
+        "dropout ignored",
+    ),
+    Bug("models/tcn.py", "for i in range(cfg.levels)", "for i in range(cfg.levels - 1)", "one level short"),
+    Bug(
+        "models/tcn.py",
+        "h = self.drop(F.gelu(self.conv2(F.pad(h, (self.pad, 0)))))",
+        "h = self.drop(F.gelu(self.conv2(F.pad(x, (self.pad, 0)))))",
+        "second conv on the input",
+    ),
+    # models/conv_gru.py
+    Bug(
+        "models/conv_gru.py",
+        "cfg.conv_channels, cfg.hidden, cfg.layers, batch_first=True",
+        "cfg.conv_channels, cfg.hidden, 1, batch_first=True",
+        "layers ignored",
+    ),
+    Bug(
+        "models/conv_gru.py",
+        "ConvFrontEnd(io.n_mels, cfg.conv_channels, 2, cfg.dropout)",
+        "ConvFrontEnd(io.n_mels, cfg.conv_channels, 2)",
+        "dropout ignored",
+    ),
+    Bug(
+        "models/conv_gru.py",
+        "h = to_target_rate(self.frontend(x), self.out_steps)\n        h, _ = self.gru(h)\n"
+        "        return self.head(h)",
+        "h, _ = self.gru(self.frontend(x))\n        return self.head(to_target_rate(h, self.out_steps))",
+        "GRU at the frame rate",
+    ),
+    Bug(
+        "models/conv_gru.py",
+        "batch_first=True, bidirectional=cfg.bidirectional",
+        "batch_first=True, bidirectional=True",
+        "always bidirectional",
+    ),
+    # models/transformer.py
+    Bug("models/transformer.py", "h = self.encoder(h + pos[:t])", "h = self.encoder(h)", "no positions"),
+    Bug(
+        "models/transformer.py",
+        "pe[:, 0::2] = torch.sin(pos * div)",
+        "pe[:, 0::2] = torch.cos(pos * div)",
+        "cos for sin",
+    ),
+    Bug("models/transformer.py", "(-math.log(10000.0) / d)", "(-math.log(1000.0) / d)", "base 1000"),
+    Bug("models/transformer.py", "norm_first=True,", "norm_first=False,", "post-norm"),
+    Bug("models/transformer.py", "cfg.d_model * cfg.ff_mult,", "cfg.d_model * 2,", "ff_mult ignored"),
+    Bug(
+        "models/transformer.py", "kernel_size=4, stride=4)", "kernel_size=4, stride=2)", "overlapping patches"
+    ),
+    Bug(
+        "models/transformer.py",
+        "pos = self.pos if t <= self.pos.shape[0] else",
+        "pos = self.pos if t < self.pos.shape[0] else",
+        "table boundary off by one",
+    ),
+    Bug(
+        "models/transformer.py",
+        "cfg.dropout,\n            activation",
+        "0.0,\n            activation",
+        "dropout ignored",
+    ),
+    # models/pretrained_encoder.py
+    Bug(
+        "models/pretrained_encoder.py",
+        "self.encoder.requires_grad_(False)",
+        "self.gru.requires_grad_(False)",
+        "head frozen instead",
+    ),
+    Bug("models/pretrained_encoder.py", "if cfg.freeze_encoder:", "if True:", "always frozen"),
+    Bug(
+        "models/pretrained_encoder.py", "if missing or unexpected:", "if missing:", "unexpected keys accepted"
+    ),
+    Bug(
+        "models/pretrained_encoder.py",
+        "load_state_dict(load_file(str(path)), strict=False)",
+        "load_state_dict(self.encoder.state_dict(), strict=False)",
+        "weights never loaded",
+    ),
+    Bug(
+        "models/pretrained_encoder.py",
+        "self.gru = nn.GRU(cfg.encoder_channels, cfg.hidden, batch_first=True)",
+        "self.gru = nn.GRU(cfg.encoder_channels, cfg.encoder_channels, batch_first=True)\n"
+        "        cfg = cfg.model_copy(update={'hidden': cfg.encoder_channels})",
+        "hidden ignored",
+    ),
+    # models/__init__.py
+    Bug(
+        "models/__init__.py",
+        "in_frames=round(d.window_seconds * d.frame_rate)",
+        "in_frames=int(d.window_seconds * d.frame_rate)",
+        "frames truncated",
+        "tests/test_models.py",
+    ),
+    Bug(
+        "models/__init__.py",
+        "out_steps=round(d.window_seconds * d.target_rate)",
+        "out_steps=round(d.window_seconds * d.frame_rate)",
+        "steps at the frame rate",
+        "tests/test_models.py",
+    ),
+    Bug(
+        "models/__init__.py",
+        '"tcn": TCN,',
+        '"tcn": ConvGRU,',
+        "tcn builds a conv_gru",
+        "tests/test_models.py",
+    ),
+    Bug(
+        "models/__init__.py",
+        "channels=len(d.channels),",
+        "channels=1,",
+        "one channel",
+        "tests/test_models.py",
+    ),
+    # checkpoint_dir.py
+    Bug(
+        "checkpoint_dir.py",
+        'return f"step_{step:09d}"',
+        'return f"step_{step:08d}"',
+        "step names of 8 digits",
+    ),
+    Bug("checkpoint_dir.py", "and (p / STATE_FILE).exists()]", "]", "uncommitted checkpoints listed"),
+    Bug(
+        "checkpoint_dir.py", "return sorted(found, key=lambda p: p.name)", "return found", "listing unsorted"
+    ),
+    Bug(
+        "checkpoint_dir.py",
+        "    if real.parent != run:",
+        "    if not str(real).startswith(str(run.parent)):",
+        "symlinks to sibling runs accepted",
+    ),
+    Bug(
+        "checkpoint_dir.py",
+        "    if not stat.S_ISREG(mode):",
+        "    if stat.S_ISDIR(mode):",
+        "symlinked listed files accepted",
+    ),
+    Bug(
+        "checkpoint_dir.py",
+        "            blob = f.read(limit + 1)",
+        "            blob = f.read(limit)",
+        "oversized files truncated, not refused",
+    ),
+    Bug("checkpoint_dir.py", "    if len(blob) > limit:", "    if len(blob) >= limit:", "limit off by one"),
+    Bug(
+        "checkpoint_dir.py",
+        "        write_synced(tmp / STATE_FILE, state_json(files))",
+        "        write_synced(tmp / STATE_FILE, state_json({}))",
+        "state lists no digests",
+    ),
+    Bug(
+        "checkpoint_dir.py",
+        "            verify_file(tmp / name, digest)  # the copy",
+        "            pass  # the copy",
+        "copies not verified",
+    ),
+    Bug(
+        "checkpoint_dir.py",
+        "            shutil.rmtree(old, ignore_errors=True)\n        else:",
+        "        else:",
+        "old checkpoint left beside",
+    ),
+    Bug(
+        "checkpoint_dir.py",
+        "        shutil.rmtree(tmp, ignore_errors=True)\n        raise",
+        "        raise",
+        "temporary left after a failed write",
+    ),
+    Bug(
+        "checkpoint_dir.py",
+        "    os.symlink(target.name, tmp)",
+        "    os.symlink(target, tmp)",
+        "absolute pointer",
+    ),
+    Bug(
+        "checkpoint_dir.py",
+        "for ckpt in list_checkpoints(run_dir)[:-keep_last]:",
+        "for ckpt in list_checkpoints(run_dir)[: -keep_last - 1]:",
+        "keeps one too many",
+    ),
+    Bug(
+        "checkpoint_dir.py", "        if ckpt.resolve() not in keep:", "        if True:", "protected pruned"
+    ),
+    Bug("checkpoint_dir.py", '*Path(run_dir).glob(".pruned-step_*")]', "]", "pruned debris left"),
+    Bug(
+        "checkpoint_dir.py",
+        "            h.update(view[:n])",
+        "            h.update(buf)",
+        "digest of the whole buffer",
+    ),
+    Bug(
+        "checkpoint_dir.py",
+        '    algo = algo or "sha256"',
+        '    algo = algo or "xxh3_128"',
+        "bare digests as xxh3",
+    ),
+    Bug(
+        "checkpoint_dir.py",
+        "    if algo not in DIGEST_ALGOS:",
+        "    if algo not in DIGEST_ALGOS and False:",
+        "unknown digest accepted",
+    ),
+    Bug(
+        "checkpoint_dir.py",
+        '    if got.rpartition(":")[2] != want:',
+        '    if got.rpartition(":")[2][:8] != want[:8]:',
+        "digest prefix compared",
+    ),
+    Bug(
+        "checkpoint_dir.py",
+        '    if expected is None:\n        raise CheckpointError(f"{file}: not listed',
+        '    if False:\n        raise CheckpointError(f"{file}: not listed',
+        "unlisted tensors loaded",
+    ),
+    Bug(
+        "checkpoint_dir.py",
+        "    verify_file(file, expected)\n    try:",
+        "    try:",
+        "tensors loaded unverified",
+    ),
+    Bug(
+        "checkpoint_dir.py",
+        "                total += n * dt.itemsize",
+        "                total += n",
+        "tensor bytes as elements",
+    ),
+    Bug(
+        "checkpoint_dir.py",
+        "                dtype = dtype or dt",
+        "                dtype = dt",
+        "dtype of the last tensor",
+    ),
+    Bug(
+        "checkpoint_dir.py",
+        "            files[name] = digest_bytes(blob)",
+        '            files[name] = digest_bytes(blob, "sha256")',
+        "blob digests by another algorithm",
+    ),
+    # data/recording.py
+    Bug(
+        "data/recording.py",
+        'row = f" row {self.row}" if self.row is not None else ""',
+        'row = f" row {self.row}" if self.row else ""',
+        "row 0 dropped",
+    ),
+    Bug(
+        "data/recording.py",
+        'src = f" of {self.source}" if self.source else ""',
+        'src = ""',
+        "source not named",
+    ),
+    Bug(
+        "data/recording.py",
+        "        self.path = redact_text(str(path))\n        self.reason",
+        "        self.path = str(path)\n        self.reason",
+        "error path not redacted",
+    ),
+    Bug(
+        "data/recording.py",
+        "        self.reason = redact_text(str(reason))\n        self.row = rec",
+        "        self.reason = str(reason)\n        self.row = rec",
+        "error reason not redacted",
+    ),
+    Bug(
+        "data/recording.py",
+        'where = redact_text(rec.where()) + ": " if rec else ""',
+        'where = rec.where() + ": " if rec else ""',
+        "locator not redacted",
+    ),
+    Bug(
+        "data/recording.py",
+        "        self.reason = redact_text(str(self.reason))",
+        "        pass",
+        "skip reason not redacted",
+    ),
+    Bug(
+        "data/recording.py",
+        'time_column: str | None = "time"',
+        "time_column: str | None = None",
+        "time column default",
+    ),
+    Bug("data/recording.py", "self.row = rec.row if rec else None", "self.row = None", "error row dropped"),
+    # progress.py
+    Bug(
+        "progress.py",
+        'return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"',
+        'return f"{s // 3600}:{s // 60:02d}:{s % 60:02d}"',
+        "minutes not modulo",
+    ),
+    Bug("progress.py", "s = int(round(seconds))", "s = int(seconds)", "clock truncates"),
+    Bug(
+        "progress.py",
+        "return max(0.0, float(os.environ.get",
+        "return abs(float(os.environ.get",
+        "negative interval mirrored",
+    ),
+    Bug(
+        "progress.py",
+        "if self.lines and (now - self.last_t >= self.every_s or self.step >= self.total):",
+        "if self.lines and now - self.last_t >= self.every_s:",
+        "no line at the end",
+    ),
+    Bug(
+        "progress.py",
+        "rate = done / elapsed if elapsed > 0 else 0.0",
+        "rate = self.step / elapsed if elapsed > 0 else 0.0",
+        "rate counts resumed steps",
+    ),
+    Bug(
+        "progress.py",
+        'parts.append(f"ETA {_clock((self.total - self.step) / rate)}")',
+        'parts.append(f"ETA {_clock(self.total / rate)}")',
+        "ETA of the whole run",
+    ),
+    Bug(
+        "progress.py", "self.lines = enabled and not show_bar", "self.lines = not show_bar", "every rank logs"
+    ),
+    Bug("progress.py", "            self.last_t = now\n", "", "interval never restarts"),
+    Bug(
+        "progress.py",
+        "        if loss is not None:\n            self.loss",
+        "        if True:\n            self.loss",
+        "loss cleared by other postfixes",
+    ),
+    # distributed.py
+    Bug(
+        "distributed.py",
+        "dist.all_reduce(t, op=dist.ReduceOp.MAX)",
+        "dist.all_reduce(t, op=dist.ReduceOp.MIN)",
+        "flag needs every rank",
+    ),
+    Bug(
+        "distributed.py",
+        "    if len(set(everyone)) != 1:",
+        "    if len(set(everyone)) > 2:",
+        "desync not noticed",
+    ),
+    Bug(
+        "distributed.py", 'int(os.environ.get("LOCAL_RANK", "0"))', "dist.get_rank()", "local rank as global"
+    ),
+    Bug("distributed.py", "        h.update(k.encode())\n", "", "digest without names"),
+    Bug(
+        "distributed.py",
+        "            raise KeyboardInterrupt  # a second Ctrl-C",
+        "            pass  # a second Ctrl-C",
+        "second Ctrl-C ignored",
+    ),
+    Bug(
+        "distributed.py",
+        "if self.requested is not None and signum == signal.SIGINT:",
+        "if signum == signal.SIGINT:",
+        "first Ctrl-C kills",
+    ),
+    Bug(
+        "distributed.py",
+        "            signal.signal(sig, handler)\n",
+        "            pass\n",
+        "handlers not restored",
+    ),
+    Bug(
+        "distributed.py",
+        "for sig in (signal.SIGTERM, signal.SIGINT):",
+        "for sig in (signal.SIGINT,):",
+        "SIGTERM ignored",
+    ),
+    # tracking.py
+    Bug(
+        "tracking.py",
+        'if os.environ.get("WANDB_DISABLED", "").strip().lower() in ("1", "true", "yes"):',
+        'if os.environ.get("WANDB_DISABLED", ""):',
+        "WANDB_DISABLED=false disables",
+    ),
+    Bug(
+        "tracking.py",
+        'env = os.environ.get("WANDB_MODE", "").strip().lower()',
+        'env = os.environ.get("WANDB_MODE", "")',
+        "mode not normalised",
+    ),
+    Bug(
+        "tracking.py",
+        'env = {"dryrun": "offline", "run": "online"}.get(env, env)',
+        "",
+        "legacy spellings refused",
+    ),
+    Bug(
+        "tracking.py",
+        "            return cfg.tracking.wandb_mode",
+        '            return "offline"',
+        "config mode ignored",
+    ),
+    Bug(
+        "tracking.py",
+        'if rank != 0 or self.mode == "disabled":',
+        'if self.mode == "disabled":',
+        "every rank tracks",
+    ),
+    Bug(
+        "tracking.py",
+        "self.run_id = run_id or uuid.uuid4().hex[:12]",
+        "self.run_id = uuid.uuid4().hex[:12]",
+        "resume gets a new run id",
+    ),
+    Bug(
+        "tracking.py",
+        'name=t.run_name or f"{cfg.name}-{cfg.config_hash()}"',
+        "name=t.run_name",
+        "runs unnamed",
+    ),
+    Bug("tracking.py", "            tags=t.tags,\n", "", "tags dropped"),
+    Bug(
+        "tracking.py",
+        'self.run_path = f"{entity}/{t.project}/{self.run_id}"',
+        'self.run_path = f"{t.project}/{self.run_id}"',
+        "run path without entity",
+    ),
+    Bug("tracking.py", "            self.run = None\n", "", "finished run kept"),
 ]
 
 

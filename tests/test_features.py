@@ -81,6 +81,7 @@ def test_n_frames_counts_frame_centres_inside_the_audio() -> None:
         (1000, 10.0, 1.25),  # integer hop 100: the strided view
         (2205, 100.0, 0.5),  # hop 22.05: starts rounded to the nearest sample
         (1000, 100.0, 41.3),  # 4130 frames: more than one chunk of 4096
+        (4000, 20.0, 1.0),  # hop 200: n_fft 512, two hops
     ],
 )
 def test_log_mel_matches_a_hand_stft(sr: int, frame_rate: float, seconds: float) -> None:
