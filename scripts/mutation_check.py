@@ -1033,6 +1033,108 @@ BUGS = [
         "run path without entity",
     ),
     Bug("tracking.py", "            self.run = None\n", "", "finished run kept"),
+    # predict.py
+    Bug(
+        "predict.py",
+        "if f0 + fw > n_f or t0 + tw > max(n_t, tw):",
+        "if f0 + fw >= n_f or t0 + tw >= max(n_t, tw):",
+        "last full window dropped",
+    ),
+    Bug(
+        "predict.py",
+        "        if starts[-1][1] + tw < n_t:",
+        "        if starts[-1][1] + tw < n_t - 1:",
+        "end window off by one",
+    ),
+    Bug(
+        "predict.py", "            t0 = n_t - tw\n", "            t0 = n_t - tw - 1\n", "end window one early"
+    ),
+    Bug(
+        "predict.py",
+        "        return y * std + mean",
+        "        return (y - mean) / std",
+        "normalised again, not undone",
+    ),
+    Bug(
+        "predict.py",
+        'return "signal" if mode in ("global", "none") else "z"',
+        'return "z"',
+        "global runs in z-scores",
+    ),
+    Bug(
+        "predict.py",
+        '        if mode == "subject" and self.subject is not None:',
+        '        if mode == "subject":',
+        "subject runs need a subject",
+    ),
+    Bug(
+        "predict.py",
+        "n_t = max(1, math.ceil(seconds * d.target_rate - 1e-9))",
+        "n_t = max(1, int(seconds * d.target_rate))",
+        "last partial target dropped",
+    ),
+    Bug(
+        "predict.py",
+        "x = torch.cat([x, torch.zeros(fw - x.shape[0], x.shape[1])])",
+        "x = torch.cat([x, x[-1:].expand(fw - x.shape[0], -1)])",
+        "short file padded with its last frame",
+    ),
+    Bug(
+        "predict.py",
+        "x = self.norm.normalize_features(feats_in.float()).float()",
+        "x = feats_in.float()",
+        "features not normalised",
+    ),
+    Bug("predict.py", "max(n_t, tw))[:n_t]", "max(n_t, tw))", "rows beyond the audio"),
+    Bug(
+        "predict.py",
+        "loud_db = torch.logsumexp(feats.double(), dim=1).numpy() * 10.0 / math.log(10.0)",
+        "loud_db = feats.double().mean(1).numpy() * 10.0 / math.log(10.0)",
+        "loudness as mean log-mel",
+    ),
+    Bug(
+        "predict.py",
+        'names = [c if self.units == "signal" else f"{c}_z" for c in d.channels]',
+        "names = list(d.channels)",
+        "z-scores unlabelled",
+    ),
+    Bug(
+        "predict.py",
+        "t = np.arange(len(y)) / d.target_rate\n        lines",
+        "t = np.arange(len(y)) / d.frame_rate\n        lines",
+        "time at the frame rate",
+    ),
+    Bug("predict.py", '"rows": len(y),', '"rows": len(y) - 1,', "rows miscounted"),
+    Bug(
+        "predict.py",
+        'found = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)',
+        'found = sorted(p for p in item.glob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)',
+        "subfolders not searched",
+    ),
+    Bug(
+        "predict.py",
+        "p.suffix.lower() in AUDIO_SUFFIXES)",
+        "p.suffix in AUDIO_SUFFIXES)",
+        "upper-case suffixes skipped",
+    ),
+    Bug(
+        "predict.py",
+        'out += [(p, str(p.relative_to(item).with_suffix(""))) for p in found]',
+        "out += [(p, p.stem) for p in found]",
+        "stems collide across subfolders",
+    ),
+    Bug(
+        "predict.py",
+        "results.append(Predicted(path, error=f\"{path}: {reason.removeprefix(f'{path}: ')}\"))",
+        'results.append(Predicted(path, error=f"{path}: {reason}"))',
+        "file named twice",
+    ),
+    Bug(
+        "predict.py",
+        "if saved is not None:\n        return saved",
+        "if False:\n        return saved",
+        "statistics always recomputed",
+    ),
 ]
 
 
