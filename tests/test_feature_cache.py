@@ -161,7 +161,7 @@ def test_audio_features_decoded_once_per_content_and_settings(tmp_path: Path) ->
     assert (fc.cache_root(data.cache_dir) / "features").is_dir()
     fc.forget_memory()
     c, n = fc.audio_features(rec, data, compute, code)  # a new process: the disk entry
-    assert len(calls) == 1 and torch.equal(c, a) and n == 800 and fc.STATS["features_hit"] == 2
+    assert len(calls) == 1 and c is not a and torch.equal(c, a) and n == 800 and fc.STATS["features_hit"] == 2
     fc.audio_features(rec, _data(tmp_path, n_mels=5), compute, code)  # another setting
     fc.audio_features(rec, _data(tmp_path, frame_rate=50.0), compute, code)
     fc.audio_features(rec, _data(tmp_path, sample_rate=16000), compute, code)
