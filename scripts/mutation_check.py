@@ -1525,7 +1525,8 @@ BUGS = [
     ),
     Bug(
         "rundir_lock.py",
-        "        if entry.is_dir() and not entry.is_symlink():\n            shutil.rmtree(entry, ignore_errors",
+        "        if entry.is_dir() and not entry.is_symlink():\n"
+        "            shutil.rmtree(entry, ignore_errors",
         "        if entry.is_dir():\n            shutil.rmtree(entry, ignore_errors",
         "debris symlink followed",
     ),
