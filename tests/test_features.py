@@ -110,3 +110,9 @@ def test_a_tone_lands_in_the_filter_around_its_frequency() -> None:
     fb = mel_filterbank(sr, 512, 16)
     assert peak == int(fb[round(f0 / (sr / 512))].argmax())
     assert mel[10:-10].mean(0)[peak] > mel[10:-10].mean(0).median() + 5  # far above the other bands
+
+
+def test_silence_is_the_log_floor() -> None:
+    mel = log_mel(torch.zeros(4000), 8000, 6, 50.0)
+    assert mel.shape == (25, 6)
+    torch.testing.assert_close(mel, torch.full((25, 6), math.log(1e-6)))
