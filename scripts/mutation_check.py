@@ -1036,9 +1036,9 @@ BUGS = [
     # predict.py
     Bug(
         "predict.py",
-        "if f0 + fw > n_f or t0 + tw > max(n_t, tw):",
-        "if f0 + fw >= n_f or t0 + tw >= max(n_t, tw):",
-        "last full window dropped",
+        "            s = k * d.hop_seconds\n",
+        "            s = k * d.window_seconds\n",
+        "windows a window apart, not a hop",
     ),
     Bug(
         "predict.py",

@@ -100,7 +100,7 @@ def test_pointer_is_relative_and_replaced(tmp_path: Path) -> None:
 def test_prune_keeps_the_newest_and_the_protected(tmp_path: Path) -> None:
     steps = [_ckpt(tmp_path, s) for s in (1, 2, 3, 4, 5)]
     (tmp_path / ".tmp-step_000000009-x").mkdir()
-    (tmp_path / ".pruned-step_000000001").mkdir()
+    (tmp_path / ".pruned-step_000000007").mkdir()  # a prune a killed process left
     prune_checkpoints(tmp_path, keep_last=2, protect=[steps[1], None])
     assert [p.name for p in list_checkpoints(tmp_path)] == [steps[i].name for i in (1, 3, 4)]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(steps[i].name for i in (1, 3, 4))
@@ -167,6 +167,9 @@ def test_digests_by_algorithm_and_their_checks(tmp_path: Path) -> None:
         verify_file(f, digest_bytes(blob[:-1]))
     with pytest.raises(CheckpointError, match=r"data\.bin: checksum mismatch"):
         verify_bytes(f, blob[:-1], sha)
+    digest = file_digest(f)
+    with pytest.raises(CheckpointError, match="checksum mismatch"):  # all of it is compared
+        verify_file(f, digest[:-1] + ("0" if digest[-1] != "0" else "1"))
     with pytest.raises(CheckpointError, match=r"unknown digest 'md5:"):
         verify_file(f, "md5:abc")
     with pytest.raises(CheckpointError, match=r"gone\.bin: missing"):
@@ -181,6 +184,10 @@ def test_verified_tensor_reads_and_sizes(tmp_path: Path) -> None:
         read_verified_tensors(f, None, tmp_path / STATE_FILE)
     got = read_verified_tensors(f, file_digest(f), tmp_path / STATE_FILE)
     assert got["b"].dtype == torch.int64 and got["b"].sum() == 5
+    recorded = file_digest(f)
+    save_file({"a": torch.ones(3, 4, dtype=torch.float16), "b": torch.ones(5, dtype=torch.int64)}, str(f))
+    with pytest.raises(CheckpointError, match=r"t\.safetensors: checksum mismatch"):  # changed since
+        read_verified_tensors(f, recorded, tmp_path / STATE_FILE)
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"\x80\x04not safetensors")
     with pytest.raises(CheckpointError, match=r"junk\.safetensors: not a safetensors file"):

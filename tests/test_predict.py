@@ -116,8 +116,14 @@ def test_window_starts_by_hand(tiny_run: Path) -> None:
         (100, 16),
         (150, 24),
     ]  # the hops reach the end
+    # 8.25 s: 207 frames, 33 targets: the hops cover 32, one more window ends at the last target
+    assert p._window_starts(207, 33, 50, 8) == [(0, 0), (50, 8), (100, 16), (150, 24), (156, 25)]
     assert p._window_starts(50, 8, 50, 8) == [(0, 0)]
     assert p._window_starts(30, 5, 50, 8) == [(0, 0)]  # shorter than a window
+    p.cfg = p.cfg.model_copy(update={"data": p.cfg.data.model_copy(update={"hop_seconds": 1.0})})
+    assert p._window_starts(225, 36, 50, 8) == [
+        (25 * k, 4 * k) for k in range(8)
+    ]  # every 1 s, flush with the end
 
 
 def test_prediction_is_the_overlap_added_windows_in_signal_units(tiny_run: Path, tmp_path: Path) -> None:
