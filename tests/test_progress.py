@@ -7,6 +7,7 @@ import logging
 
 import pytest
 
+from a2b_pipeline import progress
 from a2b_pipeline.progress import DEFAULT_EVERY_S, Progress, _clock, _every_s
 
 
@@ -66,3 +67,20 @@ def test_lines_when_due_and_at_the_end(monkeypatch, caplog) -> None:
     bar.update(2)
     bar.close()
     assert caplog.records == [] and quiet.step == 2 and bar.bar.n == 2
+
+
+def test_a_line_every_interval(monkeypatch, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="a2b_pipeline.progress")
+    monkeypatch.setenv("A2B_PROGRESS_SECONDS", "10")
+    now = [100.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])  # a clock the test moves
+    p = Progress("run", total=50, initial=0, enabled=True, bar=False)
+    logged = []
+    for t in (105.0, 111.0, 115.0, 120.5, 121.0, 140.0):
+        now[0] = t
+        p.update()
+        logged.append(len(caplog.records))
+    assert logged == [0, 1, 1, 1, 2, 3]  # at 111 s, then 10 s after that line (121 s), then 140 s
+    assert (
+        caplog.records[1].getMessage() == "run: step 5/50 (10%) · 0.24 steps/s · ETA 0:03:09"
+    )  # 5 steps in 21 s, 45 to go
