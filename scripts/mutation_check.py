@@ -1003,8 +1003,8 @@ BUGS = [
     ),
     Bug(
         "tracking.py",
-        "            return cfg.tracking.wandb_mode",
-        '            return "offline"',
+        "        return cfg.tracking.wandb_mode",
+        '        return "offline"',
         "config mode ignored",
     ),
     Bug(
@@ -1170,9 +1170,9 @@ BUGS = [
     Bug("data/feature_cache.py", '            _count("corrupt")\n', "", "corrupt entries not counted"),
     Bug(
         "data/feature_cache.py",
-        "                path.unlink()\n    _count",
-        "                pass\n    _count",
-        "corrupt entry kept",
+        "        except (CorruptEntry, OSError):",
+        "        except OSError:",
+        "corrupt entry raised, not rebuilt",
     ),
     Bug(
         "data/feature_cache.py",
@@ -1242,9 +1242,9 @@ BUGS = [
     ),
     Bug(
         "data/feature_cache.py",
-        "    if n <= target.shape[0]:",
-        "    if n < target.shape[0]:",
-        "extend by nothing concatenates",
+        "        return target[:n]",
+        "        return target",
+        "extend returns a longer target",
     ),
     Bug(
         "data/feature_cache.py",

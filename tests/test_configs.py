@@ -24,6 +24,7 @@ from a2b_pipeline.configs import (
     map_paths,
     parse_yaml,
     read_config_text,
+    read_yaml_mapping,
     short_repr,
     with_run_settings,
 )
@@ -246,6 +247,7 @@ def test_config_files_read_bounded(tmp_path: Path) -> None:
     f = tmp_path / "c.yaml"
     f.write_bytes(b"\xef\xbb\xbf" + yaml.safe_dump(BASE).encode())  # a BOM is fine
     assert load_config(f, ["data.n_mels=7"]).data.n_mels == 7
+    assert read_config_text(f).startswith("data:")
     with pytest.raises(ConfigError, match=f"config file not found: {tmp_path / 'no.yaml'}"):
         read_config_text(tmp_path / "no.yaml")
     with pytest.raises(ConfigError, match="is a directory, not a config file"):
@@ -262,6 +264,9 @@ def test_config_files_read_bounded(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="top level must be a mapping, got list"):
         load_config(f)
     f.write_text("")
+    with pytest.raises(ConfigError, match="top level must be a mapping, got NoneType"):
+        read_yaml_mapping(f, "sweep file")  # empty is a config only where empty_ok says so
+    assert read_yaml_mapping(f, empty_ok=True) == {}
     with pytest.raises(ConfigError, match=rf"{f}: 1 invalid field\(s\)\n  data: Field required"):
         load_config(f)
     with pytest.raises(ConfigError, match="not valid YAML"):
@@ -301,6 +306,9 @@ def test_paths_checked_and_mapped(tmp_path: Path) -> None:
     map_paths(cfg, lambda p: f"<{p}>")
     assert cfg.data.datasets[1].manifest == "<s3://b/m.csv>" and cfg.checkpoint.dir.startswith("<")
     assert cfg.data.cache_dir is None and cfg.data.datasets[0].root is None
+    cfg.data.cache_dir = ""
+    map_paths(cfg, lambda p: f"<{p}>")
+    assert cfg.data.cache_dir == "<>"
 
 
 def test_short_repr_is_bounded() -> None:

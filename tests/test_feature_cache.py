@@ -176,7 +176,7 @@ def test_audio_features_decoded_once_per_content_and_settings(tmp_path: Path) ->
 
 
 def test_audio_errors_name_the_original_path(tmp_path: Path) -> None:
-    rec = _rec(tmp_path, row=3)
+    rec = _rec(tmp_path, row=3, audio_path=f"file://{tmp_path / 'a.wav'}")  # read at tmp_path/a.wav
     with pytest.raises(BadRecordingError, match=r"row 3.*a\.wav: .*no such file") as e:
         fc.audio_features(rec, _data(tmp_path), lambda p: (torch.zeros(1, 4), 1), [])
     assert e.value.row == 3
@@ -187,7 +187,7 @@ def test_audio_errors_name_the_original_path(tmp_path: Path) -> None:
 
     with pytest.raises(BadRecordingError, match=r"row 3 .*: .*a\.wav: cannot decode") as e:
         fc.audio_features(rec, _data(tmp_path), bad, [])
-    assert e.value.path == rec.audio_path and e.value.row == 3
+    assert e.value.path == rec.audio_path and e.value.path.startswith("file://") and e.value.row == 3
 
 
 def test_targets_keyed_by_signals_and_offset(tmp_path: Path) -> None:
@@ -214,11 +214,13 @@ def test_targets_keyed_by_signals_and_offset(tmp_path: Path) -> None:
         fc.target(_rec(tmp_path), _data(tmp_path, channels=["eda", "hr"]), compute, [compute])
 
     def bad(local_rec: Recording) -> tuple[torch.Tensor, dict[str, float]]:
+        assert local_rec.signals["eda"].path == str(tmp_path / "s.csv")  # read locally
         raise BadRecordingError(local_rec, local_rec.signals["eda"].path, "no EDA column")
 
+    url = {"eda": SignalSource(f"file://{tmp_path / 's.csv'}", "EDA")}
     with pytest.raises(BadRecordingError, match=r"s\.csv: no EDA column") as e:
-        fc.target(_rec(tmp_path, offset_seconds=2.0), data, bad, [bad])
-    assert e.value.path == str(tmp_path / "s.csv")
+        fc.target(_rec(tmp_path, offset_seconds=2.0, signals=url), data, bad, [bad])
+    assert e.value.path == f"file://{tmp_path / 's.csv'}"  # named as the manifest names it
 
 
 def test_extend_target() -> None:

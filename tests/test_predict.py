@@ -192,3 +192,24 @@ def test_written_files_and_a_failure_naming_the_file(tiny_run: Path, tmp_path: P
     assert meta["checkpoint"] == str(Predictor(tiny_run).ckpt) and ok.error is None
     assert bad.csv is None and bad.error.startswith(f"{tmp_path / 'gone.wav'}: ")
     assert bad.error.count("gone.wav") == 1
+
+
+def test_saved_statistics_are_used_and_recomputed_when_missing(tiny_run: Path) -> None:
+    saved = tiny_run / "norm_stats.json"
+    first = Predictor(tiny_run)
+    corpus = Path(first.cfg.data.datasets[0].manifest).parent
+    assert corpus.is_dir() and saved.exists()
+    want = first.norm.to_dict()
+    corpus.rename(corpus.with_name("corpus-away"))
+    try:  # the saved statistics: the corpus is not read
+        assert Predictor(tiny_run).norm.to_dict() == want
+    finally:
+        corpus.with_name("corpus-away").rename(corpus)
+    text = saved.read_text()
+    saved.unlink()
+    try:  # recomputed from the run's corpus, and saved again
+        assert Predictor(tiny_run).norm.to_dict() == want and json.loads(saved.read_text()) == json.loads(
+            text
+        )
+    finally:
+        saved.write_text(text)
