@@ -1495,9 +1495,9 @@ BUGS = [
     Bug("rundir_lock.py", "    os.ftruncate(fd, 0)\n", "", "owner appended, not replaced"),
     Bug(
         "rundir_lock.py",
-        "        if os.path.realpath(run_dir) in _HELD:\n            return _read_owner(fd)",
-        "        if False:\n            return _read_owner(fd)",
-        "own hold reported free",
+        "            return _read_owner(fd)\n        return None\n    finally:",
+        "            return _read_owner(fd)\n        return _read_owner(fd)\n    finally:",
+        "a free directory reported held",
     ),
     Bug(
         "rundir_lock.py",

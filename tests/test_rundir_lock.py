@@ -78,6 +78,25 @@ def test_a_second_taker_is_refused_naming_the_owner(tmp_path: Path, monkeypatch)
         pass
 
 
+def test_another_process_is_refused_and_the_owner_rewritten(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("RANK", raising=False)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / LOCK_FILE).write_text(json.dumps({"pid": 1, "host": "a-much-longer-host-name-than-this-one" * 3}))
+    with hold_run_dir(run):
+        assert json.loads((run / LOCK_FILE).read_text())["pid"] == os.getpid()  # replaced, not overwritten
+        pid = os.fork()
+        if pid == 0:  # another process (holding nothing after the fork) asks for the same directory
+            try:
+                with hold_run_dir(run):
+                    os._exit(1)
+            except RunDirBusyError:
+                os._exit(0)
+            os._exit(2)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+
+
 def test_other_ranks_take_nothing(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("RANK", "1")
     with hold_run_dir(tmp_path / "run") as path:
@@ -93,6 +112,7 @@ def test_debris_cleaned_on_a_fresh_take(tmp_path: Path, monkeypatch) -> None:
         ".pruned-step_000000001",
         ".old-step_000000002",
         ".old-step_000000003",
+        ".old-step_000000006",  # its step is missing, but it was never committed: not restored
         "step_000000003",
         "step_000000005",
         ".keep",
