@@ -1272,9 +1272,9 @@ BUGS = [
     ),
     Bug(
         "data/feature_cache.py",
-        "        _ALIVE.clear()\n",
-        "",
-        "forget keeps tensors",
+        '        _ALIVE_META[key] = int(meta["n_samples"])',
+        "        _ALIVE_META[key] = 0",
+        "shared tensor's sample count lost",
     ),
     # configs.py
     Bug(

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import struct
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -116,8 +118,15 @@ def test_hashes(tmp_path: Path) -> None:
     f = tmp_path / "a.bin"
     f.write_bytes(b"x" * (3 << 20))
     assert fc.content_hash(str(f)) == hashlib.sha256(b"x" * (3 << 20)).hexdigest()
-    f.write_bytes(b"y" * (3 << 20))  # same size, same second: still noticed
+    tick = time.time_ns()  # a file system whose mtime has a coarse tick: both writes in the same one
+    os.utime(f, ns=(tick, tick))
+    assert fc.content_hash(str(f)) == hashlib.sha256(b"x" * (3 << 20)).hexdigest()
+    f.write_bytes(b"y" * (3 << 20))  # same size, same inode, same mtime: still noticed
+    os.utime(f, ns=(tick, tick))
     assert fc.content_hash(str(f)) == hashlib.sha256(b"y" * (3 << 20)).hexdigest()
+    os.utime(f, ns=(tick - 10**10, tick - 10**10))  # settled (10 s old): remembered from now on
+    assert fc.content_hash(str(f)) == hashlib.sha256(b"y" * (3 << 20)).hexdigest()
+    assert (os.path.abspath(f), 3 << 20, tick - 10**10, os.stat(f).st_ino) in fc._HASHES
     s = {"b": 1, "a": [1.5, "x"]}
     assert fc.settings_hash(s) == fc.settings_hash({"a": [1.5, "x"], "b": 1})
     assert fc.settings_hash(s) == hashlib.sha256(b'{"a":[1.5,"x"],"b":1}').hexdigest()
@@ -156,8 +165,8 @@ def test_audio_features_decoded_once_per_content_and_settings(tmp_path: Path) ->
     rec, data = _rec(tmp_path), _data(tmp_path)
     code = [compute]
     a, n = fc.audio_features(rec, data, compute, code)
-    b, _ = fc.audio_features(rec, data, compute, code)
-    assert n == 800 and b is a and calls == [str(tmp_path / "a.wav")]  # one tensor while alive
+    b, n2 = fc.audio_features(rec, data, compute, code)
+    assert n == n2 == 800 and b is a and calls == [str(tmp_path / "a.wav")]  # one tensor while alive
     assert (fc.cache_root(data.cache_dir) / "features").is_dir()
     fc.forget_memory()
     c, n = fc.audio_features(rec, data, compute, code)  # a new process: the disk entry
