@@ -22,12 +22,14 @@ from typing import Any
 import torch
 import xxhash
 
+from a2b_pipeline import files
+
 STATE_FILE = "train_state.json"
 STEP_DIR = re.compile(r"^step_(\d{9})$")
 DIGEST_ALGOS = ("xxh3_128", "sha256")
 # A checkpoint from elsewhere is untrusted: the state file it carries is read only up to this size (parsing
 # JSON takes ~20x its size in memory), and the files it lists are plain names of regular files inside it.
-MAX_STATE_BYTES = 64 << 20
+MAX_STATE_BYTES = files.MAX_STATE_BYTES
 FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -94,20 +96,15 @@ def read_state_text(state_file: Path) -> str:
 
 
 def read_bounded(file: Path, limit: int, why: str) -> bytes:
-    """A regular file's bytes, read only up to `limit`: CheckpointError (naming the file and `why` the limit
-    holds) for a bigger one, a device, a symlink or an unreadable file."""
+    """files.read_bounded with its refusals as CheckpointError (naming the file and `why` the limit holds)."""
     try:
-        if not stat.S_ISREG(os.lstat(file).st_mode):
-            raise CheckpointError(f"{file}: not a regular file: refused")
-        with open(file, "rb") as f:
-            blob = f.read(limit + 1)
+        return files.read_bounded(file, limit, why)
     except FileNotFoundError:
         raise CheckpointError(f"{file}: missing") from None
+    except files.FileRefusedError as e:
+        raise CheckpointError(str(e)) from None
     except OSError as e:
         raise CheckpointError(f"{file}: unreadable ({e})") from None
-    if len(blob) > limit:
-        raise CheckpointError(f"{file}: larger than {limit >> 20} MiB, {why}: refused")
-    return blob
 
 
 def write_checkpoint_dir(
@@ -173,6 +170,8 @@ def prune_checkpoints(run_dir: str | Path, keep_last: int, protect: list[Path | 
     """Delete all but the newest `keep_last` checkpoints, never one in `protect` (best, last)."""
     keep = {Path(p).resolve() for p in protect if p}
     for ckpt in list_checkpoints(run_dir)[:-keep_last]:
+        if ckpt.is_symlink():  # not a checkpoint of this run (loading refuses it too): left alone
+            continue
         if ckpt.resolve() not in keep:
             # renamed out of sight first: a process killed while deleting files one by one must not leave
             # a step_* that still has its train_state.json but lacks files it lists

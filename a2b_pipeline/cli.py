@@ -7,14 +7,12 @@ Each subcommand imports what it needs when it runs, so the light ones (`validate
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
-from a2b_pipeline.configs import ConfigError, check_paths, load_config, with_run_settings
+from a2b_pipeline.configs import ConfigError, check_paths, load_config
 
 EXIT_STOPPED = 3  # a run stopped by a signal or a non-finite loss: resumable, not complete
 
@@ -46,15 +44,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _finish(state) -> int:  # state: TrainState
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        # Teardown in order: the run's DDP wrapper (kept alive by reference cycles) and its reducer go
-        # while their process group still exists, and every rank has finished its last collective before
-        # any destroys the group (a rank aborted with SIGABRT at exit, once, in CI).
-        gc.collect()
-        dist.barrier()
-        dist.destroy_process_group()
     print(state.run_dir)
     if state.message:
         print(state.message, file=sys.stderr)
@@ -81,45 +70,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def train_or_resume(cfg, run_dir: str | None = None, fresh: bool = False):  # RunConfig -> TrainState
-    """Train `cfg` in its run directory; a run directory with checkpoints is continued, not clobbered."""
-    from a2b_pipeline.checkpoint_dir import CheckpointError, list_checkpoints
-    from a2b_pipeline.rundir_lock import empty_run_dir, hold_run_dir
-    from a2b_pipeline.state import TrainState
-    from a2b_pipeline.train import train
+    """Train `cfg` in its run directory as runs.py's table says (resume, report, refuse, or start anew)."""
+    from a2b_pipeline.runs import run_training
 
-    state = TrainState.from_config(cfg, run_dir)
-    # Held from before `fresh` wipes or a checkpoint is read until training ends: a live run is never
-    # wiped or resumed under its owner's feet (RunDirBusyError, exit 2).
-    with hold_run_dir(state.run_dir):
-        if fresh:
-            empty_run_dir(Path(state.run_dir))
-        elif list_checkpoints(state.run_dir):
-            # Same config, same run directory: continue it rather than clobber it.
-            try:
-                state = TrainState.from_checkpoint(state.run_dir)
-                state.config = with_run_settings(state.config, cfg)
-                print(
-                    f"resuming {state.run_dir} from step {state.global_step} (--fresh to start over)",
-                    file=sys.stderr,
-                )
-            except CheckpointError as e:
-                print(f"warning: {e}; starting fresh", file=sys.stderr)
-        return train(state, model_hooks=model_hooks_from_env())
+    return run_training(cfg, run_dir, fresh=fresh, say=_say).state
 
 
-def model_hooks_from_env() -> list:
-    """`A2B_MODEL_HOOKS=module:function[,module:function]`: functions called as hook(model, state) right
-    after the model is built (profiling, debugging, fault injection), without editing the trainer."""
-    import importlib
-
-    hooks = []
-    for spec in filter(None, os.environ.get("A2B_MODEL_HOOKS", "").split(",")):
-        module, _, attr = spec.strip().partition(":")
-        try:
-            hooks.append(getattr(importlib.import_module(module), attr))
-        except (ImportError, AttributeError, ValueError) as e:
-            raise ConfigError(f"A2B_MODEL_HOOKS: can't load {spec!r} ({e})") from None
-    return hooks
+def _say(message: str) -> None:
+    print(message, file=sys.stderr)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -144,13 +102,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return 0
     for e in chosen:
         check_paths(e.config, source=f"{args.file}: {e.name}")
+    from a2b_pipeline.runs import process_group
+
     stopped = []
-    for e in chosen:
-        print(f"== {e.name} ({e.config_hash})", file=sys.stderr)
-        state = train_or_resume(e.config, fresh=args.fresh)
-        print(f"{e.name}\t{state.status}\t{state.run_dir}")
-        if state.status != "complete":
-            stopped.append(e.name)
+    with process_group():  # one process group (under torchrun) for the whole sweep
+        for e in chosen:
+            print(f"== {e.name} ({e.config_hash})", file=sys.stderr)
+            state = train_or_resume(e.config, fresh=args.fresh)
+            print(f"{e.name}\t{state.status}\t{state.run_dir}")
+            if state.status != "complete":
+                stopped.append(e.name)
     if stopped:
         print(f"not complete (run the command again to resume): {', '.join(stopped)}", file=sys.stderr)
         return EXIT_STOPPED
@@ -166,7 +127,10 @@ def cmd_cv(args: argparse.Namespace) -> int:
     require_folds(cfg)
     check_paths(cfg, source=args.config)
     device = "cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu"
-    summary = run_cv(cfg, args.dir, fresh=args.fresh, device=device, only=args.fold or None)
+    from a2b_pipeline.runs import process_group
+
+    with process_group():  # one process group (under torchrun) for every fold
+        summary = run_cv(cfg, args.dir, fresh=args.fresh, device=device, only=args.fold or None)
     if args.json:
         print(json.dumps(summary, indent=1, sort_keys=True))
     else:
@@ -194,24 +158,9 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
-def find_runs(root: Path, depth: int = 2) -> list[Path]:
-    """Run directories (with at least one committed checkpoint) at or under `root`, `depth` levels deep:
-    `checkpoint.dir/<run>` (the CLI) and `checkpoint.dir/<experiment>/train-...` (Dagster)."""
-    from a2b_pipeline.state import STATE_FILE, list_checkpoints
-
-    if list_checkpoints(root) or (root / STATE_FILE).is_file():
-        return [root]
-    if depth == 0 or not root.is_dir():
-        return []
-    return [
-        run for sub in sorted(p for p in root.iterdir() if p.is_dir()) for run in find_runs(sub, depth - 1)
-    ]
-
-
 def cmd_resume(args: argparse.Namespace) -> int:
-    from a2b_pipeline.rundir_lock import hold_run_dir
-    from a2b_pipeline.state import STATE_FILE, CheckpointError, TrainState
-    from a2b_pipeline.train import train
+    from a2b_pipeline.runs import find_runs, resume_training
+    from a2b_pipeline.state import CheckpointError, TrainState
 
     root = Path(args.path)
     runs = find_runs(root)
@@ -230,21 +179,50 @@ def cmd_resume(args: argparse.Namespace) -> int:
     path = runs[0]
     if path != root:
         print(f"resuming the run in {path}", file=sys.stderr)
-    run_dir = path.parent if (path / STATE_FILE).exists() else path
-    with hold_run_dir(run_dir), _progress_friendly_logs():  # nobody else trains there meanwhile
-        return _finish(train(TrainState.from_checkpoint(path), model_hooks=model_hooks_from_env()))
+    with _progress_friendly_logs():  # nobody else trains there meanwhile (runs.py holds the lock)
+        return _finish(resume_training(path, say=_say))
+
+
+def cmd_remove_runs(args: argparse.Namespace) -> int:
+    from a2b_pipeline.runs import is_run_dir, plan_removal, records_near, removal_report, remove_runs
+
+    dirs = [Path(d) for d in args.run_dirs]
+    if not_runs := [str(d) for d in dirs if d.is_symlink() or not is_run_dir(d)]:
+        raise ConfigError(f"not run directories (nothing removed): {', '.join(not_runs)}")
+    roots = [*records_near(dirs), *map(Path, args.records)]
+    removal = remove_runs(plan_removal(dirs, roots), dry_run=not args.apply)
+    print(removal_report(removal, dry_run=not args.apply))
+    return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from a2b_pipeline.evaluate import evaluate_report
+    from a2b_pipeline.evaluate import report_path, report_table, run_evaluation, write_report
+    from a2b_pipeline.gate import verdict
 
-    print(json.dumps(evaluate_report(args.checkpoint, args.split), indent=1, sort_keys=True))
+    report = run_evaluation(args.checkpoint, args.split).report
+    path, unsaved = report_path(report), None
+    try:
+        write_report(report)
+    except OSError as e:  # a read-only run directory: the report is still shown, and where it failed said
+        unsaved = f"error: the report could not be written to {path} ({e})"
+    line = f"verdict: {verdict(report).line}"
+    if args.json:  # stdout stays one JSON document; the verdict goes to stderr
+        print(json.dumps(report, indent=1, sort_keys=True))
+        print(line, file=sys.stderr)
+    else:
+        print(report_table(report, path))
+        print(line)
+    if unsaved:
+        print(unsaved, file=sys.stderr)
+        return 1
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from a2b_pipeline.predict import predict_files
 
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ConfigError(f"--out {args.out}: exists and is not a directory (predictions go into one)")
     results = predict_files(args.checkpoint, args.audio, args.out, args.device, args.subject)
     for r in results:
         if r.error:
@@ -331,7 +309,11 @@ def build_parser() -> argparse.ArgumentParser:
         )
         if name == "train":
             s.add_argument("--run-dir", default=None, help="default: checkpoint.dir/<name>-<config hash>")
-            s.add_argument("--fresh", action="store_true", help="delete the run directory and start over")
+            s.add_argument(
+                "--fresh",
+                action="store_true",
+                help="train anew in a new run directory (<run dir>.attempt-<n>); the earlier run stays",
+            )
         s.set_defaults(fn=fn)
 
     s = sub.add_parser("sweep", help="list a sweep's experiments (name, config hash); --train runs them")
@@ -342,7 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--train", action="store_true", help="train each experiment in turn (resumes unfinished ones)"
     )
-    s.add_argument("--fresh", action="store_true", help="with --train: start every run over")
+    s.add_argument(
+        "--fresh", action="store_true", help="with --train: train each anew in a new run directory"
+    )
     s.set_defaults(fn=cmd_sweep)
 
     s = sub.add_parser(
@@ -352,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     s.add_argument("--fold", action="append", type=int, default=[], help="only this fold (repeatable)")
     s.add_argument("--dir", default=None, help="parent of the CV directory (default: checkpoint.dir)")
-    s.add_argument("--fresh", action="store_true", help="start the folds' runs over")
+    s.add_argument("--fresh", action="store_true", help="train the folds anew, each in a new run directory")
     s.add_argument("--json", action="store_true", help="print the whole summary")
     s.set_defaults(fn=cmd_cv)
 
@@ -362,6 +346,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--format", default="markdown", choices=["markdown", "csv"])
     s.add_argument("--csv", default=None, metavar="OUT.csv", help="also write the table as CSV")
     s.set_defaults(fn=cmd_leaderboard)
+
+    s = sub.add_parser(
+        "remove-runs",
+        help="delete run directories on purpose: a dry run (the default) lists them and the Dagster records "
+        "that name them (materializations it would orphan); --apply deletes",
+    )
+    s.add_argument("run_dirs", nargs="+", help="run directories (each attempt is a directory of its own)")
+    s.add_argument("--records", action="append", default=[], help="more record folders to search")
+    s.add_argument("--apply", action="store_true", help="delete (else only report)")
+    s.set_defaults(fn=cmd_remove_runs)
 
     s = sub.add_parser("resume", help="continue a run to its configured end")
     s.add_argument(
@@ -373,10 +367,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser(
         "evaluate",
-        help="the model and its baselines on a split, as JSON (also <run_dir>/evaluation-<split>.json)",
+        help="the model and its baselines on a split: a short table and a verdict (--json: the full report; "
+        "always written to <run_dir>/evaluation-<split>.json)",
     )
     s.add_argument("checkpoint", help="a checkpoint directory, or a run directory (its best checkpoint)")
     s.add_argument("--split", default="test", choices=["train", "val", "test"])
+    s.add_argument("--json", action="store_true", help="print the full report as JSON (verdict on stderr)")
     s.set_defaults(fn=cmd_evaluate)
 
     s = sub.add_parser(
@@ -433,11 +429,31 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# HTTP and object-store clients whose DEBUG output carries credentials (botocore prints the access key ID
+# and session token of signed requests): never more verbose than WARNING, whatever -v says.
+WIRE_LOGGERS = (
+    "botocore",
+    "boto3",
+    "s3transfer",
+    "aiobotocore",
+    "s3fs",
+    "fsspec",
+    "urllib3",
+    "aiohttp",
+    "requests",
+    "httpx",
+    "httpcore",
+    "gcsfs",
+    "adlfs",
+    "azure",
+)
+
+
 class RedactURLs(logging.Filter):
     """Log lines show URLs without their credentials (a `user:password@` part, signature parameters)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from a2b_pipeline.data.remote import redact_text
+        from a2b_pipeline.security import redact_text
 
         message = record.getMessage()
         shown = redact_text(message)
@@ -459,22 +475,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactURLs())
+    for wire in WIRE_LOGGERS:  # -v is about the pipeline: these print request headers, signatures, tokens
+        logging.getLogger(wire).setLevel(logging.WARNING)
     from torch.cuda import OutOfMemoryError
 
     from a2b_pipeline.data.recording import BadRecordingError
-    from a2b_pipeline.data.remote import redact_text
+    from a2b_pipeline.files import FileRefusedError
+    from a2b_pipeline.security import GrantError, redact_text
     from a2b_pipeline.state import CheckpointError
 
     try:
         return args.fn(args)
-    except ConfigError as e:
+    except (ConfigError, GrantError, FileRefusedError) as e:  # bad input, named
         print(f"error: {redact_text(str(e))}", file=sys.stderr)
         return 2
     except (
         CheckpointError,
         BadRecordingError,
-        FileNotFoundError,
-        PermissionError,
+        OSError,  # missing, unreadable or unwritable files, unreachable storage: named by the message
         ValueError,
         OutOfMemoryError,
     ) as e:

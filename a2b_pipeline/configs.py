@@ -30,6 +30,8 @@ from pydantic import (
 )
 
 from a2b_pipeline.data import corpora
+from a2b_pipeline.files import FileRefusedError, open_regular
+from a2b_pipeline.security import literal_secret, redact
 
 
 class _Strict(BaseModel):
@@ -109,6 +111,18 @@ class DatasetConfig(_Strict):
     def _finite_weight(cls, v: float) -> float:
         if not math.isfinite(v):
             raise ValueError(f"weight must be a finite number >= 0, got {v}")
+        return v
+
+    @field_validator("manifest", "root", "audio_dir")
+    @classmethod
+    def _no_literal_secret(cls, v: str | None) -> str | None:
+        # the config is persisted (checkpoints, Dagster records, wandb): a credential goes in as a reference
+        if v is not None and literal_secret(v):
+            raise ValueError(
+                f"{redact(v)} carries a credential (userinfo or a token/signature parameter), which would be "
+                "written into every checkpoint and record: name it as ${ENV_VAR} (filled in from the "
+                "environment when the file is opened) or use the storage's credential chain (AWS_*)"
+            )
         return v
 
     @model_validator(mode="after")
@@ -542,7 +556,8 @@ def format_validation_error(err: ValidationError, source: str = "config") -> str
         if e["type"] == "extra_forbidden":
             msg = "unknown key (typo?)"
         value = e.get("input")
-        shown = short_repr(value) if not isinstance(value, dict) else "{...}"
+        value = redact(value) if isinstance(value, str) else value  # a URL's credentials are never shown
+        shown = redact(short_repr(value)) if not isinstance(value, dict) else "{...}"
         lines.append(f"  {loc}: {msg} (got {shown})")
     if err.error_count() > 50:
         lines.append(f"  ... and {err.error_count() - 50} more")
@@ -655,12 +670,14 @@ def read_config_text(path: Path, what: str = "config file") -> str:
     """A config file's text, or a ConfigError that names the file: missing, a directory, unreadable, too big
     for a config, not UTF-8."""
     try:
-        with open(path, "rb") as f:
+        with open_regular(path, follow_symlinks=True) as f:  # a FIFO would block in open(): refused
             blob = f.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"{what} not found: {path}") from None
     except IsADirectoryError:
         raise ConfigError(f"{path}: is a directory, not a {what}") from None
+    except FileRefusedError as e:
+        raise ConfigError(f"{e} (a {what} must be a regular file)") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the config ({e.strerror or e})") from None
     if len(blob) > MAX_CONFIG_BYTES:

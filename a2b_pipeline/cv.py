@@ -17,19 +17,19 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from a2b_pipeline.configs import ConfigError, RunConfig, with_run_settings
+from a2b_pipeline.configs import ConfigError, RunConfig
 from a2b_pipeline.data.pipeline import prepare_data
 from a2b_pipeline.data.splits import group_key, group_kinds
 from a2b_pipeline.evaluate import evaluate_report, resolve_checkpoint
-from a2b_pipeline.files import atomic_write
-from a2b_pipeline.state import CheckpointError, TrainState, list_checkpoints
-from a2b_pipeline.train import train
+from a2b_pipeline.files import atomic_write, read_json
+from a2b_pipeline.runs import cv_dir, fold_dir, run_training
+from a2b_pipeline.security import Grant, check_grant
+from a2b_pipeline.state import TrainState
 
 log = logging.getLogger(__name__)
 
@@ -57,15 +57,6 @@ def fold_config(cfg: RunConfig, fold: int) -> RunConfig:
     return cfg.model_copy(update={"data": data, "name": f"{cfg.name}.fold-{fold}"})
 
 
-def cv_dir(cfg: RunConfig, parent: str | Path | None = None) -> Path:
-    """`<parent or checkpoint.dir>/<name>-cv-<config hash>`."""
-    return Path(parent or cfg.checkpoint.dir) / f"{cfg.name}-cv-{cfg.config_hash()}"
-
-
-def fold_dir(root: Path, fold: int) -> Path:
-    return root / f"fold-{fold}"
-
-
 @dataclass
 class FoldResult:
     fold: int
@@ -82,33 +73,14 @@ class FoldResult:
 # ---- one fold ----
 
 
-def train_fold(cfg: RunConfig, fold: int, root: Path, fresh: bool = False) -> TrainState:
-    """Train fold `fold` in `root/fold-<k>`: continues the run there if it has checkpoints (a complete run is
-    returned as it is), `fresh` starts over."""
+def train_fold(
+    cfg: RunConfig, fold: int, root: Path, fresh: bool = False, launch: str | None = None
+) -> TrainState:
+    """Train fold `fold` in `root/fold-<k>` as runs.py's table says (a run there is continued, a complete one
+    returned as it is; `fresh` trains anew in a new directory beside it)."""
     fcfg = fold_config(cfg, fold)
-    run_dir = fold_dir(root, fold)
-    if fresh:
-        shutil.rmtree(run_dir, ignore_errors=True)
-    if list_checkpoints(run_dir):
-        try:
-            state = TrainState.from_checkpoint(run_dir)
-        except CheckpointError as e:
-            log.warning("fold %d: %s; starting it fresh", fold, e)
-            shutil.rmtree(run_dir, ignore_errors=True)
-        else:
-            if state.config_hash != fcfg.config_hash():
-                raise ConfigError(
-                    f"{run_dir} holds a run of another config (hash {state.config_hash}, expected "
-                    f"{fcfg.config_hash()}); remove it or use fresh"
-                )
-            if state.status == "complete":
-                log.info("fold %d: %s is complete (step %d)", fold, run_dir, state.global_step)
-                return state
-            log.info("fold %d: resuming %s from step %d", fold, run_dir, state.global_step)
-            state.config = with_run_settings(state.config, fcfg)
-            return train(state)
-    log.info("fold %d: training in %s", fold, run_dir)
-    return train(TrainState.from_config(fcfg, run_dir))
+    say = lambda message: log.info("fold %d: %s", fold, message)  # noqa: E731
+    return run_training(fcfg, fold_dir(root, fold), fresh=fresh, launch=launch, say=say).state
 
 
 def test_groups(prepared: Any, group_by: str) -> dict[str, list[str]]:
@@ -117,12 +89,17 @@ def test_groups(prepared: Any, group_by: str) -> dict[str, list[str]]:
     return {kind: sorted({"/".join(group_key(r, kind)) for r in recs}) for kind in group_kinds(group_by)}
 
 
-def evaluate_fold(state: Any, device: str = "cpu") -> tuple[dict[str, Any], Path, dict[str, list[str]]]:
+def evaluate_fold(
+    state: Any, device: str = "cpu", grant: Grant | None = None
+) -> tuple[dict[str, Any], Path, dict[str, list[str]]]:
     """Evaluate a fold's best checkpoint on its test set (model and baselines, evaluate.evaluate_report, which
-    writes `<run_dir>/evaluation-test.json`). Returns (report, its path, the test groups)."""
+    writes `<run_dir>/evaluation-test.json`). Returns (report, its path, the test groups). The fold's config
+    may reach at most what `grant` allows (default: the environment's)."""
     ckpt = resolve_checkpoint(state.run_dir)
+    grant = grant or Grant.from_env()
+    check_grant(state.config, grant, str(ckpt))
     data = prepare_data(state.config)
-    report = evaluate_report(ckpt, "test", data=data, device=device)
+    report = evaluate_report(ckpt, "test", data=data, device=device, grant=grant)
     path = Path(report["run_dir"]) / REPORT_FILE.format(split="test")
     return report, path, test_groups(data, state.config.data.split.group_by)
 
@@ -192,7 +169,7 @@ def summarize(cfg: RunConfig, root: Path, results: list[FoldResult]) -> dict[str
     """Write `root/cv_summary.json` from the folds' results and reports; returns it."""
     folds = require_folds(cfg)
     evaluated = [r for r in results if r.report]
-    reports = [json.loads(Path(r.report).read_text()) for r in evaluated]  # type: ignore[arg-type]
+    reports = [read_json(r.report, what="evaluation report") for r in evaluated]  # type: ignore[arg-type]
     problems = [
         f"fold {r.fold}: {r.status}" + (f" ({r.message})" if r.message else "")
         for r in results
@@ -250,7 +227,7 @@ def run_cv(
         if state.status != "complete":
             results.append(fold_result(k, state, None, {}))
             continue
-        _, path, groups = evaluate_fold(state, device)
+        _, path, groups = evaluate_fold(state, device, Grant.from_config(cfg, cfg.name))
         results.append(fold_result(k, state, path, groups))
     return summarize(cfg, root, results)
 
@@ -260,7 +237,7 @@ def _existing(cfg: RunConfig, root: Path, fold: int) -> list[FoldResult]:
     path = root / SUMMARY_FILE
     if not path.is_file():
         return []
-    for r in json.loads(path.read_text()).get("fold_results", []):
+    for r in read_json(path, what="CV summary").get("fold_results", []):
         if r["fold"] == fold:
             return [FoldResult(**r)]
     return []

@@ -10,12 +10,15 @@ full Dagster and library logs instead (each line once).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, TextIO
+
+from a2b_pipeline.gate import fmt_interval, margins_of, verdict
 
 DEMO_EXPERIMENT = "demo"
 
@@ -163,11 +166,12 @@ def run_demo(
     Returns 0 when every asset materialized and every check passed, 1 otherwise, 2 for a bad setup.
     """
     _quiet_python_logs(verbose)  # before the definitions are imported: they warn while loading
-    from dagster import DagsterInstance, Definitions, define_asset_job
+    from dagster import DagsterInstance, Definitions
 
     from a2b_pipeline.configs import ConfigError
     from a2b_pipeline.defs.assets import ASSETS, experiments
     from a2b_pipeline.defs.checks import CHECKS
+    from a2b_pipeline.defs.jobs import experiment_job
     from a2b_pipeline.defs.resources import ExperimentStore, TrainDevice, WandbTracking, default_resources
 
     out = out or sys.stdout
@@ -198,7 +202,7 @@ def run_demo(
     job_defs = Definitions(
         assets=ASSETS,
         asset_checks=CHECKS,
-        jobs=[define_asset_job("a2b_demo")],
+        jobs=[experiment_job],  # the code location's job: the UI's "View job" and "Re-execute" find it
         resources=resources,
         loggers={"console": _console_logger_def(out, verbose)},
     )
@@ -210,10 +214,11 @@ def run_demo(
             file=out,
             flush=True,
         )
-        result = job_defs.resolve_job_def("a2b_demo").execute_in_process(
+        result = job_defs.resolve_job_def(experiment_job.name).execute_in_process(
             instance=instance,
             partition_key=experiment,
-            run_config={"loggers": {"console": {}}},  # configured: ours instead of Dagster's default console
+            # configured: our console instead of Dagster's default one; the job's own launch config kept
+            run_config={"loggers": {"console": {}}, "ops": {"training_run": {"config": {"fresh": False}}}},
             raise_on_error=False,
             tags={"a2b/launched_by": "a2b demo"},
         )
@@ -221,11 +226,24 @@ def run_demo(
         done = {m.asset_key.to_user_string(): m for m in mats}
         checks = result.get_asset_check_evaluations()
 
-    ok = result.success and len(done) == len(ASSETS) and all(c.passed for c in checks)
+    # a warning (e.g. the model not reliably ahead of a baseline) is reported, not a failure of the demo
+    ok = result.success and len(done) == len(ASSETS) and all(c.passed or _is_warning(c) for c in checks)
     _where_to_look(
         out, done.get("evaluation"), browse_command(dagster_home, data_root, configs), experiment, ok
     )
     return 0 if ok else 1
+
+
+def _is_warning(check: Any) -> bool:
+    return check.severity.value == "WARN"
+
+
+def _versus(report: dict[str, Any]) -> str:
+    """The model's whole-recording r (mean over channels) and its margin over each baseline that has one."""
+    summary = report["summary"]
+    model = fmt_interval(summary["predictors"]["model"]["recording"]["pearson"]["mean"])
+    margins = [f"better than {b} by {fmt_interval(m)}" for b, m in margins_of(report).items()]
+    return "; ".join([f"model {model}", *margins])
 
 
 def _where_to_look(out: TextIO, ev: Any, command: str, experiment: str, ok: bool) -> None:
@@ -236,10 +254,9 @@ def _where_to_look(out: TextIO, ev: Any, command: str, experiment: str, ok: bool
         print(f"  checkpoint:   {md['checkpoint'].value}", file=out)
         print(f"  plot:         {md['plot_path'].value}", file=out)
         print(f"  train state:  {md['train_state'].value}", file=out)
-        versus = {k.split("/", 1)[1]: v.value for k, v in md.items() if k.startswith("recording_r/")}
-        if versus:  # whole-recording median Pearson r of the model and each baseline (constant: undefined)
-            shown = ", ".join(f"{k}={v:.3f}" for k, v in versus.items())
-            print(f"  whole-recording Pearson r (median): {shown}", file=out)
+        report = json.loads(Path(md["report_path"].value).read_text())
+        print(f"  whole-recording Pearson r (median [95% interval]): {_versus(report)}", file=out)
+        print(f"  verdict: {verdict(report).line}", file=out)
     print("", file=out)
     print("To browse it in the Dagster UI, run from the repository root:", file=out)
     print(f"  {command}", file=out)

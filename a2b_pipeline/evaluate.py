@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import itertools
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,9 +20,11 @@ from a2b_pipeline.configs import RunConfig
 from a2b_pipeline.data.datasets import WindowDataset
 from a2b_pipeline.data.pipeline import PreparedData, make_loader, prepare_data
 from a2b_pipeline.engine import autocast_context, checked_weights, evaluate_loader
+from a2b_pipeline.files import atomic_write
 from a2b_pipeline.metrics import MetricAccumulator, make_loss
 from a2b_pipeline.models import build_model, model_io
 from a2b_pipeline.scoring import N_BOOT, RecordingEval, block
+from a2b_pipeline.security import Grant, check_grant
 from a2b_pipeline.state import CheckpointError, TrainState, load_tensors
 
 REPORT_SCHEMA = "a2b.evaluation/1"
@@ -48,7 +49,11 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Tr
         raise CheckpointError(f"{ckpt}: holds no model weights")
     model = build_model(state.config.model, model_io(state.config))
     name = (state.model_state.ema_path or state.model_state.last_model_path).name
-    model.load_state_dict(checked_weights(load_tensors(ckpt, name, state), model, ckpt, name))
+    tensors = checked_weights(load_tensors(ckpt, name, state), model, ckpt, name)
+    bad = [k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:  # every prediction would be NaN
+        raise CheckpointError(f"{ckpt / name}: non-finite weights (NaN/inf) in {', '.join(bad[:5])}: refused")
+    model.load_state_dict(tensors)
     return state, model.to(device).eval()
 
 
@@ -152,14 +157,18 @@ def run_evaluation(
     data: PreparedData | None = None,
     device: str = "cpu",
     n_boot: int = N_BOOT,
+    grant: Grant | None = None,
 ) -> Evaluation:
     """The model and every baseline (fitted on the train split) on exactly the split's windows and
     recordings: per channel and mean, per window and whole recording, overall and per dataset.
-    The layout of `report` is in README.md ("Reading an evaluation")."""
+    The layout of `report` is in README.md ("Reading an evaluation"). Without `data`, the checkpoint's config
+    may reach at most what `grant` allows (default: the environment's, security.Grant.from_env)."""
     ckpt = resolve_checkpoint(path)
     state, model = load_model(ckpt, device)
     cfg = state.config
-    data = data or prepare_data(cfg)
+    if data is None:  # the checkpoint's config names the data: it may reach at most what `grant` allows
+        check_grant(cfg, grant or Grant.from_env(), str(ckpt))
+        data = prepare_data(cfg)
     parts = {name: ds for name, ds in data.splits.get(split, {}).items() if len(ds)}
     if not parts:
         raise ValueError(f"split {split!r} has no windows for config {cfg.name!r}")
@@ -203,10 +212,14 @@ def run_evaluation(
 
 
 def evaluate_report(
-    path: str | Path, split: str = "test", data: PreparedData | None = None, device: str = "cpu"
+    path: str | Path,
+    split: str = "test",
+    data: PreparedData | None = None,
+    device: str = "cpu",
+    grant: Grant | None = None,
 ) -> dict[str, Any]:
     """`run_evaluation(...).report`, also written to `<run_dir>/evaluation-<split>.json`."""
-    ev = run_evaluation(path, split, data, device)
+    ev = run_evaluation(path, split, data, device, grant=grant)
     write_report(ev.report)
     return ev.report
 
@@ -218,33 +231,86 @@ def _fmt(s: dict[str, Any]) -> str:
     return f"{s['value']:.3f}{ci}"
 
 
-def report_markdown(report: dict[str, Any], metrics: tuple[str, ...] = ("pearson", "mae")) -> str:
-    """The report's summary as a Markdown table: whole-recording medians [95% interval] per channel and
-    mean, for the model and each baseline, and the model's margin over each (positive = model better)."""
+def summary_rows(
+    report: dict[str, Any], metrics: tuple[str, ...] = ("pearson", "mae")
+) -> tuple[list[str], list[dict[str, str]]]:
+    """(columns, rows) of the report's summary: whole-recording medians [95% interval] per channel and mean,
+    for the model and each baseline, then how much better the model is than each (positive = better)."""
     summary = report["summary"]
     keys = [*report["channels"], "mean"]
-    head = "| predictor | " + " | ".join(f"{m} {k}" for m in metrics for k in keys) + " |"
-    lines = [head, "|" + " --- |" * (1 + len(metrics) * len(keys))]
+    columns = ["predictor", *(f"{m} {k}" for m in metrics for k in keys)]
+    rows = []
     for name, p in sorted(summary["predictors"].items(), key=lambda item: item[0] != "model"):
         cells = [_fmt(p["recording"][m][k]) for m in metrics for k in keys] if p["available"] else []
         cells = cells or [f"n/a: {p['reason']}"] + [""] * (len(metrics) * len(keys) - 1)
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        rows.append(dict(zip(columns, [name, *cells], strict=True)))
     for name, levels in summary["margins"].items():
         cells = [_fmt(levels["recording"][m][k]) for m in metrics for k in keys]
-        lines.append(f"| model - {name} | " + " | ".join(cells) + " |")
+        rows.append(dict(zip(columns, [f"better than {name} by", *cells], strict=True)))
+    return columns, rows
+
+
+def summary_caption(report: dict[str, Any]) -> str:
+    summary = report["summary"]
     n = f"{summary['n_recordings']} recordings of {summary['n_subjects']} subjects"
-    return f"Whole recordings, {report['split']} split ({n}); median [bootstrap 95% over subjects]\n\n" + (
-        "\n".join(lines)
-    )
+    return f"Whole recordings, {report['split']} split ({n}); median [bootstrap 95% over subjects]"
+
+
+def report_markdown(report: dict[str, Any], metrics: tuple[str, ...] = ("pearson", "mae")) -> str:
+    """The report's summary (`summary_rows`) as a Markdown table under its caption."""
+    columns, rows = summary_rows(report, metrics)
+    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    lines += ["| " + " | ".join(r[c] for c in columns) + " |" for r in rows]
+    return summary_caption(report) + "\n\n" + "\n".join(lines)
+
+
+def report_table(report: dict[str, Any], path: str | Path | None = None, metric: str = "pearson") -> str:
+    """The terminal summary of a report: per channel (and the mean), the model's whole-recording median with
+    its interval, each baseline's, and how much better the model is than each (positive = better), then
+    the recordings and subjects it rests on and where the full report is."""
+    from a2b_pipeline.gate import METRIC_LABEL, fmt_interval
+
+    summary = report["summary"]
+    baselines = [b for b in summary["predictors"] if b != "model"]
+    # a margin column only where the baseline scores somewhere (a constant's r is undefined everywhere)
+    scored = [
+        b for b in baselines if summary["predictors"][b]["recording"][metric]["mean"]["value"] is not None
+    ]
+    head = ["channel", "model", *baselines, *(f"better than {b} by" for b in scored)]
+    rows = []
+    for ch in [*report["channels"], "mean"]:
+        cells = [ch, fmt_interval(summary["predictors"]["model"]["recording"][metric][ch])]
+        for b in baselines:
+            p = summary["predictors"][b]
+            value = p["recording"][metric][ch]["value"]
+            cells.append("n/a" if not p["available"] else "undefined" if value is None else f"{value:.3f}")
+        cells += [fmt_interval(summary["margins"][b]["recording"][metric][ch]) for b in scored]
+        rows.append(cells)
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()  # noqa: E731
+    n = f"{summary['n_recordings']} recordings of {summary['n_subjects']} subjects"
+    out = [
+        f"{report['experiment']} step {report['global_step']}, {report['split']} split ({n}): "
+        f"whole-recording {METRIC_LABEL.get(metric, metric)}, median [bootstrap 95% over subjects]",
+        "",
+        line(head),
+        *(line(r) for r in rows),
+        "",
+    ]
+    if path is not None:
+        out.append(f"full report: {path}")
+    return "\n".join(out)
 
 
 def write_report(report: dict[str, Any]) -> Path:
     """`<run_dir>/evaluation-<split>.json` (atomically): the run's latest evaluation of that split."""
-    out = Path(report["run_dir"]) / f"evaluation-{report['split']}.json"
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, out)
+    out = report_path(report)
+    atomic_write(out, (json.dumps(report, indent=1, sort_keys=True) + "\n").encode())
     return out
+
+
+def report_path(report: dict[str, Any]) -> Path:
+    return Path(report["run_dir"]) / f"evaluation-{report['split']}.json"
 
 
 _COLORS = {
@@ -259,7 +325,7 @@ def plot_recordings(
     evals: list[RecordingEval], channels: list[str], target_rate: float, title: str, units: str = "z-score"
 ) -> bytes:
     """PNG: whole recordings (a row each, a column per channel), the true signal with the model's and every
-    baseline's prediction on the same samples. Every panel has its legend and both axis labels."""
+    baseline's prediction on the same samples; one legend below the panels; both axis labels on each."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -280,11 +346,24 @@ def plot_recordings(
             ax.tick_params(labelsize=7)
             ax.set_xlabel("time (s)", fontsize=8)
             ax.set_ylabel(f"{ch} ({units})", fontsize=8)
-            ax.legend(fontsize=6, loc="upper right", ncol=2)
+    # one legend for every panel, below them (inside a panel it covers the curves)
+    handles: dict[str, Any] = {}
+    for ax in axes.flat:
+        for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, h)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    fig.legend(
+        list(handles.values()),
+        list(handles.keys()),
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.0),
+        ncol=len(handles),
+        fontsize=8,
+        frameon=False,
+    )
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format="png", bbox_inches="tight")
     plt.close(fig)
     return buf.getvalue()
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from a2b_pipeline.files import MAX_STATE_BYTES, read_json
+
 EVALUATION_FILE = "evaluation-{split}.json"
 CV_SUMMARY_FILE = "cv_summary.json"
 BASELINES = ("constant", "other_listeners", "audio_linear")
@@ -57,7 +59,8 @@ class Row:
     metric: str = DEFAULT_METRIC
     level: str = ""  # "recording" (whole recordings, with CIs) or "window" (old reports, pooled windows)
     channels: dict[str, Cell] = field(default_factory=dict)  # channel or "mean" -> the main metric
-    margins: dict[str, Cell] = field(default_factory=dict)  # baseline -> model minus baseline (mean channel)
+    margins: dict[str, Cell] = field(default_factory=dict)  # baseline -> how much better the model is (mean)
+    baselines: dict[str, Cell] = field(default_factory=dict)  # baseline -> its own score (mean channel)
     note: str = ""
 
     @property
@@ -117,6 +120,16 @@ def report_cells(
     return "window", channels, {}
 
 
+def baseline_cells(report: dict[str, Any], metric: str = DEFAULT_METRIC) -> dict[str, Cell]:
+    """baseline -> its whole-recording score (mean over channels), where the report defines one."""
+    out = {}
+    for name, p in (_get(report, "summary", "predictors") or {}).items():
+        stat = _get(p, "recording", metric, "mean")
+        if name != "model" and isinstance(stat, dict) and _finite(stat.get("value")) is not None:
+            out[name] = _stat_cell(stat)
+    return out
+
+
 def row_from_report(
     report: dict[str, Any], experiment: str | None = None, metric: str = DEFAULT_METRIC, **extra: Any
 ) -> Row:
@@ -133,6 +146,7 @@ def row_from_report(
         level=level,
         channels=channels,
         margins=margins,
+        baselines=baseline_cells(report, metric),
         note="" if level == "recording" else "old evaluation: pooled windows, no intervals or baselines",
     )
     for k, v in extra.items():
@@ -160,12 +174,13 @@ def row_from_cv_summary(summary: dict[str, Any], metric: str = DEFAULT_METRIC) -
             for b in BASELINES
             if f"margin/{b}/recording/{metric}/mean" in stats
         }
+        baselines = {b: c for b in BASELINES if (c := cell(f"{b}/recording/{metric}/mean")).value is not None}
     else:
         split = summary.get("split", "test")
         channels = {
             ch: cell(f"metrics/{split}/{metric}" + ("" if ch == "mean" else f"_{ch}")) for ch in channels_list
         }
-        margins = {}
+        margins, baselines = {}, {}
     folds, done = summary.get("folds", 0), summary.get("folds_evaluated", 0)
     status = "evaluated" if done == folds and folds else f"incomplete ({done}/{folds} folds evaluated)"
     return Row(
@@ -181,6 +196,7 @@ def row_from_cv_summary(summary: dict[str, Any], metric: str = DEFAULT_METRIC) -
         level=level,
         channels=channels,
         margins=margins,
+        baselines=baselines,
         note="; ".join(summary.get("problems", [])),
     )
 
@@ -223,10 +239,13 @@ def row_from_run_dir(run_dir: str | Path, split: str = "test", metric: str = DEF
     experiment = state.config.name
     report_path = run_dir / EVALUATION_FILE.format(split=split)
     if state.status != "complete":
+        from a2b_pipeline.runs import read_stop
+
+        stop = read_stop(run_dir)  # a non-finite loss or an error: written beside the last good checkpoint
         return missing_row(
             experiment,
-            state.status,
-            state.message or "training did not complete",
+            stop.status if stop else state.status,
+            (stop or state).message or "training did not complete",
             checkpoint=str(run_dir),
             **facts,
         )
@@ -236,8 +255,8 @@ def row_from_run_dir(run_dir: str | Path, split: str = "test", metric: str = DEF
             experiment, "not evaluated", f"run `a2b evaluate {run_dir}`", checkpoint=str(best), **facts
         )
     try:
-        report = json.loads(report_path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        report = read_json(report_path, what="evaluation report")
+    except OSError as e:
         return missing_row(experiment, "failed", f"{report_path}: unreadable ({e})", **facts)
     row = row_from_report(report, experiment, metric)
     row.model = facts["model"]
@@ -252,7 +271,7 @@ def _unverified_facts(run_dir: Path, default_name: str) -> tuple[str, dict[str, 
 
     for ckpt in reversed(list_checkpoints(run_dir)):
         try:
-            raw = json.loads((ckpt / "train_state.json").read_text())
+            raw = read_json(ckpt / "train_state.json", MAX_STATE_BYTES, "train state")
             cfg = raw["config"]
             return cfg.get("name", default_name), {
                 "model": cfg["model"]["name"],
@@ -265,32 +284,11 @@ def _unverified_facts(run_dir: Path, default_name: str) -> tuple[str, dict[str, 
     return default_name, {}
 
 
-def _is_run_dir(path: Path) -> bool:
-    names = {p.name for p in path.iterdir()}
-    return any(n.startswith("step_") for n in names) or "last" in names or ".a2b-lock" in names
-
-
 def find_run_dirs(runs_dir: str | Path) -> tuple[list[Path], list[Path]]:
-    """(run directories, cross-validation directories) under `runs_dir`, sorted. A CV directory holds its
-    folds' run directories; Dagster's experiment directories hold `train-*` run directories."""
-    runs, cvs = [], []
-    stack = [Path(runs_dir)]
-    while stack:
-        d = stack.pop()
-        if not d.is_dir():
-            continue
-        if (d / CV_SUMMARY_FILE).is_file():
-            cvs.append(d)
-        if _is_run_dir(d):
-            runs.append(d)
-            continue
-        # not Dagster's records, nor the runs a `fresh: true` launch set aside (`<run>.replaced-<time>`)
-        stack += [
-            p
-            for p in d.iterdir()
-            if p.is_dir() and not p.is_symlink() and p.name != "dagster" and ".replaced-" not in p.name
-        ]
-    return sorted(runs), sorted(cvs)
+    """(run directories, cross-validation directories) under `runs_dir`: runs.py finds them."""
+    from a2b_pipeline.runs import find_run_dirs as find
+
+    return find(runs_dir, cv_marker=CV_SUMMARY_FILE)
 
 
 def rows_from_runs_dir(runs_dir: str | Path, split: str = "test", metric: str = DEFAULT_METRIC) -> list[Row]:
@@ -300,7 +298,7 @@ def rows_from_runs_dir(runs_dir: str | Path, split: str = "test", metric: str = 
     rows = []
     for cv in cvs:
         try:
-            rows.append(row_from_cv_summary(json.loads((cv / CV_SUMMARY_FILE).read_text()), metric))
+            rows.append(row_from_cv_summary(read_json(cv / CV_SUMMARY_FILE, what="CV summary"), metric))
         except (OSError, json.JSONDecodeError) as e:
             rows.append(
                 missing_row(cv.name, "failed", f"{cv / CV_SUMMARY_FILE}: unreadable ({e})", kind="cv")
@@ -335,7 +333,7 @@ def to_markdown(rows: list[Row]) -> str:
     channels = _channel_names(rows)
     baselines = _baseline_names(rows)
     head = ["experiment", "kind", "status", "model", "datasets"]
-    head += [f"{metric} {c}" for c in channels] + [f"Δ vs {b}" for b in baselines]
+    head += [f"{metric} {c}" for c in channels] + [f"better than {b} by" for b in baselines]
     head += ["steps", "config hash", "checkpoint", "note"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in ordered(rows):
@@ -351,6 +349,27 @@ def to_markdown(rows: list[Row]) -> str:
         ]
         lines.append("| " + " | ".join(_md_escape(c) for c in cells) + " |")
     return "\n".join(lines)
+
+
+def to_table(rows: list[Row]) -> tuple[list[str], list[dict[str, str]]]:
+    """The compact table a UI shows inline: (columns, one dict per row, best first): the main metric's
+    mean over channels with its interval, how much better than each baseline, and where it came from."""
+    # a margin column only where some row has one (the r of a constant predictor is undefined)
+    baselines = [
+        b for b in _baseline_names(rows) if any(r.margins.get(b, Cell(None)).value is not None for r in rows)
+    ]
+    metric = rows[0].metric if rows else DEFAULT_METRIC
+    columns = ["experiment", "status", "model", "datasets", f"{metric} (mean)"]
+    columns += [f"better than {b} by" for b in baselines] + ["steps", "config hash", "note"]
+    records = []
+    for r in ordered(rows):
+        mean = r.channels.get("mean")
+        cells = [r.experiment if r.kind == "run" else f"{r.experiment} ({r.kind})", r.status, r.model]
+        cells += [", ".join(r.datasets), mean.text() if mean else ""]
+        cells += [r.margins[b].text() if b in r.margins else "" for b in baselines]
+        cells += ["" if r.steps is None else str(r.steps), r.config_hash, r.note]
+        records.append(dict(zip(columns, cells, strict=True)))
+    return columns, records
 
 
 def _md_escape(text: str) -> str:
@@ -397,9 +416,14 @@ def to_csv(rows: list[Row]) -> str:
     return buf.getvalue()
 
 
+_BASELINE_MARKS = {"other_listeners": ("D", "tab:green"), "audio_linear": ("s", "tab:blue")}
+
+
 def plot(rows: list[Row]) -> bytes:
-    """PNG: the main metric (mean over channels) per experiment with its interval; rows without a value
-    are listed with their status in red at zero."""
+    """PNG: the main metric (mean over channels) per experiment, a dot with its interval, each baseline's
+    score on the same recordings as a mark on the same row, the axis fitted to the values (so 0.92 and
+    0.94 look different); rows without a value say their status. One row per experiment, the legend below
+    the axes: no label covers another."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -407,24 +431,63 @@ def plot(rows: list[Row]) -> bytes:
 
     rows = ordered(rows)
     metric = rows[0].metric if rows else DEFAULT_METRIC
-    fig, ax = plt.subplots(figsize=(7, 0.45 * max(len(rows), 2) + 1.2), dpi=80)
+    values = [
+        v
+        for r in rows
+        for c in [r.channels.get("mean"), *r.baselines.values()]
+        if c is not None
+        for v in (c.value, c.low, c.high)
+        if v is not None
+    ]
+    lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
+    pad = max(0.05 * (hi - lo), 0.01)
+    lo, hi = lo - pad, hi + pad
+    fig, ax = plt.subplots(figsize=(8, 0.45 * max(len(rows), 2) + 1.6), dpi=80)
+    seen: set[str] = set()
     for i, r in enumerate(rows):
         c = r.channels.get("mean")
         if c is None or c.value is None:
-            ax.text(0, i, f"  {r.status}", va="center", color="tab:red", fontsize=8)
+            ax.text(lo + pad / 4, i, r.status, va="center", color="tab:red", fontsize=8)
             continue
+        for name, b in r.baselines.items():
+            marker, color = _BASELINE_MARKS.get(name, ("^", "tab:gray"))
+            ax.plot(
+                b.value,
+                i,
+                marker,
+                color=color,
+                markersize=7,
+                fillstyle="none",
+                mew=1.5,
+                label=None if name in seen else f"baseline: {name}",
+            )
+            seen.add(name)
         err = None
         if c.low is not None and c.high is not None:
             err = [[c.value - c.low], [c.high - c.value]]
-        ax.barh(i, c.value, xerr=err, color="tab:blue" if r.kind == "run" else "tab:green", capsize=3)
+        color = "tab:orange" if r.kind == "run" else "tab:purple"
+        label = "model (95% interval)" if r.kind == "run" else "model, CV (mean ± std)"
+        ax.errorbar(
+            c.value, i, xerr=err, fmt="o", color=color, capsize=3, label=None if label in seen else label
+        )
+        seen.add(label)
     labels = [r.experiment if r.kind == "run" else f"{r.experiment} ({r.kind})" for r in rows]
     ax.set_yticks(range(len(rows)), labels)
-    ax.invert_yaxis()
-    ax.axvline(0, color="black", linewidth=0.8)
-    ax.set_xlabel(f"test {metric} (mean over channels; bars: interval)")
+    ax.set_ylim(len(rows) - 0.5, -0.5)
+    ax.set_xlim(lo, hi)
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_xlabel(f"test {metric}, whole recordings (median over recordings, mean over channels)")
     ax.tick_params(labelsize=8)
+    if seen:
+        ax.legend(
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.5 / max(len(rows), 2) - 0.12),
+            ncol=4,
+            fontsize=8,
+            frameon=False,
+        )
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format="png", bbox_inches="tight")
     plt.close(fig)
     return buf.getvalue()

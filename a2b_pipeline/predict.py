@@ -27,6 +27,7 @@ from a2b_pipeline.data.datasets import NormStats, audio_inputs, fit_frames, read
 from a2b_pipeline.data.features import log_mel
 from a2b_pipeline.data.pipeline import load_norm_stats, prepare_data, save_norm_stats
 from a2b_pipeline.evaluate import load_model, overlap_add, resolve_checkpoint
+from a2b_pipeline.security import Grant, check_grant
 from a2b_pipeline.state import TrainState
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ def norm_stats(ckpt: Path, state: TrainState) -> NormStats:
     if saved is not None:
         return saved
     log.info("%s: no saved normalisation statistics; recomputing them from the run's corpus", ckpt)
+    check_grant(state.config, Grant.from_env(), str(ckpt))  # a checkpoint's config is data, not authority
     data = prepare_data(state.config)
     save_norm_stats(data, ckpt.parent)
     return data.norm

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from a2b_pipeline.configs import ConfigError
+from a2b_pipeline.files import remove_inside
 
 LOCK_FILE = ".a2b-lock"
 log = logging.getLogger(__name__)
@@ -174,9 +175,5 @@ def empty_run_dir(run_dir: Path) -> None:
     if os.path.realpath(run_dir) not in _HELD:
         raise RuntimeError(f"{run_dir}: emptied without holding it")
     for entry in run_dir.iterdir():
-        if entry.name == LOCK_FILE:
-            continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
+        if entry.name != LOCK_FILE:
+            remove_inside(entry, run_dir)

@@ -99,6 +99,10 @@ EMA_FILE = "ema.safetensors"
 METRICS_FILE = "metrics.jsonl"
 # ~4 million records: far more than a run logs; a bigger history file is refused before it is parsed
 MAX_HISTORY_BYTES = 256 << 20
+# Counters no run reaches (2**53: exact in JSON's doubles too); a checkpoint claiming more is refused.
+MAX_COUNT = 2**53
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+_CPU_RNG_BYTES = torch.get_rng_state().numel()  # the CPU generator's state: 5056 bytes (mt19937 + extras)
 
 # ---- JSON-able torch types ----
 
@@ -166,6 +170,11 @@ class RNGState(_Schema):
     def _has_cpu(cls, v: dict[str, list]) -> dict[str, list]:
         if "cpu" not in v:
             raise ValueError(f"needs a 'cpu' entry (the CPU generator's state), has {sorted(v)[:4]}")
+        if len(v["cpu"]) != _CPU_RNG_BYTES:
+            raise ValueError(f"'cpu' has {len(v['cpu'])} bytes; a CPU generator state has {_CPU_RNG_BYTES}")
+        for device, state in v.items():
+            if not all(isinstance(b, int) and 0 <= b < 256 for b in state):
+                raise ValueError(f"{device!r}: a generator state is a list of bytes (integers 0..255)")
         return v
 
     @classmethod
@@ -333,7 +342,8 @@ class MetaDataLoaderState(_Schema):
 
 
 def _check_metric_name(name: Any) -> Any:
-    if not (isinstance(name, str) and len(name) > 6 and name.split("/", 1)[0] in ("train", "val")):
+    split, sep, rest = name.partition("/") if isinstance(name, str) else ("", "", "")
+    if not (sep and split in ("train", "val") and rest):  # any train/<name> or val/<name>: val/r too
         raise ValueError(
             f"metric name {name!r} must look like 'train/<name>' or 'val/<name>' "
             "(test metrics belong to the evaluation's record)"
@@ -386,13 +396,14 @@ class TrainState(_Schema):
     config_hash: str
     stop_reason: StopReason | None = None  # why a run is `stopped`; None otherwise
     message: str = ""  # the why in words: the signal, the non-finite step, the error and its message
-    epoch: NonNegativeInt = 0
-    global_step: NonNegativeInt = 0
-    samples_seen: NonNegativeInt = 0
+    epoch: Count = 0
+    global_step: Count = 0
+    samples_seen: Count = 0
     batches_drawn: dict[str, NonNegativeInt] = {}  # training batches drawn per dataset, over the whole run
     world_size: int = 1
     rank_rng_states: list[RNGState] = []  # ranks 1.. of a multi-process run (rank 0's is rng_state)
-    num_threads: int | None = None  # CPU thread count of the first attempt: resume must match
+    # CPU thread count of the first attempt: resume must match
+    num_threads: Annotated[int, Field(gt=0, le=1024)] | None = None
     data_version: str | None = None
     bad_validations: NonNegativeInt = 0  # for early stopping
     wandb_run_id: str | None = None
@@ -441,8 +452,10 @@ class TrainState(_Schema):
     def from_config(cls, config: RunConfig, run_dir: str | Path | None = None) -> TrainState:
         """A fresh run, status "initialized": nothing is built or written yet; train() starts it. The run
         directory is `checkpoint.dir/<name>-<config hash>` unless given."""
+        from a2b_pipeline.runs import cli_run_dir  # runs.py names run directories
+
         h = config.config_hash()
-        run = (Path(run_dir) if run_dir else Path(config.checkpoint.dir) / f"{config.name}-{h}").resolve()
+        run = (Path(run_dir) if run_dir else cli_run_dir(config)).resolve()
         weights = [d.weight for d in config.data.datasets]
         return cls(
             config=config,

@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from a2b_pipeline.configs import (
 
 SWEEPS_DIR = "sweeps"  # under a configs directory
 NAME_RE = re.compile(r"^[A-Za-z0-9_.+-]+$")  # RunConfig.name: also safe as partition key and dir name
+MAX_EXPERIMENTS = 10_000  # one sweep file: more is a typo or a generated grid that would never finish
 _SLUG_BAD = re.compile(r"[^A-Za-z0-9_.-]+")
 Label = Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
 
@@ -77,6 +79,13 @@ class SweepSpec(BaseModel):
                 for label in values:
                     if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(label)):
                         raise ValueError(f"grid.{key}: label {label!r} may only use A-Z a-z 0-9 _ . -")
+        # counted before anything is expanded: 6 axes of 100 values are 10^12 experiments
+        count = max(1, len(self.variants)) * math.prod(len(v) for v in self.grid.values())
+        if count > MAX_EXPERIMENTS:
+            raise ValueError(
+                f"the grid and variants make {count:,} experiments, over the limit of {MAX_EXPERIMENTS:,}: "
+                "split the sweep or shorten its axes"
+            )
         return self
 
 

@@ -87,10 +87,38 @@ def train(cfg: TrainState, *, model_hooks: Sequence[ModelHook] = ()) -> TrainSta
         return _train(cfg, model_hooks)
 
 
+@dataclass(frozen=True)
+class TrainOutput:
+    """What the seed's Scratch has `fit()` return: the metrics, the checkpoints written and the best one's
+    path. A view of the TrainState `train` returns (kept as `state`), not a loop of its own."""
+
+    metrics: dict[str, float | int]  # the newest value of every train/... and val/... metric
+    paths_to_artifacts: list[Path]  # the run's checkpoint directories on disk, oldest first
+    best_checkpoint_path: Path | None  # by checkpoint.metric; None before a validation
+    state: TrainState
+
+    @classmethod
+    def of(cls, state: TrainState) -> TrainOutput:
+        return cls(
+            metrics=dict(state.metric_state.metrics),
+            paths_to_artifacts=list(state.checkpoint_state.checkpoint_paths),
+            best_checkpoint_path=state.best_checkpoint,
+            state=state,
+        )
+
+
+def fit(cfg: TrainState, *, model_hooks: Sequence[ModelHook] = ()) -> TrainOutput:
+    """The seed's `fit()`: `train`, seen as a TrainOutput."""
+    return TrainOutput.of(train(cfg, model_hooks=model_hooks))
+
+
 def _train(state: TrainState, model_hooks: Sequence[ModelHook]) -> TrainState:
     """The loop, in one piece on purpose (about 80 lines): what a step does and when it logs, validates,
     checkpoints and stops reads top to bottom here; the helpers below do one thing each."""
     run = setup(state, model_hooks)
+    step, end = state.global_step, run.total_steps
+    if step > end:  # else it "completes" untrained, naming a checkpoint after that step
+        raise CheckpointError(f"{state.run_dir}: global_step {step} is past the run's end ({end} steps)")
     stop = StopRequest()
     batches = micro_batches(run.train_loader, state, run.cfg.train.num_epochs)
     nonfinite = torch.zeros((), dtype=torch.bool, device=run.device)  # read at log steps: no per-step sync

@@ -3,8 +3,9 @@ smoke test needs nothing installed on the host but an engine and python3).
 
     python3 docker/smoke_client.py URL wait-web TIMEOUT
     python3 docker/smoke_client.py URL add-partition PARTITION
-    python3 docker/smoke_client.py URL stop-sensor SENSOR              -> its new status
-    python3 docker/smoke_client.py URL launch JOB PARTITION            -> run id
+    python3 docker/smoke_client.py URL sensor-status SENSOR            -> its status (RUNNING/STOPPED)
+    python3 docker/smoke_client.py URL launch JOB PARTITION [--fresh]  -> run id (--fresh: training_run fresh)
+    python3 docker/smoke_client.py URL job-runs JOB                    -> the ids of every run of the job
     python3 docker/smoke_client.py URL wait-run RUN_ID TIMEOUT         -> the run id that finished it
     python3 docker/smoke_client.py URL status RUN_ID                   -> status
     python3 docker/smoke_client.py URL tag RUN_ID KEY                  -> tag value
@@ -87,26 +88,20 @@ def add_partition(url: str, partition: str) -> str:
     return partition
 
 
-def stop_sensor(url: str, name: str) -> str:
-    """What the UI's sensor toggle does: look the sensor up, stop it."""
+def sensor_status(url: str, name: str) -> str:
+    """The sensor's state, as the UI's sensor page shows it (the smoke test runs with them as shipped)."""
     sensor = gql(
         url,
         """query($sel: SensorSelector!) { sensorOrError(sensorSelector: $sel) {
-             __typename ... on Sensor { id } ... on PythonError { message } } }""",
+             __typename ... on Sensor { sensorState { status } } ... on PythonError { message } } }""",
         sel={"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY, "sensorName": name},
     )["sensorOrError"]
-    stopped = gql(
-        url,
-        """mutation($id: String) { stopSensor(id: $id) { __typename
-             ... on StopSensorMutationResult { instigationState { status } }
-             ... on PythonError { message } ... on UnauthorizedError { message } } }""",
-        id=_expect(sensor, "Sensor")["id"],
-    )["stopSensor"]
-    return _expect(stopped, "StopSensorMutationResult")["instigationState"]["status"]
+    return _expect(sensor, "Sensor")["sensorState"]["status"]
 
 
-def launch(url: str, job: str, partition: str) -> str:
-    """What the UI's launchpad sends for a partitioned job: the job, its partition tag, empty config."""
+def launch(url: str, job: str, partition: str, fresh: bool = False) -> str:
+    """What the UI's launchpad sends for a partitioned job: the job, its partition tag, and an empty config
+    (or training_run's `fresh: true`, as typed into the launchpad)."""
     data = gql(
         url,
         """mutation($params: ExecutionParams!) { launchRun(executionParams: $params) {
@@ -115,7 +110,7 @@ def launch(url: str, job: str, partition: str) -> str:
              ... on InvalidSubsetError { message } ... on UnauthorizedError { message } } }""",
         params={
             "selector": {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY, "jobName": job},
-            "runConfigData": {},
+            "runConfigData": {"ops": {"training_run": {"config": {"fresh": True}}}} if fresh else {},
             "mode": "default",
             "executionMetadata": {"tags": [{"key": "dagster/partition", "value": partition}]},
         },
@@ -147,6 +142,17 @@ def runs(url: str, root_id: str) -> list[dict]:
     )
     retries = _expect(data["runsOrError"], "Runs")["results"]
     return [run(url, root_id), *[run(url, r["runId"]) for r in reversed(retries)]]
+
+
+def job_runs(url: str, job: str) -> list[str]:
+    """Every run of a job (as the Runs page filtered by job shows them)."""
+    data = gql(
+        url,
+        """query($f: RunsFilter) { runsOrError(filter: $f) { __typename
+             ... on Runs { results { runId } } ... on PythonError { message } } }""",
+        f={"pipelineName": job},
+    )["runsOrError"]
+    return [r["runId"] for r in _expect(data, "Runs")["results"]]
 
 
 def wait_run(url: str, run_id: str, timeout: float) -> str:
@@ -229,10 +235,12 @@ def main(argv: list[str]) -> int:
             print(wait_web(url, float(args[0])))
         elif cmd == "add-partition":
             print(add_partition(url, args[0]))
-        elif cmd == "stop-sensor":
-            print(stop_sensor(url, args[0]))
+        elif cmd == "sensor-status":
+            print(sensor_status(url, args[0]))
         elif cmd == "launch":
-            print(launch(url, args[0], args[1]))
+            print(launch(url, args[0], args[1], fresh="--fresh" in args[2:]))
+        elif cmd == "job-runs":
+            print(" ".join(job_runs(url, args[0])))
         elif cmd == "wait-run":
             print(wait_run(url, args[0], float(args[1])))
         elif cmd == "status":

@@ -7,6 +7,7 @@ import contextlib
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -264,3 +265,36 @@ def listening_sockets() -> list[tuple[str, int, str]]:
                 )
             found.append((ip, int(port, 16), parts[9]))
     return found
+
+
+@contextlib.contextmanager
+def http_server(answer: Callable[[str], tuple[int, bytes]]) -> Iterator[int]:
+    """A real HTTP server on 127.0.0.1 (a free port, yielded) answering GET and HEAD of each path with
+    `answer(path)` -> (status, body); stopped on exit."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            status, body = answer(self.path)
+            if status >= 400:
+                self.send_error(status)
+                return
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command == "GET":
+                self.wfile.write(body)
+
+        do_HEAD = do_GET
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()

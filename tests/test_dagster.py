@@ -136,7 +136,9 @@ def test_lineage_from_evaluation_back_to_config_and_data(demo):
     assert ev["train_state"] == str(ckpt / "train_state.json")
     assert state.config_hash == splits["config_hash"] == ev["config_hash"]
     assert state.data_version == splits["data_version"] == ev["data_version"]
-    assert state.status == "complete" and state.global_step == 6
+    # the best checkpoint: the final one (complete) or an earlier one whose validation scored higher
+    assert state.global_step == best["best_step"]
+    assert state.status == ("complete" if state.global_step == 6 else "in_progress")
     assert run["status"] == "complete" and run["global_step"] == 6
     assert best["best_metric"] == "val/pearson" and best["best_step"] == state.checkpoint_state.best_step
     # every asset carries the same config hash; the records on disk match their sha256
@@ -159,8 +161,16 @@ def test_lineage_from_evaluation_back_to_config_and_data(demo):
     assert Path(ev["report_path"]) == ckpt.parent / "evaluation-test.json"
     assert set(report["summary"]["predictors"]) == {"model", "constant", "other_listeners", "audio_linear"}
     assert report["summary"]["predictors"]["model"]["recording"]["pearson"]["mean"]["value"] is not None
-    assert "| model |" in ev["summary"] and "| model - audio_linear |" in ev["summary"]
     headline = report["summary"]["predictors"]["model"]["recording"]["pearson"]["mean"]["value"]
+    summary_rows = {r.data["predictor"]: r.data for r in ev["summary"].records}  # a table shown inline
+    assert {"model", "audio_linear", "better than audio_linear by"} <= set(summary_rows)
+    assert summary_rows["model"]["pearson mean"].startswith(f"{headline:.3f}")
+    # which config produced it, in a few lines, on every asset a training run feeds
+    for name in ("training_run", "best_checkpoint", "evaluation"):
+        config = {r.data["setting"]: r.data["value"] for r in md[name]["config"].records}
+        assert config["model"].startswith(f"{state.config.model.name}, ") and "params" in config["model"]
+        assert config["optimizer"].startswith(f"{state.config.optimizer.name}, lr ")
+        assert config["group_by"] == "subject" and config["steps"] == "6" and "weight" in config["datasets"]
     assert ev["recording_r/model"] == float(f"{headline:.4g}")  # rounded for reading; full in the record
     assert splits["group_by"] == "subject" and splits["dropped_count"] == 0
     # the corpus listing: recordings and skipped count; dataset_splits' windows
@@ -294,6 +304,11 @@ def test_evaluation_check_fails_below_its_floor(demo):
         not ev.passed and "demo: test/pearson" in ev.description and "below the floor 1.5" in ev.description
     )
     assert ev.partition == "demo"
+    # a floor or a baseline the model does not reliably beat is a warning; errors are for broken metrics
+    assert ev.severity == AssetCheckSeverity.WARN
+    md = {k: v.value for k, v in ev.metadata.items()}
+    assert {"better than audio_linear by", "verdict"} <= set(md) and "audio_linear" in md["margins"]
+    assert "constant" not in md["margins"]  # a constant's r, and so its margin, is undefined
 
 
 def test_relaunch_reuses_the_complete_run_and_its_evaluation_and_says_so(demo):
@@ -632,19 +647,59 @@ def test_configs_sensor_registers_experiments_and_corpus_sensor_notices_a_change
     assert [r.partition_key for r in result.run_requests] == ["watched"]
     assert not result.dynamic_partitions_requests
 
-    first = corpus_change_sensor(build_sensor_context(instance=instance, resources={"store": store}))
-    assert not first.run_requests  # the first tick only records
-    again = corpus_change_sensor(
-        build_sensor_context(instance=instance, resources={"store": store}, cursor=first.cursor)
+    def tick(cursor=None):
+        return corpus_change_sensor(
+            build_sensor_context(instance=instance, resources={"store": store}, cursor=cursor)
+        )
+
+    first = tick()
+    assert not first.run_requests  # nothing materialized from the corpus yet: nothing to refresh
+    res = materialize(
+        [*ASSETS],
+        instance=instance,
+        resources=_resources(tmp_path / "data", configs),
+        partition_key="watched",
+        selection=[AssetKey("corpus_manifest")],
     )
-    assert not again.run_requests
-    with open(manifest, "a") as f:  # a new row appended to the manifest
+    assert res.success
+    again = tick(first.cursor)
+    assert not again.run_requests  # the corpus is as corpus_manifest recorded it
+    with open(manifest, "a") as f:  # a new row appended to the manifest, from outside the pipeline
         f.write("\n")
-    changed = corpus_change_sensor(
-        build_sensor_context(instance=instance, resources={"store": store}, cursor=again.cursor)
-    )
-    assert sorted(r.partition_key for r in changed.run_requests) == ["other", "watched"]
+    changed = tick(again.cursor)
+    # only the experiment that materialized from it (`other` never did), as data_refresh_job, keyed by content
+    assert [r.partition_key for r in changed.run_requests] == ["watched"]
     assert all(r.job_name in (None, "data_refresh_job") for r in changed.run_requests)
+    assert changed.run_requests[0].run_key.startswith("corpus-watched-")
+    assert not tick(changed.cursor).run_requests  # one request per change, not one per tick
+
+
+def test_edited_configs_ask_for_at_most_a_few_refreshes_a_tick_and_none_twice(tmp_path):
+    from a2b_pipeline.defs.sensors import MAX_REFRESH_REQUESTS, experiment_configs_sensor
+
+    configs = tmp_path / "configs"
+    names = [f"e{i}" for i in range(MAX_REFRESH_REQUESTS + 2)]
+    for name in names:
+        _write_config(configs, name, tmp_path, [])
+    store = ExperimentStore(data_root=str(tmp_path / "data"), configs_dir=str(configs))
+    instance = DagsterInstance.ephemeral()
+
+    def tick(cursor):
+        with build_sensor_context(instance=instance, resources={"store": store}, cursor=cursor) as ctx:
+            return experiment_configs_sensor(ctx)
+
+    result = tick(None)
+    instance.add_dynamic_partitions(
+        experiments.name, list(result.dynamic_partitions_requests[0].partition_keys)
+    )
+    for name in names:  # every config edited at once (as an edited base config does to a sweep)
+        _write_config(configs, name, tmp_path, ["seed=1"])
+    asked = []
+    for _ in range(3):
+        result = tick(result.cursor)
+        assert len(result.run_requests) <= MAX_REFRESH_REQUESTS
+        asked += [r.partition_key for r in result.run_requests]
+    assert sorted(asked) == names  # each once, over two ticks
 
 
 def _missing_corpus_config(configs: Path, tmp_path: Path, name: str) -> Path:

@@ -113,6 +113,10 @@ def test_sensor_registers_a_2x2_sweep_as_four_partitions_and_cv_folds(world):
     assert state.config.optimizer.lr == 0.001 and state.config.data.batch_size == 8
     assert state.config.name == SWEEP[1]
     assert _md(instance, "evaluation", SWEEP[1])["config_file"] == str(world["sweep"])
+    config = {
+        r.data["setting"]: r.data["value"] for r in _md(instance, "evaluation", SWEEP[1])["config"].records
+    }
+    assert config["overrides"] == "optimizer.lr=0.001, data.batch_size=8"  # what makes it this experiment
 
     # an experiment that fails (its manifest is gone): a failed run in the instance
     res = materialize(
@@ -198,11 +202,15 @@ def test_leaderboard_lists_every_experiment_marks_failed_and_rebuilds_on_evaluat
     assert rows["cvexp"]["kind"] == "cv (3 folds)" and rows["cvexp"]["status"] == "evaluated"
     summary = json.loads(Path(_md(instance, "cv_summary", "cvexp")["cv_summary"]).read_text())
     assert float(rows["cvexp"]["pearson_mean"]) == summary["stats"]["model/recording/pearson/mean"]["mean"]
-    table = md["leaderboard"]
+    # the files live under the data root's data/ tree, not loose in it (nor in the repository)
+    assert Path(md["csv"]).parent == world["tmp"] / "data" / "data" / "leaderboard"
+    table = (Path(md["csv"]).parent / "leaderboard.md").read_text().strip()
     assert "| broken | run | **failed** | conv_gru | gone |" in table
     assert md["rows"] == 6 and md["evaluated"] == 2
     assert md["plot"].startswith("![leaderboard](data:image/png;base64,")
-    assert (Path(md["csv"]).parent / "leaderboard.md").read_text().strip() == table
+    inline = {r.data["experiment"]: r.data for r in md["leaderboard"].records}  # a table the UI shows inline
+    assert inline["broken"]["status"] == "failed" and inline[SWEEP[1]]["status"] == "evaluated"
+    assert inline[SWEEP[1]]["better than audio_linear by"].startswith(f"{margin:.3f}")
 
     # handled: nothing to do until an evaluation changes; then the leaderboard (only) is requested again
     second = evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
@@ -231,6 +239,19 @@ def test_leaderboard_lists_every_experiment_marks_failed_and_rebuilds_on_evaluat
         raise_on_error=False,
     )
     assert not res.success
+    # the failure itself asks for the leaderboard again (no evaluation materialized to trigger it)
+    from dagster import RunRequest, build_run_status_sensor_context
+
+    from a2b_pipeline.defs.sensors import leaderboard_after_failure
+
+    ctx = build_run_status_sensor_context(
+        sensor_name=leaderboard_after_failure.name,
+        dagster_instance=instance,
+        dagster_run=res.dagster_run,
+        dagster_event=res.get_run_failure_event(),
+    ).for_run_failure()
+    request = leaderboard_after_failure(ctx)
+    assert isinstance(request, RunRequest) and res.dagster_run.run_id in request.run_key
     assert materialize(ALL, instance=instance, resources=resources, selection=[leaderboard]).success
     md = _md(instance, "leaderboard")
     rows = {r["experiment"]: r for r in csv.DictReader(Path(md["csv"]).read_text().splitlines())}

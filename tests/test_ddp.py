@@ -55,7 +55,7 @@ def test_torchrun_two_ranks_gloo(tmp_path: Path) -> None:
     ]
 
     # a single process evaluates the DDP checkpoint
-    metrics = json.loads(run_cli("evaluate", str(run), "--split", "val").stdout)["metrics"]
+    metrics = json.loads(run_cli("evaluate", str(run), "--split", "val", "--json").stdout)["metrics"]
     assert metrics["val/pearson"] == metrics["val/pearson"]  # finite, not NaN
 
     # resuming a complete run with the same world size is a no-op that still succeeds

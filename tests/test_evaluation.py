@@ -37,9 +37,29 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _train(raw)
 
 
+def test_evaluate_prints_a_table_and_ends_with_the_gate_verdict(run: Path) -> None:
+    from a2b_pipeline.gate import verdict
+
+    out = run_cli("evaluate", str(run), "--split", "test").stdout.strip().splitlines()
+    report = json.loads((run / "evaluation-test.json").read_text())
+    assert len(out) < 15  # a table, not the report
+    header = out[2].split()
+    assert header[:4] == ["channel", "model", "constant", "other_listeners"] and "better" in header
+    summary = report["summary"]
+    for ch in [*report["channels"], "mean"]:
+        (line,) = [row for row in out if row.split()[:1] == [ch]]
+        model = summary["predictors"]["model"]["recording"]["pearson"][ch]
+        margin = summary["margins"]["audio_linear"]["recording"]["pearson"][ch]
+        assert line.split()[1] == f"{model['value']:.3f}" and f"{margin['value']:.3f}" in line
+    assert f"{summary['n_recordings']} recordings of {summary['n_subjects']} subjects" in out[0]
+    assert out[-2] == f"full report: {run / 'evaluation-test.json'}"
+    assert out[-1] == f"verdict: {verdict(report).line}"
+
+
 def test_report_has_model_and_baselines_per_channel_level_and_dataset(run: Path) -> None:
-    out = run_cli("evaluate", str(run), "--split", "test")
+    out = run_cli("evaluate", str(run), "--split", "test", "--json")
     report = json.loads(out.stdout)
+    assert out.stderr.strip().splitlines()[-1].startswith("verdict: ")
     assert json.loads((run / "evaluation-test.json").read_text()) == report
     assert report["schema"] == "a2b.evaluation/1" and report["split"] == "test"
     assert report["metrics"]["test/pearson"] == pytest.approx(report["metrics"]["test/pearson"])  # not NaN
@@ -171,3 +191,33 @@ def test_bootstrap_medians_are_the_medians_of_the_resampled_subjects() -> None:
         draws = rng.integers(0, subject.max() + 1, size=(20, subject.max() + 1))
         want = [np.median(np.concatenate([vals[subject == i] for i in row])) for row in draws]
         np.testing.assert_allclose(_resampled_medians(vals, subject, draws), want)
+
+
+def test_gate_warns_when_a_margin_interval_reaches_zero_and_errors_on_broken_metrics(run: Path) -> None:
+    import copy
+
+    from a2b_pipeline.gate import verdict
+
+    report = json.loads((run / "evaluation-test.json").read_text())
+    margins = report["summary"]["margins"]
+    for name in ("audio_linear", "other_listeners"):  # the model reliably ahead of both
+        margins[name]["recording"]["pearson"]["mean"].update(value=0.2, ci_low=0.1, ci_high=0.3)
+    ok = verdict(report)
+    assert ok.status == "ok" and ok.best_baseline in ("audio_linear", "other_listeners")
+    assert ok.line.startswith(
+        f"ok: model better than {ok.best_baseline}, the best baseline, by 0.200 [0.100, 0.300]"
+    )
+    margins["other_listeners"]["recording"]["pearson"]["mean"].update(value=0.05, ci_low=0.0, ci_high=0.1)
+    warn = verdict(report)  # the best baseline is the one with the smallest margin; its interval reaches 0
+    assert warn.status == "warn" and warn.best_baseline == "other_listeners"
+    assert (
+        "not reliably better than other_listeners, the best baseline: better than it by 0.050 [0.000, 0.100]"
+        in (warn.line)
+    )
+    assert set(warn.margins) == {"audio_linear", "other_listeners"}
+    broken = copy.deepcopy(report)
+    broken["metrics"]["test/pearson"] = float("nan")
+    assert verdict(broken).status == "error" and "test/pearson" in verdict(broken).line
+    broken = copy.deepcopy(report)
+    broken["summary"]["predictors"]["model"]["recording"]["pearson"]["mean"]["value"] = None
+    assert verdict(broken).status == "error"

@@ -33,7 +33,7 @@ def test_leaderboard_cli_lists_cv_runs_and_marks_failed_and_unevaluated(tmp_path
     plain = Path(run_cli("train", str(_config(tmp_path, "plain"))).stdout.strip().splitlines()[-1])
     broken = Path(run_cli("train", str(_config(tmp_path, "broken"))).stdout.strip().splitlines()[-1])
     scored = Path(run_cli("train", str(_config(tmp_path, "scored"))).stdout.strip().splitlines()[-1])
-    report = json.loads(run_cli("evaluate", str(scored)).stdout)
+    report = json.loads(run_cli("evaluate", str(scored), "--json").stdout)
     # a checkpoint whose weights no longer match their checksum: the run can't be read back
     state = TrainState.from_checkpoint(broken)
     weights = Path(state.last_checkpoint) / "model.safetensors"
@@ -73,7 +73,7 @@ def test_leaderboard_cli_lists_cv_runs_and_marks_failed_and_unevaluated(tmp_path
     # The Markdown table says the same: every experiment, its status, the failed one in bold.
     for name in rows:
         assert f"| {name} |" in table
-    assert "**failed**" in table and "**not evaluated**" in table and "Δ vs audio_linear" in table
+    assert "**failed**" in table and "**not evaluated**" in table and "better than audio_linear by" in table
     assert (
         f"{model['eda']['value']:.3f} [{model['eda']['ci_low']:.3f}, {model['eda']['ci_high']:.3f}]" in table
     )

@@ -200,3 +200,22 @@ def test_to_checkpoint_then_from_checkpoint_resumes_to_identical_weights(tmp_pat
     b = load_tensors(resumed.last_checkpoint, "model.safetensors", resumed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert resumed.metric_state.metrics["train/loss"] == whole.metric_state.metrics["train/loss"]
+
+
+def test_fit_returns_the_scratch_train_output_as_a_view_of_the_train_state(tmp_path: Path) -> None:
+    from a2b_pipeline.train import TrainOutput, fit
+
+    config = tiny_config(
+        tmp_path, ["train.max_steps=4", "checkpoint.every_n_steps=2", "train.val_every_n_steps=2"]
+    )
+    out = fit(cfg=TrainState.from_config(config=config))
+    assert isinstance(out, TrainOutput) and out.state.status == "complete"
+    # the metrics, the checkpoints written and the best one's path: the TrainState's own, not copies of a loop
+    assert out.metrics == out.state.metric_state.metrics and "val/pearson" in out.metrics
+    assert [p.name for p in out.paths_to_artifacts] == ["step_000000002", "step_000000004"]
+    assert out.best_checkpoint_path == out.state.best_checkpoint
+    assert out.best_checkpoint_path in out.paths_to_artifacts
+    assert (
+        TrainState.from_checkpoint(out.best_checkpoint_path).global_step
+        == out.state.checkpoint_state.best_step
+    )

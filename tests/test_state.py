@@ -90,7 +90,7 @@ def test_metric_names_are_checked(name: str) -> None:
 
 
 def test_metric_names_accepted() -> None:
-    for name in ("train/loss", "val/pearson_eda"):
+    for name in ("train/loss", "val/pearson_eda", "val/r2", "val/r", "train/x"):
         assert MetricState(metrics={name: 0.0}).metrics == {name: 0.0}
 
 

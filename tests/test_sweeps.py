@@ -174,9 +174,9 @@ def test_cli_lists_writes_and_trains_a_sweep_resumably(tmp_path: Path) -> None:
     state = TrainState.from_checkpoint(Path(lines[0][2]))
     assert state.config.optimizer.lr == 0.01 and state.global_step == 4
     assert Path(lines[0][2]).name == f"lrs.lr-0.01-{listed['experiments'][1]['config_hash']}"
-    # Again, for the whole sweep: the finished run is continued (nothing to do), the other one trained.
+    # Again, for the whole sweep: the finished run is reported as it is (nothing trained), the other trained.
     second = run_cli("sweep", str(path), "--train")
-    assert f"resuming {lines[0][2]}" in second.stderr
+    assert f"{lines[0][2]} is complete (step 4" in second.stderr, second.stderr
     done = [ln.split("\t")[:2] for ln in second.stdout.splitlines() if "\t" in ln]
     assert done == [["lrs.lr-0.001", "complete"], ["lrs.lr-0.01", "complete"]]
     bad = run_cli("sweep", str(path), "--only", "lrs.nope", check=False)

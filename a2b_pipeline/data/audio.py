@@ -1,17 +1,19 @@
-"""Audio decoding: soundfile (wav/flac/ogg/mp3), mono mix, band-limited resampling in torch."""
+"""Audio decoding: soundfile (wav/flac/ogg/mp3), mono mix, band-limited resampling (soxr)."""
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
 import soundfile as sf
+import soxr
 import torch
-import torch.nn.functional as F
 
 from a2b_pipeline.data import remote
 from a2b_pipeline.data.recording import BadRecordingError
+from a2b_pipeline.files import open_regular
+
+MAX_CORPUS_FILE_BYTES = 8 << 30  # one recording's audio or signal file (a 2-hour 192 kHz stereo WAV is ~5 GB)
 
 
 def is_url(path: str) -> bool:
@@ -23,7 +25,7 @@ def open_binary(path: str):
     if is_url(path):
         # through the download cache (keyed by URL + ETag + size); errors name the bucket and key
         return remote.open_binary(path)
-    return open(path, "rb")
+    return open_regular(path, MAX_CORPUS_FILE_BYTES, "more than a corpus file takes", follow_symlinks=True)
 
 
 def read_audio(path_or_url: str, sample_rate: int) -> torch.Tensor:
@@ -44,36 +46,20 @@ def read_audio(path_or_url: str, sample_rate: int) -> torch.Tensor:
     mono = data.mean(axis=1)
     if not np.isfinite(mono).all():
         raise BadRecordingError(None, path_or_url, "audio has NaN/inf samples")
-    return resample(torch.from_numpy(np.ascontiguousarray(mono)), int(sr), int(sample_rate))
-
-
-@functools.lru_cache(maxsize=16)
-def _sinc_kernel(orig: int, new: int, zeros: int = 6, rolloff: float = 0.99) -> tuple[torch.Tensor, int]:
-    """Polyphase windowed-sinc filters [new, 1, K]: output phase p of each block of `new` outputs.
-
-    Same construction as torchaudio's sinc_interp_hann (Hann-windowed sinc, cutoff at rolloff * the lower
-    Nyquist), so downsampling doesn't alias and upsampling doesn't image.
-    """
-    base = min(orig, new) * rolloff
-    width = math.ceil(zeros * orig / base)
-    idx = torch.arange(-width, width + orig, dtype=torch.float64)[None, None] / orig
-    t = (torch.arange(0, -new, -1, dtype=torch.float64)[:, None, None] / new + idx) * base
-    t = t.clamp(-zeros, zeros)
-    window = torch.cos(t * math.pi / zeros / 2) ** 2
-    t = t * math.pi
-    sinc = torch.where(t == 0, torch.ones_like(t), torch.sin(t) / t)
-    return (sinc * window * (base / orig)).float(), width
+    try:
+        return resample(torch.from_numpy(np.ascontiguousarray(mono)), int(sr), int(sample_rate))
+    except (ValueError, RuntimeError, MemoryError) as e:  # a rate soxr can't convert: this recording only
+        raise BadRecordingError(None, path_or_url, f"cannot resample {sr} Hz ({e})") from None
 
 
 def resample(wave: torch.Tensor, orig: int, new: int) -> torch.Tensor:
-    """Band-limited resampling of a 1-D signal; output length ceil(n * new / orig)."""
+    """Band-limited resampling of a 1-D signal with libsoxr (soxr, high quality): memory bounded for any
+    rate pair (a polyphase sinc over gcd-reduced rates needed a kernel of several GB for 44,101 -> 16,000 Hz);
+    output length ceil(n * new / orig)."""
     if orig == new:
         return wave
-    g = math.gcd(orig, new)
-    orig, new = orig // g, new // g
-    kernel, width = _sinc_kernel(orig, new)
-    n = wave.shape[-1]
-    x = F.pad(wave.float()[None, None], (width, width + orig))
-    y = F.conv1d(x, kernel, stride=orig)  # [1, new, blocks]: one row per output phase
-    y = y.transpose(1, 2).reshape(-1)
-    return y[: math.ceil(new * n / orig)].contiguous()
+    out = soxr.resample(wave.detach().cpu().numpy().astype(np.float32, copy=False), orig, new, quality="HQ")
+    n = math.ceil(new * wave.shape[-1] / orig)
+    if out.shape[0] < n:  # soxr rounds the length; keep the contract (the last sample held)
+        out = np.pad(out, (0, n - out.shape[0]), mode="edge")
+    return torch.from_numpy(np.ascontiguousarray(out[:n], dtype=np.float32))

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from a2b_pipeline.data.remote import default_cache_dir
+from a2b_pipeline.files import inside, remove_inside
 
 # section -> glob of its entry files, relative to the section's folder (see feature_cache.entry_path and
 # remote._cache_path); temporary files and locks start with "." and are never entries
@@ -36,7 +37,8 @@ def entries(cache_dir: str | os.PathLike[str] | None = None) -> list[Entry]:
     found = []
     for section, pattern in SECTIONS.items():
         for path in (root / section).glob(pattern):
-            if path.name.startswith("."):
+            # a symlink in the cache (the entry, or a folder on the way) leads elsewhere: never an entry
+            if path.name.startswith(".") or path.is_symlink() or not inside(path.parent, root / section):
                 continue
             with contextlib.suppress(FileNotFoundError):  # removed meanwhile by a run or another prune
                 st = path.stat()
@@ -74,7 +76,7 @@ def prune(
             continue  # in use: stays even if the cache stays over the limit
         if not dry_run:
             with contextlib.suppress(FileNotFoundError):
-                e.path.unlink()
+                remove_inside(e.path, default_cache_dir(cache_dir) / e.section)
                 _remove_empty_parents(e.path.parent, default_cache_dir(cache_dir) / e.section)
         removed.append(str(e.path))
         freed += e.size

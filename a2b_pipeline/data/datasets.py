@@ -7,6 +7,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -47,8 +48,11 @@ def load_recording(rec: Recording, data: DataConfig, model: ModelConfig | None =
     )
     audio_seconds = n_samples / data.sample_rate
     limit = min(audio_seconds, rec.duration_seconds or math.inf)
+    # No signal time far past the recording's end (1e13 s would ask for a 291 TiB grid); a signal a little
+    # longer than its audio gets the duration check's message below, which names both files.
+    bound = 2 * limit + data.duration_tolerance_seconds + 60.0
     all_target, extent = feature_cache.target(
-        rec, data, lambda local_rec: _read_target(local_rec, data), TARGET_CODE
+        rec, data, lambda local_rec: _read_target(local_rec, data, bound), TARGET_CODE
     )
     end, start = extent["end"], extent["start"]
     if abs(end - limit) > data.duration_tolerance_seconds:
@@ -121,10 +125,13 @@ def _decode(path: str, data: DataConfig) -> tuple[torch.Tensor, int]:
     return log_mel(wave, data.sample_rate, data.n_mels, data.frame_rate), int(wave.shape[0])
 
 
-def _read_target(rec: Recording, data: DataConfig) -> tuple[torch.Tensor, dict[str, float]]:
+def _read_target(
+    rec: Recording, data: DataConfig, max_seconds: float = math.inf
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Targets on t = j / target_rate up to the last signal sample (later ones are NaN by construction),
-    with the second where the shortest channel ends and the latest channel start."""
-    series = read_channels(rec, data.channels)
+    with the second where the shortest channel ends and the latest channel start; a time past `max_seconds`
+    is a bad recording."""
+    series = read_channels(rec, data.channels, max_seconds)
     last = max(float(t[-1]) for t, _ in series)
     n = math.floor(last * data.target_rate + 1e-9) + 1
     extent = {"end": signal_end(series), "start": max(float(t[0]) for t, _ in series)}
@@ -165,6 +172,15 @@ class NormStats:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> NormStats:
         return cls(**d)
+
+    def finite(self) -> bool:
+        """Every statistic a finite number (a NaN one turns every normalised value NaN)."""
+        values = [self.feature_mean, self.feature_std, self.target_mean, self.target_std]
+        values += [s[k] for s in self.subjects.values() for k in ("mean", "std")]
+        try:
+            return all(np.isfinite(np.asarray(v, dtype=np.float64)).all() for v in values)
+        except (TypeError, ValueError):
+            return False
 
     def target_stats(self, dataset: str, subject: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, std) [C] used for a subject's targets."""

@@ -47,6 +47,7 @@ import xxhash
 
 from a2b_pipeline.data import remote
 from a2b_pipeline.data.recording import BadRecordingError, Recording
+from a2b_pipeline.files import open_regular
 
 # Bump to invalidate every entry by hand. Entries are also keyed by the source code that computes them (the
 # `code` its caller passes: the modules and functions that decode or resample), so an edit of that code
@@ -132,7 +133,7 @@ def content_hash(path: str) -> str:
     if hit is not None:
         return hit
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path, follow_symlinks=True) as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     digest = h.hexdigest()
@@ -190,7 +191,7 @@ class CorruptEntry(ValueError):
 def read_entry(path: Path, key: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Arrays and meta of an entry. CorruptEntry when anything doesn't check out, FileNotFoundError when
     there is none."""
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         blob = f.read()
     if not blob.startswith(MAGIC) or len(blob) < len(MAGIC) + _LEN.size:
         raise CorruptEntry("bad magic (not a cache entry, or another format version)")

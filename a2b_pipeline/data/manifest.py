@@ -65,17 +65,35 @@ def _read_rows(path: str) -> list[dict[str, Any]]:
         reader = csv.DictReader(io.StringIO(text))
         try:
             columns = [c.strip() for c in reader.fieldnames or []]
-            reader.fieldnames = columns
-            rows = [r for r in reader if any((v or "").strip() for v in r.values() if isinstance(v, str))]
-        except csv.Error as e:  # e.g. a field over the csv module's size limit: the rest can't be parsed
-            line = reader.line_num + 1  # the line being parsed when it failed
-            raise ManifestError(f"{path}, line {line}: not a readable CSV manifest ({e})") from None
+        except csv.Error as e:  # the header itself: nothing can be read
+            raise ManifestError(f"{path}, line 1: not a readable CSV manifest ({e})") from None
+        reader.fieldnames = columns
+        rows = _csv_rows(reader)
         missing = [c for c in REQUIRED if c not in columns]
     if missing:
         raise ManifestError(f"{path}: missing column(s) {missing} (has {columns})")
     if not rows:
         raise ManifestError(f"{path}: manifest has no rows")
     return rows
+
+
+ROW_ERROR = "\0row_error"  # a row the csv module could not split: its error, reported as that row's
+
+
+def _csv_rows(reader: csv.DictReader) -> list[dict[str, Any]]:
+    """The non-empty rows; one the csv module refuses (a cell over its size limit) becomes a row holding
+    the error, so skip mode skips that row alone and error mode names it (the reader goes on after it)."""
+    rows: list[dict[str, Any]] = []
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return rows
+        except csv.Error as e:
+            rows.append({ROW_ERROR: f"line {reader.line_num + 1}: not a readable CSV row ({e})"})
+            continue
+        if any((v or "").strip() for v in row.values() if isinstance(v, str)):
+            rows.append(row)
 
 
 class Confinement:
@@ -180,6 +198,8 @@ def read_manifest_listing(
     seen: set[str] = set()
     for i, row in enumerate(rows, 1):
         try:
+            if ROW_ERROR in row:
+                raise ValueError(row[ROW_ERROR])
             rid = _text(row, "recording_id")
             if rid in seen:
                 raise ValueError(f"column 'recording_id': duplicate id {rid!r}")

@@ -29,6 +29,7 @@ from a2b_pipeline.data.datasets import (
 from a2b_pipeline.data.meta_dataloader import MetaDataLoader, ShardedEpochSampler, derive_seed
 from a2b_pipeline.data.recording import BadRecordingError, Listing, Recording, Skipped
 from a2b_pipeline.data.splits import SPLITS, GroupedSplit, group_key, split_fold, split_grouped
+from a2b_pipeline.files import FileRefusedError, read_json
 
 log = logging.getLogger(__name__)
 
@@ -229,13 +230,24 @@ def save_norm_stats(data: PreparedData, run_dir: str | Path) -> Path:
     return out
 
 
+MAX_NORM_BYTES = 64 << 20  # per-subject means and deviations: KBs for thousands of listeners
+
+
 def load_norm_stats(run_dir: str | Path, data_version: str | None) -> NormStats | None:
     """The saved statistics of that data version, or None."""
     path = Path(run_dir) / NORM_FILE
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         return None
-    saved = json.loads(path.read_text())
-    return NormStats.from_dict(saved["norm"]) if saved.get("data_version") == data_version else None
+    saved = read_json(path, MAX_NORM_BYTES, "normalisation statistics file")
+    if not isinstance(saved, dict) or saved.get("data_version") != data_version:
+        return None
+    try:
+        norm = NormStats.from_dict(saved["norm"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise FileRefusedError(f"{path}: not the normalisation statistics of a run ({e})") from None
+    if not norm.finite():
+        raise FileRefusedError(f"{path}: holds NaN or infinite statistics (all predictions NaN): refused")
+    return norm
 
 
 def prune_cache(cache_dir: str | None, max_gb: float) -> None:

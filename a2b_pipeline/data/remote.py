@@ -19,7 +19,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import re
 import shutil
 import threading
 import uuid
@@ -30,10 +29,14 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import unquote, urlsplit
 
+from a2b_pipeline.files import open_regular
+from a2b_pipeline.security import REDACTED, expand_secrets, redact, redact_text
+
 __all__ = [
     "FileInfo",
     "RemoteAccessError",
     "RemoteError",
+    "REDACTED",
     "RemoteNotFoundError",
     "default_cache_dir",
     "exists",
@@ -114,30 +117,6 @@ def join(root: str | os.PathLike[str], *parts: str) -> str:
     return str(Path(to_local_path(s), *parts))
 
 
-# Credentials a URL can carry: a `user:password@` part, and the signature / token parameters of presigned or
-# token-authenticated URLs. Any text shown (messages, logs, records, metadata) goes through redact_text.
-_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)[^/\s?#'\"<>]*@")
-_SECRET_PARAM = re.compile(
-    r"(?P<name>[?&](?:x-amz-signature|x-amz-credential|x-amz-security-token|x-goog-signature|x-goog-credential"
-    r"|sig|signature|token|access_token|auth|api_key|apikey|key|password|passwd|secret|sv)=)[^&\s#'\"<>]*",
-    re.IGNORECASE,
-)
-REDACTED = "REDACTED"
-
-
-def redact_text(text: str) -> str:
-    """Every URL in `text` without its credentials: `user:password@` dropped, secret query values replaced."""
-    if "://" not in text:
-        return text
-    text = _USERINFO.sub(lambda m: m.group("scheme"), text)
-    return _SECRET_PARAM.sub(lambda m: m.group("name") + REDACTED, text)
-
-
-def redact(url: str) -> str:
-    """A URL (or any text) as it may be shown: see redact_text."""
-    return redact_text(str(url))
-
-
 def _bucket_key(url: str) -> tuple[str, str]:
     sp = urlsplit(url)
     return sp.netloc, sp.path.lstrip("/")
@@ -194,7 +173,10 @@ def _filesystem(url: str) -> tuple[Any, str]:
             # our own instance: credentials and endpoint are resolved by the library's standard chain
             fs = cls(skip_instance_cache=True)
             _FS[key] = fs
-    return fs, fs._strip_protocol(url)
+    try:  # a `${VAR}` credential reference is filled in here, never stored or shown
+        return fs, fs._strip_protocol(expand_secrets(url))
+    except KeyError as e:
+        raise RemoteAccessError(str(e.args[0]), url) from None
 
 
 def _etag(info: dict[str, Any]) -> str:
@@ -222,6 +204,16 @@ def _translate(exc: BaseException, url: str) -> RemoteError:
     where = f" at endpoint {endpoint}" if endpoint and scheme.startswith("s3") else ""
     if isinstance(exc, RemoteError):
         return exc
+    cause = exc.__cause__
+    if isinstance(exc, FileNotFoundError) and cause is not None and not isinstance(cause, FileNotFoundError):
+        # fsspec's HTTP filesystem reports every failure as FileNotFoundError: say what it was
+        status, reason = getattr(cause, "status", None), getattr(cause, "message", "")
+        if status in (401, 403, 407):
+            return RemoteAccessError(f"{shown}: access refused (HTTP {status} {reason})", url)
+        if isinstance(status, int) and status not in (404, 410):
+            return RemoteError(f"{shown}: the server answered HTTP {status} {reason}", url)
+        if status is None:
+            return _translate(cause, url)
     if "nosuchbucket" in low.replace(" ", "") or "bucket does not exist" in low:
         return RemoteNotFoundError(f"{shown}: bucket {bucket!r} does not exist{where}", url)
     if name in ("NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError"):
@@ -245,7 +237,14 @@ def _translate(exc: BaseException, url: str) -> RemoteError:
                 f"{shown}: no such object (key {key!r} in bucket {bucket!r}){where}", url
             )
         return RemoteNotFoundError(f"{shown}: no such file", url)
-    if name in ("EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError", "ConnectionError"):
+    if isinstance(exc, ConnectionError) or name in (
+        "EndpointConnectionError",
+        "ConnectTimeoutError",
+        "ClientConnectorError",
+        "ClientConnectorDNSError",
+        "ServerDisconnectedError",
+        "ConnectionError",
+    ):
         return RemoteError(f"{shown}: cannot reach the storage endpoint{where}: {text}", url)
     return RemoteError(f"{shown}: {name}: {text}", url)
 
@@ -475,8 +474,8 @@ def _download(s: str, info: FileInfo, dest: Path) -> None:
 
 
 def open_binary(path: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None) -> IO[bytes]:
-    """Open for reading in binary mode (remote files through the download cache)."""
-    return open(fetch(path, cache_dir), "rb")
+    """Open for reading in binary mode (remote files through the download cache): regular files only."""
+    return open_regular(fetch(path, cache_dir), follow_symlinks=not is_url(path))
 
 
 def read_bytes(path: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None) -> bytes:

@@ -142,12 +142,17 @@ def _read_table(rows: Iterator[Row], path: str, rec: Recording | None) -> dict[s
             width = max(width, *(len(r) for _, r in block))
         blocks.append(_block_floats(block, names or [str(i) for i in range(width)], path, rec))
     names = names if names is not None else [str(i) for i in range(width)]
-    grid = np.full((sum(len(b) for b in blocks), len(names)), np.nan)
+    # One column per row of `grid` (each column a contiguous view, no copy), filled a block at a time while
+    # the blocks are let go: memory holds the floats about once, not blocks + grid + columns.
+    grid = np.empty((len(names), sum(len(b) for b in blocks)))
     at = 0
-    for b in blocks:  # a headerless block narrower than the widest row: NaN beyond its own width
-        grid[at : at + len(b), : b.shape[1]] = b
+    blocks.reverse()
+    while blocks:
+        b = blocks.pop()
+        grid[: b.shape[1], at : at + len(b)] = b.T
+        grid[b.shape[1] :, at : at + len(b)] = np.nan  # a headerless block narrower than the widest row
         at += len(b)
-    return {name: np.ascontiguousarray(grid[:, c]) for c, name in enumerate(names)}
+    return {name: grid[c] for c, name in enumerate(names)}
 
 
 def _e4_preamble(head: list[Row]) -> bool:

@@ -30,11 +30,16 @@ def read_signal_file(path: str, rec: Recording | None) -> dict[str, np.ndarray]:
                 return {k: np.asarray(z[k], dtype=np.float64).reshape(-1) for k in z.files}
         except (ValueError, OSError) as e:
             raise BadRecordingError(rec, path, f"not a readable .npz of numeric arrays ({e})") from None
-    return parse_signal_csv(raw.decode("utf-8-sig"), path, rec)
+    text = raw.decode("utf-8-sig")
+    del raw  # the bytes go before parsing starts: memory holds the text and the floats, not the file twice
+    return parse_signal_csv(text, path, rec)
 
 
-def read_channels(rec: Recording, channels: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per channel: (times in seconds of the AUDIO, values), validated (finite, time strictly increasing)."""
+def read_channels(
+    rec: Recording, channels: Sequence[str], max_seconds: float = math.inf
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per channel: (times in seconds of the AUDIO, values), validated (finite, time strictly increasing, none
+    past `max_seconds`: the recording's end, so a time of 1e13 is named, not turned into a 291 TiB grid)."""
     tables: dict[str, dict[str, np.ndarray]] = {}
     out = []
     for ch in channels:
@@ -78,7 +83,16 @@ def read_channels(rec: Recording, channels: Sequence[str]) -> list[tuple[np.ndar
             raise BadRecordingError(
                 rec, src.path, f"time is not strictly increasing (at data row {steps[0] + 2})"
             )
-        out.append((times + rec.offset_seconds, values))
+        times = times + rec.offset_seconds
+        past = np.flatnonzero(times > max_seconds)
+        if past.size:
+            raise BadRecordingError(
+                rec,
+                src.path,
+                f"time {times[past[0]] - rec.offset_seconds:.6g} s at data row {past[0] + 1} is far past the "
+                f"recording's end (a signal time may reach {max_seconds:.2f} s of the audio)",
+            )
+        out.append((times, values))
     return out
 
 

@@ -5,7 +5,6 @@ where the decoded windows are in memory: see its `check_specs`.)
 """
 
 import math
-from typing import Any
 
 from dagster import (
     AssetCheckExecutionContext,
@@ -95,35 +94,46 @@ def corpus_files_readable(context: AssetCheckExecutionContext) -> AssetCheckResu
 @asset_check(
     asset=evaluation,
     partitions_def=experiments,
-    description="Every test metric is finite, and the gate metric (QualityGate resource, default "
-    "test/pearson) is at or above its floor.",
+    description="The model against its best baseline: a warning when the bootstrap interval of its "
+    "whole-recording Pearson r margin over that baseline reaches 0 (margins in the metadata: positive = "
+    "model better), or when the gate metric (QualityGate resource, default test/pearson) is below its "
+    "floor; an error only when a test metric is missing or not finite.",
 )
 def evaluation_metrics_ok(context: AssetCheckExecutionContext, quality: QualityGate) -> AssetCheckResult:
+    from a2b_pipeline.gate import fmt_interval, verdict
+
     name = context.partition_key
     record = upstream_record(context, "evaluation")
-    metrics: dict[str, Any] = record["metrics"]
-    problems: list[str] = []
-    bad = sorted(k for k, v in metrics.items() if not (isinstance(v, int | float) and math.isfinite(v)))
-    value = metrics.get(quality.metric)
-    if bad:
-        problems.append(f"{name}: non-finite metrics {bad}")
+    report = record.get("report") or {"metrics": record["metrics"]}
+    v = verdict(report)
+    value = record["metrics"].get(quality.metric)
+    problems = [] if v.status == "ok" else [f"{name}: {v.line}"]
     if value is None:
-        problems.append(f"{name}: no metric {quality.metric!r} (has {sorted(metrics)})")
-    elif not math.isfinite(value) or value < quality.floor:
+        v.status = "error"
+        problems.append(f"{name}: no metric {quality.metric!r} (has {sorted(record['metrics'])})")
+    elif math.isfinite(value) and value < quality.floor:
+        v.status = "error" if v.status == "error" else "warn"
         problems.append(f"{name}: {quality.metric} = {value:.4f} is below the floor {quality.floor}")
+    margins = {
+        f"better than {b} by": MetadataValue.text(fmt_interval(m)) for b, m in sorted(v.margins.items())
+    }
     return AssetCheckResult(
-        passed=not problems,
-        severity=AssetCheckSeverity.ERROR,
+        passed=v.status == "ok",
+        severity=AssetCheckSeverity.ERROR if v.status == "error" else AssetCheckSeverity.WARN,
         metadata={
             # keyed by experiment too: the check page's plot draws one series per key, so experiments'
             # values are not joined into one line that reads as a regression
             f"value/{name}": rounded(value) if isinstance(value, int | float) else MetadataValue.null(),
+            "verdict": v.line,
+            "best_baseline": v.best_baseline or MetadataValue.null(),
+            **margins,
+            "margins": MetadataValue.json(v.margins),
             "metric": quality.metric,
             "floor": MetadataValue.float(float(quality.floor)),
             "checkpoint": MetadataValue.path(record["checkpoint"]),
             **({"problems": MetadataValue.json(problems)} if problems else {}),
         },
-        description="; ".join(problems) or f"{quality.metric} = {value:.3f} >= {quality.floor:g}",
+        description="; ".join(problems) or v.line,
     )
 
 

@@ -13,15 +13,24 @@ import io
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dagster import AssetKey, AssetRecordsFilter, Failure, MetadataValue
+from dagster import (
+    AssetKey,
+    AssetRecordsFilter,
+    Failure,
+    MetadataValue,
+    TableColumn,
+    TableRecord,
+    TableSchema,
+)
 
-from a2b_pipeline.data.remote import redact_text
 from a2b_pipeline.defs.resources import ExperimentStore, TrainDevice, WandbTracking
+from a2b_pipeline.files import MAX_RECORD_BYTES, MAX_STATE_BYTES, FileRefusedError, parse_json, read_bounded
 from a2b_pipeline.files import atomic_write as write_file_atomically
+from a2b_pipeline.security import redact_text
 
 if TYPE_CHECKING:
     from a2b_pipeline.configs import RunConfig
@@ -30,6 +39,9 @@ if TYPE_CHECKING:
 RECORDS_DIR = "dagster"
 RECORD_KEY = "record"
 RECORD_SHA_KEY = "record_sha256"
+CORPUS_FINGERPRINT = (
+    "corpus_fingerprint"  # corpus_manifest's metadata: the corpus files' stat as it read them
+)
 # Digests on a page show their first 16 hex digits: whole ones were cut at the column edge, and 64 bits
 # tell any two files apart that are not forged to collide. The record files keep them whole.
 SHORT_DIGEST = 16
@@ -43,6 +55,7 @@ class Experiment:
     config_file: Path
     cfg: RunConfig
     dir: Path
+    overrides: dict[str, Any] = field(default_factory=dict)  # a sweep experiment's, over its base config
 
     @property
     def config_hash(self) -> str:
@@ -53,8 +66,11 @@ class Experiment:
         return self.dir / RECORDS_DIR
 
     def run_dir(self, data_version: str) -> Path:
-        """One training run per (config, data): a retry resumes here, new data or config starts anew."""
-        return self.dir / f"train-{self.config_hash}-{data_version[:12]}"
+        """One training run per (config, data): a retry resumes here, new data or config starts anew (a
+        fresh launch in `<this>.attempt-<n>`, see runs.py)."""
+        from a2b_pipeline.runs import experiment_run_dir
+
+        return experiment_run_dir(self.dir, self.cfg, data_version)
 
 
 def load_experiment(
@@ -66,7 +82,13 @@ def load_experiment(
     cfg = store.rebase(store.load_config(name))  # a copy: the settings below are set on it
     tracking.apply(cfg)
     compute.apply(cfg)
-    exp = Experiment(name=name, config_file=config_file, cfg=cfg, dir=store.experiment_dir(cfg, name))
+    exp = Experiment(
+        name=name,
+        config_file=config_file,
+        cfg=cfg,
+        dir=store.experiment_dir(cfg, name),
+        overrides=store.overrides(name),
+    )
     exp.records.mkdir(parents=True, exist_ok=True)
     effective = exp.records / f"config-{exp.config_hash}.yaml"
     if not effective.exists():
@@ -91,6 +113,12 @@ def short_digest(digest: str) -> str:
     """`[algo:]hex` cut to SHORT_DIGEST hex digits, for a metadata page (see SHORT_DIGEST)."""
     algo, sep, hexdigest = digest.rpartition(":")
     return f"{algo}{sep}{hexdigest[:SHORT_DIGEST]}"
+
+
+def state_sha256(checkpoint: Path) -> str:
+    """sha256 of a checkpoint's train_state.json, read bounded (files.read_bounded)."""
+    blob = read_bounded(checkpoint / "train_state.json", MAX_STATE_BYTES, "more than a run's state takes")
+    return sha256_bytes(blob)
 
 
 def sha256_json(obj: Any) -> str:
@@ -127,7 +155,7 @@ def upstream_record(context: Any, asset: str, partition: str | None = None) -> d
         raise Failure(f"{asset} [{partition}]: its latest materialization has no {RECORD_KEY!r} metadata")
     path = Path(str(md[RECORD_KEY].value))
     try:
-        blob = path.read_bytes()
+        blob = read_bounded(path, MAX_RECORD_BYTES, "more than a Dagster record takes")
     except OSError as e:
         raise Failure(
             f"{asset} [{partition}]: record {path} unreadable ({e}); materialize {asset} again"
@@ -138,7 +166,10 @@ def upstream_record(context: Any, asset: str, partition: str | None = None) -> d
             f"{asset} [{partition}]: {path} changed after its materialization was recorded "
             f"(another run rewrote it?); materialize {asset} again"
         )
-    return json.loads(blob)
+    try:
+        return parse_json(blob, path, "Dagster record")
+    except FileRefusedError as e:
+        raise Failure(f"{asset} [{partition}]: {e}; materialize {asset} again") from None
 
 
 def write_planned_state(
@@ -170,6 +201,18 @@ def json_details(obj: Any) -> MetadataValue:
     return MetadataValue.md("```json\n" + json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n```")
 
 
+def config_table(exp: Experiment, state: TrainState) -> MetadataValue:
+    """The config in a few lines (model and size, loss, optimizer, datasets and weights, group_by, steps; a
+    sweep's overrides), as a table the UI shows inline."""
+    from a2b_pipeline.config_summary import summarize_config
+
+    rows = summarize_config(state.config, state.model_state.model_ram_size_bytes, exp.overrides)
+    return MetadataValue.table(
+        [TableRecord({"setting": k, "value": redact_text(v)}) for k, v in rows.items()],
+        schema=TableSchema([TableColumn("setting", "string"), TableColumn("value", "string")]),
+    )
+
+
 def lineage_metadata(
     exp: Experiment,
     state: TrainState,
@@ -190,6 +233,7 @@ def lineage_metadata(
         md["data_version"] = data_version
     md["train_state"] = MetadataValue.path(str(state_path))
     if trained:
+        md["config"] = config_table(exp, state)
         md["status"] = state.status
         md["global_step"] = MetadataValue.int(state.global_step)
         md["best_metric"] = state.checkpoint_state.best_metric
@@ -201,7 +245,7 @@ def lineage_metadata(
             md["wandb_run_path"] = state.wandb_run_path
     if checkpoint is not None:
         md["checkpoint"] = MetadataValue.path(str(checkpoint))
-        md["checkpoint_sha256"] = short_digest(sha256_bytes((checkpoint / "train_state.json").read_bytes()))
+        md["checkpoint_sha256"] = short_digest(state_sha256(checkpoint))
         md["model_digest"] = short_digest(state.checkpoint_state.files.get("model.safetensors", ""))
     md[RECORD_KEY] = MetadataValue.path(str(record[0]))
     md[RECORD_SHA_KEY] = short_digest(record[1])

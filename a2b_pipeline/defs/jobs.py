@@ -40,3 +40,10 @@ cv_job = define_asset_job(
     description="Train and evaluate folds of cross-validated experiments (experiment x fold partitions). "
     "cv_summary and the leaderboard follow by declarative automation.",
 )
+
+leaderboard_job = define_asset_job(
+    "leaderboard_job",
+    selection=AssetSelection.assets("leaderboard"),
+    description="Rebuild the leaderboard (run by leaderboard_after_failure when an experiment's run fails; "
+    "evaluations rebuild it by declarative automation).",
+)

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dagster import ConfigurableResource
+from dagster import Config, ConfigurableResource
 from pydantic import Field
 
 if TYPE_CHECKING:
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 TRACKING_MODES = ("config", "offline", "online", "disabled")
 DEVICES = ("config", "auto", "cpu", "cuda")
+LAUNCHES = ("process", "slurm")
 
 
 def _is_url(path: str) -> bool:
@@ -99,6 +100,11 @@ class ExperimentStore(ConfigurableResource):
             f"experiment {experiment!r}: no config file {self.configs / experiment}.yaml and no sweep "
             f"experiment of that name (experiments there: {known})"
         )
+
+    def overrides(self, experiment: str) -> dict[str, Any]:
+        """A sweep experiment's overrides of its base config (dotted key -> value); {} for a config file."""
+        sweep = self._sweep_experiment(experiment)
+        return dict(sweep.overrides) if sweep is not None else {}
 
     def _sweep_experiment(self, experiment: str) -> Any:
         """The sweep experiment of that name (`<sweep>.<labels>`), or None. Sweep files are small: they
@@ -180,20 +186,71 @@ class WandbTracking(ConfigurableResource):
             cfg.tracking.entity = self.entity
 
 
+class SlurmJob(Config):
+    """What a training step run as a Slurm job asks for (launch: slurm). Empty: the cluster's default."""
+
+    partition: str | None = Field(default=None, description="sbatch --partition")
+    account: str | None = Field(default=None, description="sbatch --account")
+    qos: str | None = Field(default=None, description="sbatch --qos")
+    time: str | None = Field(default=None, description="time limit, sbatch --time (e.g. 04:00:00)")
+    nodes: int = Field(default=1, description="nodes of one experiment (multi-node DDP when > 1)")
+    tasks_per_node: int = Field(default=1, description="ranks per node (one per GPU)")
+    gpus_per_node: int = Field(default=0, description="sbatch --gpus-per-node")
+    cpus_per_task: int | None = Field(default=None, description="sbatch --cpus-per-task")
+    mem: str | None = Field(default=None, description="memory per node, sbatch --mem (e.g. 32G)")
+    signal_seconds: int = Field(default=120, description="checkpoint and requeue this long before the limit")
+    sbatch_args: list[str] = Field(default_factory=list, description="more sbatch options, as written")
+    poll_seconds: float = Field(default=5.0, description="how often the step asks Slurm about its job")
+    python: str = Field(default="", description="the job's Python (default: this process's, shared FS)")
+
+    def spec(self) -> Any:  # launch.slurm.SlurmJobSpec
+        from a2b_pipeline.launch.slurm import SlurmJobSpec
+
+        fields = set(SlurmJobSpec.model_fields)
+        return SlurmJobSpec(**{k: v for k, v in self.model_dump().items() if k in fields})
+
+    @classmethod
+    def from_env(cls, env: Any) -> SlurmJob:
+        """A2B_SLURM_<FIELD> for each field (A2B_SLURM_SBATCH_ARGS is split as a shell would)."""
+        import shlex
+
+        values: dict[str, Any] = {}
+        for name in cls.model_fields:
+            raw = env.get(f"A2B_SLURM_{name.upper()}")
+            if raw:
+                values[name] = shlex.split(raw) if name == "sbatch_args" else raw
+        return cls(**values)
+
+
 class TrainDevice(ConfigurableResource):
-    """Where training runs. `device: config` keeps each config's `train.device` (auto: CUDA when present)."""
+    """Where training runs. `device: config` keeps each config's `train.device` (auto: CUDA when present).
+    `launch: slurm` runs the training step as a Slurm job (`slurm` says what it asks for) that reports back
+    through Dagster Pipes; `process` (the default) trains in the Dagster run's own process."""
 
     device: str = Field(default="config", description="config | auto | cpu | cuda")
     num_threads: int | None = Field(default=None, description="CPU threads; overrides train.num_threads.")
+    launch: str = Field(default="process", description="process | slurm: where the training step runs")
+    slurm: SlurmJob = Field(default_factory=SlurmJob, description="the Slurm job of launch: slurm")
 
     def apply(self, cfg: RunConfig) -> None:
         """Set the device settings on `cfg` in place (validated assignments)."""
         if self.device not in DEVICES:
             raise ValueError(f"TrainDevice.device must be one of {DEVICES}, got {self.device!r}")
+        if self.launch not in LAUNCHES:
+            raise ValueError(f"TrainDevice.launch must be one of {LAUNCHES}, got {self.launch!r}")
         if self.device != "config":
             cfg.train.device = self.device
         if self.num_threads:
             cfg.train.num_threads = self.num_threads
+
+    def train_elsewhere(self, context: Any, cfg: RunConfig, run_dir: Path, job_dir: Path) -> dict[str, Any]:
+        """Train `cfg` in `run_dir` as a Slurm job (launch: slurm); the metadata the job reported."""
+        from a2b_pipeline.launch.pipes import run_slurm_training
+        from a2b_pipeline.launch.slurm import default_python
+
+        job = self.slurm
+        python = job.python or default_python()
+        return run_slurm_training(context, job.spec(), cfg, run_dir, job_dir, job.poll_seconds, python)
 
 
 class QualityGate(ConfigurableResource):
@@ -215,7 +272,11 @@ def default_resources() -> dict[str, ConfigurableResource]:
             project=env.get("A2B_WANDB_PROJECT") or None,
             entity=env.get("A2B_WANDB_ENTITY") or None,
         ),
-        "compute": TrainDevice(device=env.get("A2B_DEVICE", "config")),
+        "compute": TrainDevice(
+            device=env.get("A2B_DEVICE", "config"),
+            launch=env.get("A2B_LAUNCH", "process"),
+            slurm=SlurmJob.from_env(env),
+        ),
         "quality": QualityGate(
             metric=env.get("A2B_EVAL_METRIC", "test/pearson"), floor=float(env.get("A2B_EVAL_FLOOR", "0.0"))
         ),

@@ -1,8 +1,8 @@
 """Sensors: one registers run configs as experiment partitions, one notices changed corpora.
 
-Both keep a JSON cursor (experiment -> fingerprint) and never read file contents beyond the configs:
-the corpus sensor compares size + mtime (local) or size + ETag (object stores) of each dataset's
-manifest, or of every file under a corpus root.
+Neither reads file contents beyond the configs: the corpus sensor compares size + mtime (local) or size +
+ETag (object stores) of each dataset's manifest, or of every file under a corpus root, with what the
+experiment's latest corpus_manifest materialization recorded of them.
 """
 
 import json
@@ -11,19 +11,29 @@ from dagster import (
     AssetCheckEvaluation,
     AssetCheckSeverity,
     AssetKey,
+    AssetRecordsFilter,
     DefaultSensorStatus,
+    RunFailureSensorContext,
     RunRequest,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
+    run_failure_sensor,
     sensor,
 )
 
 from a2b_pipeline.defs.assets.data import CORPUS_AVAILABLE
-from a2b_pipeline.defs.common import corpus_fingerprint, corpus_sources, missing_corpora
-from a2b_pipeline.defs.jobs import data_refresh_job
+from a2b_pipeline.defs.common import (
+    CORPUS_FINGERPRINT,
+    corpus_fingerprint,
+    corpus_sources,
+    missing_corpora,
+)
+from a2b_pipeline.defs.jobs import data_refresh_job, leaderboard_job
 from a2b_pipeline.defs.partitions import cv_experiments, experiments, folds
 from a2b_pipeline.defs.resources import ExperimentStore
+
+MAX_REFRESH_REQUESTS = 4  # data refreshes either sensor asks for per tick; the rest wait for the next ticks
 
 
 def _cursor(context: SensorEvaluationContext) -> dict:
@@ -79,6 +89,9 @@ def experiment_configs_sensor(context: SensorEvaluationContext, store: Experimen
         context.log.warning(problem)
     new = sorted(set(now) - known)
     changed = sorted(k for k in now if k in known and k in seen and seen[k] != now[k])
+    # at most MAX_REFRESH_REQUESTS refreshes a tick (an edited base config changes every sweep experiment on
+    # it); the others keep their old fingerprint in the cursor, so the next ticks ask for them
+    changed, later = changed[:MAX_REFRESH_REQUESTS], changed[MAX_REFRESH_REQUESTS:]
     requests = [RunRequest(run_key=f"config-{k}-{now[k][:12]}", partition_key=k) for k in changed]
     if new:
         context.log.info(f"registering experiments: {new}")
@@ -90,7 +103,9 @@ def experiment_configs_sensor(context: SensorEvaluationContext, store: Experimen
         run_requests=[r for r in requests if not corpus[r.partition_key]],
         dynamic_partitions_requests=adds + _cv_partition_requests(context, store, sorted(now)),
         asset_events=checks,
-        cursor=json.dumps({"configs": now, "corpus": corpus}, sort_keys=True),
+        cursor=json.dumps(
+            {"configs": {**now, **{k: seen[k] for k in later}}, "corpus": corpus}, sort_keys=True
+        ),
     )
 
 
@@ -117,32 +132,68 @@ def _cv_partition_requests(
     return requests + ([folds.build_add_request(new_folds)] if new_folds else [])
 
 
+def recorded_fingerprint(context: SensorEvaluationContext, name: str) -> str | None:
+    """The corpus fingerprint the latest corpus_manifest materialization of `name` recorded (None: never
+    materialized, or before fingerprints were recorded): what the pipeline itself last saw of the corpus."""
+    result = context.instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=AssetKey("corpus_manifest"), asset_partitions=[name]), limit=1
+    )
+    if not result.records or result.records[0].asset_materialization is None:
+        return None
+    value = result.records[0].asset_materialization.metadata.get(CORPUS_FINGERPRINT)
+    return str(value.value) if value is not None else None
+
+
 @sensor(
     job=data_refresh_job,
     minimum_interval_seconds=60,
     default_status=DefaultSensorStatus.RUNNING,
-    description="Watches every registered experiment's corpus (manifest files, or the files under a corpus "
-    "root: size + mtime/ETag) and refreshes its data assets when it changes.",
+    description="Watches every materialized experiment's corpus (manifest files, or the files under a corpus "
+    "root: size + mtime/ETag) and refreshes its data assets when it differs from what its latest "
+    "corpus_manifest recorded: a change from outside the pipeline, never the pipeline's own writes. One "
+    f"request per experiment and corpus content (run key), at most {MAX_REFRESH_REQUESTS} per tick.",
 )
 def corpus_change_sensor(context: SensorEvaluationContext, store: ExperimentStore):
     from a2b_pipeline.configs import ConfigError
 
-    seen = _cursor(context)
-    now: dict[str, str] = {}
-    requests = []
-    for name in context.instance.get_dynamic_partitions(experiments.name):
+    requested: dict[str, str] = _cursor(context)  # experiment -> the fingerprint a refresh was asked for
+    requests, waiting = [], 0
+    for name in sorted(context.instance.get_dynamic_partitions(experiments.name)):
+        recorded = recorded_fingerprint(context, name)
+        if recorded is None:
+            continue  # nothing materialized from this corpus yet: nothing to refresh
         try:
             cfg = store.rebase(store.load_config(name))
-            now[name] = corpus_fingerprint(cfg)
+            now = corpus_fingerprint(cfg)
         except (ConfigError, OSError) as e:  # a broken config or an unreachable store: report, go on
             context.log.warning(f"{name}: corpus not checked: {e}")
-            if name in seen:
-                now[name] = seen[name]
             continue
-        if name in seen and seen[name] != now[name]:
-            context.log.info(f"{name}: corpus changed ({', '.join(corpus_sources(cfg).values())})")
-            requests.append(RunRequest(run_key=f"corpus-{name}-{now[name][:12]}", partition_key=name))
-    cursor = json.dumps(now, sort_keys=True)
+        if now == recorded or requested.get(name) == now:
+            continue
+        if len(requests) >= MAX_REFRESH_REQUESTS:
+            waiting += 1
+            continue
+        context.log.info(f"{name}: corpus changed ({', '.join(corpus_sources(cfg).values())})")
+        requests.append(RunRequest(run_key=f"corpus-{name}-{now[:16]}", partition_key=name))
+        requested[name] = now
+    if waiting:
+        context.log.info(f"{waiting} more experiments' corpora changed: refreshed on the next ticks")
+    cursor = json.dumps(requested, sort_keys=True)
     if not requests:
-        return SensorResult(skip_reason=SkipReason("no corpus changed"), cursor=cursor)
+        return SensorResult(
+            skip_reason=SkipReason("no corpus changed since it was materialized"), cursor=cursor
+        )
     return SensorResult(run_requests=requests, cursor=cursor)
+
+
+@run_failure_sensor(
+    request_job=leaderboard_job,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Rebuilds the leaderboard when an experiment's run fails, so its row says `failed` (a failed "
+    "run materializes no evaluation, so declarative automation alone would leave the row as it was).",
+)
+def leaderboard_after_failure(context: RunFailureSensorContext) -> RunRequest | SkipReason:
+    run = context.dagster_run
+    if run.job_name == leaderboard_job.name:  # its own failure: no loop
+        return SkipReason("the leaderboard's own run failed")
+    return RunRequest(run_key=f"after-failure-{run.run_id}")

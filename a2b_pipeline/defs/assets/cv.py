@@ -29,7 +29,7 @@ from dagster import (
 )
 from pydantic import Field
 
-from a2b_pipeline.defs.assets.training import GPU_POOL, GPU_TAGS
+from a2b_pipeline.defs.assets.training import GPU_POOL, GPU_TAGS, run_where_configured
 from a2b_pipeline.defs.common import (
     Experiment,
     lineage_metadata,
@@ -47,10 +47,13 @@ RESOURCE_KEYS = {"store", "tracking", "compute"}
 # Build when missing (unless its last build failed: no retry loop) and rebuild whenever any upstream
 # partition was materialized since the last request, also while others are missing (a summary of 2 of 3
 # folds says so); never while a build of its own is running. Unlike eager(), missing upstream doesn't block.
+# Since the last *request*, not since_last_handled(): that also resets on the build's own materialization,
+# so an upstream update that lands while a build runs (a sweep's evaluations finishing close together) was
+# lost, and the leaderboard kept showing that experiment as running.
 REBUILD_ON_ANY_UPDATE = (
     (
         (AutomationCondition.missing() & ~AutomationCondition.execution_failed())
-        | AutomationCondition.any_deps_updated().since_last_handled()
+        | AutomationCondition.any_deps_updated().since(AutomationCondition.newly_requested())
     )
     & ~AutomationCondition.in_progress()
 ).with_label("rebuild_on_any_upstream_update")
@@ -87,7 +90,11 @@ def _fold_of(context: AssetExecutionContext) -> tuple[Experiment, int, int, Path
 
 
 class FoldTrainingConfig(Config):
-    fresh: bool = Field(default=False, description="Start this fold's run over (its directory is deleted).")
+    fresh: bool = Field(
+        default=False,
+        description="Train this fold anew in a new run directory (`fold-<k>.attempt-<n>`); the earlier one "
+        "stays where it is.",
+    )
 
 
 def _fold_facts(exp: Experiment, fold: int, folds: int, state: Any) -> dict[str, Any]:
@@ -117,11 +124,19 @@ def _fold_facts(exp: Experiment, fold: int, folds: int, state: Any) -> dict[str,
     "Resumes the fold's run directory when it has checkpoints; a complete fold is reported as it is.",
 )
 def fold_training_run(context: AssetExecutionContext, config: FoldTrainingConfig) -> MaterializeResult:
-    from a2b_pipeline.cv import train_fold
+    from a2b_pipeline.cv import fold_config
+    from a2b_pipeline.runs import fold_dir
 
     exp, folds, fold, root = _fold_of(context)
     with forward_library_logs(context):
-        state = train_fold(exp.cfg, fold, root, fresh=config.fresh)
+        state = run_where_configured(
+            context,
+            fold_config(exp.cfg, fold),
+            fold_dir(root, fold),
+            fresh=config.fresh,
+            job_dir=exp.dir / "slurm" / context.run.run_id,
+            say=lambda message: context.log.info(f"fold {fold}: {message}"),
+        )[0].state
     best = state.best_checkpoint or state.last_checkpoint
     last = state.last_checkpoint
     record = write_record(
@@ -168,6 +183,7 @@ def fold_training_run(context: AssetExecutionContext, config: FoldTrainingConfig
 def fold_evaluation(context: AssetExecutionContext) -> MaterializeResult:
     from a2b_pipeline.cv import evaluate_fold
     from a2b_pipeline.engine import pick_device
+    from a2b_pipeline.security import Grant
     from a2b_pipeline.state import TrainState
 
     exp, folds, fold, _ = _fold_of(context)
@@ -179,7 +195,7 @@ def fold_evaluation(context: AssetExecutionContext) -> MaterializeResult:
     state = TrainState.from_checkpoint(run["run_dir"])
     device = str(pick_device(exp.cfg, local_rank=0))
     with forward_library_logs(context):
-        report, path, groups = evaluate_fold(state, device)
+        report, path, groups = evaluate_fold(state, device, Grant.from_config(exp.cfg, str(exp.config_file)))
     record = write_record(
         exp,
         "fold_evaluation",

@@ -8,7 +8,14 @@ from typing import Any
 
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, Failure, MetadataValue
 
-from a2b_pipeline.defs.common import corpus_sources, json_details, missing_corpora, rounded
+from a2b_pipeline.defs.common import (
+    CORPUS_FINGERPRINT,
+    corpus_fingerprint,
+    corpus_sources,
+    json_details,
+    missing_corpora,
+    rounded,
+)
 from a2b_pipeline.defs.partitions import experiments
 from a2b_pipeline.defs.template import AssetStep, Produced, experiment_asset
 
@@ -101,6 +108,9 @@ def corpus_manifest(step: AssetStep) -> Produced:
         step.log.info(f"{ds.name}: {len(rows)} recordings, {len(listing.skipped)} skipped")
     # The same version training will record (listing + data settings), computed without decoding anything.
     data_version = compute_data_version(cfg, listings)
+    # What the corpus sensor compares with: the corpus as this materialization saw it (after generating a
+    # synthetic one), so the pipeline's own writes are never taken for a change from outside.
+    fingerprint = corpus_fingerprint(cfg)
     return Produced(
         record={
             "data_version": data_version,
@@ -121,6 +131,7 @@ def corpus_manifest(step: AssetStep) -> Produced:
             "skipped_count": MetadataValue.int(len(skipped)),
             "skipped": _skipped_table(skipped),
             "sources": json_details(sources),
+            CORPUS_FINGERPRINT: fingerprint,
         },
         checks=[AssetCheckResult(check_name=CORPUS_AVAILABLE, passed=True)],
     )

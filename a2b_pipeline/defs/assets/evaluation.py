@@ -6,7 +6,7 @@ best_checkpoint -> evaluation
 from pathlib import Path
 from typing import Any
 
-from dagster import Failure, MetadataValue
+from dagster import Failure, MetadataValue, TableColumn, TableRecord, TableSchema
 
 from a2b_pipeline.defs.assets.training import best_checkpoint
 from a2b_pipeline.defs.common import (
@@ -15,15 +15,17 @@ from a2b_pipeline.defs.common import (
     png_markdown,
     rounded,
     sha256_bytes,
+    state_sha256,
 )
 from a2b_pipeline.defs.template import AssetStep, Produced, experiment_asset
+from a2b_pipeline.files import MAX_RECORD_BYTES, read_bounded
 
 
 def _verified_checkpoint(best: dict) -> tuple[Path, str]:
     """The checkpoint best_checkpoint recorded, with the sha256 of its train_state.json unchanged."""
     ckpt = Path(best["checkpoint"])
     try:
-        ckpt_sha = sha256_bytes((ckpt / "train_state.json").read_bytes())
+        ckpt_sha = state_sha256(ckpt)
     except OSError as e:
         raise Failure(
             f"{ckpt}: the recorded best checkpoint is gone ({e}); materialize training_run+"
@@ -51,8 +53,17 @@ def _headline(report: dict) -> dict[str, MetadataValue]:
     return out
 
 
+def _summary_table(report: dict) -> MetadataValue:
+    from a2b_pipeline.evaluate import summary_rows
+
+    columns, rows = summary_rows(report)
+    return MetadataValue.table(
+        [TableRecord(r) for r in rows], schema=TableSchema([TableColumn(c, "string") for c in columns])
+    )
+
+
 @experiment_asset(
-    code_version="3",
+    code_version="4",
     reads=["best_checkpoint"],
     deps=[best_checkpoint],
     kinds={"pytorch"},
@@ -62,16 +73,18 @@ def _headline(report: dict) -> dict[str, MetadataValue]:
     "<run_dir>/evaluation-test.json); a plot of the model and the baselines on the same test recordings.",
 )
 def evaluation(step: AssetStep) -> Produced:
-    from a2b_pipeline.evaluate import report_markdown
+    from a2b_pipeline.evaluate import summary_caption
+    from a2b_pipeline.security import check_grant
     from a2b_pipeline.state import TrainState
 
     exp = step.exp
     ckpt, ckpt_sha = _verified_checkpoint(step.upstream["best_checkpoint"])
     state = TrainState.from_checkpoint(ckpt)
+    check_grant(state.config, _grant(exp), str(ckpt))  # a checkpoint's config is data, not authority
     previous, reused = step.previous_record(), None
     if _same_inputs(previous, step, ckpt_sha):
         record = {k: v for k, v in previous.items() if k not in ("experiment", "code_version", "reused")}
-        png = Path(previous["plot"]).read_bytes()
+        png = read_bounded(previous["plot"], MAX_RECORD_BYTES, "more than a plot takes")
         reused = (
             f"yes: checkpoint {ckpt.name} (sha256 {ckpt_sha[:12]}) was evaluated before with this code; "
             "its metrics and plot are reported again"
@@ -87,7 +100,9 @@ def evaluation(step: AssetStep) -> Produced:
             "plot": png_markdown(png, f"{exp.name}: model and baselines vs true"),
             **{k: rounded(v) for k, v in sorted(metrics.items())},
             **_headline(record["report"]),
-            "summary": MetadataValue.md(report_markdown(record["report"])),
+            # a table the UI renders inline (Markdown would hide behind "[Show Markdown]")
+            "summary": _summary_table(record["report"]),
+            "summary_about": summary_caption(record["report"]),
             "report_path": MetadataValue.path(record["report_path"]),
             "plot_path": MetadataValue.path(record["plot"]),
             "evaluated_data_version": record["evaluated_data_version"],
@@ -99,6 +114,12 @@ def evaluation(step: AssetStep) -> Produced:
         reused=reused,
         trained=True,
     )
+
+
+def _grant(exp: Any) -> Any:
+    from a2b_pipeline.security import Grant
+
+    return Grant.from_config(exp.cfg, str(exp.config_file))
 
 
 def _same_inputs(previous: dict[str, Any] | None, step: AssetStep, ckpt_sha: str) -> bool:
@@ -122,7 +143,7 @@ def _evaluate(step: AssetStep, ckpt: Path, ckpt_sha: str, state: Any) -> tuple[d
     exp = step.exp
     device = pick_device(exp.cfg, local_rank=0)  # the trainer's choice for this run's train.device
     data = prepare_data(state.config)
-    result = run_evaluation(ckpt, "test", data=data, device=str(device))
+    result = run_evaluation(ckpt, "test", data=data, device=str(device), grant=_grant(exp))
     report_path = write_report(result.report)
     metrics = {k: float(v) for k, v in result.report["metrics"].items()}
     title = f"{exp.name}: step {state.global_step}, test " + ", ".join(
@@ -130,7 +151,7 @@ def _evaluate(step: AssetStep, ckpt: Path, ckpt_sha: str, state: Any) -> tuple[d
     )
     png = result.plot(3, title)
     plot_path = materialization_file(exp, "evaluation", step.run_id, ".png")
-    atomic_write(plot_path, png)
+    plot_sha = atomic_write(plot_path, png)
     record = {
         "config_hash": state.config_hash,
         "data_version": state.data_version,
@@ -140,9 +161,11 @@ def _evaluate(step: AssetStep, ckpt: Path, ckpt_sha: str, state: Any) -> tuple[d
         "split": "test",
         "metrics": metrics,
         "plot": str(plot_path),
+        "plot_sha256": plot_sha,
         "recordings_plotted": min(3, len(result.recordings)),
         "device": str(device),
         "report": result.report,
         "report_path": str(report_path),
+        "report_sha256": sha256_bytes(read_bounded(report_path, MAX_RECORD_BYTES)),
     }
     return record, png

@@ -22,6 +22,9 @@ from dagster import (
     MaterializeResult,
     MetadataValue,
     RunsFilter,
+    TableColumn,
+    TableRecord,
+    TableSchema,
     asset,
 )
 
@@ -29,6 +32,7 @@ from a2b_pipeline.defs.assets.cv import REBUILD_ON_ANY_UPDATE, cv_summary
 from a2b_pipeline.defs.assets.evaluation import evaluation
 from a2b_pipeline.defs.common import atomic_write, png_markdown, upstream_record
 from a2b_pipeline.defs.partitions import cv_experiments, experiments
+from a2b_pipeline.files import read_json
 
 LEADERBOARD_GROUP = "a2b_leaderboard"
 _RUNNING = {DagsterRunStatus.QUEUED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED}
@@ -121,10 +125,15 @@ def experiment_rows(context: AssetExecutionContext, store: Any) -> list[Any]:
         if md is None or not Path(str(md.get("cv_summary"))).is_file():
             rows.append(_status_row(context, name, "dagster/partition/experiment", "cv", **facts))
             continue
-        import json
 
-        rows.append(lb.row_from_cv_summary(json.loads(Path(str(md["cv_summary"])).read_text())))
+        rows.append(lb.row_from_cv_summary(read_json(str(md["cv_summary"]), what="CV summary")))
     return rows
+
+
+def leaderboard_dir(store: Any) -> Path:
+    """`<data root>/data/leaderboard`: beside the corpora, in the tree the data root's files live in (with
+    the default data root, the repository's ignored `data/`), never loose in the data root itself."""
+    return store.root / "data" / "leaderboard"
 
 
 @asset(
@@ -136,15 +145,17 @@ def experiment_rows(context: AssetExecutionContext, store: Any) -> list[Any]:
     automation_condition=REBUILD_ON_ANY_UPDATE,
     description="One table of every experiment: model, datasets, the main test metric per channel with its "
     "interval, the margin over each baseline, steps, config hash, checkpoint; cross-validations as mean ± "
-    "std over folds; failed and missing experiments marked. Markdown + plot here, CSV beside it.",
+    "std over folds; failed and missing experiments marked. A table + plot here; CSV and Markdown in "
+    "<data root>/data/leaderboard/.",
 )
 def leaderboard(context: AssetExecutionContext) -> MaterializeResult:
     from a2b_pipeline import leaderboard as lb
 
     store = context.resources.store
     rows = experiment_rows(context, store)
-    out = store.root / "leaderboard"
+    out = leaderboard_dir(store)
     table = lb.to_markdown(rows)
+    columns, records = lb.to_table(rows)
     png = lb.plot(rows) if rows else b""
     csv_path, md_path, png_path = out / "leaderboard.csv", out / "leaderboard.md", out / "leaderboard.png"
     atomic_write(csv_path, lb.to_csv(rows).encode())
@@ -155,7 +166,11 @@ def leaderboard(context: AssetExecutionContext) -> MaterializeResult:
     context.log.info(f"leaderboard: {len(rows)} rows, {len(not_ok)} without an evaluation")
     return MaterializeResult(
         metadata={
-            "leaderboard": MetadataValue.md(table),
+            # a table the UI renders inline (Markdown would hide behind "[Show Markdown]")
+            "leaderboard": MetadataValue.table(
+                [TableRecord(r) for r in records],
+                schema=TableSchema([TableColumn(c, "string") for c in columns]),
+            ),
             "plot": png_markdown(png, "leaderboard") if png else MetadataValue.md("_no experiments_"),
             "csv": MetadataValue.path(str(csv_path)),
             "markdown": MetadataValue.path(str(md_path)),

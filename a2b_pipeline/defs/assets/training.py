@@ -3,7 +3,7 @@
 meta_loader_spec -> training_run -> best_checkpoint
 """
 
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +11,7 @@ from dagster import Config, Failure, MetadataValue
 from pydantic import Field
 
 from a2b_pipeline.defs.assets.data import meta_loader_spec
-from a2b_pipeline.defs.common import plot_loss_curve, png_markdown, rounded, sha256_bytes
+from a2b_pipeline.defs.common import plot_loss_curve, png_markdown, rounded, state_sha256
 from a2b_pipeline.defs.template import AssetStep, Produced, experiment_asset
 
 # A run launcher that understands these gives the training step a GPU: the k8s launcher reads
@@ -31,27 +31,59 @@ GPU_POOL = "gpu"  # op concurrency pool: `dagster instance concurrency set gpu 1
 class TrainingRunConfig(Config):
     fresh: bool = Field(
         default=False,
-        description="Start a new run even if a run of this config and data exists (the old run directory is "
-        "kept, renamed). Otherwise an interrupted run resumes from its last checkpoint and a complete one is "
-        "reported as it is.",
+        description="Start a new run even if a run of this config and data exists: in a new run directory "
+        "(`<run dir>.attempt-<n>`); the earlier one stays where it is, so what earlier materializations "
+        "recorded keeps its meaning. Otherwise an interrupted run resumes from its last checkpoint and a "
+        "complete one is reported as it is.",
     )
 
 
-def _set_aside(run_dir: Path, step: AssetStep) -> None:
-    aside = run_dir.with_name(f"{run_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
-    run_dir.rename(aside)
-    step.log.info(f"fresh run requested: the previous run directory is now {aside}")
+def launch_id(context: Any) -> str:
+    """The same for a run and its retries (re-executions): the root run's id."""
+    return context.run.tags.get("dagster/root_run_id") or context.run.run_id
 
 
-def _say_if_no_gpu(step: AssetStep) -> None:
+def _say_if_no_gpu(log: Any) -> None:
     """This asset asks for a GPU; with train.device auto a run that finds none says so (then uses the CPU)."""
     import torch
 
-    if step.exp.cfg.train.device == "auto" and not torch.cuda.is_available():
-        step.log.warning(
+    if not torch.cuda.is_available():
+        log.warning(
             "no GPU found (train.device: auto): training on the CPU. Check the run launcher's GPU request "
             "(docker: device_requests; k8s: nvidia.com/gpu), or set A2B_DEVICE=cpu to mean it."
         )
+
+
+def run_where_configured(
+    context: Any, cfg: Any, base: Path, *, fresh: bool, job_dir: Path, say: Callable[[str], None]
+) -> tuple[Any, dict[str, Any]]:
+    """runs.py decides (resume / report / refuse / a new directory for `fresh`, under the run's lock), then
+    the training runs here or as a Slurm job (the `compute` resource's `launch`), which runs `a2b train` in
+    the directory chosen. Returns runs.RunResult and the metadata the job reported."""
+    from a2b_pipeline.configs import ConfigError
+    from a2b_pipeline.runs import RunResult, prepare_run, run_training
+    from a2b_pipeline.state import TrainState
+
+    compute = context.resources.compute
+    try:
+        if compute.launch == "process":
+            if cfg.train.device == "auto":
+                _say_if_no_gpu(context.log)
+            return run_training(cfg, base, fresh=fresh, launch=launch_id(context), say=say), {}
+        start = prepare_run(cfg, base, fresh=fresh, launch=launch_id(context), say=say)
+        if start.action == "complete":
+            return RunResult(start.state, "complete", start.state.global_step), {}
+        metadata = compute.train_elsewhere(context, cfg, start.run_dir, job_dir)
+        state = TrainState.from_checkpoint(start.run_dir)
+        return RunResult(state, start.action, start.state.global_step), metadata
+    except ConfigError as e:  # a refusal (unreadable checkpoints, another config, a live owner)
+        raise Failure(description=str(e)) from None
+
+
+def _job_dir(step: AssetStep) -> Path:
+    """A launch's Slurm files (script, effective config, job log, Pipes files): one directory per Dagster
+    run, beside the experiment's run directories on the shared filesystem."""
+    return step.exp.dir / "slurm" / step.run_id
 
 
 def _loss_curve(state: Any, name: str) -> dict[str, Any]:
@@ -63,27 +95,6 @@ def _loss_curve(state: Any, name: str) -> dict[str, Any]:
         "loss_curve": png_markdown(png, f"{name}: loss over steps"),
         **{f"last_{n.replace('/', '_')}": rounded(v) for n, v in sorted(last.items())},
     }
-
-
-def _start_or_resume(step: AssetStep, run_dir: Path) -> tuple[Any, bool]:
-    """The TrainState to train from: the run directory's newest checkpoint, or a new one. True when that
-    checkpoint is a complete run (reported as it is, not trained again)."""
-    from a2b_pipeline.configs import with_run_settings
-    from a2b_pipeline.state import TrainState, list_checkpoints
-
-    if not list_checkpoints(run_dir):
-        step.log.info(f"starting a new run in {run_dir}")
-        return TrainState.from_config(step.exp.cfg, run_dir=run_dir), False
-    state = TrainState.from_checkpoint(run_dir)
-    state.config = with_run_settings(state.config, step.exp.cfg)
-    if state.status == "complete":
-        step.log.info(
-            f"{run_dir} already holds a complete run of this config and data (step {state.global_step}); "
-            "reporting it. Launch with config `fresh: true` to train again."
-        )
-        return state, True
-    step.log.info(f"resuming {run_dir} from step {state.global_step} (status was {state.status!r})")
-    return state, False
 
 
 @experiment_asset(
@@ -99,26 +110,22 @@ def _start_or_resume(step: AssetStep, run_dir: Path) -> tuple[Any, bool]:
     "resumes from that directory's newest valid checkpoint.",
 )
 def training_run(step: AssetStep) -> Produced:
-    from a2b_pipeline.rundir_lock import hold_run_dir
-    from a2b_pipeline.train import train
 
     data_version = step.upstream["dataset_splits"]["data_version"]
     if step.upstream["meta_loader_spec"]["data_version"] != data_version:
         raise Failure(
             "meta_loader_spec and dataset_splits disagree on the data version: materialize both again"
         )
-    run_dir = step.exp.run_dir(data_version)
-    # One trainer per run directory (a scheduled retrain beside a UI launch): a live run is neither set
-    # aside nor resumed under its owner's feet; the second launch fails naming the owner.
-    if step.config.fresh and run_dir.exists():
-        with hold_run_dir(run_dir):
-            _set_aside(run_dir, step)
-    with hold_run_dir(run_dir):
-        state, reused = _start_or_resume(step, run_dir)
-        resumed_from = state.global_step
-        if not reused:
-            _say_if_no_gpu(step)
-            state = train(state)
+    result, job_metadata = run_where_configured(
+        step.context,
+        step.exp.cfg,
+        step.exp.run_dir(data_version),
+        fresh=step.config.fresh,
+        job_dir=_job_dir(step),
+        say=step.log.info,
+    )
+    state, reused, resumed_from = result.state, result.action == "complete", result.from_step
+    run_dir = Path(state.run_dir)
 
     last = state.last_checkpoint
     state_path = last / "train_state.json" if last else run_dir / "train_state.json"
@@ -126,15 +133,21 @@ def training_run(step: AssetStep) -> Produced:
     if state.status != "complete":
         # Not a materialization: the checkpoint is kept, and launching again resumes from it.
         failure = (
-            f"training {state.status} at step {state.global_step}: {state.message}. Launch training_run "
-            f"again to resume from {last} (or with config `fresh: true` to start over)."
+            f"training {state.status} at step {state.global_step} ({state.stop_reason}): {state.message}. "
+            f"Launching training_run again resumes from {last}"
+            + (
+                ": change what caused the stop first, or it stops the same way again"
+                if state.stop_reason not in (None, "signal")
+                else ""
+            )
+            + " (config `fresh: true` starts over in a new run directory)."
         )
     elif state.data_version != data_version:
         step.log.warning(
             f"training read data version {state.data_version}, dataset_splits recorded {data_version}: "
             "the corpus changed while the run went on"
         )
-    checkpoint_sha = sha256_bytes((last / "train_state.json").read_bytes()) if last else None
+    checkpoint_sha = state_sha256(last) if last else None
     return Produced(
         record={
             "config_hash": state.config_hash,
@@ -165,6 +178,7 @@ def training_run(step: AssetStep) -> Produced:
             "samples_seen": MetadataValue.int(state.samples_seen),
             **({"message": state.message} if state.message else {}),
             "data_version_matches_splits": state.data_version == data_version,
+            **job_metadata,
         },
         state=state,
         state_path=state_path,
@@ -201,7 +215,7 @@ def best_checkpoint(step: AssetStep) -> Produced:
     except CheckpointError as e:
         raise Failure(f"best checkpoint of {step.exp.name} does not verify: {e}") from None
     state_path = ckpt / "train_state.json"
-    ckpt_sha = sha256_bytes(state_path.read_bytes())
+    ckpt_sha = state_sha256(ckpt)
     return Produced(
         record={
             "config_hash": state.config_hash,
