@@ -756,11 +756,16 @@ BUGS = [
     ),
     Bug(
         "checkpoint_dir.py",
-        "            blob = f.read(limit + 1)",
-        "            blob = f.read(limit)",
-        "oversized files truncated, not refused",
+        "        raise CheckpointError(str(e)) from None",
+        "        raise",
+        "refusals escape as another error",
     ),
-    Bug("checkpoint_dir.py", "    if len(blob) > limit:", "    if len(blob) >= limit:", "limit off by one"),
+    Bug(
+        "checkpoint_dir.py",
+        "        if ckpt.is_symlink():  # not a checkpoint",
+        "        if False:  # not a checkpoint",
+        "symlinked checkpoint pruned",
+    ),
     Bug(
         "checkpoint_dir.py",
         "        write_synced(tmp / STATE_FILE, state_json(files))",
