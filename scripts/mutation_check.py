@@ -406,8 +406,8 @@ BUGS = [
     ),
     Bug(
         "data/targets.py",
-        "out.append((times + rec.offset_seconds, values))",
-        "out.append((times - rec.offset_seconds, values))",
+        "        times = times + rec.offset_seconds",
+        "        times = times - rec.offset_seconds",
         "offset sign",
     ),
     Bug(
@@ -1537,8 +1537,8 @@ BUGS = [
     ),
     Bug(
         "rundir_lock.py",
-        "        if entry.name == LOCK_FILE:\n            continue",
-        "        if False:\n            continue",
+        "        if entry.name != LOCK_FILE:\n            remove_inside",
+        "        if True:\n            remove_inside",
         "lock file emptied",
     ),
     Bug(
