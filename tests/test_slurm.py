@@ -281,10 +281,13 @@ LONGER = [
 
 
 def _requeued(job_id: str, restarts: int) -> None:
-    """Wait until Slurm has requeued the job `restarts` times, then let it start again at once (Slurm
-    holds a requeued job back for a few seconds: BeginTime)."""
+    """Wait until Slurm has requeued the job `restarts` times, then let it start again soon (Slurm holds
+    a requeued job back for a few seconds: BeginTime). Not before its last run has ended on the node
+    (PENDING, no longer COMPLETING/REQUEUED), and not in the same second: slurmd refuses a credential
+    made no later than the second it revoked the job's last one ("Job credential revoked": FAILED, 1:0)."""
     _wait_until(f"requeue {restarts}", lambda: slurm.job_info(job_id).restarts >= restarts, timeout=60)
-    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True)
+    _wait_until(f"requeue {restarts} done", lambda: slurm.job_info(job_id).state in ("PENDING", "RUNNING"))
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now+1"], capture_output=True)
 
 
 def test_a_slurm_training_run_reports_through_pipes_and_resumes_bit_exactly_after_requeues(
@@ -321,6 +324,8 @@ def test_a_slurm_training_run_reports_through_pipes_and_resumes_bit_exactly_afte
     assert any(m.startswith(f"Slurm job {job_id} started") for m in messages)  # from the job, via Pipes
     assert any(m.startswith("a2b_pipeline.train: step 10 (epoch") for m in messages)  # the trainer's own
     assert sum(f"Slurm job {job_id} was requeued" in m for m in messages) == 2
+    # both requeues stopped the trainer at a checkpoint (SIGTERM), none killed it mid-step
+    assert sum(f"Slurm job {job_id}: training stopped at a checkpoint" in m for m in messages) == 2
     assert any(f"Slurm job {job_id} COMPLETED" in m for m in messages)
     log = Path(md["job_log"]).read_text()
     assert "USR1: time limit or preemption ahead" in log and f"requeueing job {job_id}" in log

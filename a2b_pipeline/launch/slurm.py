@@ -118,8 +118,10 @@ def batch_script(spec: SlurmJobSpec, files: JobFiles, name: str, train_args: lis
             "export MASTER_ADDR=${addr:-$first}",
             "export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))",
             "requeue=0",
+            "# SIGTERM to the ranks themselves (the steps, not this shell): srun turns a SIGTERM of its",
+            "# own into SIGKILL for them (`srun: forcing job termination`): no checkpoint, a lost step",
             f'trap \'requeue=1; echo "a2b: {REQUEUE_SIGNAL}: time limit or preemption ahead, checkpointing";'
-            " kill -TERM $step 2>/dev/null' " + REQUEUE_SIGNAL,
+            " scancel --signal=TERM $SLURM_JOB_ID' " + REQUEUE_SIGNAL,
             f"srun --kill-on-bad-exit=1 {command} &",
             "step=$!",
             "wait $step; rc=$?",
