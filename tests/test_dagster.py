@@ -194,7 +194,14 @@ def test_checks_ran_and_passed(demo):
                 [AssetCheckKey(AssetKey(asset), check)]
             )
             ev = rec[AssetCheckKey(AssetKey(asset), check)]
-            assert ev.evaluation and ev.evaluation.passed, (asset, check)
+            assert ev.evaluation, (asset, check)
+            if check == "evaluation_metrics_ok" and not ev.evaluation.passed:
+                # a 6-step model need not beat its baselines: the gate warns (never errors), saying by what
+                md = {k: v.value for k, v in ev.evaluation.metadata.items()}
+                assert ev.evaluation.severity == AssetCheckSeverity.WARN, md
+                assert md["verdict"].startswith("WARN") and md["best_baseline"], md
+            else:
+                assert ev.evaluation.passed, (asset, check)
             # each experiment's checks are its own: the result is tied to the partition
             assert ev.evaluation.partition == "demo", (asset, check, ev.evaluation.partition)
 
