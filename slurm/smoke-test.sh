@@ -230,7 +230,10 @@ requeue_mid_training() {
   scontrol requeue "$job" || return 1
   log "scontrol requeue $job at $(ls -d "$DATA"/runs/requeue/train-*/step_* | tail -1 | xargs basename)"
   for _ in $(seq 60); do scontrol show job -o "$job" | grep -q 'Restarts=1' && break; sleep 0.5; done
-  scontrol update JobId="$job" StartTime=now # skip Slurm's short hold of a requeued job
+  # skip Slurm's short hold of a requeued job, but only once its last run has ended on the node, and not in
+  # that second: slurmd refuses a credential no newer than the one it revoked (FAILED, "credential revoked")
+  for _ in $(seq 120); do scontrol show job -o "$job" | grep -Eq 'JobState=(PENDING|RUNNING) ' && break; sleep 0.5; done
+  scontrol update JobId="$job" StartTime=now+1
   gql wait-run "$run" "$RUN_TIMEOUT" >/dev/null || return 1
   local restarts job_dir run_dir
   restarts=$(gql metadata training_run slurm_restarts "$run") || return 1
