@@ -137,9 +137,9 @@ def asset_checks(url: str, assets: list[str]) -> list[dict]:
     ]
 
 
-def launch_assets(url: str, partition: str, assets: list[str]) -> str:
+def launch_assets(url: str, partition: str, assets: list[str], run_config: dict | None = None) -> str:
     """What the UI sends for "Materialize selected" on a partition: the implicit asset job, the assets and
-    their checks."""
+    their checks (with the launchpad's run config, resources' settings too, when given)."""
     data = gql(
         url,
         """mutation($params: ExecutionParams!) { launchRun(executionParams: $params) {
@@ -154,7 +154,7 @@ def launch_assets(url: str, partition: str, assets: list[str]) -> str:
                 "assetSelection": [{"path": [a]} for a in assets],
                 "assetCheckSelection": asset_checks(url, assets),
             },
-            "runConfigData": {},
+            "runConfigData": run_config or {},
             "mode": "default",
             "executionMetadata": {"tags": [{"key": "dagster/partition", "value": partition}]},
         },

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "docker"))
 import smoke_client as shared  # noqa: E402  (docker/smoke_client.py)
-from smoke_client import LOCATION, REPOSITORY, SmokeError, _expect, gql  # noqa: E402
+from smoke_client import SmokeError, _expect, gql  # noqa: E402
 
 EXPERIMENT_ASSETS = [
     "corpus_manifest",
@@ -76,26 +76,8 @@ def wait_backfill(url: str, backfill_id: str, timeout: float) -> list[str]:
 
 
 def launch_assets(url: str, run_config: str, partition: str, assets: list[str]) -> str:
-    """The launchpad: materialize assets of one partition with a run config (resources' settings too)."""
-    data = gql(
-        url,
-        """mutation($params: ExecutionParams!) { launchRun(executionParams: $params) {
-             __typename ... on LaunchRunSuccess { run { runId } }
-             ... on PythonError { message } ... on RunConfigValidationInvalid { errors { message } }
-             ... on InvalidSubsetError { message } ... on UnauthorizedError { message } } }""",
-        params={
-            "selector": {
-                "repositoryLocationName": LOCATION,
-                "repositoryName": REPOSITORY,
-                "jobName": "__ASSET_JOB",
-                "assetSelection": [{"path": [a]} for a in assets],
-            },
-            "runConfigData": json.loads(run_config),
-            "mode": "default",
-            "executionMetadata": {"tags": [{"key": "dagster/partition", "value": partition}]},
-        },
-    )["launchRun"]
-    return _expect(data, "LaunchRunSuccess")["run"]["runId"]
+    """The launchpad: materialize assets of one partition (and their checks) with a run config."""
+    return shared.launch_assets(url, partition, assets, json.loads(run_config))
 
 
 def terminate(url: str, run_id: str) -> str:
