@@ -102,9 +102,19 @@ def sensor_status(url: str, name: str) -> str:
     return _expect(sensor, "Sensor")["sensorState"]["status"]
 
 
-def launch(url: str, job: str, partition: str, fresh: bool = False) -> str:
-    """What the UI's launchpad sends for a partitioned job: the job, its partition tag, and an empty config
-    (or training_run's `fresh: true`, as typed into the launchpad)."""
+# One experiment's asset chain, upstream first (a2b_pipeline/defs): what "Materialize all" selects.
+EXPERIMENT_ASSETS = [
+    "corpus_manifest",
+    "dataset_splits",
+    "meta_loader_spec",
+    "training_run",
+    "best_checkpoint",
+    "evaluation",
+]
+
+
+def _launch_run(url: str, selector: dict, partition: str, run_config: dict | None) -> str:
+    """One launchRun, as the UI sends it for a partition; the new run's id."""
     data = gql(
         url,
         """mutation($params: ExecutionParams!) { launchRun(executionParams: $params) {
@@ -112,13 +122,20 @@ def launch(url: str, job: str, partition: str, fresh: bool = False) -> str:
              ... on PythonError { message } ... on RunConfigValidationInvalid { errors { message } }
              ... on InvalidSubsetError { message } ... on UnauthorizedError { message } } }""",
         params={
-            "selector": {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY, "jobName": job},
-            "runConfigData": {"ops": {"training_run": {"config": {"fresh": True}}}} if fresh else {},
+            "selector": {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY, **selector},
+            "runConfigData": run_config or {},
             "mode": "default",
             "executionMetadata": {"tags": [{"key": "dagster/partition", "value": partition}]},
         },
     )["launchRun"]
     return _expect(data, "LaunchRunSuccess")["run"]["runId"]
+
+
+def launch(url: str, job: str, partition: str, fresh: bool = False) -> str:
+    """What the UI's launchpad sends for a partitioned job: the job, its partition tag, and an empty config
+    (or training_run's `fresh: true`, as typed into the launchpad)."""
+    fresh_config = {"ops": {"training_run": {"config": {"fresh": True}}}}
+    return _launch_run(url, {"jobName": job}, partition, fresh_config if fresh else None)
 
 
 def asset_checks(url: str, assets: list[str]) -> list[dict]:
@@ -140,26 +157,12 @@ def asset_checks(url: str, assets: list[str]) -> list[dict]:
 def launch_assets(url: str, partition: str, assets: list[str], run_config: dict | None = None) -> str:
     """What the UI sends for "Materialize selected" on a partition: the implicit asset job, the assets and
     their checks (with the launchpad's run config, resources' settings too, when given)."""
-    data = gql(
-        url,
-        """mutation($params: ExecutionParams!) { launchRun(executionParams: $params) {
-             __typename ... on LaunchRunSuccess { run { runId } }
-             ... on PythonError { message } ... on RunConfigValidationInvalid { errors { message } }
-             ... on InvalidSubsetError { message } ... on UnauthorizedError { message } } }""",
-        params={
-            "selector": {
-                "repositoryLocationName": LOCATION,
-                "repositoryName": REPOSITORY,
-                "jobName": "__ASSET_JOB",
-                "assetSelection": [{"path": [a]} for a in assets],
-                "assetCheckSelection": asset_checks(url, assets),
-            },
-            "runConfigData": run_config or {},
-            "mode": "default",
-            "executionMetadata": {"tags": [{"key": "dagster/partition", "value": partition}]},
-        },
-    )["launchRun"]
-    return _expect(data, "LaunchRunSuccess")["run"]["runId"]
+    selector = {
+        "jobName": "__ASSET_JOB",
+        "assetSelection": [{"path": [a]} for a in assets],
+        "assetCheckSelection": asset_checks(url, assets),
+    }
+    return _launch_run(url, selector, partition, run_config)
 
 
 def sensor_ticks(url: str, name: str, since: float) -> list[dict]:

@@ -34,14 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "docker"))
 import smoke_client as ui  # noqa: E402  (the GraphQL calls, stdlib only)
 
-ASSETS = [
-    "corpus_manifest",
-    "dataset_splits",
-    "meta_loader_spec",
-    "training_run",
-    "best_checkpoint",
-    "evaluation",
-]
+ASSETS = ui.EXPERIMENT_ASSETS
 SENSOR_TICK = 75  # s: corpus_change_sensor's minimum interval is 60 s
 
 

@@ -17,16 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "docker"))
 import smoke_client as shared  # noqa: E402  (docker/smoke_client.py)
-from smoke_client import SmokeError, _expect, gql  # noqa: E402
-
-EXPERIMENT_ASSETS = [
-    "corpus_manifest",
-    "dataset_splits",
-    "meta_loader_spec",
-    "training_run",
-    "best_checkpoint",
-    "evaluation",
-]
+from smoke_client import EXPERIMENT_ASSETS, SmokeError, _expect, gql  # noqa: E402
 
 
 def backfill(url: str, run_config: str, partitions: list[str]) -> str:
