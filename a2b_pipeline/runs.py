@@ -116,7 +116,7 @@ def next_attempt(base: str | Path) -> Path:
 
 def _holds_a_run(run_dir: Path) -> bool:
     """Anything a run wrote (a checkpoint, a set-aside one, an evaluation): a fresh start goes elsewhere."""
-    from a2b_pipeline.rundir_lock import LOCK_FILE
+    from a2b_pipeline.checkpoint.lock import LOCK_FILE
 
     return run_dir.is_dir() and any(p.name not in (LOCK_FILE, LAUNCH_FILE) for p in run_dir.iterdir())
 
@@ -144,7 +144,7 @@ def find_runs(root: str | Path, depth: int = 2) -> list[Path]:
 
 def _started_here(path: Path) -> bool:
     """A run started here (a checkpoint, a pointer, or only its lock: a run that failed before any)."""
-    from a2b_pipeline.rundir_lock import LOCK_FILE
+    from a2b_pipeline.checkpoint.lock import LOCK_FILE
 
     names = {p.name for p in path.iterdir()}
     return any(n.startswith("step_") for n in names) or "last" in names or LOCK_FILE in names
@@ -383,7 +383,7 @@ def process_group() -> Iterator[None]:
     """Join the process group (under torchrun) for the run's whole life, and leave it at the end. Nested
     (a sweep or a cross-validation around its runs), the group lives until the outermost one ends: a group
     is joined once per process."""
-    from a2b_pipeline.distributed import init_distributed
+    from a2b_pipeline.training.distributed import init_distributed
 
     init_distributed()
     _GROUP_DEPTH[0] += 1
@@ -429,7 +429,7 @@ def run_training(
     choice of directory to the end of training. `launch`: an id a retry of the same launch repeats (Dagster's
     root run id), so a retried fresh launch resumes its own new directory. Returns the final TrainState and
     what was done."""
-    from a2b_pipeline.rundir_lock import hold_run_dir
+    from a2b_pipeline.checkpoint.lock import hold_run_dir
 
     base = Path(run_dir) if run_dir else cli_run_dir(cfg)
     # The first directory's lock guards all attempts (a job given `x.attempt-2` holds `x` too)
@@ -455,7 +455,7 @@ def prepare_run(
     """run_training's decision without the training, for a launcher whose job trains elsewhere (a Slurm job
     runs `a2b train CONFIG --run-dir <start.run_dir>`, which resumes there). Decided under the run's lock;
     a fresh start's new directory is created (and marked with `launch`) before the lock is released."""
-    from a2b_pipeline.rundir_lock import hold_run_dir
+    from a2b_pipeline.checkpoint.lock import hold_run_dir
 
     base = Path(run_dir)
     with hold_run_dir(first_attempt(base)):
@@ -471,7 +471,7 @@ def resume_training(
 ) -> TrainState:
     """`a2b resume PATH`: continue the run of a run directory (its newest checkpoint that verifies) or of a
     checkpoint given directly, whatever its config; says why it had stopped."""
-    from a2b_pipeline.rundir_lock import hold_run_dir
+    from a2b_pipeline.checkpoint.lock import hold_run_dir
     from a2b_pipeline.state import STATE_FILE, TrainState
 
     path = Path(path)
@@ -527,7 +527,7 @@ def plan_removal(run_dirs: Sequence[Path], records_roots: Sequence[Path] = ()) -
 def remove_runs(removal: Removal, *, dry_run: bool = True) -> Removal:
     """Delete the run directories of a plan (never following symlinks), unless `dry_run`; each under its
     lock, so a live run is not removed."""
-    from a2b_pipeline.rundir_lock import hold_run_dir
+    from a2b_pipeline.checkpoint.lock import hold_run_dir
 
     if not dry_run:
         for d in removal.run_dirs:

@@ -45,7 +45,7 @@ from pydantic import (
     model_validator,
 )
 
-from a2b_pipeline.checkpoint_dir import (  # the directory helpers are re-exported: one import for users
+from a2b_pipeline.checkpoint.directory import (  # the directory helpers are re-exported: one import for users
     STATE_FILE,
     STEP_DIR,
     CheckpointError,

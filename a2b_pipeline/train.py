@@ -21,8 +21,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from a2b_pipeline.checkpoint_dir import CheckpointError, checkpoint_name, list_checkpoints
-from a2b_pipeline.checkpointing import Checkpointer, CheckpointWriter
+from a2b_pipeline.checkpoint.checkpointer import Checkpointer, CheckpointWriter
+from a2b_pipeline.checkpoint.directory import CheckpointError, checkpoint_name, list_checkpoints
+from a2b_pipeline.checkpoint.lock import hold_run_dir
 from a2b_pipeline.configs import ConfigError, RunConfig
 from a2b_pipeline.data.meta_dataloader import MetaDataLoader
 from a2b_pipeline.data.pipeline import (
@@ -32,16 +33,22 @@ from a2b_pipeline.data.pipeline import (
     prepare_data,
     save_norm_stats,
 )
-from a2b_pipeline.distributed import StopRequest, broadcast_flag, check_ranks_agree, init_distributed
-from a2b_pipeline.engine import EMA, autocast_context, evaluate_loader, pick_device
-from a2b_pipeline.metrics import make_loss
+from a2b_pipeline.evaluation.metrics import make_loss
 from a2b_pipeline.models import build_model, model_io
-from a2b_pipeline.preflight import check_runnable
-from a2b_pipeline.progress import Progress
-from a2b_pipeline.rundir_lock import hold_run_dir
-from a2b_pipeline.schedule import apply_freeze, encoder_lr_at, lr_at, planned_steps, set_lr, val_interval
 from a2b_pipeline.state import MetricRecord, RNGState, TrainState
-from a2b_pipeline.tracking import Tracker
+from a2b_pipeline.training.distributed import StopRequest, broadcast_flag, check_ranks_agree, init_distributed
+from a2b_pipeline.training.engine import EMA, autocast_context, evaluate_loader, pick_device
+from a2b_pipeline.training.preflight import check_runnable
+from a2b_pipeline.training.progress import Progress
+from a2b_pipeline.training.schedule import (
+    apply_freeze,
+    encoder_lr_at,
+    lr_at,
+    planned_steps,
+    set_lr,
+    val_interval,
+)
+from a2b_pipeline.training.tracking import Tracker
 
 log = logging.getLogger("a2b_pipeline.train")
 

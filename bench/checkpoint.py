@@ -59,8 +59,8 @@ def main() -> int:
     C.setup_torch(args.threads)
     from safetensors.torch import load, load_file, save, save_file
 
-    from a2b_pipeline.checkpoint_dir import file_digest, fsync_path
-    from a2b_pipeline.checkpointing import CheckpointWriter
+    from a2b_pipeline.checkpoint.checkpointer import CheckpointWriter
+    from a2b_pipeline.checkpoint.directory import file_digest, fsync_path
     from a2b_pipeline.state import TrainState, load_tensors
 
     cfg, model = big_model(args, mb)

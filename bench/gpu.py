@@ -324,7 +324,7 @@ class LoopProbe:
 
     def __enter__(self) -> LoopProbe:
         import a2b_pipeline.train as trainer
-        from a2b_pipeline.checkpointing import Checkpointer
+        from a2b_pipeline.checkpoint.checkpointer import Checkpointer
 
         self._stack.enter_context(patched(trainer, "micro_batches", self._timed_batches))
         self._stack.enter_context(patched(Checkpointer, "save", self._timed_save))
@@ -400,7 +400,7 @@ def raw_write(checkpointer: Any, device: torch.device, where: Any, reps: int = 3
     device), with and without an fsync: the baseline the loop's checkpoint wait is held against."""
     from safetensors.torch import save_file
 
-    from a2b_pipeline.checkpoint_dir import fsync_path
+    from a2b_pipeline.checkpoint.directory import fsync_path
 
     tensors = dict(checkpointer.model.state_dict())
     for idx, st in checkpointer.optimizer.state_dict()["state"].items():

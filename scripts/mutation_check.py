@@ -119,92 +119,100 @@ BUGS = [
     ),
     # engine.py
     Bug(
-        "engine.py",
+        "training/engine.py",
         "self.shadow[k].lerp_(v, 1.0 - self.decay)",
         "self.shadow[k].lerp_(v, self.decay)",
         "EMA weight swapped",
     ),
     Bug(
-        "engine.py",
+        "training/engine.py",
         "    model.eval()\n    acc = MetricAccumulator",
         "    acc = MetricAccumulator",
         "validation in train mode",
     ),
     Bug(
-        "engine.py",
+        "training/engine.py",
         "@torch.no_grad()\ndef evaluate_loader",
         "def evaluate_loader",
         "validation with autograd",
     ),
     Bug(
-        "engine.py", "            model.load_state_dict(backup)", "            pass", "EMA swap never undone"
+        "training/engine.py",
+        "            model.load_state_dict(backup)",
+        "            pass",
+        "EMA swap never undone",
     ),
     Bug(
-        "engine.py",
+        "training/engine.py",
         "    if missing or extra or shapes:",
         "    if missing or extra:",
         "misshapen weights accepted",
     ),
     # schedule.py
     Bug(
-        "schedule.py",
+        "training/schedule.py",
         "math.ceil(batches_per_epoch * t.num_epochs / t.grad_accum_steps)",
         "batches_per_epoch * t.num_epochs // t.grad_accum_steps",
         "planned steps drop the short group",
     ),
     Bug(
-        "schedule.py",
+        "training/schedule.py",
         "return start + (base - start) * (step + 1) / warm",
         "return start + (base - start) * step / warm",
         "warmup off by one",
     ),
     Bug(
-        "schedule.py",
+        "training/schedule.py",
         "frozen = rule.until_step is None or step < rule.until_step",
         "frozen = rule.until_step is None or step <= rule.until_step",
         "unfreeze a step late",
     ),
-    Bug("schedule.py", "return base * plateau_scale", "return base", "plateau scale ignored"),
+    Bug("training/schedule.py", "return base * plateau_scale", "return base", "plateau scale ignored"),
     Bug(
-        "schedule.py",
+        "training/schedule.py",
         "return max(1, math.ceil(batches_per_epoch / cfg.train.grad_accum_steps))",
         "return max(1, batches_per_epoch)",
         "epoch validation ignores accumulation",
     ),
     # checkpointing.py
     Bug(
-        "checkpointing.py",
+        "checkpoint/checkpointer.py",
         "            self.ema.shadow = checked_weights(",
         "            _ = checked_weights(",
         "EMA shadow not restored",
     ),
     Bug(
-        "checkpointing.py",
+        "checkpoint/checkpointer.py",
         "        self.plateau.update(state.optimizer_state.plateau)",
         "        pass",
         "plateau state not restored",
     ),
-    Bug("checkpointing.py", "            rngs[self.rank].restore()", "            pass", "RNG not restored"),
     Bug(
-        "checkpointing.py",
+        "checkpoint/checkpointer.py",
+        "            rngs[self.rank].restore()",
+        "            pass",
+        "RNG not restored",
+    ),
+    Bug(
+        "checkpoint/checkpointer.py",
         "            self.scaler.load_state_dict(state.optimizer_state.scaler)",
         "            pass",
         "GradScaler not restored",
     ),
     Bug(
-        "checkpointing.py",
+        "checkpoint/checkpointer.py",
         "    if best:\n        set_pointer",
         "    if True:\n        set_pointer",
         "best pointer moved by every save",
     ),
     Bug(
-        "checkpointing.py",
+        "checkpoint/checkpointer.py",
         "        self.loader.load_state_dict(state.meta_dataloader_state.loader_state_dict())",
         "        pass",
         "loader position not restored",
     ),
     Bug(
-        "checkpointing.py",
+        "checkpoint/checkpointer.py",
         "protect=[best_dir, path]",
         "protect=[path]",
         "retention prunes the best checkpoint",
@@ -219,117 +227,127 @@ BUGS = [
     Bug("state.py", "        np.random.set_state((", "        (", "numpy RNG not restored"),
     # metrics.py
     Bug(
-        "metrics.py",
+        "evaluation/metrics.py",
         'return F.l1_loss(pred, true, reduction="none").mean((0, 1))',
         'return F.l1_loss(pred, true, reduction="none").sum((0, 1))',
         "l1 summed",
     ),
     Bug(
-        "metrics.py", "cw = cw / cw.sum() * n_channels", "cw = cw / cw.sum()", "channel weights not rescaled"
+        "evaluation/metrics.py",
+        "cw = cw / cw.sum() * n_channels",
+        "cw = cw / cw.sum()",
+        "channel weights not rescaled",
     ),
     Bug(
-        "metrics.py",
+        "evaluation/metrics.py",
         "vp, vt = s[2] / n - mp**2, s[3] / n - mt**2",
         "vp, vt = s[2] / n - mp**2, s[3] / n - mp**2",
         "pooled variance of the wrong mean",
     ),
     Bug(
-        "metrics.py",
+        "evaluation/metrics.py",
         'out[f"{prefix}/{name}"] = float(per.mean())',
         'out[f"{prefix}/{name}"] = float(per[0])',
         "mean over channels is the first",
     ),
     Bug(
-        "metrics.py",
+        "evaluation/metrics.py",
         "return 2 * cov / (pv + tv + (pm - tm).square() + EPS)",
         "return 2 * cov / (pv + tv + EPS)",
         "CCC without the mean term",
     ),
     # scoring.py
     Bug(
-        "scoring.py",
+        "evaluation/scoring.py",
         "(base[level][m] - model[level][m])\n                        if m in LOWER_IS_BETTER",
         "(model[level][m] - base[level][m])\n                        if m in LOWER_IS_BETTER",
         "error margin sign flipped",
     ),
     Bug(
-        "scoring.py",
+        "evaluation/scoring.py",
         "np.percentile(meds, [2.5, 97.5])",
         "np.percentile(meds, [5, 95])",
         "90% interval as 95%",
     ),
     Bug(
-        "scoring.py",
+        "evaluation/scoring.py",
         'out: dict[str, Any] = {"value": float(np.median(vals))',
         'out: dict[str, Any] = {"value": float(np.mean(vals))',
         "mean for median",
     ),
-    Bug("scoring.py", "    if len(ids) >= 2:", "    if len(ids) >= 1:", "interval from one subject"),
     Bug(
-        "scoring.py",
+        "evaluation/scoring.py", "    if len(ids) >= 2:", "    if len(ids) >= 1:", "interval from one subject"
+    ),
+    Bug(
+        "evaluation/scoring.py",
         '"mse": (err * err).mean(-2)}',
         '"mse": np.sqrt((err * err).mean(-2))}',
         "RMSE as MSE",
     ),
     # evaluate.py
     Bug(
-        "evaluate.py",
+        "evaluation/evaluate.py",
         "parts = {name: ds for name, ds in data.splits.get(split, {}).items() if len(ds)}",
         'parts = {name: ds for name, ds in data.splits.get("val", {}).items() if len(ds)}',
         "scores val under the label test",
     ),
     Bug(
-        "evaluate.py",
+        "evaluation/evaluate.py",
         'train = [lr for ds in data.splits["train"].values() for lr in ds.loaded]',
         "train = [lr for p in data.splits.values() for ds in p.values() for lr in ds.loaded]",
         "baselines fitted on every split",
     ),
     Bug(
-        "evaluate.py",
+        "evaluation/evaluate.py",
         "name = (state.model_state.ema_path or state.model_state.last_model_path).name",
         "name = state.model_state.last_model_path.name",
         "evaluation ignores EMA weights",
     ),
-    Bug("evaluate.py", "count[s : s + m] += taper[:m]", "count[s : s + m] += 1", "overlap-add weights wrong"),
     Bug(
-        "evaluate.py",
+        "evaluation/evaluate.py",
+        "count[s : s + m] += taper[:m]",
+        "count[s : s + m] += 1",
+        "overlap-add weights wrong",
+    ),
+    Bug(
+        "evaluation/evaluate.py",
         '    if (path / "best" / "train_state.json").exists():',
         "    if False:",
         "a run is evaluated at its last checkpoint, not its best",
     ),
     Bug(
-        "evaluate.py",
+        "evaluation/evaluate.py",
         "batch_size=cfg.data.batch_size, shuffle=False)",
         "batch_size=cfg.data.batch_size, shuffle=True)",
         "windows shuffled",
     ),
     Bug(
-        "evaluate.py",
+        "evaluation/evaluate.py",
         "    return state, model.to(device).eval()",
         "    return state, model.to(device)",
         "evaluation in train mode",
     ),
     # baselines.py
     Bug(
-        "baselines.py",
+        "evaluation/baselines.py",
         'others = [y for who, y in self.listeners.get(group_key(lr.rec, "stimulus"), []) if who != me]',
         'others = [y for who, y in self.listeners.get(group_key(lr.rec, "stimulus"), [])]',
         "other listeners include the listener",
     ),
     Bug(
-        "baselines.py",
+        "evaluation/baselines.py",
         "return np.tile(value, (n, 1))",
         "return np.tile(self.pooled_constant, (n, 1))",
         "constant not per dataset",
     ),
     Bug(
-        "baselines.py",
+        "evaluation/baselines.py",
         "lags = sorted({round(s * data.target_rate) for s in LAG_SECONDS})",
         "lags = sorted({round(s * data.frame_rate) for s in LAG_SECONDS})",
         "lags counted in frames",
     ),
     Bug(
-        "baselines.py",
+        "evaluation/baselines.py",
         "frame = np.logaddexp.reduce(feats, axis=1)",
         "frame = feats.mean(axis=1)",
         "loudness as the mean log-mel",
@@ -733,129 +751,135 @@ BUGS = [
     ),
     # checkpoint_dir.py
     Bug(
-        "checkpoint_dir.py",
+        "checkpoint/directory.py",
         'return f"step_{step:09d}"',
         'return f"step_{step:08d}"',
         "step names of 8 digits",
     ),
-    Bug("checkpoint_dir.py", "and (p / STATE_FILE).exists()]", "]", "uncommitted checkpoints listed"),
+    Bug("checkpoint/directory.py", "and (p / STATE_FILE).exists()]", "]", "uncommitted checkpoints listed"),
     Bug(
-        "checkpoint_dir.py", "return sorted(found, key=lambda p: p.name)", "return found", "listing unsorted"
+        "checkpoint/directory.py",
+        "return sorted(found, key=lambda p: p.name)",
+        "return found",
+        "listing unsorted",
     ),
     Bug(
-        "checkpoint_dir.py",
+        "checkpoint/directory.py",
         "    if real.parent != run:",
         "    if not str(real).startswith(str(run.parent)):",
         "symlinks to sibling runs accepted",
     ),
     Bug(
-        "checkpoint_dir.py",
+        "checkpoint/directory.py",
         "    if not stat.S_ISREG(mode):",
         "    if stat.S_ISDIR(mode):",
         "symlinked listed files accepted",
     ),
     Bug(
-        "checkpoint_dir.py",
+        "checkpoint/directory.py",
         "        raise CheckpointError(str(e)) from None",
         "        raise",
         "refusals escape as another error",
     ),
     Bug(
-        "checkpoint_dir.py",
+        "checkpoint/directory.py",
         "        if ckpt.is_symlink():  # not a checkpoint",
         "        if False:  # not a checkpoint",
         "symlinked checkpoint pruned",
     ),
     Bug(
-        "checkpoint_dir.py",
+        "checkpoint/directory.py",
         "        write_synced(tmp / STATE_FILE, state_json(files))",
         "        write_synced(tmp / STATE_FILE, state_json({}))",
         "state lists no digests",
     ),
     Bug(
-        "checkpoint_dir.py",
+        "checkpoint/directory.py",
         "            verify_file(tmp / name, digest)  # the copy",
         "            pass  # the copy",
         "copies not verified",
     ),
     Bug(
-        "checkpoint_dir.py",
+        "checkpoint/directory.py",
         "            shutil.rmtree(old, ignore_errors=True)\n        else:",
         "        else:",
         "old checkpoint left beside",
     ),
     Bug(
-        "checkpoint_dir.py",
+        "checkpoint/directory.py",
         "        shutil.rmtree(tmp, ignore_errors=True)\n        raise",
         "        raise",
         "temporary left after a failed write",
     ),
     Bug(
-        "checkpoint_dir.py",
+        "checkpoint/directory.py",
         "    os.symlink(target.name, tmp)",
         "    os.symlink(target, tmp)",
         "absolute pointer",
     ),
     Bug(
-        "checkpoint_dir.py",
+        "checkpoint/directory.py",
         "for ckpt in list_checkpoints(run_dir)[:-keep_last]:",
         "for ckpt in list_checkpoints(run_dir)[: -keep_last - 1]:",
         "keeps one too many",
     ),
     Bug(
-        "checkpoint_dir.py", "        if ckpt.resolve() not in keep:", "        if True:", "protected pruned"
+        "checkpoint/directory.py",
+        "        if ckpt.resolve() not in keep:",
+        "        if True:",
+        "protected pruned",
     ),
-    Bug("checkpoint_dir.py", '*Path(run_dir).glob(".pruned-step_*")]', "]", "pruned debris left"),
+    Bug("checkpoint/directory.py", '*Path(run_dir).glob(".pruned-step_*")]', "]", "pruned debris left"),
     Bug(
-        "checkpoint_dir.py",
+        "checkpoint/directory.py",
         "            h.update(view[:n])",
         "            h.update(buf)",
         "digest of the whole buffer",
     ),
     Bug(
-        "checkpoint_dir.py",
+        "checkpoint/directory.py",
         '    algo = algo or "sha256"',
         '    algo = algo or "xxh3_128"',
         "bare digests as xxh3",
     ),
     Bug(
-        "checkpoint_dir.py",
+        "checkpoint/directory.py",
         "    if algo not in DIGEST_ALGOS:",
         "    if algo not in DIGEST_ALGOS and False:",
         "unknown digest accepted",
     ),
     Bug(
-        "checkpoint_dir.py",
+        "checkpoint/directory.py",
         '    if got.rpartition(":")[2] != want:',
         '    if got.rpartition(":")[2][:8] != want[:8]:',
         "digest prefix compared",
     ),
     Bug(
-        "checkpoint_dir.py",
+        "checkpoint/directory.py",
         '    if expected is None:\n        raise CheckpointError(f"{file}: not listed',
         '    if False:\n        raise CheckpointError(f"{file}: not listed',
         "unlisted tensors loaded",
     ),
     Bug(
-        "checkpoint_dir.py",
+        "checkpoint/directory.py",
         "    verify_file(file, expected)\n    try:",
         "    try:",
         "tensors loaded unverified",
     ),
     Bug(
-        "checkpoint_dir.py",
+        "checkpoint/directory.py",
         "                total += n * dt.itemsize",
         "                total += n",
         "tensor bytes as elements",
     ),
     Bug(
-        "checkpoint_dir.py",
+        "checkpoint/directory.py",
         "                dtype = dtype or dt",
         "                dtype = dt",
         "dtype of the last tensor",
     ),
     Bug(
-        "checkpoint_dir.py",
+        "checkpoint/directory.py",
         "            files[name] = digest_bytes(blob)",
         '            files[name] = digest_bytes(blob, "sha256")',
         "blob digests by another algorithm",
@@ -906,236 +930,245 @@ BUGS = [
     Bug("data/recording.py", "self.row = rec.row if rec else None", "self.row = None", "error row dropped"),
     # progress.py
     Bug(
-        "progress.py",
+        "training/progress.py",
         'return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"',
         'return f"{s // 3600}:{s // 60:02d}:{s % 60:02d}"',
         "minutes not modulo",
     ),
-    Bug("progress.py", "s = int(round(seconds))", "s = int(seconds)", "clock truncates"),
+    Bug("training/progress.py", "s = int(round(seconds))", "s = int(seconds)", "clock truncates"),
     Bug(
-        "progress.py",
+        "training/progress.py",
         "return max(0.0, float(os.environ.get",
         "return abs(float(os.environ.get",
         "negative interval mirrored",
     ),
     Bug(
-        "progress.py",
+        "training/progress.py",
         "if self.lines and (now - self.last_t >= self.every_s or self.step >= self.total):",
         "if self.lines and now - self.last_t >= self.every_s:",
         "no line at the end",
     ),
     Bug(
-        "progress.py",
+        "training/progress.py",
         "rate = done / elapsed if elapsed > 0 else 0.0",
         "rate = self.step / elapsed if elapsed > 0 else 0.0",
         "rate counts resumed steps",
     ),
     Bug(
-        "progress.py",
+        "training/progress.py",
         'parts.append(f"ETA {_clock((self.total - self.step) / rate)}")',
         'parts.append(f"ETA {_clock(self.total / rate)}")',
         "ETA of the whole run",
     ),
     Bug(
-        "progress.py", "self.lines = enabled and not show_bar", "self.lines = not show_bar", "every rank logs"
+        "training/progress.py",
+        "self.lines = enabled and not show_bar",
+        "self.lines = not show_bar",
+        "every rank logs",
     ),
-    Bug("progress.py", "            self.last_t = now\n", "", "interval never restarts"),
+    Bug("training/progress.py", "            self.last_t = now\n", "", "interval never restarts"),
     Bug(
-        "progress.py",
+        "training/progress.py",
         "        if loss is not None:\n            self.loss",
         "        if True:\n            self.loss",
         "loss cleared by other postfixes",
     ),
     # distributed.py
     Bug(
-        "distributed.py",
+        "training/distributed.py",
         "dist.all_reduce(t, op=dist.ReduceOp.MAX)",
         "dist.all_reduce(t, op=dist.ReduceOp.MIN)",
         "flag needs every rank",
     ),
     Bug(
-        "distributed.py",
+        "training/distributed.py",
         "    if len(set(everyone)) != 1:",
         "    if len(set(everyone)) > 2:",
         "desync not noticed",
     ),
     Bug(
-        "distributed.py", 'int(os.environ.get("LOCAL_RANK", "0"))', "dist.get_rank()", "local rank as global"
+        "training/distributed.py",
+        'int(os.environ.get("LOCAL_RANK", "0"))',
+        "dist.get_rank()",
+        "local rank as global",
     ),
-    Bug("distributed.py", "        h.update(k.encode())\n", "", "digest without names"),
+    Bug("training/distributed.py", "        h.update(k.encode())\n", "", "digest without names"),
     Bug(
-        "distributed.py",
+        "training/distributed.py",
         "            raise KeyboardInterrupt  # a second Ctrl-C",
         "            pass  # a second Ctrl-C",
         "second Ctrl-C ignored",
     ),
     Bug(
-        "distributed.py",
+        "training/distributed.py",
         "if self.requested is not None and signum == signal.SIGINT:",
         "if signum == signal.SIGINT:",
         "first Ctrl-C kills",
     ),
     Bug(
-        "distributed.py",
+        "training/distributed.py",
         "            signal.signal(sig, handler)\n",
         "            pass\n",
         "handlers not restored",
     ),
     Bug(
-        "distributed.py",
+        "training/distributed.py",
         "for sig in (signal.SIGTERM, signal.SIGINT):",
         "for sig in (signal.SIGINT,):",
         "SIGTERM ignored",
     ),
     # tracking.py
     Bug(
-        "tracking.py",
+        "training/tracking.py",
         'if os.environ.get("WANDB_DISABLED", "").strip().lower() in ("1", "true", "yes"):',
         'if os.environ.get("WANDB_DISABLED", ""):',
         "WANDB_DISABLED=false disables",
     ),
     Bug(
-        "tracking.py",
+        "training/tracking.py",
         'env = os.environ.get("WANDB_MODE", "").strip().lower()',
         'env = os.environ.get("WANDB_MODE", "")',
         "mode not normalised",
     ),
     Bug(
-        "tracking.py",
+        "training/tracking.py",
         'env = {"dryrun": "offline", "run": "online"}.get(env, env)',
         "",
         "legacy spellings refused",
     ),
     Bug(
-        "tracking.py",
+        "training/tracking.py",
         "        return cfg.tracking.wandb_mode",
         '        return "offline"',
         "config mode ignored",
     ),
     Bug(
-        "tracking.py",
+        "training/tracking.py",
         'if rank != 0 or self.mode == "disabled":',
         'if self.mode == "disabled":',
         "every rank tracks",
     ),
     Bug(
-        "tracking.py",
+        "training/tracking.py",
         "self.run_id = run_id or uuid.uuid4().hex[:12]",
         "self.run_id = uuid.uuid4().hex[:12]",
         "resume gets a new run id",
     ),
     Bug(
-        "tracking.py",
+        "training/tracking.py",
         'name=t.run_name or f"{cfg.name}-{cfg.config_hash()}"',
         "name=t.run_name",
         "runs unnamed",
     ),
-    Bug("tracking.py", "            tags=t.tags,\n", "", "tags dropped"),
+    Bug("training/tracking.py", "            tags=t.tags,\n", "", "tags dropped"),
     Bug(
-        "tracking.py",
+        "training/tracking.py",
         'self.run_path = f"{entity}/{t.project}/{self.run_id}"',
         'self.run_path = f"{t.project}/{self.run_id}"',
         "run path without entity",
     ),
-    Bug("tracking.py", "            self.run = None\n", "", "finished run kept"),
+    Bug("training/tracking.py", "            self.run = None\n", "", "finished run kept"),
     # predict.py
     Bug(
-        "predict.py",
+        "evaluation/predict.py",
         "            s = k * d.hop_seconds\n",
         "            s = k * d.window_seconds\n",
         "windows a window apart, not a hop",
     ),
     Bug(
-        "predict.py",
+        "evaluation/predict.py",
         "        if starts[-1][1] + tw < n_t:",
         "        if starts[-1][1] + tw < n_t - 1:",
         "end window off by one",
     ),
     Bug(
-        "predict.py", "            t0 = n_t - tw\n", "            t0 = n_t - tw - 1\n", "end window one early"
+        "evaluation/predict.py",
+        "            t0 = n_t - tw\n",
+        "            t0 = n_t - tw - 1\n",
+        "end window one early",
     ),
     Bug(
-        "predict.py",
+        "evaluation/predict.py",
         "        return y * std + mean",
         "        return (y - mean) / std",
         "normalised again, not undone",
     ),
     Bug(
-        "predict.py",
+        "evaluation/predict.py",
         'return "signal" if mode in ("global", "none") else "z"',
         'return "z"',
         "global runs in z-scores",
     ),
     Bug(
-        "predict.py",
+        "evaluation/predict.py",
         '        if mode == "subject" and self.subject is not None:',
         '        if mode == "subject":',
         "subject runs need a subject",
     ),
     Bug(
-        "predict.py",
+        "evaluation/predict.py",
         "n_t = max(1, math.ceil(seconds * d.target_rate - 1e-9))",
         "n_t = max(1, int(seconds * d.target_rate))",
         "last partial target dropped",
     ),
     Bug(
-        "predict.py",
+        "evaluation/predict.py",
         "x = torch.cat([x, torch.zeros(fw - x.shape[0], x.shape[1])])",
         "x = torch.cat([x, x[-1:].expand(fw - x.shape[0], -1)])",
         "short file padded with its last frame",
     ),
     Bug(
-        "predict.py",
+        "evaluation/predict.py",
         "x = self.norm.normalize_features(feats_in.float()).float()",
         "x = feats_in.float()",
         "features not normalised",
     ),
-    Bug("predict.py", "max(n_t, tw))[:n_t]", "max(n_t, tw))", "rows beyond the audio"),
+    Bug("evaluation/predict.py", "max(n_t, tw))[:n_t]", "max(n_t, tw))", "rows beyond the audio"),
     Bug(
-        "predict.py",
+        "evaluation/predict.py",
         "loud_db = torch.logsumexp(feats.double(), dim=1).numpy() * 10.0 / math.log(10.0)",
         "loud_db = feats.double().mean(1).numpy() * 10.0 / math.log(10.0)",
         "loudness as mean log-mel",
     ),
     Bug(
-        "predict.py",
+        "evaluation/predict.py",
         'names = [c if self.units == "signal" else f"{c}_z" for c in d.channels]',
         "names = list(d.channels)",
         "z-scores unlabelled",
     ),
     Bug(
-        "predict.py",
+        "evaluation/predict.py",
         "t = np.arange(len(y)) / d.target_rate\n        lines",
         "t = np.arange(len(y)) / d.frame_rate\n        lines",
         "time at the frame rate",
     ),
-    Bug("predict.py", '"rows": len(y),', '"rows": len(y) - 1,', "rows miscounted"),
+    Bug("evaluation/predict.py", '"rows": len(y),', '"rows": len(y) - 1,', "rows miscounted"),
     Bug(
-        "predict.py",
+        "evaluation/predict.py",
         'found = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)',
         'found = sorted(p for p in item.glob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)',
         "subfolders not searched",
     ),
     Bug(
-        "predict.py",
+        "evaluation/predict.py",
         "p.suffix.lower() in AUDIO_SUFFIXES)",
         "p.suffix in AUDIO_SUFFIXES)",
         "upper-case suffixes skipped",
     ),
     Bug(
-        "predict.py",
+        "evaluation/predict.py",
         'out += [(p, str(p.relative_to(item).with_suffix(""))) for p in found]',
         "out += [(p, p.stem) for p in found]",
         "stems collide across subfolders",
     ),
     Bug(
-        "predict.py",
+        "evaluation/predict.py",
         "results.append(Predicted(path, error=f\"{path}: {reason.removeprefix(f'{path}: ')}\"))",
         'results.append(Predicted(path, error=f"{path}: {reason}"))',
         "file named twice",
     ),
     Bug(
-        "predict.py",
+        "evaluation/predict.py",
         "if saved is not None:\n        return saved",
         "if False:\n        return saved",
         "statistics always recomputed",
@@ -1467,87 +1500,87 @@ BUGS = [
     ),
     # rundir_lock.py
     Bug(
-        "rundir_lock.py",
+        "checkpoint/lock.py",
         'return int(os.environ.get("RANK", "0")) == 0',
         'return int(os.environ.get("LOCAL_RANK", "0")) == 0',
         "every node's rank 0 locks",
     ),
     Bug(
-        "rundir_lock.py",
+        "checkpoint/lock.py",
         "            _HELD[key] = (fd, depth + 1)",
         "            _HELD[key] = (fd, depth)",
         "nested exit releases",
     ),
-    Bug("rundir_lock.py", "            if depth > 1:", "            if depth > 0:", "never released"),
+    Bug("checkpoint/lock.py", "            if depth > 1:", "            if depth > 0:", "never released"),
     Bug(
-        "rundir_lock.py",
+        "checkpoint/lock.py",
         "        if fresh:\n            clean_debris(path)",
         "        if True:\n            clean_debris(path)",
         "nested take cleans under a live writer",
     ),
     Bug(
-        "rundir_lock.py",
+        "checkpoint/lock.py",
         "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n    except BlockingIOError:\n        owner",
         "fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)\n    except BlockingIOError:\n        owner",
         "shared lock",
     ),
     Bug(
-        "rundir_lock.py",
+        "checkpoint/lock.py",
         '    info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}',
         '    info = {"pid": os.getppid(), "host": socket.gethostname(), "since": time.time()}',
         "owner is the parent",
     ),
-    Bug("rundir_lock.py", "    os.ftruncate(fd, 0)\n", "", "owner appended, not replaced"),
+    Bug("checkpoint/lock.py", "    os.ftruncate(fd, 0)\n", "", "owner appended, not replaced"),
     Bug(
-        "rundir_lock.py",
+        "checkpoint/lock.py",
         "            return _read_owner(fd)\n        return None\n    finally:",
         "            return _read_owner(fd)\n        return _read_owner(fd)\n    finally:",
         "a free directory reported held",
     ),
     Bug(
-        "rundir_lock.py",
+        "checkpoint/lock.py",
         '            if not target.exists() and (entry / "train_state.json").exists():',
         "            if not target.exists():",
         "uncommitted old step restored",
     ),
     Bug(
-        "rundir_lock.py",
+        "checkpoint/lock.py",
         "                os.replace(entry, target)  # the crash",
         "                shutil.rmtree(entry)  # the crash",
         "half-done rewrite deleted",
     ),
     Bug(
-        "rundir_lock.py",
+        "checkpoint/lock.py",
         'elif not name.startswith((".tmp-step_", ".pruned-step_")) and not (',
         'elif not name.startswith((".tmp-step_",)) and not (',
         "pruned debris kept",
     ),
     Bug(
-        "rundir_lock.py",
+        "checkpoint/lock.py",
         '            name.startswith(".") and name.endswith(".tmp")',
         '            name.endswith(".tmp")',
         "user .tmp files deleted",
     ),
     Bug(
-        "rundir_lock.py",
+        "checkpoint/lock.py",
         "        if entry.is_dir() and not entry.is_symlink():\n"
         "            shutil.rmtree(entry, ignore_errors",
         "        if entry.is_dir():\n            shutil.rmtree(entry, ignore_errors",
         "debris symlink followed",
     ),
     Bug(
-        "rundir_lock.py",
+        "checkpoint/lock.py",
         "        if entry.name != LOCK_FILE:\n            remove_inside",
         "        if True:\n            remove_inside",
         "lock file emptied",
     ),
     Bug(
-        "rundir_lock.py",
+        "checkpoint/lock.py",
         "    if os.path.realpath(run_dir) not in _HELD:\n        raise",
         "    if False:\n        raise",
         "emptied unheld",
     ),
-    Bug("rundir_lock.py", "    _HELD.clear()\n", "", "forked child keeps the hold"),
+    Bug("checkpoint/lock.py", "    _HELD.clear()\n", "", "forked child keeps the hold"),
 ]
 
 
@@ -1575,12 +1608,32 @@ def run_tests(test_file: str, timeout: float) -> tuple[bool, float]:
     return False, time.monotonic() - start
 
 
+def check_lines(bugs: list[Bug]) -> int:
+    """Each bug's line must occur exactly once in its module, and its test file must exist: after a refactor,
+    this says which bug lines to update."""
+    bad = 0
+    for bug in bugs:
+        path = REPO / "a2b_pipeline" / bug.module
+        count = path.read_text().count(bug.old) if path.is_file() else -1
+        if count != 1 or not (REPO / bug.test_file).is_file():
+            bad += 1
+            where = "no such module" if count < 0 else f"occurs {count} times"
+            print(f"STALE  {bug.module}: {bug.what} ({where}; tests {bug.test_file})")
+    print(f"{len(bugs) - bad}/{len(bugs)} bug lines match")
+    return 0 if bad == 0 else 1
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-k", default="", help="only bugs whose module or description contains this")
     ap.add_argument("--timeout", type=float, default=600.0)
+    ap.add_argument(
+        "--check", action="store_true", help="only check that each bug's line occurs once (no tests)"
+    )
     args = ap.parse_args()
     bugs = [b for b in BUGS if args.k in b.module or args.k in b.what]
+    if args.check:
+        return check_lines(bugs)
     caught = 0
     for bug in bugs:
         path = REPO / "a2b_pipeline" / bug.module

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from a2b_pipeline.baselines import LAG_SECONDS, RIDGE_ALPHA, fit_baselines, loudness
 from a2b_pipeline.data.datasets import LoadedRecording, NormStats
 from a2b_pipeline.data.recording import Recording
+from a2b_pipeline.evaluation.baselines import LAG_SECONDS, RIDGE_ALPHA, fit_baselines, loudness
 
 N_MELS, FRAMES_PER_TARGET = 4, 25 / 4  # frame_rate 25, target_rate 4
 

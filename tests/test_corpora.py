@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
+from a2b_pipeline.cli.corpus import corpus_main
 from a2b_pipeline.configs import DataConfig, DatasetConfig, config_from_dict, load_config
-from a2b_pipeline.corpus_cli import corpus_main
 from a2b_pipeline.data import datasets, feature_cache, signal_csv
 from a2b_pipeline.data.corpora import CorpusError, list_recordings
 from a2b_pipeline.data.corpora.hku956 import scan_hku956

@@ -11,10 +11,10 @@ import yaml
 from _util import longer_run, run_cli
 
 from a2b_pipeline.configs import ConfigError, DataConfig, DatasetConfig, config_from_dict
-from a2b_pipeline.cv import fold_config
 from a2b_pipeline.data.corpora import list_recordings
 from a2b_pipeline.data.pipeline import prepare_data
 from a2b_pipeline.data.splits import SPLITS, fold_assignment, group_key, group_kinds, split_fold
+from a2b_pipeline.experiments.cv import fold_config
 
 
 def _recordings(tmp_path: Path, subjects: int = 7, stimuli: int | None = 5) -> list:

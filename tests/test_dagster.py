@@ -87,7 +87,7 @@ def _md(mat) -> dict:
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    from a2b_pipeline.demo import run_demo
+    from a2b_pipeline.cli.demo import run_demo
 
     tmp = tmp_path_factory.mktemp("dagster_demo")
     configs = tmp / "configs"

@@ -29,7 +29,7 @@ from a2b_pipeline.defs.assets.leaderboard import leaderboard
 from a2b_pipeline.defs.definitions import build_defs
 from a2b_pipeline.defs.partitions import cv_experiments, folds
 from a2b_pipeline.defs.resources import ExperimentStore, QualityGate, TrainDevice, WandbTracking
-from a2b_pipeline.sweeps import load_sweep
+from a2b_pipeline.experiments.sweeps import load_sweep
 
 ALL = [*ASSETS, *CV_ASSETS, leaderboard]
 SWEEP = [

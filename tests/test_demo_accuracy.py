@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from a2b_pipeline.configs import config_from_dict
-from a2b_pipeline.evaluate import run_evaluation
+from a2b_pipeline.evaluation.evaluate import run_evaluation
 from a2b_pipeline.state import TrainState
 from a2b_pipeline.train import train
 

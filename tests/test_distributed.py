@@ -15,7 +15,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from a2b_pipeline.distributed import (
+from a2b_pipeline.training.distributed import (
     StopRequest,
     broadcast_flag,
     check_ranks_agree,

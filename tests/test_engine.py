@@ -14,8 +14,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from a2b_pipeline.configs import config_from_dict
 from a2b_pipeline.data.meta_dataloader import MetaDataLoader, ShardedEpochSampler
-from a2b_pipeline.engine import EMA, autocast_context, checked_weights, evaluate_loader, pick_device
 from a2b_pipeline.state import CheckpointError
+from a2b_pipeline.training.engine import EMA, autocast_context, checked_weights, evaluate_loader, pick_device
 
 
 class WithBuffer(nn.Module):

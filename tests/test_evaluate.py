@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from a2b_pipeline.data.pipeline import prepare_data
-from a2b_pipeline.evaluate import evaluate_checkpoint, evaluate_report, overlap_add, run_evaluation
+from a2b_pipeline.evaluation.evaluate import evaluate_checkpoint, evaluate_report, overlap_add, run_evaluation
 from a2b_pipeline.models import build_model, model_io
 from a2b_pipeline.state import TrainState, load_tensors
 

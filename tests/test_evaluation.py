@@ -13,8 +13,8 @@ from _util import longer_run, run_cli
 
 from a2b_pipeline.configs import config_from_dict
 from a2b_pipeline.data.pipeline import prepare_data
-from a2b_pipeline.evaluate import overlap_add, run_evaluation
-from a2b_pipeline.scoring import scores, stat
+from a2b_pipeline.evaluation.evaluate import overlap_add, run_evaluation
+from a2b_pipeline.evaluation.scoring import scores, stat
 from a2b_pipeline.state import TrainState
 from a2b_pipeline.train import train
 
@@ -38,7 +38,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_evaluate_prints_a_table_and_ends_with_the_gate_verdict(run: Path) -> None:
-    from a2b_pipeline.gate import verdict
+    from a2b_pipeline.evaluation.gate import verdict
 
     out = run_cli("evaluate", str(run), "--split", "test").stdout.strip().splitlines()
     report = json.loads((run / "evaluation-test.json").read_text())
@@ -181,7 +181,7 @@ def test_scores_mark_undefined_pearson_and_stats_say_why() -> None:
 def test_bootstrap_medians_are_the_medians_of_the_resampled_subjects() -> None:
     """The vectorised resampling gives exactly np.median of each resample's recordings (a subject drawn
     twice brings its recordings twice)."""
-    from a2b_pipeline.scoring import _resampled_medians
+    from a2b_pipeline.evaluation.scoring import _resampled_medians
 
     rng = np.random.default_rng(1)
     for _ in range(100):
@@ -196,7 +196,7 @@ def test_bootstrap_medians_are_the_medians_of_the_resampled_subjects() -> None:
 def test_gate_warns_when_a_margin_interval_reaches_zero_and_errors_on_broken_metrics(run: Path) -> None:
     import copy
 
-    from a2b_pipeline.gate import verdict
+    from a2b_pipeline.evaluation.gate import verdict
 
     report = json.loads((run / "evaluation-test.json").read_text())
     margins = report["summary"]["margins"]

@@ -116,7 +116,7 @@ def test_a_checkpoint_config_can_not_widen_what_the_invocation_allows(
 def test_run_directory_files_are_read_bounded(
     tmp_path: Path, finished_run: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from a2b_pipeline.leaderboard import row_from_run_dir
+    from a2b_pipeline.experiments.leaderboard import row_from_run_dir
 
     run = _copy(tmp_path, finished_run)
     norm = run / "norm_stats.json"
@@ -297,7 +297,7 @@ def test_credentials_never_go_into_a_config_and_references_are_filled_in_when_op
 @pytest.mark.timeout(60)
 def test_a_sweep_grid_is_counted_before_it_is_expanded(tmp_path: Path) -> None:
     from a2b_pipeline.configs import ConfigError
-    from a2b_pipeline.sweeps import load_sweep
+    from a2b_pipeline.experiments.sweeps import load_sweep
 
     base = tmp_path / "base.yaml"
     base.write_text(tiny_config(tmp_path).to_yaml())
@@ -427,7 +427,7 @@ def test_absurd_steps_nan_weights_and_nan_statistics_are_refused(
 ) -> None:
     from safetensors.torch import load_file, save_file
 
-    from a2b_pipeline.checkpoint_dir import file_digest
+    from a2b_pipeline.checkpoint.directory import file_digest
 
     run = _copy(tmp_path, finished_run)
     ckpt = run / "step_000000006"

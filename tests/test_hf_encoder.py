@@ -21,10 +21,10 @@ from tiny_encoders import save_tiny_encoder
 from a2b_pipeline.configs import ConfigError, config_from_dict, load_config
 from a2b_pipeline.data import feature_cache
 from a2b_pipeline.data.pipeline import prepare_data
-from a2b_pipeline.evaluate import evaluate_checkpoint
+from a2b_pipeline.evaluation.evaluate import evaluate_checkpoint
+from a2b_pipeline.evaluation.predict import Predictor
 from a2b_pipeline.models import build_model, model_io
 from a2b_pipeline.models import hf_encoder as hf
-from a2b_pipeline.predict import Predictor
 from a2b_pipeline.state import TrainState, checkpoint_name, load_tensors
 from a2b_pipeline.train import train
 
@@ -255,7 +255,7 @@ def test_dagster_graph_materializes_an_encoder_experiment(
 ) -> None:
     import yaml
 
-    from a2b_pipeline.demo import run_demo
+    from a2b_pipeline.cli.demo import run_demo
 
     monkeypatch.setenv("A2B_EVAL_FLOOR", "-1")  # 4 steps of a random encoder: the graph is under test
     raw = _raw(tmp_path, _encoder(encoders, "wav2vec2"))
@@ -297,7 +297,7 @@ def test_long_recordings_are_encoded_in_bounded_overlapping_chunks(tmp_path: Pat
 
 
 def test_encoders_sweep_compares_log_mel_and_encoders_on_the_same_split() -> None:
-    from a2b_pipeline.sweeps import sweep_experiments
+    from a2b_pipeline.experiments.sweeps import sweep_experiments
 
     exps = [e for e in sweep_experiments(REPO / "configs").values() if e.sweep == "encoders"]
     models = {e.name.removeprefix("encoders."): e.config.model for e in exps}

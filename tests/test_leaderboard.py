@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 from _util import longer_run, run_cli
 
-from a2b_pipeline import leaderboard
+from a2b_pipeline.experiments import leaderboard
 from a2b_pipeline.state import TrainState
 
 

@@ -85,7 +85,7 @@ def _sweep_entry(tmp: Path, io: tuple[Any, Any]) -> Entry:
     (tmp / "base.yaml").write_text(tiny_config(tmp, ["name=base", *QUICK]).to_yaml())
     sweep = tmp / "life.yaml"
     sweep.write_text(yaml.safe_dump({"base": "base.yaml", "grid": {"optimizer.lr": {"lr3": 0.003}}}))
-    from a2b_pipeline.sweeps import load_sweep
+    from a2b_pipeline.experiments.sweeps import load_sweep
 
     (exp,) = load_sweep(sweep).experiments
     base = Path(exp.config.checkpoint.dir).resolve() / f"{exp.name}-{exp.config_hash}"
@@ -171,7 +171,7 @@ def _hold_in_another_process(run: Path) -> subprocess.Popen[str]:
     code = textwrap.dedent(
         f"""
         import sys, time
-        from a2b_pipeline.rundir_lock import hold_run_dir
+        from a2b_pipeline.checkpoint.lock import hold_run_dir
         with hold_run_dir({str(run)!r}):
             print("held", flush=True)
             time.sleep(120)
@@ -289,7 +289,7 @@ def test_a_non_finite_stop_is_written_down_and_its_resume_says_why(tmp_path, cap
     )
     good = TrainState.from_checkpoint(run)
     assert good.global_step == 2 and good.status == "in_progress"
-    from a2b_pipeline.leaderboard import row_from_run_dir
+    from a2b_pipeline.experiments.leaderboard import row_from_run_dir
 
     row = row_from_run_dir(run)  # the leaderboard says it too
     assert row.status == "stopped" and "non-finite loss" in row.note, row

@@ -15,8 +15,8 @@ from _util import longer_run, run_cli
 
 from a2b_pipeline.configs import config_from_dict
 from a2b_pipeline.data.features import log_mel
-from a2b_pipeline.evaluate import overlap_add
-from a2b_pipeline.predict import Predictor, audio_files, predict_files
+from a2b_pipeline.evaluation.evaluate import overlap_add
+from a2b_pipeline.evaluation.predict import Predictor, audio_files, predict_files
 from a2b_pipeline.state import TrainState
 from a2b_pipeline.train import train
 

@@ -7,8 +7,8 @@ import logging
 
 import pytest
 
-from a2b_pipeline import progress
-from a2b_pipeline.progress import DEFAULT_EVERY_S, Progress, _clock, _every_s
+from a2b_pipeline.training import progress
+from a2b_pipeline.training.progress import DEFAULT_EVERY_S, Progress, _clock, _every_s
 
 
 def test_clock() -> None:
@@ -43,7 +43,7 @@ def test_line_by_hand() -> None:
 
 
 def test_lines_when_due_and_at_the_end(monkeypatch, caplog) -> None:
-    caplog.set_level(logging.INFO, logger="a2b_pipeline.progress")
+    caplog.set_level(logging.INFO, logger="a2b_pipeline.training.progress")
     monkeypatch.setenv("A2B_PROGRESS_SECONDS", "3600")
     p = Progress("run", total=5, initial=2, enabled=True, bar=False)
     for _ in range(3):
@@ -70,7 +70,7 @@ def test_lines_when_due_and_at_the_end(monkeypatch, caplog) -> None:
 
 
 def test_a_line_every_interval(monkeypatch, caplog) -> None:
-    caplog.set_level(logging.INFO, logger="a2b_pipeline.progress")
+    caplog.set_level(logging.INFO, logger="a2b_pipeline.training.progress")
     monkeypatch.setenv("A2B_PROGRESS_SECONDS", "10")
     now = [100.0]
     monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])  # a clock the test moves

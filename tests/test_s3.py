@@ -15,8 +15,8 @@ from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import make_server
 
+from a2b_pipeline.cli.corpus import corpus_main
 from a2b_pipeline.configs import config_from_dict
-from a2b_pipeline.corpus_cli import corpus_main
 from a2b_pipeline.data import cache_admin, feature_cache, remote
 from a2b_pipeline.data.corpora import CorpusError
 from a2b_pipeline.data.corpora.pmemo2019 import scan_pmemo2019

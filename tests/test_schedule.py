@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from a2b_pipeline.models import build_model, model_io
-from a2b_pipeline.schedule import apply_freeze, lr_at, planned_steps, set_lr, val_interval
+from a2b_pipeline.training.schedule import apply_freeze, lr_at, planned_steps, set_lr, val_interval
 
 
 def _cfg(tmp_path: Path, *overrides: str):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from a2b_pipeline.data.recording import Recording
-from a2b_pipeline.scoring import N_BOOT, RecordingEval, block, scores, stat
+from a2b_pipeline.evaluation.scoring import N_BOOT, RecordingEval, block, scores, stat
 
 CHANNELS = ["eda", "hr"]
 

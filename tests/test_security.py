@@ -101,12 +101,12 @@ def test_second_trainer_in_a_run_directory_is_refused_and_a_crash_releases_it(tm
 def test_lock_is_refused_in_process_too(tmp_path: Path) -> None:
     """A second process (here: a child python) is refused while this one holds the directory, and gets it
     the moment this one lets go."""
-    from a2b_pipeline.rundir_lock import RunDirBusyError, hold_run_dir
+    from a2b_pipeline.checkpoint.lock import RunDirBusyError, hold_run_dir
 
     run = tmp_path / "run"
     probe = (
         "import sys\n"
-        "from a2b_pipeline.rundir_lock import RunDirBusyError, hold_run_dir\n"
+        "from a2b_pipeline.checkpoint.lock import RunDirBusyError, hold_run_dir\n"
         "try:\n"
         f"    with hold_run_dir({str(run)!r}):\n"
         "        print('took it')\n"
@@ -134,7 +134,7 @@ def _online_config(tmp_path: Path):
 
 
 def test_environment_wandb_mode_wins_over_the_config(tmp_path: Path, monkeypatch) -> None:
-    from a2b_pipeline.tracking import Tracker
+    from a2b_pipeline.training.tracking import Tracker
 
     # No key, and a server that isn't there: anything sent online would fail (or hang) here.
     monkeypatch.setenv("WANDB_API_KEY", "")

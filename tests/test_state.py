@@ -10,7 +10,12 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from a2b_pipeline.checkpoint_dir import checkpoint_name, list_checkpoints, prune_checkpoints, set_pointer
+from a2b_pipeline.checkpoint.directory import (
+    checkpoint_name,
+    list_checkpoints,
+    prune_checkpoints,
+    set_pointer,
+)
 from a2b_pipeline.configs import config_from_dict
 from a2b_pipeline.state import (
     SCHEMA_VERSION,

@@ -10,8 +10,8 @@ import yaml
 from _util import REPO, longer_run, run_cli
 
 from a2b_pipeline.configs import ConfigError, apply_overrides, config_from_dict, load_config
+from a2b_pipeline.experiments.sweeps import load_sweep, sweep_experiments, sweep_files
 from a2b_pipeline.state import TrainState
-from a2b_pipeline.sweeps import load_sweep, sweep_experiments, sweep_files
 
 
 def _write(path: Path, doc: dict) -> Path:

@@ -75,9 +75,9 @@ def test_progress_lines_without_a_terminal(tmp_path: Path, monkeypatch: pytest.M
 
     monkeypatch.setenv("A2B_PROGRESS_SECONDS", "0")  # a line every step, so a 6-step run shows them all
     cfg = tiny_config(tmp_path)
-    with caplog.at_level(logging.INFO, logger="a2b_pipeline.progress"):
+    with caplog.at_level(logging.INFO, logger="a2b_pipeline.training.progress"):
         train(TrainState.from_config(cfg, run_dir=tmp_path / "run"))
-    lines = [r.getMessage() for r in caplog.records if r.name == "a2b_pipeline.progress"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "a2b_pipeline.training.progress"]
     assert len(lines) == 6, lines
     assert lines[0].startswith("tiny: step 1/6 (17%)") and "steps/s" in lines[0] and "ETA 0:00:" in lines[0]
     assert "loss " in lines[-1] and lines[-1].startswith("tiny: step 6/6 (100%)")
@@ -107,7 +107,7 @@ def test_resume_given_the_checkpoint_dir_resumes_its_one_run_or_lists_several(tm
 
 def test_demo_hint_is_the_readme_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With the demo's default places, its closing hint is the `dagster dev` command README.md gives."""
-    from a2b_pipeline.demo import browse_command
+    from a2b_pipeline.cli.demo import browse_command
 
     (tmp_path / ".venv" / "bin").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)

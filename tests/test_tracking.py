@@ -10,8 +10,8 @@ from _util import longer_run
 
 from a2b_pipeline.configs import config_from_dict
 from a2b_pipeline.state import TrainState
-from a2b_pipeline.tracking import Tracker, wandb_mode
 from a2b_pipeline.train import train
+from a2b_pipeline.training.tracking import Tracker, wandb_mode
 
 
 def test_offline_run_and_resume_keep_one_wandb_id(tmp_path: Path, monkeypatch) -> None:

@@ -23,7 +23,7 @@ from _util import (
 
 from a2b_pipeline.configs import config_from_dict
 from a2b_pipeline.data.pipeline import make_loader, prepare_data
-from a2b_pipeline.metrics import MetricAccumulator
+from a2b_pipeline.evaluation.metrics import MetricAccumulator
 from a2b_pipeline.state import TrainState, checkpoint_name, load_tensors
 from a2b_pipeline.train import train
 

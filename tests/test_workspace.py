@@ -156,7 +156,7 @@ class Daemon:
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    from a2b_pipeline.demo import run_demo
+    from a2b_pipeline.cli.demo import run_demo
 
     tmp = tmp_path_factory.mktemp("workspace")
     configs = _shipped_configs(tmp / "configs")

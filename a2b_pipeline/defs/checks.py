@@ -100,7 +100,7 @@ def corpus_files_readable(context: AssetCheckExecutionContext) -> AssetCheckResu
     "floor; an error only when a test metric is missing or not finite.",
 )
 def evaluation_metrics_ok(context: AssetCheckExecutionContext, quality: QualityGate) -> AssetCheckResult:
-    from a2b_pipeline.gate import fmt_interval, verdict
+    from a2b_pipeline.evaluation.gate import fmt_interval, verdict
 
     name = context.partition_key
     record = upstream_record(context, "evaluation")

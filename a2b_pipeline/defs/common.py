@@ -204,7 +204,7 @@ def json_details(obj: Any) -> MetadataValue:
 def config_table(exp: Experiment, state: TrainState) -> MetadataValue:
     """The config in a few lines (model and size, loss, optimizer, datasets and weights, group_by, steps; a
     sweep's overrides), as a table the UI shows inline."""
-    from a2b_pipeline.config_summary import summarize_config
+    from a2b_pipeline.experiments.config_summary import summarize_config
 
     rows = summarize_config(state.config, state.model_state.model_ram_size_bytes, exp.overrides)
     return MetadataValue.table(

@@ -73,7 +73,7 @@ class ExperimentStore(ConfigurableResource):
     def _sweeps(self, problems: list[str] | None = None) -> dict[str, Any]:
         """name -> SweepExperiment of every sweep file that expands (a broken one is reported, skipped)."""
         from a2b_pipeline.configs import ConfigError
-        from a2b_pipeline.sweeps import load_sweep, sweep_files
+        from a2b_pipeline.experiments.sweeps import load_sweep, sweep_files
 
         out: dict[str, Any] = {}
         for path in sweep_files(self.configs):

@@ -3,7 +3,7 @@
     fold_training_run [experiment x fold] -> fold_evaluation [experiment x fold] -> cv_summary [experiment]
 
 For configs with `data.split.folds` (the sensor registers them in `cv_experiments`). Bodies call the core
-(a2b_pipeline/cv.py), the same functions as `a2b cv`, in the same layout
+(a2b_pipeline/experiments/cv.py), the same functions as `a2b cv`, in the same layout
 (`<checkpoint.dir>/<experiment>/<name>-cv-<hash of the effective config>/fold-<k>/`); a relaunched fold
 resumes its checkpoints. A fold can be rerun alone: it is a partition of its own.
 """
@@ -67,7 +67,7 @@ def _keys(context: AssetExecutionContext) -> tuple[str, int]:
 
 def _experiment(context: AssetExecutionContext, name: str) -> tuple[Experiment, int]:
     """The experiment and its number of folds; a fold key beyond it, or a config without folds, fails."""
-    from a2b_pipeline.cv import require_folds
+    from a2b_pipeline.experiments.cv import require_folds
 
     r = context.resources
     try:
@@ -78,7 +78,7 @@ def _experiment(context: AssetExecutionContext, name: str) -> tuple[Experiment, 
 
 
 def _fold_of(context: AssetExecutionContext) -> tuple[Experiment, int, int, Path]:
-    from a2b_pipeline.cv import cv_dir
+    from a2b_pipeline.experiments.cv import cv_dir
 
     name, fold = _keys(context)
     exp, folds = _experiment(context, name)
@@ -124,7 +124,7 @@ def _fold_facts(exp: Experiment, fold: int, folds: int, state: Any) -> dict[str,
     "Resumes the fold's run directory when it has checkpoints; a complete fold is reported as it is.",
 )
 def fold_training_run(context: AssetExecutionContext, config: FoldTrainingConfig) -> MaterializeResult:
-    from a2b_pipeline.cv import fold_config
+    from a2b_pipeline.experiments.cv import fold_config
     from a2b_pipeline.runs import fold_dir
 
     exp, folds, fold, root = _fold_of(context)
@@ -181,10 +181,10 @@ def fold_training_run(context: AssetExecutionContext, config: FoldTrainingConfig
     "per channel, with intervals (evaluate.evaluate_report; written to the fold's evaluation-test.json).",
 )
 def fold_evaluation(context: AssetExecutionContext) -> MaterializeResult:
-    from a2b_pipeline.cv import evaluate_fold
-    from a2b_pipeline.engine import pick_device
+    from a2b_pipeline.experiments.cv import evaluate_fold
     from a2b_pipeline.security import Grant
     from a2b_pipeline.state import TrainState
+    from a2b_pipeline.training.engine import pick_device
 
     exp, folds, fold, _ = _fold_of(context)
     run = upstream_record(context, "fold_training_run")
@@ -242,7 +242,7 @@ with warnings.catch_warnings():  # beta in Dagster 1.13; it is the documented wa
     "the margins over them (cv_summary.json); folds not evaluated yet are listed as such.",
 )
 def cv_summary(context: AssetExecutionContext) -> MaterializeResult:
-    from a2b_pipeline.cv import FoldResult, cv_dir, summarize
+    from a2b_pipeline.experiments.cv import FoldResult, cv_dir, summarize
 
     name = context.partition_key
     exp, folds = _experiment(context, name)

@@ -298,7 +298,7 @@ def _loader_plan(prepared: Any, cfg: Any) -> dict[str, Any]:
 )
 def meta_loader_spec(step: AssetStep) -> Produced:
     from a2b_pipeline.data.pipeline import prepare_data
-    from a2b_pipeline.schedule import planned_steps
+    from a2b_pipeline.training.schedule import planned_steps
 
     splits, cfg = step.upstream["dataset_splits"], step.exp.cfg
     prepared = prepare_data(cfg)

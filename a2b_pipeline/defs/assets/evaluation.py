@@ -54,7 +54,7 @@ def _headline(report: dict) -> dict[str, MetadataValue]:
 
 
 def _summary_table(report: dict) -> MetadataValue:
-    from a2b_pipeline.evaluate import summary_rows
+    from a2b_pipeline.evaluation.evaluate import summary_rows
 
     columns, rows = summary_rows(report)
     return MetadataValue.table(
@@ -73,7 +73,7 @@ def _summary_table(report: dict) -> MetadataValue:
     "<run_dir>/evaluation-test.json); a plot of the model and the baselines on the same test recordings.",
 )
 def evaluation(step: AssetStep) -> Produced:
-    from a2b_pipeline.evaluate import summary_caption
+    from a2b_pipeline.evaluation.evaluate import summary_caption
     from a2b_pipeline.security import check_grant
     from a2b_pipeline.state import TrainState
 
@@ -137,8 +137,8 @@ def _same_inputs(previous: dict[str, Any] | None, step: AssetStep, ckpt_sha: str
 def _evaluate(step: AssetStep, ckpt: Path, ckpt_sha: str, state: Any) -> tuple[dict[str, Any], bytes]:
     """The core's evaluation of the checkpoint on the test split: (record, plot PNG)."""
     from a2b_pipeline.data.pipeline import prepare_data
-    from a2b_pipeline.engine import pick_device
-    from a2b_pipeline.evaluate import run_evaluation, write_report
+    from a2b_pipeline.evaluation.evaluate import run_evaluation, write_report
+    from a2b_pipeline.training.engine import pick_device
 
     exp = step.exp
     device = pick_device(exp.cfg, local_rank=0)  # the trainer's choice for this run's train.device

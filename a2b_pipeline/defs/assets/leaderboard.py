@@ -6,8 +6,8 @@ Rebuilt by declarative automation whenever any evaluation or CV summary is mater
 by hand; `dagster dev` runs the automation sensor). Registered experiments without an evaluation are
 rows too, with what happened: `failed` (their latest run failed), `running`, `not evaluated` (trained,
 not evaluated) or `missing` (never materialized). The rows and their rendering are the core's
-(a2b_pipeline/leaderboard.py, the same table `a2b leaderboard RUNS_DIR` prints); this asset only finds
-what the instance recorded.
+(a2b_pipeline/experiments/leaderboard.py, the same table `a2b leaderboard RUNS_DIR` prints); this asset
+only finds what the instance recorded.
 """
 
 from pathlib import Path
@@ -75,7 +75,7 @@ def _config_facts(store: Any, name: str) -> dict[str, Any]:
 
 def _status_row(context: AssetExecutionContext, name: str, tag: str, kind: str, **facts: Any) -> Any:
     """The row of an experiment without an evaluation: what its latest run says."""
-    from a2b_pipeline import leaderboard as lb
+    from a2b_pipeline.experiments import leaderboard as lb
 
     run = _latest_run(context, tag, name)
     if run is None:
@@ -90,7 +90,7 @@ def _status_row(context: AssetExecutionContext, name: str, tag: str, kind: str, 
 
 def experiment_rows(context: AssetExecutionContext, store: Any) -> list[Any]:
     """A row per registered experiment and per cross-validated experiment."""
-    from a2b_pipeline import leaderboard as lb
+    from a2b_pipeline.experiments import leaderboard as lb
 
     rows = []
     cv_names = set(context.instance.get_dynamic_partitions(cv_experiments.name))
@@ -149,7 +149,7 @@ def leaderboard_dir(store: Any) -> Path:
     "<data root>/data/leaderboard/.",
 )
 def leaderboard(context: AssetExecutionContext) -> MaterializeResult:
-    from a2b_pipeline import leaderboard as lb
+    from a2b_pipeline.experiments import leaderboard as lb
 
     store = context.resources.store
     rows = experiment_rows(context, store)

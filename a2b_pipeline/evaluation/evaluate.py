@@ -14,18 +14,18 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from a2b_pipeline.baselines import BASELINES, Baselines, fit_baselines, normalised_target
-from a2b_pipeline.checkpoint_dir import entry_inside
+from a2b_pipeline.checkpoint.directory import entry_inside
 from a2b_pipeline.configs import RunConfig
 from a2b_pipeline.data.datasets import WindowDataset
 from a2b_pipeline.data.pipeline import PreparedData, make_loader, prepare_data
-from a2b_pipeline.engine import autocast_context, checked_weights, evaluate_loader
+from a2b_pipeline.evaluation.baselines import BASELINES, Baselines, fit_baselines, normalised_target
+from a2b_pipeline.evaluation.metrics import MetricAccumulator, make_loss
+from a2b_pipeline.evaluation.scoring import N_BOOT, RecordingEval, block
 from a2b_pipeline.files import atomic_write
-from a2b_pipeline.metrics import MetricAccumulator, make_loss
 from a2b_pipeline.models import build_model, model_io
-from a2b_pipeline.scoring import N_BOOT, RecordingEval, block
 from a2b_pipeline.security import Grant, check_grant
 from a2b_pipeline.state import CheckpointError, TrainState, load_tensors
+from a2b_pipeline.training.engine import autocast_context, checked_weights, evaluate_loader
 
 REPORT_SCHEMA = "a2b.evaluation/1"
 
@@ -268,7 +268,7 @@ def report_table(report: dict[str, Any], path: str | Path | None = None, metric:
     """The terminal summary of a report: per channel (and the mean), the model's whole-recording median with
     its interval, each baseline's, and how much better the model is than each (positive = better), then
     the recordings and subjects it rests on and where the full report is."""
-    from a2b_pipeline.gate import METRIC_LABEL, fmt_interval
+    from a2b_pipeline.evaluation.gate import METRIC_LABEL, fmt_interval
 
     summary = report["summary"]
     baselines = [b for b in summary["predictors"] if b != "model"]

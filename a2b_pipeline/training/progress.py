@@ -1,8 +1,8 @@
 """Training progress as a person follows it: a tqdm bar on a terminal, log lines everywhere else.
 
-Without a terminal (a Dagster run, a log file, CI) a line goes to the `a2b_pipeline.progress` logger at
-most every `A2B_PROGRESS_SECONDS` (default 10 s): step, share done, last logged loss, rate and ETA.
-Dagster forwards it to the run's log. On a terminal the bar shows the same and no lines are logged.
+Without a terminal (a Dagster run, a log file, CI) a line goes to the `a2b_pipeline.training.progress`
+logger at most every `A2B_PROGRESS_SECONDS` (default 10 s): step, share done, last logged loss, rate and
+ETA. Dagster forwards it to the run's log. On a terminal the bar shows the same and no lines are logged.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Any
 
-log = logging.getLogger("a2b_pipeline.progress")
+log = logging.getLogger("a2b_pipeline.training.progress")
 
 DEFAULT_EVERY_S = 10.0
 

@@ -12,7 +12,7 @@ import torch
 import xxhash
 from safetensors.torch import save_file
 
-from a2b_pipeline.checkpoint_dir import (
+from a2b_pipeline.checkpoint.directory import (
     STATE_FILE,
     CheckpointError,
     checkpoint_file,

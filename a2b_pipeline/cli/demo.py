@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from a2b_pipeline.gate import fmt_interval, margins_of, verdict
+from a2b_pipeline.evaluation.gate import fmt_interval, margins_of, verdict
 
 DEMO_EXPERIMENT = "demo"
 
@@ -106,7 +106,7 @@ def _console_logger_def(out: TextIO, verbose: bool) -> Any:
     from dagster import LoggerDefinition
 
     def make(_: Any) -> logging.Logger:
-        log = logging.getLogger("a2b_pipeline.demo.dagster")
+        log = logging.getLogger("a2b_pipeline.cli.demo.dagster")
         log.handlers[:] = [_DemoConsole(out, verbose)]
         log.setLevel(logging.DEBUG)
         log.propagate = False

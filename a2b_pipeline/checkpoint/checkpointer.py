@@ -14,9 +14,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from a2b_pipeline.checkpoint_dir import CheckpointError, checkpoint_name, prune_checkpoints, set_pointer
+from a2b_pipeline.checkpoint.directory import CheckpointError, checkpoint_name, prune_checkpoints, set_pointer
 from a2b_pipeline.data.meta_dataloader import MetaDataLoader
-from a2b_pipeline.engine import EMA, checked_weights
 from a2b_pipeline.models import model_io
 from a2b_pipeline.state import (
     EMA_FILE,
@@ -29,8 +28,9 @@ from a2b_pipeline.state import (
     TrainState,
     load_tensors,
 )
+from a2b_pipeline.training.engine import EMA, checked_weights
 
-log = logging.getLogger("a2b_pipeline.checkpointing")
+log = logging.getLogger("a2b_pipeline.checkpoint.checkpointer")
 
 
 @dataclass

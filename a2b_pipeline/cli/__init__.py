@@ -33,7 +33,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from a2b_pipeline.preflight import check_runnable
+    from a2b_pipeline.training.preflight import check_runnable
 
     cfg = load_config(args.config, args.set)
     check_paths(cfg, source=args.config)
@@ -60,7 +60,7 @@ def _progress_friendly_logs():
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from a2b_pipeline.preflight import check_runnable
+    from a2b_pipeline.training.preflight import check_runnable
 
     cfg = load_config(args.config, args.set)
     check_paths(cfg, args.run_dir, source=args.config)  # before anything is created
@@ -81,7 +81,7 @@ def _say(message: str) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from a2b_pipeline.sweeps import format_table, load_sweep
+    from a2b_pipeline.experiments.sweeps import format_table, load_sweep
 
     sweep = load_sweep(args.file)
     chosen = [e for e in sweep.experiments if not args.only or e.name in args.only]
@@ -121,7 +121,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_cv(args: argparse.Namespace) -> int:
     import torch
 
-    from a2b_pipeline.cv import require_folds, run_cv
+    from a2b_pipeline.experiments.cv import require_folds, run_cv
 
     cfg = load_config(args.config, args.set)
     require_folds(cfg)
@@ -149,7 +149,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from a2b_pipeline import leaderboard
+    from a2b_pipeline.experiments import leaderboard
 
     rows = leaderboard.rows_from_runs_dir(args.runs_dir, metric=args.metric)
     if args.csv:
@@ -196,8 +196,8 @@ def cmd_remove_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from a2b_pipeline.evaluate import report_path, report_table, run_evaluation, write_report
-    from a2b_pipeline.gate import verdict
+    from a2b_pipeline.evaluation.evaluate import report_path, report_table, run_evaluation, write_report
+    from a2b_pipeline.evaluation.gate import verdict
 
     report = run_evaluation(args.checkpoint, args.split).report
     path, unsaved = report_path(report), None
@@ -219,7 +219,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from a2b_pipeline.predict import predict_files
+    from a2b_pipeline.evaluation.predict import predict_files
 
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise ConfigError(f"--out {args.out}: exists and is not a directory (predictions go into one)")
@@ -235,7 +235,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export_encoder(args: argparse.Namespace) -> int:
-    from a2b_pipeline.evaluate import export_encoder
+    from a2b_pipeline.evaluation.evaluate import export_encoder
 
     out = export_encoder(args.checkpoint, args.out)
     print(out)
@@ -243,7 +243,7 @@ def cmd_export_encoder(args: argparse.Namespace) -> int:
 
 
 def cmd_corpus(args: argparse.Namespace) -> int:
-    from a2b_pipeline.corpus_cli import corpus_main
+    from a2b_pipeline.cli.corpus import corpus_main
 
     return corpus_main(args.root, args.type, args.json, args.to_manifest)
 
@@ -265,7 +265,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from a2b_pipeline.demo import run_demo
+    from a2b_pipeline.cli.demo import run_demo
 
     return run_demo(
         Path(args.dagster_home), Path(args.data_root), experiment=args.experiment, verbose=args.verbose
@@ -500,7 +500,3 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {redact_text(str(e))}", file=sys.stderr)
         return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -26,7 +26,7 @@ from a2b_pipeline.data.audio import read_audio
 from a2b_pipeline.data.datasets import NormStats, audio_inputs, fit_frames, reads_own_inputs
 from a2b_pipeline.data.features import log_mel
 from a2b_pipeline.data.pipeline import load_norm_stats, prepare_data, save_norm_stats
-from a2b_pipeline.evaluate import load_model, overlap_add, resolve_checkpoint
+from a2b_pipeline.evaluation.evaluate import load_model, overlap_add, resolve_checkpoint
 from a2b_pipeline.security import Grant, check_grant
 from a2b_pipeline.state import TrainState
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from a2b_pipeline import rundir_lock as rl
-from a2b_pipeline.rundir_lock import (
+from a2b_pipeline.checkpoint import lock as rl
+from a2b_pipeline.checkpoint.lock import (
     LOCK_FILE,
     RunDirBusyError,
     clean_debris,

@@ -11,10 +11,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from a2b_pipeline.checkpoint_dir import CheckpointError
+from a2b_pipeline.checkpoint.directory import CheckpointError
 from a2b_pipeline.configs import RunConfig
 from a2b_pipeline.data.meta_dataloader import MetaDataLoader
-from a2b_pipeline.metrics import MetricAccumulator
+from a2b_pipeline.evaluation.metrics import MetricAccumulator
 
 
 def pick_device(cfg: RunConfig, local_rank: int = 0) -> torch.device:

@@ -13,13 +13,13 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from a2b_pipeline.checkpoint_dir import checkpoint_name
-from a2b_pipeline.checkpointing import Checkpointer, CheckpointWriter
+from a2b_pipeline.checkpoint.checkpointer import Checkpointer, CheckpointWriter
+from a2b_pipeline.checkpoint.directory import checkpoint_name
 from a2b_pipeline.data.meta_dataloader import MetaDataLoader, ShardedEpochSampler
-from a2b_pipeline.engine import EMA
 from a2b_pipeline.models import build_model, model_io
 from a2b_pipeline.state import TrainState
 from a2b_pipeline.train import build_optimizer
+from a2b_pipeline.training.engine import EMA
 
 
 def _loader() -> MetaDataLoader:

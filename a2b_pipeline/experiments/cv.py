@@ -25,7 +25,7 @@ from typing import Any
 from a2b_pipeline.configs import ConfigError, RunConfig
 from a2b_pipeline.data.pipeline import prepare_data
 from a2b_pipeline.data.splits import group_key, group_kinds
-from a2b_pipeline.evaluate import evaluate_report, resolve_checkpoint
+from a2b_pipeline.evaluation.evaluate import evaluate_report, resolve_checkpoint
 from a2b_pipeline.files import atomic_write, read_json
 from a2b_pipeline.runs import cv_dir, fold_dir, run_training
 from a2b_pipeline.security import Grant, check_grant

@@ -1,0 +1,1 @@
+"""Checkpoints on disk: the run directory's files, digests and pointers, the lock, the checkpointer."""
