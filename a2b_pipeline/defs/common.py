@@ -215,8 +215,8 @@ def config_table(exp: Experiment, state: TrainState) -> MetadataValue:
 
 def lineage_metadata(
     exp: Experiment,
-    state: TrainState,
-    state_path: Path,
+    state: TrainState | None,
+    state_path: Path | None,
     data_version: str | None,
     record: tuple[Path, str],
     checkpoint: Path | None = None,
@@ -227,12 +227,13 @@ def lineage_metadata(
     md: dict[str, Any] = {
         "experiment": exp.name,
         "config_file": MetadataValue.path(str(exp.config_file)),
-        "config_hash": state.config_hash,
+        "config_hash": state.config_hash if state else exp.config_hash,
     }
     if data_version:
         md["data_version"] = data_version
-    md["train_state"] = MetadataValue.path(str(state_path))
-    if trained:
+    if state_path:
+        md["train_state"] = MetadataValue.path(str(state_path))
+    if trained and state:
         md["config"] = config_table(exp, state)
         md["status"] = state.status
         md["global_step"] = MetadataValue.int(state.global_step)

@@ -119,7 +119,6 @@ def corpus_manifest(step: AssetStep) -> Produced:
             "files": files,
             "on_bad_recording": cfg.data.on_bad_recording,
         },
-        data_version=data_version,
         version_parts=[data_version, skipped],
         metadata={
             "recordings": MetadataValue.int(sum(len(d["recordings"]) for d in datasets)),
@@ -247,7 +246,6 @@ def dataset_splits(step: AssetStep) -> Produced:
             "split": split,
             "norm": prepared.norm.to_dict() if hasattr(prepared.norm, "to_dict") else {},
         },
-        data_version=prepared.data_version,
         version_parts=[prepared.data_version, windows, recordings],
         metadata={
             **{f"{s}_windows": MetadataValue.int(sum(windows[s].values())) for s in SPLITS},
@@ -322,7 +320,6 @@ def meta_loader_spec(step: AssetStep) -> Produced:
     }
     return Produced(
         record=spec,
-        data_version=prepared.data_version,
         version_parts=[{"config_hash": step.exp.config_hash, **spec}],
         metadata={
             "planned_steps": MetadataValue.int(planned),

@@ -94,7 +94,6 @@ def evaluation(step: AssetStep) -> Produced:
     metrics = record["metrics"]
     return Produced(
         record=record,
-        data_version=state.data_version,
         version_parts=[ckpt_sha, metrics],
         metadata={
             "plot": png_markdown(png, f"{exp.name}: model and baselines vs true"),
@@ -109,10 +108,8 @@ def evaluation(step: AssetStep) -> Produced:
             "data_version_matches_training": record["evaluated_data_version"] == state.data_version,
         },
         state=state,
-        state_path=ckpt / "train_state.json",
         checkpoint=ckpt,
         reused=reused,
-        trained=True,
     )
 
 
