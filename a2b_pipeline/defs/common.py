@@ -1,5 +1,6 @@
-"""What the assets share: loading an experiment's effective config, JSON records on disk that pin
-what each materialization produced, lineage metadata, fingerprints of corpus files, PNGs as metadata.
+"""What the assets share: loading an experiment's effective config, the library's log lines in the run's
+log, JSON records on disk that pin what each materialization produced, lineage metadata (URLs redacted),
+fingerprints of corpus files, PNGs as metadata.
 
 Nothing here imports torch at module level: the code location loads fast and the heavy modules
 are imported inside asset bodies.
@@ -8,11 +9,14 @@ are imported inside asset bodies.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import json
+import logging
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -94,6 +98,37 @@ def load_experiment(
     if not effective.exists():
         atomic_write(effective, cfg.to_yaml().encode())
     return exp
+
+
+# ---- the run's log ----
+
+
+class _ToDagsterLog(logging.Handler):
+    def __init__(self, log: Any):
+        super().__init__(logging.INFO)
+        self.log = log
+
+    def emit(self, record: logging.LogRecord) -> None:
+        level = "warning" if record.levelno == logging.WARNING else "info"
+        if record.levelno >= logging.ERROR:
+            level = "error"
+        getattr(self.log, level)(f"{record.name}: {record.getMessage()}")
+
+
+@contextlib.contextmanager
+def forward_library_logs(context: Any) -> Iterator[None]:
+    """The library's log lines (per-epoch/validation progress) go to the run's log in the UI."""
+    logger = logging.getLogger("a2b_pipeline")
+    handler = _ToDagsterLog(context.log)
+    old_level = logger.level
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
 
 
 # ---- files ----
@@ -211,6 +246,23 @@ def config_table(exp: Experiment, state: TrainState) -> MetadataValue:
         [TableRecord({"setting": k, "value": redact_text(v)}) for k, v in rows.items()],
         schema=TableSchema([TableColumn("setting", "string"), TableColumn("value", "string")]),
     )
+
+
+def redacted(metadata: dict[str, Any]) -> dict[str, Any]:
+    """Metadata with every URL shown without its credentials (security.redact_text): texts, markdown, paths,
+    URLs and JSON values alike; numbers and the rest as they are."""
+    out: dict[str, Any] = {}
+    for key, value in metadata.items():
+        if isinstance(value, str):
+            value = redact_text(value)
+        elif isinstance(value, MetadataValue) and isinstance(getattr(value, "value", None), str):
+            value = type(value)(redact_text(value.value))
+        elif isinstance(value, MetadataValue) and isinstance(getattr(value, "value", None), dict | list):
+            text = json.dumps(value.value, default=str)
+            if redact_text(text) != text:
+                value = type(value)(json.loads(redact_text(text)))
+        out[key] = value
+    return out
 
 
 def lineage_metadata(

@@ -33,10 +33,7 @@ what its data version is made of, and its metadata. The template does the rest, 
 """
 
 # No `from __future__ import annotations`: Dagster reads the asset functions' annotations as objects.
-import contextlib
-import json
-import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,22 +45,22 @@ from dagster import (
     DataVersion,
     Failure,
     MaterializeResult,
-    MetadataValue,
     MultiPartitionKey,
     asset,
 )
 
 from a2b_pipeline.defs.common import (
     Experiment,
+    forward_library_logs,
     lineage_metadata,
     load_experiment,
+    redacted,
     sha256_json,
     upstream_record,
     write_planned_state,
     write_record,
 )
 from a2b_pipeline.defs.partitions import GROUP, experiments
-from a2b_pipeline.security import redact_text
 
 if TYPE_CHECKING:
     from a2b_pipeline.state import TrainState
@@ -138,34 +135,6 @@ class Produced:
     reused: str | None = None  # set: nothing was recomputed; says what was reused (first metadata row)
 
 
-class _ToDagsterLog(logging.Handler):
-    def __init__(self, log: Any):
-        super().__init__(logging.INFO)
-        self.log = log
-
-    def emit(self, record: logging.LogRecord) -> None:
-        level = "warning" if record.levelno == logging.WARNING else "info"
-        if record.levelno >= logging.ERROR:
-            level = "error"
-        getattr(self.log, level)(f"{record.name}: {record.getMessage()}")
-
-
-@contextlib.contextmanager
-def forward_library_logs(context: Any) -> Iterator[None]:
-    """The library's log lines (per-epoch/validation progress) go to the run's log in the UI."""
-    logger = logging.getLogger("a2b_pipeline")
-    handler = _ToDagsterLog(context.log)
-    old_level = logger.level
-    logger.addHandler(handler)
-    if logger.getEffectiveLevel() > logging.INFO:
-        logger.setLevel(logging.INFO)
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
-
-
 def _load_step(context: AssetExecutionContext, config: Any) -> AssetStep:
     """The partition's experiment: a plain key names it; an experiment x fold key also names a fold of it,
     which must exist."""
@@ -194,23 +163,6 @@ def _guard_upstream(exp: Experiment, rec: dict[str, Any], asset_name: str) -> No
         )
 
 
-def _redacted(metadata: dict[str, Any]) -> dict[str, Any]:
-    """Metadata with every URL shown without its credentials (security.redact_text): texts, markdown, paths,
-    URLs and JSON values alike; numbers and the rest as they are."""
-    out: dict[str, Any] = {}
-    for key, value in metadata.items():
-        if isinstance(value, str):
-            value = redact_text(value)
-        elif isinstance(value, MetadataValue) and isinstance(getattr(value, "value", None), str):
-            value = type(value)(redact_text(value.value))
-        elif isinstance(value, MetadataValue) and isinstance(getattr(value, "value", None), dict | list):
-            text = json.dumps(value.value, default=str)
-            if redact_text(text) != text:
-                value = type(value)(json.loads(redact_text(text)))
-        out[key] = value
-    return out
-
-
 def _report(step: AssetStep, out: Produced) -> MaterializeResult:
     """The epilogue: the record and TrainState files, the metadata, the data version."""
     exp, name = step.exp, step.context.asset_key.to_user_string()
@@ -225,7 +177,7 @@ def _report(step: AssetStep, out: Produced) -> MaterializeResult:
     lineage = lineage_metadata(
         exp, state, state_path, data_version, record, checkpoint=out.checkpoint, trained=out.state is not None
     )
-    metadata = _redacted({**({"reused": out.reused} if out.reused else {}), **out.metadata, **lineage})
+    metadata = redacted({**({"reused": out.reused} if out.reused else {}), **out.metadata, **lineage})
     if out.failure:
         raise Failure(description=out.failure, metadata=metadata)
     tags = {}
