@@ -103,23 +103,13 @@ def load_experiment(
 # ---- the run's log ----
 
 
-class _ToDagsterLog(logging.Handler):
-    def __init__(self, log: Any):
-        super().__init__(logging.INFO)
-        self.log = log
-
-    def emit(self, record: logging.LogRecord) -> None:
-        level = "warning" if record.levelno == logging.WARNING else "info"
-        if record.levelno >= logging.ERROR:
-            level = "error"
-        getattr(self.log, level)(f"{record.name}: {record.getMessage()}")
-
-
 @contextlib.contextmanager
 def forward_library_logs(context: Any) -> Iterator[None]:
     """The library's log lines (per-epoch/validation progress) go to the run's log in the UI."""
+    from a2b_pipeline.launch.job import ToDagsterLog
+
     logger = logging.getLogger("a2b_pipeline")
-    handler = _ToDagsterLog(context.log)
+    handler = ToDagsterLog(context.log)
     old_level = logger.level
     logger.addHandler(handler)
     if logger.getEffectiveLevel() > logging.INFO:

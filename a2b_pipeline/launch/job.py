@@ -29,19 +29,20 @@ def rank_env_from_slurm(environ: dict[str, str]) -> dict[str, str]:
     }
 
 
-class _ToPipes(logging.Handler):
-    """The library's log records -> the Dagster run's log, through the Pipes message file."""
+class ToDagsterLog(logging.Handler):
+    """The library's log records -> a Dagster log: a run's `context.log`, or a Pipes session's `log` (which
+    writes the message file the Dagster run reads). Used on both sides: defs/common.py, open_pipes below."""
 
-    def __init__(self, pipes: Any):
+    def __init__(self, log: Any):
         super().__init__(logging.INFO)
-        self.pipes = pipes
+        self.log = log
 
     def emit(self, record: logging.LogRecord) -> None:
         level = "warning" if record.levelno == logging.WARNING else "info"
         if record.levelno >= logging.ERROR:
             level = "error"
         try:
-            getattr(self.pipes.log, level)(f"{record.name}: {record.getMessage()}")
+            getattr(self.log, level)(f"{record.name}: {record.getMessage()}")
         except Exception:  # noqa: BLE001  (a full disk must not stop training)
             self.handleError(record)
 
@@ -54,7 +55,7 @@ def open_pipes(rank: int) -> Any:
     from dagster_pipes import open_dagster_pipes
 
     pipes = open_dagster_pipes()
-    logging.getLogger("a2b_pipeline").addHandler(_ToPipes(pipes))
+    logging.getLogger("a2b_pipeline").addHandler(ToDagsterLog(pipes.log))
     return pipes
 
 
