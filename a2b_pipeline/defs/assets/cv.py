@@ -5,7 +5,9 @@
 For configs with `data.split.folds` (the sensor registers them in `cv_experiments`). Bodies call the core
 (a2b_pipeline/experiments/cv.py), the same functions as `a2b cv`, in the same layout
 (`<checkpoint.dir>/<experiment>/<name>-cv-<hash of the effective config>/fold-<k>/`); a relaunched fold
-resumes its checkpoints. A fold can be rerun alone: it is a partition of its own.
+resumes its checkpoints. A fold can be rerun alone: it is a partition of its own. Each is an
+`@experiment_asset` (defs/template.py) like the experiment's assets, on the experiment x fold partitions
+(`step.fold`) or, for the summary, on `cv_experiments`.
 """
 
 import json
