@@ -26,7 +26,6 @@ from a2b_pipeline.defs.template import AssetStep, Produced, experiment_asset
 @experiment_asset(
     code_version="3",
     reads=["corpus_manifest"],
-    deps=[corpus_manifest],
     kinds={"python"},
     description="How many recordings each subject has.",
 )

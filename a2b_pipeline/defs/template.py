@@ -4,9 +4,8 @@ To add an asset, read one asset file (assets/training.py's `best_checkpoint` is 
 
     @experiment_asset(
         code_version="1",           # bump it when the body changes what the asset produces
-        reads=["best_checkpoint"],  # the upstream records the body reads (as the instance recorded them)
-        deps=[best_checkpoint],     # the graph's edge; every other keyword goes to Dagster's `@asset`
-        kinds={"pytorch"},
+        reads=["best_checkpoint"],  # the upstream records the body reads; also its deps (the graph's edges)
+        kinds={"pytorch"},          # every other keyword goes to Dagster's `@asset`
         description="What the asset is, for the UI.",
     )
     def my_asset(step: AssetStep) -> Produced:
@@ -207,10 +206,11 @@ def experiment_asset(
     config: type[Config] | None = None,
     **asset_kwargs: Any,
 ) -> Callable[[Callable[[AssetStep], Produced]], Any]:
-    """`@experiment_asset(code_version=..., reads=[upstream asset names], deps=[...], ...)` over
+    """`@experiment_asset(code_version=..., reads=[upstream asset names], ...)` over
     `def name(step: AssetStep) -> Produced`: an asset of the experiment partitions and group (other
-    `partitions_def` / `group_name` may be given) with the shared preamble and epilogue. `config`: the
-    launch config class (shown in the launchpad); other keyword arguments go to `@asset`."""
+    `partitions_def` / `group_name` may be given) with the shared preamble and epilogue. Its `deps` are
+    the assets it `reads` unless given. `config`: the launch config class (shown in the launchpad); other
+    keyword arguments go to `@asset`."""
 
     def decorate(body: Callable[[AssetStep], Produced]) -> Any:
         if config is None:
@@ -227,7 +227,7 @@ def experiment_asset(
         # named for the body (not functools.wraps: its __wrapped__ would show Dagster the body's signature)
         for attr in ("__name__", "__qualname__", "__module__", "__doc__"):
             setattr(compute, attr, getattr(body, attr))
-        defaults = {"partitions_def": experiments, "group_name": GROUP}
+        defaults = {"partitions_def": experiments, "group_name": GROUP, "deps": list(reads)}
         return asset(
             name=body.__name__,
             code_version=code_version,

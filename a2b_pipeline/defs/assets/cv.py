@@ -119,7 +119,6 @@ def fold_training_run(step: AssetStep) -> Produced:
 @experiment_asset(
     code_version="1",
     reads=["fold_training_run"],
-    deps=[fold_training_run],
     partitions_def=experiment_folds,
     group_name=CV_GROUP,
     kinds={"pytorch"},

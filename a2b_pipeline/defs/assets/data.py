@@ -218,7 +218,6 @@ def _per_split(prepared: Any) -> tuple[dict[str, Any], dict[str, Any], dict[str,
 @experiment_asset(
     code_version="2",
     reads=["corpus_manifest"],
-    deps=[corpus_manifest],
     kinds={"pytorch"},
     check_specs=[
         AssetCheckSpec(
@@ -304,7 +303,6 @@ def _loader_plan(prepared: Any, cfg: Any) -> dict[str, Any]:
 @experiment_asset(
     code_version="1",
     reads=["dataset_splits"],
-    deps=[dataset_splits],
     kinds={"pytorch"},
     description="What the MetaDataLoader will do per split: its loaders (dataset, windows, batches), "
     "sampling weights and their schedule, batch size, seed, and the planned number of optimizer steps.",

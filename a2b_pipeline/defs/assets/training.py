@@ -152,7 +152,7 @@ def _not_complete(state: Any) -> str | None:
     code_version="1",
     reads=["dataset_splits", "meta_loader_spec"],
     config=TrainingRunConfig,
-    deps=[meta_loader_spec],
+    deps=[meta_loader_spec],  # not dataset_splits: it is upstream of meta_loader_spec already
     kinds={"pytorch"},
     **ON_A_GPU,
     description="Runs `train` for the experiment on the data dataset_splits recorded, in "
@@ -203,7 +203,6 @@ def training_run(step: AssetStep) -> Produced:
 @experiment_asset(
     code_version="1",
     reads=["training_run"],
-    deps=[training_run],
     kinds={"pytorch"},
     description="The training run's best checkpoint by `checkpoint.metric`, verified (every file's checksum) "
     "and pinned by the sha256 of its train_state.json.",
