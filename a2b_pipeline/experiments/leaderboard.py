@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from a2b_pipeline.evaluation import REPORT_FILE
 from a2b_pipeline.files import MAX_STATE_BYTES, read_json
 
-EVALUATION_FILE = "evaluation-{split}.json"
 CV_SUMMARY_FILE = "cv_summary.json"
 BASELINES = ("constant", "other_listeners", "audio_linear")
 DEFAULT_METRIC = "pearson"
@@ -237,7 +237,7 @@ def row_from_run_dir(run_dir: str | Path, split: str = "test", metric: str = DEF
         return missing_row(name, "failed", "no checkpoint was written", checkpoint=str(run_dir))
     facts = _state_facts(state)
     experiment = state.config.name
-    report_path = run_dir / EVALUATION_FILE.format(split=split)
+    report_path = run_dir / REPORT_FILE.format(split=split)
     if state.status != "complete":
         from a2b_pipeline.runs import read_stop
 
