@@ -10,6 +10,7 @@ full Dagster and library logs instead (each line once).
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -263,3 +264,23 @@ def _where_to_look(out: TextIO, ev: Any, command: str, experiment: str, ok: bool
     print(f"and open http://127.0.0.1:3000/assets (partition {experiment!r}).", file=out)
     if not ok:
         print("a2b demo: some steps failed; `a2b demo -v` or the run's log in the UI says why.", file=out)
+
+
+# ---- the command ----
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    return run_demo(
+        Path(args.dagster_home), Path(args.data_root), experiment=args.experiment, verbose=args.verbose
+    )
+
+
+def add_demo(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser("demo", help="materialize the whole Dagster graph on configs/demo.yaml")
+    s.add_argument("--dagster-home", default=".dagster_home")
+    s.add_argument("--data-root", default=".", help="relative paths in configs resolve under it")
+    s.add_argument("--experiment", default="demo", help="the config <configs dir>/<experiment>.yaml")
+    s.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="the full Dagster logs"
+    )
+    s.set_defaults(fn=cmd_demo)

@@ -199,7 +199,6 @@ class NormStats:
         return (x - torch.tensor(self.feature_mean)) / torch.tensor(self.feature_std)
 
 
-
 def _moments(tensors: list[torch.Tensor], width: int) -> tuple[list[float], list[float]]:
     """NaN-ignoring per-column mean and std over the rows of all tensors, accumulated in float64."""
     n = torch.zeros(width, dtype=torch.float64)
