@@ -1,11 +1,12 @@
 """The leaderboard: one row per experiment (and per cross-validation summary), from evaluation reports.
 
 Rows come from what runs leave on disk: a run directory's newest TrainState (model, datasets, steps,
-config hash, status) and its `evaluation-test.json` (the evaluation report, /work/coord/eval_schema.md:
-per-channel metrics with bootstrap intervals, baselines and the model's margins over them), or a
-cross-validation's `cv_summary.json` (mean and std over folds). Evaluations written before baselines
-existed still give a row, from their pooled per-window `metrics`, without intervals. A run that stopped,
-failed or was never evaluated is a row too, with its status: nothing is dropped silently.
+config hash, status) and its `evaluation-test.json` (the report of evaluation/evaluate.py, schema
+`a2b.evaluation/1`, as README's "Evaluating a model" reads it: per-channel metrics with bootstrap intervals,
+baselines and the model's margins over them), or a cross-validation's `cv_summary.json` (mean and std over
+folds). Evaluations written before baselines existed still give a row, from their pooled per-window
+`metrics`, without intervals. A run that stopped, failed or was never evaluated is a row too, with its
+status: nothing is dropped silently.
 
 `a2b leaderboard RUNS_DIR` and the Dagster `leaderboard` asset both render rows with this module.
 """
