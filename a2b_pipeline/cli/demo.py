@@ -167,13 +167,8 @@ def run_demo(
     Returns 0 when every asset materialized and every check passed, 1 otherwise, 2 for a bad setup.
     """
     _quiet_python_logs(verbose)  # before the definitions are imported: they warn while loading
-    from dagster import DagsterInstance, Definitions
-
     from a2b_pipeline.configs import ConfigError
-    from a2b_pipeline.defs.assets import ASSETS, experiments
-    from a2b_pipeline.defs.checks import CHECKS
-    from a2b_pipeline.defs.jobs import experiment_job
-    from a2b_pipeline.defs.resources import ExperimentStore, TrainDevice, WandbTracking, default_resources
+    from a2b_pipeline.defs.assets import ASSETS
 
     out = out or sys.stdout
     dagster_home = Path(dagster_home).expanduser().resolve()
@@ -184,9 +179,31 @@ def run_demo(
     if not (dagster_home / "dagster.yaml").exists():
         (dagster_home / "dagster.yaml").write_text(_INSTANCE_YAML)
 
+    resources = _resources(data_root, configs, tracking_mode, device)
+    try:
+        resources["store"].config_path(experiment)
+    except ConfigError as e:
+        print(f"a2b demo: {e}", file=out)
+        return 2
+    result, done, checks = _materialize(dagster_home, experiment, resources, out, verbose)
+
+    # a warning (e.g. the model not reliably ahead of a baseline) is reported, not a failure of the demo
+    ok = result.success and len(done) == len(ASSETS) and all(c.passed or _is_warning(c) for c in checks)
+    _where_to_look(
+        out, done.get("evaluation"), browse_command(dagster_home, data_root, configs), experiment, ok
+    )
+    return 0 if ok else 1
+
+
+def _resources(
+    data_root: Path, configs: Path, tracking_mode: str | None, device: str | None
+) -> dict[str, Any]:
+    """The environment's resources, with the demo's data root and configs, and its tracking and device."""
+    from a2b_pipeline.defs.resources import ExperimentStore, TrainDevice, WandbTracking, default_resources
+
     env = default_resources()
     tracking, compute = env["tracking"], env["compute"]
-    resources = {
+    return {
         **env,
         "store": ExperimentStore(data_root=str(data_root), configs_dir=str(configs)),
         "tracking": WandbTracking(
@@ -194,11 +211,18 @@ def run_demo(
         ),
         "compute": TrainDevice(device=device or compute.device, num_threads=compute.num_threads),
     }
-    try:
-        resources["store"].config_path(experiment)
-    except ConfigError as e:
-        print(f"a2b demo: {e}", file=out)
-        return 2
+
+
+def _materialize(
+    dagster_home: Path, experiment: str, resources: dict[str, Any], out: TextIO, verbose: bool
+) -> tuple[Any, dict[str, Any], list[Any]]:
+    """Run the experiment's job in process on the instance in `dagster_home` (its partition added when
+    new): the result, the materializations by asset name, the check evaluations."""
+    from dagster import DagsterInstance, Definitions
+
+    from a2b_pipeline.defs.assets import ASSETS, experiments
+    from a2b_pipeline.defs.checks import CHECKS
+    from a2b_pipeline.defs.jobs import experiment_job
 
     job_defs = Definitions(
         assets=ASSETS,
@@ -226,13 +250,7 @@ def run_demo(
         mats = [e.event_specific_data.materialization for e in result.get_asset_materialization_events()]
         done = {m.asset_key.to_user_string(): m for m in mats}
         checks = result.get_asset_check_evaluations()
-
-    # a warning (e.g. the model not reliably ahead of a baseline) is reported, not a failure of the demo
-    ok = result.success and len(done) == len(ASSETS) and all(c.passed or _is_warning(c) for c in checks)
-    _where_to_look(
-        out, done.get("evaluation"), browse_command(dagster_home, data_root, configs), experiment, ok
-    )
-    return 0 if ok else 1
+    return result, done, checks
 
 
 def _is_warning(check: Any) -> bool:
