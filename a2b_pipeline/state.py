@@ -1,10 +1,10 @@
 """TrainState: the checkpoint schema and the one source of truth for a run.
 
-The classes and fields of the seed (../shared/SEED.md: RNGState, ModelState, DataLoaderState,
+The classes and fields of the seed (the founding spec: RNGState, ModelState, DataLoaderState,
 MetaDataLoaderState, MetricState, OptimizerState, CheckpointState, TrainState) are here under the seed's
 names and types; what a bit-exact resume needs beyond them (the RunConfig, global step, epoch, every
 rank's RNG, the draw generator, file digests, the metric history, the wandb run id) sits beside them in
-fields of its own. A checkpoint is a directory written atomically (checkpoint_dir.py):
+fields of its own. A checkpoint is a directory written atomically (checkpoint/directory.py):
 
     step_000000120/
       model.safetensors        weights (the uncompiled, unwrapped module's keys)
