@@ -1,8 +1,9 @@
 """`a2b`: the command line. Works the same under `torchrun ... -m a2b_pipeline.cli train CONFIG`.
 
-One module per command group adds its subcommands, each with its handler: train.py (`validate`, `train`,
-`resume`, `remove-runs`), experiments.py (`sweep`, `cv`, `leaderboard`), evaluate.py (`evaluate`, `predict`,
-`export-encoder`), data.py (`synth`, `corpus`, `cache`), demo.py (`demo`). Here: the parser, the logging and
+One module per command group adds its subcommands, each with its handler: train_commands.py (`validate`,
+`train`, `resume`, `remove-runs`), experiment_commands.py (`sweep`, `cv`, `leaderboard`),
+evaluate_commands.py (`evaluate`, `predict`, `export-encoder`), data_commands.py (`synth`, `corpus`,
+`cache`), demo.py (`demo`). Here: the parser, the logging and
 the exit status (0 done, 2 bad input, 1 failed, 3 a run stopped and resumable).
 
 Each handler imports what it needs when it runs, so the light commands (`corpus`, `cache`, and `sweep`
@@ -15,7 +16,11 @@ import argparse
 import logging
 import sys
 
-from a2b_pipeline.cli import data, demo, evaluate, experiments, train
+from a2b_pipeline.cli import data_commands as data
+from a2b_pipeline.cli import demo
+from a2b_pipeline.cli import evaluate_commands as evaluate
+from a2b_pipeline.cli import experiment_commands as experiments
+from a2b_pipeline.cli import train_commands as train
 from a2b_pipeline.configs import ConfigError
 
 # `a2b --help` lists them in this order

@@ -85,7 +85,7 @@ def main(argv: list[str]) -> int:
     os.environ.update(rank_env_from_slurm(dict(os.environ)))
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     from a2b_pipeline import cli
-    from a2b_pipeline.cli.train import EXIT_STOPPED
+    from a2b_pipeline.cli.train_commands import EXIT_STOPPED
 
     run_dir = argv[argv.index("--run-dir") + 1] if "--run-dir" in argv else None
     start = time.monotonic()

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from a2b_pipeline.cli.train import EXIT_STOPPED, train_or_resume
+from a2b_pipeline.cli.train_commands import EXIT_STOPPED, train_or_resume
 from a2b_pipeline.configs import ConfigError, check_paths, load_config
 
 
