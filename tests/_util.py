@@ -14,8 +14,9 @@ from typing import Any
 import torch
 import yaml
 
+from a2b_pipeline.checkpoint.store import load_tensors
 from a2b_pipeline.configs import RunConfig, apply_overrides, config_from_dict
-from a2b_pipeline.state import TrainState, load_tensors
+from a2b_pipeline.state import TrainState
 
 REPO = Path(__file__).resolve().parents[1]
 A2B = [sys.executable, "-m", "a2b_pipeline.cli"]

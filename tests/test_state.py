@@ -11,22 +11,22 @@ import torch
 from pydantic import ValidationError
 
 from a2b_pipeline.checkpoint.directory import (
+    CheckpointError,
     checkpoint_name,
     list_checkpoints,
     prune_checkpoints,
     set_pointer,
 )
+from a2b_pipeline.checkpoint.store import load_tensors
 from a2b_pipeline.configs import config_from_dict
 from a2b_pipeline.state import (
     SCHEMA_VERSION,
-    CheckpointError,
     DataLoaderState,
     MetaDataLoaderState,
     MetricRecord,
     MetricState,
     RNGState,
     TrainState,
-    load_tensors,
 )
 
 
@@ -144,7 +144,8 @@ def test_metric_history_lives_beside_the_state_and_is_read_on_first_use(tmp_path
 
 
 def test_oversized_or_malformed_metric_history_is_refused_by_name(tmp_path: Path) -> None:
-    from a2b_pipeline.state import MAX_HISTORY_BYTES, file_digest
+    from a2b_pipeline.checkpoint.directory import file_digest
+    from a2b_pipeline.checkpoint.store import MAX_HISTORY_BYTES
 
     path = _write(_state(tmp_path), 5)
     history = path / "metrics.jsonl"

@@ -14,20 +14,19 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from a2b_pipeline.checkpoint.directory import CheckpointError, checkpoint_name, prune_checkpoints, set_pointer
-from a2b_pipeline.data.meta_dataloader import MetaDataLoader
-from a2b_pipeline.models import model_io
-from a2b_pipeline.state import (
+from a2b_pipeline.checkpoint.directory import (
     EMA_FILE,
     MODEL_FILE,
     OPTIMIZER_FILE,
-    MetaDataLoaderState,
-    ModelState,
-    OptimizerState,
-    RNGState,
-    TrainState,
-    load_tensors,
+    CheckpointError,
+    checkpoint_name,
+    prune_checkpoints,
+    set_pointer,
 )
+from a2b_pipeline.checkpoint.store import load_tensors
+from a2b_pipeline.data.meta_dataloader import MetaDataLoader
+from a2b_pipeline.models import model_io
+from a2b_pipeline.state import MetaDataLoaderState, ModelState, OptimizerState, RNGState, TrainState
 from a2b_pipeline.training.engine import EMA, checked_weights
 
 log = logging.getLogger("a2b_pipeline.checkpoint.checkpointer")

@@ -159,8 +159,9 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
+    from a2b_pipeline.checkpoint.directory import CheckpointError
     from a2b_pipeline.runs import find_runs, resume_training
-    from a2b_pipeline.state import CheckpointError, TrainState
+    from a2b_pipeline.state import TrainState
 
     root = Path(args.path)
     runs = find_runs(root)
@@ -479,10 +480,10 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(wire).setLevel(logging.WARNING)
     from torch.cuda import OutOfMemoryError
 
+    from a2b_pipeline.checkpoint.directory import CheckpointError
     from a2b_pipeline.data.recording import BadRecordingError
     from a2b_pipeline.files import FileRefusedError
     from a2b_pipeline.security import GrantError, redact_text
-    from a2b_pipeline.state import CheckpointError
 
     try:
         return args.fn(args)
