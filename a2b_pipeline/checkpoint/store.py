@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from pydantic import ValidationError
 
+from a2b_pipeline.checkpoint import legacy
 from a2b_pipeline.checkpoint.directory import (
     EMA_FILE,
     METRICS_FILE,
@@ -73,8 +74,6 @@ def load_state(checkpoint_path: str | Path) -> TrainState:
 def load_verified(ckpt: Path) -> TrainState:
     """The state of checkpoint directory `ckpt`, after checking every file it lists against its digest;
     its paths rebased to where the directory is now."""
-    from a2b_pipeline.checkpoint import legacy
-
     state_file = ckpt / STATE_FILE
     state = TrainState.from_json(read_state_text(state_file), str(state_file))
     ckpt = ckpt.resolve()
