@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import yaml
 
-from a2b_pipeline.checkpoint.directory import checkpoint_name
+from a2b_pipeline.checkpoint.directory import STATE_FILE, checkpoint_name
 from a2b_pipeline.checkpoint.store import load_tensors
 from a2b_pipeline.configs import RunConfig, apply_overrides, config_from_dict
 from a2b_pipeline.state import (
@@ -138,7 +138,7 @@ def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 def wait_for(path: Path, proc: subprocess.Popen[str], timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
-    while not (path / "train_state.json").exists():
+    while not (path / STATE_FILE).exists():
         if proc.poll() is not None:
             err = proc.stderr.read() if proc.stderr else ""
             raise AssertionError(
