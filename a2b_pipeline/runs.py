@@ -18,7 +18,7 @@ A fresh run never moves or deletes an earlier one: it gets the next directory `<
 path recorded anywhere (a Dagster materialization, a leaderboard) keeps its meaning. Old runs are removed
 only by :func:`remove_runs` (`a2b runs remove`, with a dry run that lists what it would orphan).
 
-The lock (rundir_lock) is held on the run's first directory from the choice of directory to the end of
+The lock (checkpoint/lock.py) is held on the run's first directory from the choice of directory to the end of
 training, so two fresh launches can't pick the same new directory and nothing changes between the choice
 and the start. The torch.distributed process group a run joins (under torchrun) is left when it ends.
 """

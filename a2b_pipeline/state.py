@@ -1,11 +1,11 @@
 """TrainState: the checkpoint schema and the one source of truth for a run.
 
-The classes and fields of the seed (RNGState, ModelState, DataLoaderState, MetaDataLoaderState,
-MetricState, OptimizerState, CheckpointState, TrainState, with from_config, from_checkpoint and
-to_checkpoint) are here under the seed's names and types; what a bit-exact resume needs beyond them (the
-RunConfig, global step, epoch, every rank's RNG, the draw generator, file digests, the metric history, the
-wandb run id) sits beside them in fields of its own. A checkpoint is a directory written atomically
-(checkpoint/directory.py):
+The classes and fields of the seed (the founding spec: RNGState, ModelState, DataLoaderState,
+MetaDataLoaderState, MetricState, OptimizerState, CheckpointState, TrainState, with from_config,
+from_checkpoint and to_checkpoint) are here under the seed's names and types; what a bit-exact resume needs
+beyond them (the RunConfig, global step, epoch, every rank's RNG, the draw generator, file digests, the
+metric history, the wandb run id) sits beside them in fields of its own. A checkpoint is a directory
+written atomically (checkpoint/directory.py):
 
     step_000000120/
       model.safetensors        weights (the uncompiled, unwrapped module's keys)

@@ -1533,12 +1533,6 @@ BUGS = [
     Bug("checkpoint/lock.py", "    os.ftruncate(fd, 0)\n", "", "owner appended, not replaced"),
     Bug(
         "checkpoint/lock.py",
-        "            return _read_owner(fd)\n        return None\n    finally:",
-        "            return _read_owner(fd)\n        return _read_owner(fd)\n    finally:",
-        "a free directory reported held",
-    ),
-    Bug(
-        "checkpoint/lock.py",
         "            if not target.exists() and (entry / STATE_FILE).exists():",
         "            if not target.exists():",
         "uncommitted old step restored",

@@ -431,8 +431,9 @@ def test_manifest_rows_stay_in_their_folder_and_urls_need_an_allowed_scheme(tmp_
 
 
 def test_corpus_root_symlinks_out_of_the_root_are_left_out(tmp_path: Path) -> None:
+    from corpus_fixtures import write_pmemo2019_fixture
+
     from a2b_pipeline.data.corpora.pmemo2019 import scan_pmemo2019
-    from a2b_pipeline.data.corpus_fixtures import write_pmemo2019_fixture
 
     root = tmp_path / "PMEmo2019"
     write_pmemo2019_fixture(
@@ -770,9 +771,10 @@ def test_disk_full_while_writing_a_checkpoint_is_named(tmp_path: Path) -> None:
 def test_corpus_song_links_need_an_allowed_url_scheme(tmp_path: Path) -> None:
     import csv
 
+    from corpus_fixtures import write_hku956_fixture
+
     from a2b_pipeline.configs import DataConfig, DatasetConfig
     from a2b_pipeline.data.corpora import list_recordings
-    from a2b_pipeline.data.corpus_fixtures import write_hku956_fixture
 
     root = tmp_path / "HKU956"
     write_hku956_fixture(root, participants=2, songs_per_participant=2, seconds=6.0, missing_eda=False)

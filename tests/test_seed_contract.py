@@ -1,5 +1,6 @@
-"""The seed's interface (../shared/SEED.md), used as a reader of that text would: its classes, fields, types,
-status values, function signatures and keyword names, and a checkpoint that resumes."""
+"""The seed's interface (the specification the project started from), used as a reader of that text
+would: its classes, fields, types, status values, function signatures and keyword names, and a checkpoint
+that resumes."""
 
 from __future__ import annotations
 

@@ -127,27 +127,6 @@ def _read_owner(fd: int) -> str:
         return "another process (owner unknown)"
 
 
-def owner_of(run_dir: str | os.PathLike[str]) -> str | None:
-    """Who holds `run_dir` now (as in the busy error), or None when nobody does."""
-    import fcntl
-
-    lock = Path(run_dir) / LOCK_FILE
-    try:
-        fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    try:
-        if os.path.realpath(run_dir) in _HELD:
-            return _read_owner(fd)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return _read_owner(fd)
-        return None
-    finally:
-        os.close(fd)  # also drops the shared lock taken to test it
-
-
 def clean_debris(run_dir: Path) -> None:
     """Remove what interrupted writes left; an `.old-step_*` whose step is missing is put back first."""
     for entry in sorted(run_dir.iterdir()):

@@ -19,6 +19,7 @@ from a2b_pipeline.checkpoint.store import load_tensors
 from a2b_pipeline.configs import RunConfig
 from a2b_pipeline.data.datasets import WindowDataset
 from a2b_pipeline.data.pipeline import PreparedData, make_loader, prepare_data
+from a2b_pipeline.evaluation import REPORT_FILE
 from a2b_pipeline.evaluation.baselines import BASELINES, Baselines, fit_baselines, normalised_target
 from a2b_pipeline.evaluation.metrics import MetricAccumulator, make_loss
 from a2b_pipeline.evaluation.scoring import N_BOOT, RecordingEval, block
@@ -311,7 +312,7 @@ def write_report(report: dict[str, Any]) -> Path:
 
 
 def report_path(report: dict[str, Any]) -> Path:
-    return Path(report["run_dir"]) / f"evaluation-{report['split']}.json"
+    return Path(report["run_dir"]) / REPORT_FILE.format(split=report["split"])
 
 
 _COLORS = {
