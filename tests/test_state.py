@@ -12,13 +12,7 @@ from _util import sample_state, write_step
 from pydantic import ValidationError
 
 from a2b_pipeline.checkpoint.directory import CheckpointError
-from a2b_pipeline.state import (
-    SCHEMA_VERSION,
-    MetricRecord,
-    MetricState,
-    RNGState,
-    TrainState,
-)
+from a2b_pipeline.state import SCHEMA_VERSION, MetricRecord, MetricState, RNGState, TrainState
 
 
 def test_json_round_trip_every_field(tmp_path: Path) -> None:
