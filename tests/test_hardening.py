@@ -20,8 +20,9 @@ import pytest
 import soundfile as sf
 from _util import REPO, http_server, tiny_config
 
+from a2b_pipeline.checkpoint.directory import CheckpointError
 from a2b_pipeline.cli import main
-from a2b_pipeline.state import CheckpointError, TrainState
+from a2b_pipeline.state import TrainState
 
 
 @pytest.fixture(scope="module")

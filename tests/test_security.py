@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 from _util import A2B, REPO, http_server, longer_run, run_cli, start_training, wait_for, write_config
 
-from a2b_pipeline.state import TrainState, checkpoint_name, list_checkpoints
+from a2b_pipeline.checkpoint.directory import checkpoint_name, list_checkpoints
+from a2b_pipeline.state import TrainState
 
 # ---- 1. one owner per run directory ----
 
@@ -663,7 +664,7 @@ def _edit_state(ckpt: Path, edit) -> None:
 def test_checkpoint_files_must_be_regular_files_inside_the_checkpoint(
     tmp_path: Path, finished_run: Path
 ) -> None:
-    from a2b_pipeline.state import CheckpointError
+    from a2b_pipeline.checkpoint.directory import CheckpointError
 
     (run,) = _runs(tmp_path, finished_run, "run")
     newest = run / "step_000000006"
@@ -695,8 +696,8 @@ def test_checkpoint_files_must_be_regular_files_inside_the_checkpoint(
 
 
 def test_an_edited_config_in_a_checkpoint_is_refused(tmp_path: Path, finished_run: Path) -> None:
+    from a2b_pipeline.checkpoint.directory import CheckpointError
     from a2b_pipeline.cli import main
-    from a2b_pipeline.state import CheckpointError
 
     (run,) = _runs(tmp_path, finished_run, "run")
     elsewhere = tmp_path / "attacker"
@@ -719,7 +720,7 @@ def test_an_edited_config_in_a_checkpoint_is_refused(tmp_path: Path, finished_ru
 def test_huge_or_deep_state_files_are_refused_and_older_checkpoints_used(
     tmp_path: Path, finished_run: Path
 ) -> None:
-    from a2b_pipeline.state import CheckpointError
+    from a2b_pipeline.checkpoint.directory import CheckpointError
 
     (run,) = _runs(tmp_path, finished_run, "run")
     newest = run / "step_000000006"

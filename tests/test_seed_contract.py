@@ -16,10 +16,11 @@ from _util import tiny_config
 from pydantic import ValidationError
 from torch.utils.data import DataLoader, TensorDataset
 
+from a2b_pipeline.checkpoint.directory import CheckpointError
+from a2b_pipeline.checkpoint.store import load_tensors
 from a2b_pipeline.configs import RunConfig
 from a2b_pipeline.data.meta_dataloader import MetaDataLoader
 from a2b_pipeline.state import (
-    CheckpointError,
     CheckpointState,
     DataLoaderState,
     MetaDataLoaderState,
@@ -28,7 +29,6 @@ from a2b_pipeline.state import (
     OptimizerState,
     RNGState,
     TrainState,
-    load_tensors,
 )
 from a2b_pipeline.train import train
 

@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from a2b_pipeline.checkpoint.directory import STATE_FILE
 from a2b_pipeline.configs import ConfigError
 from a2b_pipeline.files import remove_inside
 
@@ -132,7 +133,7 @@ def clean_debris(run_dir: Path) -> None:
         name = entry.name
         if name.startswith(".old-step_"):
             target = run_dir / name.removeprefix(".old-")
-            if not target.exists() and (entry / "train_state.json").exists():
+            if not target.exists() and (entry / STATE_FILE).exists():
                 os.replace(entry, target)  # the crash came between the two renames of a rewrite
                 log.warning("restored %s from an interrupted rewrite", target)
                 continue

@@ -60,8 +60,9 @@ def _say(message: str) -> None:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
+    from a2b_pipeline.checkpoint.directory import CheckpointError
     from a2b_pipeline.runs import find_runs, resume_training
-    from a2b_pipeline.state import CheckpointError, TrainState
+    from a2b_pipeline.state import TrainState
 
     root = Path(args.path)
     runs = find_runs(root)

@@ -48,6 +48,7 @@ from dagster import (
     asset,
 )
 
+from a2b_pipeline.checkpoint.directory import STATE_FILE
 from a2b_pipeline.defs.common import (
     Experiment,
     forward_library_logs,
@@ -170,7 +171,7 @@ def _report(step: AssetStep, out: Produced) -> MaterializeResult:
     data_version = out.record.get("data_version")
     state, state_path = out.state, None
     if state is not None:
-        state_path = (out.checkpoint or state.run_dir) / "train_state.json"
+        state_path = (out.checkpoint or state.run_dir) / STATE_FILE
     elif data_version:
         state, state_path = write_planned_state(exp, name, step.run_id, data_version)
     lineage = lineage_metadata(

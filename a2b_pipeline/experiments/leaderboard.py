@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from a2b_pipeline.checkpoint.directory import STATE_FILE, CheckpointError, list_checkpoints
 from a2b_pipeline.evaluation import REPORT_FILE
 from a2b_pipeline.files import MAX_STATE_BYTES, read_json
 
@@ -225,7 +226,7 @@ def _state_facts(state: Any) -> dict[str, Any]:
 
 def row_from_run_dir(run_dir: str | Path, split: str = "test", metric: str = DEFAULT_METRIC) -> Row:
     """The row of one run directory: its evaluation if it has one, else its training status."""
-    from a2b_pipeline.state import CheckpointError, TrainState, list_checkpoints
+    from a2b_pipeline.state import TrainState
 
     run_dir = Path(run_dir)
     name = run_dir.name
@@ -268,11 +269,10 @@ def row_from_run_dir(run_dir: str | Path, split: str = "test", metric: str = DEF
 def _unverified_facts(run_dir: Path, default_name: str) -> tuple[str, dict[str, Any]]:
     """Name, model, datasets, step and hash from the newest train_state.json as written, unverified: what a
     row of a broken run can still say about it."""
-    from a2b_pipeline.state import list_checkpoints
 
     for ckpt in reversed(list_checkpoints(run_dir)):
         try:
-            raw = read_json(ckpt / "train_state.json", MAX_STATE_BYTES, "train state")
+            raw = read_json(ckpt / STATE_FILE, MAX_STATE_BYTES, "train state")
             cfg = raw["config"]
             return cfg.get("name", default_name), {
                 "model": cfg["model"]["name"],

@@ -61,7 +61,8 @@ def open_pipes(rank: int) -> Any:
 
 def run_facts(run_dir: str, world_size: int, seconds: float, code: int) -> dict[str, Any]:
     """What the job reports as metadata: where and how it ran, and what the run directory now holds."""
-    from a2b_pipeline.state import TrainState, list_checkpoints
+    from a2b_pipeline.checkpoint.directory import list_checkpoints
+    from a2b_pipeline.state import TrainState
 
     facts: dict[str, Any] = {
         "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""),

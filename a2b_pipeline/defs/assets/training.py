@@ -10,6 +10,7 @@ from typing import Any
 from dagster import Config, Failure, MetadataValue
 from pydantic import Field
 
+from a2b_pipeline.checkpoint.directory import STATE_FILE
 from a2b_pipeline.defs.assets.data import meta_loader_spec
 from a2b_pipeline.defs.common import plot_loss_curve, png_markdown, rounded, state_sha256
 from a2b_pipeline.defs.template import AssetStep, Produced, experiment_asset
@@ -126,7 +127,7 @@ def _run_record(state: Any, resumed_from: int) -> dict[str, Any]:
         "last_model_path": str(state.model_state.last_model_path),
         "best_model_path": str(state.model_state.best_model_path),
         "metric_state": state.metric_state.metrics,
-        "train_state": str((last or state.run_dir) / "train_state.json"),
+        "train_state": str((last or state.run_dir) / STATE_FILE),
         "wandb_run_path": state.wandb_run_path,
         "message": state.message,
     }
@@ -208,7 +209,8 @@ def training_run(step: AssetStep) -> Produced:
     "and pinned by the sha256 of its train_state.json.",
 )
 def best_checkpoint(step: AssetStep) -> Produced:
-    from a2b_pipeline.state import CheckpointError, TrainState
+    from a2b_pipeline.checkpoint.directory import CheckpointError
+    from a2b_pipeline.state import TrainState
 
     run = step.upstream["training_run"]
     chosen = run.get("best_checkpoint") or run.get("last_checkpoint")
@@ -231,7 +233,7 @@ def best_checkpoint(step: AssetStep) -> Produced:
             "step": state.global_step,
             "best_metric": state.checkpoint_state.best_metric,
             "best_value": state.checkpoint_state.best_value,
-            "train_state": str(ckpt / "train_state.json"),
+            "train_state": str(ckpt / STATE_FILE),
             "wandb_run_path": state.wandb_run_path,
             "training_run": run["train_state"],
         },
