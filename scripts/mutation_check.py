@@ -227,31 +227,31 @@ BUGS = [
     Bug("state.py", "        np.random.set_state((", "        (", "numpy RNG not restored"),
     # metrics.py
     Bug(
-        "evaluation/metrics.py",
+        "training/metrics.py",
         'return F.l1_loss(pred, true, reduction="none").mean((0, 1))',
         'return F.l1_loss(pred, true, reduction="none").sum((0, 1))',
         "l1 summed",
     ),
     Bug(
-        "evaluation/metrics.py",
+        "training/metrics.py",
         "cw = cw / cw.sum() * n_channels",
         "cw = cw / cw.sum()",
         "channel weights not rescaled",
     ),
     Bug(
-        "evaluation/metrics.py",
+        "training/metrics.py",
         "vp, vt = s[2] / n - mp**2, s[3] / n - mt**2",
         "vp, vt = s[2] / n - mp**2, s[3] / n - mp**2",
         "pooled variance of the wrong mean",
     ),
     Bug(
-        "evaluation/metrics.py",
+        "training/metrics.py",
         'out[f"{prefix}/{name}"] = float(per.mean())',
         'out[f"{prefix}/{name}"] = float(per[0])',
         "mean over channels is the first",
     ),
     Bug(
-        "evaluation/metrics.py",
+        "training/metrics.py",
         "return 2 * cov / (pv + tv + (pm - tm).square() + EPS)",
         "return 2 * cov / (pv + tv + EPS)",
         "CCC without the mean term",
