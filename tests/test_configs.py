@@ -181,8 +181,11 @@ def _hand_hash(cfg: RunConfig) -> str:
     del dump["checkpoint"]["async_write"], dump["data"]["cache_max_gb"]
     for key in ("split", "allow_outside_paths", "url_schemes"):
         del dump["data"][key]  # at their defaults
-    for ds in dump["data"]["datasets"]:
-        del ds["synthetic"]["stimuli"]
+    for ds in dump["data"]["datasets"]:  # a type's own options; every dataset had them at their defaults
+        ds.setdefault("synthetic", {"subjects": 6, "recordings_per_subject": 3, "seconds": 30.0, "seed": 0})
+        ds["synthetic"].pop("stimuli", None)
+        ds.setdefault("audio_dir", None)
+        ds.setdefault("signal_rates", {})
     return hashlib.sha256(json.dumps(dump, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 

@@ -1,6 +1,11 @@
-"""A corpus type is one module: a made-up layout, defined by a module written in the test (no file of the
-package edited), is validated in configs, listed, fingerprinted and trained on; installed as a plugin (an
-entry point in the `a2b_pipeline.corpora` group), the CLI finds it too."""
+"""The registries (a2b_pipeline/plugins.py): a corpus type is one module, and so is a model.
+
+A made-up layout, defined by a module written in the test (no file of the package edited), is validated in
+configs, listed, fingerprinted and trained on; installed as a plugin (an entry point in the
+`a2b_pipeline.corpora` group), the CLI finds it too. A corpus type with options of its own
+(tests/plugins/picked_corpus.py) and a model with its own config class (tests/plugins/frame_mean_model.py),
+each one module, are validated by their own classes, prepared and trained on.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +16,14 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import yaml
 from _util import SMALL, tiny_config
+from safetensors import safe_open
 
+from a2b_pipeline import plugins
 from a2b_pipeline.configs import ConfigError, config_from_dict
 from a2b_pipeline.data import corpora
 from a2b_pipeline.data.corpora import list_recordings, source_of
@@ -24,6 +32,7 @@ from a2b_pipeline.state import TrainState
 from a2b_pipeline.train import train
 
 REPO = Path(__file__).resolve().parents[1]
+PLUGINS = Path(__file__).resolve().parent / "plugins"
 
 # The whole corpus type: <root>/<subject>/<clip>.wav, its biosignals in <clip>.csv beside it (time in
 # seconds of the audio, one column per channel).
@@ -88,15 +97,22 @@ def folders_config(tmp_path: Path, roots: list[Path]) -> dict:
 @pytest.fixture
 def folders_type(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Import the module from a file outside the package (registering the type for this test only)."""
-    monkeypatch.setattr(corpora, "_REGISTERED", dict(corpora._REGISTERED))
     path = tmp_path / "plugin" / "folders_corpus.py"
     path.parent.mkdir()
     path.write_text(FOLDERS_MODULE)
-    spec = importlib.util.spec_from_file_location("folders_corpus", path)
+    return load_plugin(path, monkeypatch).CORPUS
+
+
+def load_plugin(path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """Import a module from a file outside the package; what it registers is registered for this test only."""
+    for registry in (plugins.CORPUS_TYPES, plugins.MODELS):
+        monkeypatch.setattr(registry, "_registered", dict(registry._registered))
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, path.stem, module)  # pydantic resolves the module's annotations there
     spec.loader.exec_module(module)
-    return module.CORPUS
+    return module
 
 
 def test_an_unknown_type_is_a_config_error(tmp_path):
@@ -163,3 +179,58 @@ def test_an_installed_plugin_is_found_by_the_cli(tmp_path):
         timeout=120,
     )
     assert proc.returncode == 2 and "unknown dataset type 'folders'" in proc.stderr
+
+
+# ---- a corpus type with options of its own, and a model with its own config class: one module each ----
+
+
+def picked_config(tmp_path: Path, manifest: Path, **options) -> dict:
+    raw = tiny_config(tmp_path).model_dump(mode="json")
+    raw["data"]["datasets"][0] = {"name": "picked", "type": "picked", "manifest": str(manifest), **options}
+    return raw
+
+
+def test_a_corpus_type_with_its_own_options_validates_them_and_trains(tmp_path, monkeypatch):
+    picked = load_plugin(PLUGINS / "picked_corpus.py", monkeypatch)
+    manifest = write_synthetic_corpus(tmp_path / "src", seed=3, **SMALL)
+    subjects = ["s01", "s02", "s03"]
+    cfg = config_from_dict(picked_config(tmp_path, manifest, subjects=subjects, limit=5), "picked.yaml")
+    ds = cfg.data.datasets[0]
+    assert isinstance(ds, picked.PickedDataset) and (ds.subjects, ds.limit) == (subjects, 5)
+    assert corpora.get("picked").options == ("subjects", "limit")
+    listing = list_recordings(ds, cfg.data)
+    assert len(listing.recordings) == 5 and {r.subject_id for r in listing.recordings} <= set(subjects)
+    assert yaml.safe_load(cfg.to_yaml())["data"]["datasets"][0]["subjects"] == subjects  # saved with the run
+
+    bad = [({"limit": 0}, "data.datasets.0.limit: Input should be greater than 0")]
+    bad.append(({"subjects": "s01"}, "data.datasets.0.subjects: Input should be a valid list"))
+    for options, message in bad:
+        with pytest.raises(ConfigError, match=message):
+            config_from_dict(picked_config(tmp_path, manifest, **options), "picked.yaml")
+    other = picked_config(tmp_path, manifest, limit=5)
+    other["data"]["datasets"][0]["type"] = "manifest"  # the option is the picked type's only
+    with pytest.raises(ConfigError, match="data.datasets.0.limit: unknown key"):
+        config_from_dict(other, "picked.yaml")
+
+    state = train(TrainState.from_config(cfg, run_dir=tmp_path / "run"))
+    assert state.status == "complete" and state.global_step == cfg.train.max_steps
+    resumed = TrainState.from_checkpoint(state.run_dir)  # the stored config validates by its type again
+    assert resumed.config.data.datasets[0] == ds
+
+
+def test_a_model_with_its_own_config_class_validates_builds_and_trains(tmp_path, monkeypatch):
+    model = load_plugin(PLUGINS / "frame_mean_model.py", monkeypatch)
+    assert "frame_mean" in plugins.MODELS.names()
+    raw = tiny_config(tmp_path).model_dump(mode="json")
+    raw["model"] = {"name": "frame_mean", "hidden": 0}
+    with pytest.raises(ConfigError, match="model.frame_mean.hidden: Input should be greater than 0"):
+        config_from_dict(raw, "frame_mean.yaml")
+    raw["model"] = {"name": "frame_mean", "hidden": 6, "dropout": 0.0}
+    cfg = config_from_dict(raw, "frame_mean.yaml")
+    assert isinstance(cfg.model, model.FrameMeanConfig) and cfg.model.hidden == 6
+
+    state = train(TrainState.from_config(cfg, run_dir=tmp_path / "run"))
+    assert state.status == "complete" and state.global_step == cfg.train.max_steps
+    weights = safe_open(str(Path(state.model_state.last_model_path)), "pt")
+    assert {k.split(".")[0] for k in weights.keys()}  # noqa: SIM118 (safe_open is no dict) == {"net"}  # the plugin's architecture was trained
+    assert TrainState.from_checkpoint(state.run_dir).config.model == cfg.model
