@@ -159,26 +159,16 @@ def test_an_installed_plugin_is_found_by_the_cli(tmp_path):
     config = tmp_path / "folders.yaml"
     config.write_text(yaml.safe_dump(folders_config(tmp_path, [tmp_path / "clips"])))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run(
-        [sys.executable, "-m", "a2b_pipeline.cli", "validate", str(config)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=env,
-        timeout=120,
-    )
+    proc = _validate(config, env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "type: folders" in proc.stdout
-    without = {**os.environ}
-    proc = subprocess.run(
-        [sys.executable, "-m", "a2b_pipeline.cli", "validate", str(config)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=without,
-        timeout=120,
-    )
+    proc = _validate(config, {**os.environ})  # without the plugin's distribution
     assert proc.returncode == 2 and "unknown dataset type 'folders'" in proc.stderr
+
+
+def _validate(config: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "a2b_pipeline.cli", "validate", str(config)]
+    return subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
 
 
 # ---- a corpus type with options of its own, and a model with its own config class: one module each ----

@@ -7,7 +7,7 @@ from pydantic import PositiveInt
 
 from a2b_pipeline.configs import DataConfig, DatasetConfig
 from a2b_pipeline.data.corpora import CorpusType, register
-from a2b_pipeline.data.manifest import read_manifest_listing
+from a2b_pipeline.data.corpora.manifest import list_manifest
 from a2b_pipeline.data.recording import Listing
 
 
@@ -17,15 +17,7 @@ class PickedDataset(DatasetConfig):
 
 
 def list_picked(ds: PickedDataset, data: DataConfig) -> Listing:
-    assert ds.manifest is not None  # `sources`: config validation guarantees it
-    listing = read_manifest_listing(
-        ds.manifest,
-        ds.name,
-        channels=data.channels,
-        on_bad=data.on_bad_recording,
-        allow_outside=data.allow_outside_paths,
-        url_schemes=data.url_schemes,
-    )
+    listing = list_manifest(ds, data)  # the manifest type's reader, then the picking
     kept = [r for r in listing.recordings if not ds.subjects or r.subject_id in ds.subjects]
     listing.recordings = kept[: ds.limit]
     return listing
