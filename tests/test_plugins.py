@@ -147,23 +147,39 @@ def test_a_corpus_type_added_by_one_module_lists_and_trains(tmp_path, folders_ty
 
 def test_an_installed_plugin_is_found_by_the_cli(tmp_path):
     """A distribution that names the module in the entry point group: `a2b validate` accepts the type."""
-    site = tmp_path / "site"
-    (site / "folders_corpus-1.0.dist-info").mkdir(parents=True)
-    (site / "folders_corpus.py").write_text(FOLDERS_MODULE)
-    (site / "folders_corpus-1.0.dist-info" / "METADATA").write_text(
-        "Metadata-Version: 2.1\nName: folders-corpus\nVersion: 1.0\n"
-    )
-    (site / "folders_corpus-1.0.dist-info" / "entry_points.txt").write_text(
-        "[a2b_pipeline.corpora]\nfolders = folders_corpus\n"
-    )
+    env = _installed(tmp_path / "site", "folders_corpus", FOLDERS_MODULE, "[a2b_pipeline.corpora]\nfolders")
     config = tmp_path / "folders.yaml"
     config.write_text(yaml.safe_dump(folders_config(tmp_path, [tmp_path / "clips"])))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
     proc = _validate(config, env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "type: folders" in proc.stdout
     proc = _validate(config, {**os.environ})  # without the plugin's distribution
     assert proc.returncode == 2 and "unknown dataset type 'folders'" in proc.stderr
+
+
+def test_an_installed_model_plugin_is_found_by_the_cli(tmp_path):
+    source = (PLUGINS / "frame_mean_model.py").read_text()
+    env = _installed(tmp_path / "site", "frame_mean_model", source, "[a2b_pipeline.models]\nframe_mean")
+    raw = tiny_config(tmp_path).model_dump(mode="json")
+    raw["model"] = {"name": "frame_mean", "hidden": 5}
+    config = tmp_path / "frame_mean.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    proc = _validate(config, env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "name: frame_mean" in proc.stdout and "hidden: 5" in proc.stdout
+    proc = _validate(config, {**os.environ})
+    assert proc.returncode == 2 and "unknown model 'frame_mean'" in proc.stderr
+
+
+def _installed(site: Path, module: str, source: str, entry: str) -> dict[str, str]:
+    """An installed distribution holding `module` and naming it in an entry point (`[group]\\nname`);
+    returns the environment that sees it."""
+    info = site / f"{module}-1.0.dist-info"
+    info.mkdir(parents=True)
+    (site / f"{module}.py").write_text(source)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"{entry} = {module}\n")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
 
 
 def _validate(config: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
