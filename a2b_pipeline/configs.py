@@ -306,11 +306,13 @@ class FreezeRule(Strict):
 
 class ModelConfig(Strict):
     """A model's settings. A model is its config class, a subclass whose `name` (a Literal with a default)
-    is the model's, plus its architecture: `architecture` names the nn.Module class, built as
-    `Class(cfg, models.ModelIO)` and imported only when a model is built (validating a config stays free of
-    torch). Defining the subclass registers it in plugins.MODELS; a module defining one is found there by
-    the `a2b_pipeline.models` entry point group (`name = "package.module"`, whose `MODEL` is the class).
-    A model given as data (YAML, a dict) is validated by the class its `name` names."""
+    is the model's, plus its architecture: `architecture` is the nn.Module class (or "module:Class", imported
+    only when a model is built), built as `Class(cfg, models.ModelIO)`. Defining the subclass registers it
+    in plugins.MODELS. A new model is one module holding both, with `MODEL = <its config class>`: under
+    a2b_pipeline/models/ it is found by its name, elsewhere by the `a2b_pipeline.models` entry point group
+    (`name = "package.module"`). The shipped models' classes below name their architectures by string, so
+    validating a config never imports torch. A model given as data (YAML, a dict) is validated by the class
+    its `name` names."""
 
     name: str
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1

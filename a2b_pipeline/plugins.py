@@ -3,7 +3,7 @@
 A registry maps a name to an entry (a corpus type's ``CorpusType``, a model's config class). It finds:
 
 - built-in entries by module name: ``<package>.<name>`` defines ``<attribute>`` (modules whose names start
-  with ``_`` hold shared helpers);
+  with ``_``, and the registry's ``helpers``, hold shared code);
 - entries defined elsewhere, registered with :meth:`Registry.register` when their module is imported;
 - entries named by an entry point of ``group`` (``name = "package.module"``), usable from configs, the CLI
   and Dagster once their distribution is installed.
@@ -35,10 +35,17 @@ class Registry(Generic[T]):
     """`name -> entry` for one kind of plugin (see the module docstring); `name_of(entry)` is its name."""
 
     def __init__(
-        self, kind: str, *, package: str | None, attribute: str, group: str, name_of: Callable[[T], str]
+        self,
+        kind: str,
+        *,
+        package: str,
+        attribute: str,
+        group: str,
+        name_of: Callable[[T], str],
+        helpers: tuple[str, ...] = (),
     ) -> None:
         self.kind, self.package, self.attribute, self.group = kind, package, attribute, group
-        self.name_of = name_of
+        self.name_of, self.helpers = name_of, helpers  # helpers: modules of `package` that are no entry
         self._registered: dict[str, T] = {}
 
     def register(self, entry: T) -> T:
@@ -48,9 +55,10 @@ class Registry(Generic[T]):
 
     @cached_property
     def _builtin(self) -> tuple[str, ...]:
-        spec = importlib.util.find_spec(self.package) if self.package else None  # imports no module of it
+        spec = importlib.util.find_spec(self.package)  # runs none of the package's modules
         paths = (spec.submodule_search_locations or []) if spec else []
-        return tuple(sorted(m.name for m in pkgutil.iter_modules(paths) if not m.name.startswith("_")))
+        modules = (m.name for m in pkgutil.iter_modules(paths) if not m.name.startswith("_"))
+        return tuple(sorted(m for m in modules if m not in self.helpers))
 
     @cached_property
     def _entry_points(self) -> dict[str, str]:
@@ -70,7 +78,9 @@ class Registry(Generic[T]):
                 module = self._entry_points[name].split(":", 1)[0]
             else:
                 raise UnknownPluginError(f"unknown {self.kind} {name!r}; expected one of {self.names()}")
-            entry: Any = getattr(importlib.import_module(module), self.attribute, None)
+            # the module's `attribute`, or what importing it registered (a model's config class registers
+            # itself when defined)
+            entry: Any = getattr(importlib.import_module(module), self.attribute, self._registered.get(name))
             if entry is None or self.name_of(entry) != name:
                 raise UnknownPluginError(
                     f"module {module} defines no {self.attribute} for {self.kind} {name!r}"
@@ -88,13 +98,16 @@ CORPUS_TYPES: Registry[Any] = Registry(
     name_of=lambda kind: kind.name,
 )
 
-# Models: a config class (a configs.ModelConfig whose `name` is the model's) that names its architecture.
-# The built-in models' config classes are in configs.py (validating a config stays free of torch) and
-# register themselves; a model added by a plugin is one module with its config class and its architecture.
+# Models: a config class (a configs.ModelConfig whose `name` is the model's) that names its architecture,
+# registered when it is defined. A model module of a2b_pipeline.models (or a plugin's) defines both and
+# MODEL = its config class; validating a config that names it imports the module, torch with it. The
+# shipped models' config classes are in configs.py instead, so validating their configs (the Dagster
+# sensors and assets, light CLI commands) never imports torch.
 MODELS: Registry[Any] = Registry(
     "model",
-    package=None,
+    package="a2b_pipeline.models",
     attribute="MODEL",
     group="a2b_pipeline.models",
     name_of=lambda config: config.model_fields["name"].default,
+    helpers=("layers",),
 )
