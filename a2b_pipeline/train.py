@@ -2,8 +2,8 @@
 
 Everything a step depends on is in the TrainState (config, step, epoch, RNG, loader positions, optimizer)
 so that a run resumed from any checkpoint continues bit for bit. Saving and restoring the live objects is
-checkpointing.py's; what evaluation shares with training (device, autocast, EMA, a pass over a loader) is
-engine.py's.
+checkpoint/checkpointer.py's; what evaluation shares with training (device, autocast, EMA, a pass over a
+loader) is training/engine.py's.
 """
 
 from __future__ import annotations

@@ -174,7 +174,7 @@ BUGS = [
         "return max(1, batches_per_epoch)",
         "epoch validation ignores accumulation",
     ),
-    # checkpointing.py
+    # checkpoint/checkpointer.py
     Bug(
         "checkpoint/checkpointer.py",
         "            self.ema.shadow = checked_weights(",
@@ -311,7 +311,7 @@ BUGS = [
     ),
     Bug(
         "evaluation/evaluate.py",
-        '    if (path / "best" / "train_state.json").exists():',
+        '    if (path / "best" / STATE_FILE).exists():',
         "    if False:",
         "a run is evaluated at its last checkpoint, not its best",
     ),
@@ -488,14 +488,14 @@ BUGS = [
         "val and test swapped",
     ),
     Bug(
-        "state.py",
-        "        for ckpt in reversed(list_checkpoints(path)):",
-        "        for ckpt in list_checkpoints(path):",
+        "checkpoint/store.py",
+        "    for ckpt in reversed(list_checkpoints(path)):",
+        "    for ckpt in list_checkpoints(path):",
         "a run directory resumes from its oldest checkpoint",
     ),
     Bug(
-        "state.py",
-        "best_here = ck.best_step is not None and ck.best_step == self.global_step",
+        "checkpoint/store.py",
+        "best_here = ck.best_step is not None and ck.best_step == state.global_step",
         "best_here = ck.best_step is not None",
         "every written checkpoint names itself best",
     ),
@@ -749,7 +749,7 @@ BUGS = [
         "one channel",
         "tests/test_models.py",
     ),
-    # checkpoint_dir.py
+    # checkpoint/directory.py
     Bug(
         "checkpoint/directory.py",
         'return f"step_{step:09d}"',
@@ -1533,13 +1533,7 @@ BUGS = [
     Bug("checkpoint/lock.py", "    os.ftruncate(fd, 0)\n", "", "owner appended, not replaced"),
     Bug(
         "checkpoint/lock.py",
-        "            return _read_owner(fd)\n        return None\n    finally:",
-        "            return _read_owner(fd)\n        return _read_owner(fd)\n    finally:",
-        "a free directory reported held",
-    ),
-    Bug(
-        "checkpoint/lock.py",
-        '            if not target.exists() and (entry / "train_state.json").exists():',
+        "            if not target.exists() and (entry / STATE_FILE).exists():",
         "            if not target.exists():",
         "uncommitted old step restored",
     ),

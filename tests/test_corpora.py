@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from corpus_fixtures import write_clip, write_hku956_fixture, write_pmemo2019_fixture
 
 from a2b_pipeline.cli.corpus import corpus_main
 from a2b_pipeline.configs import DataConfig, DatasetConfig, config_from_dict, load_config
@@ -19,7 +20,6 @@ from a2b_pipeline.data import datasets, feature_cache, signal_csv
 from a2b_pipeline.data.corpora import CorpusError, list_recordings
 from a2b_pipeline.data.corpora.hku956 import scan_hku956
 from a2b_pipeline.data.corpora.pmemo2019 import scan_pmemo2019, subject_id_from_header
-from a2b_pipeline.data.corpus_fixtures import write_clip, write_hku956_fixture, write_pmemo2019_fixture
 from a2b_pipeline.data.datasets import load_recording
 from a2b_pipeline.data.manifest import ManifestError
 from a2b_pipeline.data.recording import BadRecordingError

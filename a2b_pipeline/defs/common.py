@@ -27,6 +27,7 @@ from dagster import (
     TableSchema,
 )
 
+from a2b_pipeline.checkpoint.directory import STATE_FILE
 from a2b_pipeline.defs.resources import ExperimentStore, TrainDevice, WandbTracking
 from a2b_pipeline.files import MAX_RECORD_BYTES, MAX_STATE_BYTES, FileRefusedError, parse_json, read_bounded
 from a2b_pipeline.files import atomic_write as write_file_atomically
@@ -117,7 +118,7 @@ def short_digest(digest: str) -> str:
 
 def state_sha256(checkpoint: Path) -> str:
     """sha256 of a checkpoint's train_state.json, read bounded (files.read_bounded)."""
-    blob = read_bounded(checkpoint / "train_state.json", MAX_STATE_BYTES, "more than a run's state takes")
+    blob = read_bounded(checkpoint / STATE_FILE, MAX_STATE_BYTES, "more than a run's state takes")
     return sha256_bytes(blob)
 
 
@@ -181,7 +182,7 @@ def write_planned_state(
     run_dir = exp.run_dir(data_version) if data_version else exp.dir / f"train-{exp.config_hash}"
     state = TrainState.from_config(exp.cfg, run_dir=run_dir)
     state.data_version = data_version
-    path = materialization_file(exp, asset, run_id, ".train_state.json")
+    path = materialization_file(exp, asset, run_id, f".{STATE_FILE}")
     atomic_write(path, state.to_json().encode())
     return state, path
 

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 from dagster import Config, ConfigurableResource
 from pydantic import Field
 
+from a2b_pipeline.data.remote import has_scheme
+
 if TYPE_CHECKING:
     from a2b_pipeline.configs import RunConfig
 
@@ -23,13 +25,9 @@ DEVICES = ("config", "auto", "cpu", "cuda")
 LAUNCHES = ("process", "slurm")
 
 
-def _is_url(path: str) -> bool:
-    return "://" in path
-
-
 def _rebase(path: str, root: Path) -> str:
     """A relative local path -> absolute under `root`; URLs and absolute paths stay as they are."""
-    if _is_url(path):
+    if has_scheme(path):
         return path
     p = Path(path).expanduser()
     return str(p if p.is_absolute() else (root / p).resolve())
@@ -149,7 +147,7 @@ class ExperimentStore(ConfigurableResource):
             return
         root = os.path.realpath(self.root)
         for field, path in (("checkpoint.dir", cfg.checkpoint.dir), ("data.cache_dir", cfg.data.cache_dir)):
-            if path is None or _is_url(path) or Path(path).expanduser().is_absolute():
+            if path is None or has_scheme(path) or Path(path).expanduser().is_absolute():
                 continue
             real = os.path.realpath(Path(root) / path)
             if os.path.commonpath([real, root]) != root:

@@ -138,11 +138,11 @@ def guard_upstream(exp: Experiment, rec: dict[str, Any], asset_name: str) -> Non
 
 
 def redacted(metadata: dict[str, Any]) -> dict[str, Any]:
-    """Metadata with every URL shown without its credentials (remote.redact_text): texts, markdown, paths,
+    """Metadata with every URL shown without its credentials (security.redact_text): texts, markdown, paths,
     URLs and JSON values alike; numbers and the rest as they are."""
     import json
 
-    from a2b_pipeline.data.remote import redact_text
+    from a2b_pipeline.security import redact_text
 
     out: dict[str, Any] = {}
     for key, value in metadata.items():

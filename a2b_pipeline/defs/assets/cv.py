@@ -29,6 +29,7 @@ from dagster import (
 )
 from pydantic import Field
 
+from a2b_pipeline.checkpoint.directory import STATE_FILE
 from a2b_pipeline.defs.assets.training import GPU_POOL, GPU_TAGS, run_where_configured
 from a2b_pipeline.defs.common import (
     Experiment,
@@ -149,7 +150,7 @@ def fold_training_run(context: AssetExecutionContext, config: FoldTrainingConfig
             "message": state.message,
         },
     )
-    state_path = (last or Path(state.run_dir)) / "train_state.json"
+    state_path = (last or Path(state.run_dir)) / STATE_FILE
     md = lineage_metadata(exp, state, state_path, state.data_version, record, checkpoint=last, trained=True)
     md.update(
         {
@@ -210,7 +211,7 @@ def fold_evaluation(context: AssetExecutionContext) -> MaterializeResult:
     )
     ckpt = Path(report["checkpoint"])
     md = lineage_metadata(
-        exp, state, ckpt / "train_state.json", state.data_version, record, checkpoint=ckpt, trained=True
+        exp, state, ckpt / STATE_FILE, state.data_version, record, checkpoint=ckpt, trained=True
     )
     md.update({k: MetadataValue.float(float(v)) for k, v in sorted(report["metrics"].items())})
     md.update(

@@ -8,6 +8,7 @@ from typing import Any
 
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, Failure, MetadataValue
 
+from a2b_pipeline.data.splits import SPLITS
 from a2b_pipeline.defs.common import (
     CORPUS_FINGERPRINT,
     corpus_fingerprint,
@@ -18,9 +19,6 @@ from a2b_pipeline.defs.common import (
 )
 from a2b_pipeline.defs.partitions import experiments
 from a2b_pipeline.defs.template import AssetStep, Produced, experiment_asset
-
-SPLITS = ("train", "val", "test")
-
 
 # ---- corpus_manifest ----
 

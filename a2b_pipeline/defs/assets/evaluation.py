@@ -8,6 +8,7 @@ from typing import Any
 
 from dagster import Failure, MetadataValue, TableColumn, TableRecord, TableSchema
 
+from a2b_pipeline.checkpoint.directory import STATE_FILE
 from a2b_pipeline.defs.assets.training import best_checkpoint
 from a2b_pipeline.defs.common import (
     atomic_write,
@@ -109,7 +110,7 @@ def evaluation(step: AssetStep) -> Produced:
             "data_version_matches_training": record["evaluated_data_version"] == state.data_version,
         },
         state=state,
-        state_path=ckpt / "train_state.json",
+        state_path=ckpt / STATE_FILE,
         checkpoint=ckpt,
         reused=reused,
         trained=True,

@@ -10,6 +10,7 @@ from typing import Any
 from dagster import Config, Failure, MetadataValue
 from pydantic import Field
 
+from a2b_pipeline.checkpoint.directory import STATE_FILE
 from a2b_pipeline.defs.assets.data import meta_loader_spec
 from a2b_pipeline.defs.common import plot_loss_curve, png_markdown, rounded, state_sha256
 from a2b_pipeline.defs.template import AssetStep, Produced, experiment_asset
@@ -128,7 +129,7 @@ def training_run(step: AssetStep) -> Produced:
     run_dir = Path(state.run_dir)
 
     last = state.last_checkpoint
-    state_path = last / "train_state.json" if last else run_dir / "train_state.json"
+    state_path = last / STATE_FILE if last else run_dir / STATE_FILE
     failure = None
     if state.status != "complete":
         # Not a materialization: the checkpoint is kept, and launching again resumes from it.
@@ -203,7 +204,8 @@ def training_run(step: AssetStep) -> Produced:
     "and pinned by the sha256 of its train_state.json.",
 )
 def best_checkpoint(step: AssetStep) -> Produced:
-    from a2b_pipeline.state import CheckpointError, TrainState
+    from a2b_pipeline.checkpoint.directory import CheckpointError
+    from a2b_pipeline.state import TrainState
 
     run = step.upstream["training_run"]
     chosen = run.get("best_checkpoint") or run.get("last_checkpoint")
@@ -214,7 +216,7 @@ def best_checkpoint(step: AssetStep) -> Produced:
         state = TrainState.from_checkpoint(ckpt)  # checks every file's digest
     except CheckpointError as e:
         raise Failure(f"best checkpoint of {step.exp.name} does not verify: {e}") from None
-    state_path = ckpt / "train_state.json"
+    state_path = ckpt / STATE_FILE
     ckpt_sha = state_sha256(ckpt)
     return Produced(
         record={
