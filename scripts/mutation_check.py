@@ -736,9 +736,9 @@ BUGS = [
         "tests/test_models.py",
     ),
     Bug(
-        "models/__init__.py",
-        '"tcn": TCN,',
-        '"tcn": ConvGRU,',
+        "configs.py",
+        'architecture = "a2b_pipeline.models.tcn:TCN"',
+        'architecture = "a2b_pipeline.models.conv_gru:ConvGRU"',
         "tcn builds a conv_gru",
         "tests/test_models.py",
     ),
