@@ -33,11 +33,11 @@ from a2b_pipeline.data.pipeline import (
     prepare_data,
     save_norm_stats,
 )
-from a2b_pipeline.evaluation.metrics import make_loss
 from a2b_pipeline.models import build_model, model_io
 from a2b_pipeline.state import MetricRecord, RNGState, TrainState
 from a2b_pipeline.training.distributed import StopRequest, broadcast_flag, check_ranks_agree, init_distributed
 from a2b_pipeline.training.engine import EMA, autocast_context, evaluate_loader, pick_device
+from a2b_pipeline.training.metrics import make_loss
 from a2b_pipeline.training.preflight import check_runnable
 from a2b_pipeline.training.progress import Progress
 from a2b_pipeline.training.schedule import (

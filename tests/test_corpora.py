@@ -445,6 +445,16 @@ def test_corpus_cli_text_manifest_and_errors(corpora, tmp_path, capsys):
     assert str(tmp_path / "missing") in err and "Traceback" not in err and err.count("\n") == 1
 
 
+def test_corpus_cli_options_are_the_types_own(corpora, capsys):
+    """`--audio-dir` is an option of hku956 (its config says so), refused by a type without it."""
+    audio_dir = corpora["hku"].root.parent / "HKU956_audio"
+    assert corpus_main(str(corpora["hku"].root), "hku956", True, None, audio_dir=str(audio_dir)) == 0
+    assert json.loads(capsys.readouterr().out)["recordings"] == 8
+    assert corpus_main(str(corpora["pmemo"].root), "pmemo2019", True, None, audio_dir=str(audio_dir)) == 2
+    err = capsys.readouterr().err
+    assert "corpus type 'pmemo2019' has no option 'audio_dir' (its options: none)" in err, err
+
+
 # ---- configs ----
 
 

@@ -14,7 +14,8 @@ from a2b_pipeline.checkpoint.directory import checkpoint_name
 from a2b_pipeline.checkpoint.store import load_tensors
 from a2b_pipeline.configs import config_from_dict
 from a2b_pipeline.evaluation.evaluate import evaluate_checkpoint, load_model
-from a2b_pipeline.models import MODELS, AudioEncoder, build_model, model_io
+from a2b_pipeline.models import AudioEncoder, build_model, model_io
+from a2b_pipeline.plugins import MODELS
 from a2b_pipeline.state import TrainState
 from a2b_pipeline.train import train
 from a2b_pipeline.training.schedule import lr_at
@@ -70,7 +71,7 @@ MODEL_CONFIGS = {
 
 
 def test_every_registered_model_has_a_test() -> None:
-    assert set(MODELS) == set(MODEL_CONFIGS) | {"hf_encoder"}  # hf_encoder: tests/test_hf_encoder.py
+    assert set(MODELS.names()) == set(MODEL_CONFIGS) | {"hf_encoder"}  # hf_encoder: tests/test_hf_encoder.py
 
 
 @pytest.mark.parametrize("name", sorted(MODEL_CONFIGS))

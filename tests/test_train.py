@@ -25,9 +25,9 @@ from a2b_pipeline.checkpoint.directory import checkpoint_name
 from a2b_pipeline.checkpoint.store import load_tensors
 from a2b_pipeline.configs import config_from_dict
 from a2b_pipeline.data.pipeline import make_loader, prepare_data
-from a2b_pipeline.evaluation.metrics import MetricAccumulator
 from a2b_pipeline.state import TrainState
 from a2b_pipeline.train import train
+from a2b_pipeline.training.metrics import MetricAccumulator
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])

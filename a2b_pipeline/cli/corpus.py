@@ -165,10 +165,8 @@ def corpus_main(
 ) -> int:
     """Entry point of `a2b corpus`. Returns the exit status; prints the summary (or one error line)."""
     try:
-        kwargs: dict[str, Any] = {}
-        if audio_dir and str(type).lower() == "hku956":
-            kwargs["audio_dir"] = audio_dir
-        scan = scan_corpus(root, type, channels=channels, on_bad="skip", cache_dir=cache_dir, **kwargs)
+        options = {"audio_dir": audio_dir} if audio_dir else {}  # the type says whether it takes it
+        scan = scan_corpus(root, type, channels=channels, on_bad="skip", cache_dir=cache_dir, **options)
         summary = summarize(scan)
         if to_manifest:
             summary["manifest"] = str(to_manifest)

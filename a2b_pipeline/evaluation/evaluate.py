@@ -21,13 +21,13 @@ from a2b_pipeline.data.datasets import WindowDataset
 from a2b_pipeline.data.pipeline import PreparedData, make_loader, prepare_data
 from a2b_pipeline.evaluation import REPORT_FILE
 from a2b_pipeline.evaluation.baselines import BASELINES, Baselines, fit_baselines, normalised_target
-from a2b_pipeline.evaluation.metrics import MetricAccumulator, make_loss
 from a2b_pipeline.evaluation.scoring import N_BOOT, RecordingEval, block
 from a2b_pipeline.files import atomic_write
 from a2b_pipeline.models import build_model, model_io
 from a2b_pipeline.security import Grant, check_grant
 from a2b_pipeline.state import TrainState
 from a2b_pipeline.training.engine import autocast_context, checked_weights, evaluate_loader
+from a2b_pipeline.training.metrics import MetricAccumulator, make_loss
 
 REPORT_SCHEMA = "a2b.evaluation/1"
 
