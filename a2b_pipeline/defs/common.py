@@ -107,7 +107,7 @@ def load_experiment(
 @contextlib.contextmanager
 def forward_library_logs(context: Any) -> Iterator[None]:
     """The library's log lines (per-epoch/validation progress) go to the run's log in the UI."""
-    from a2b_pipeline.launch.job import ToDagsterLog
+    from a2b_pipeline.launch.logs import ToDagsterLog
 
     logger = logging.getLogger("a2b_pipeline")
     handler = ToDagsterLog(context.log)

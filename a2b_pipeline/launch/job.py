@@ -29,30 +29,14 @@ def rank_env_from_slurm(environ: dict[str, str]) -> dict[str, str]:
     }
 
 
-class ToDagsterLog(logging.Handler):
-    """The library's log records -> a Dagster log: a run's `context.log`, or a Pipes session's `log` (which
-    writes the message file the Dagster run reads). Used on both sides: defs/common.py, open_pipes below."""
-
-    def __init__(self, log: Any):
-        super().__init__(logging.INFO)
-        self.log = log
-
-    def emit(self, record: logging.LogRecord) -> None:
-        level = "warning" if record.levelno == logging.WARNING else "info"
-        if record.levelno >= logging.ERROR:
-            level = "error"
-        try:
-            getattr(self.log, level)(f"{record.name}: {record.getMessage()}")
-        except Exception:  # noqa: BLE001  (a full disk must not stop training)
-            self.handleError(record)
-
-
 def open_pipes(rank: int) -> Any:
     """Rank 0's Dagster Pipes context when Dagster launched the job (its parameters in the environment),
     with the library's log lines forwarded to it; None otherwise."""
     if rank != 0 or "DAGSTER_PIPES_CONTEXT" not in os.environ:
         return None
     from dagster_pipes import open_dagster_pipes
+
+    from a2b_pipeline.launch.logs import ToDagsterLog
 
     pipes = open_dagster_pipes()
     logging.getLogger("a2b_pipeline").addHandler(ToDagsterLog(pipes.log))
