@@ -25,6 +25,12 @@ DEVICES = ("config", "auto", "cpu", "cuda")
 LAUNCHES = ("process", "slurm")
 
 
+def _require_one_of(setting: str, value: str, allowed: tuple[str, ...]) -> None:
+    """A resource setting checked where it is applied to a config (the run's failure names it)."""
+    if value not in allowed:
+        raise ValueError(f"{setting} must be one of {allowed}, got {value!r}")
+
+
 def _rebase(path: str, root: Path) -> str:
     """A relative local path -> absolute under `root`; URLs and absolute paths stay as they are."""
     if has_scheme(path):
@@ -174,8 +180,7 @@ class WandbTracking(ConfigurableResource):
 
     def apply(self, cfg: RunConfig) -> None:
         """Set the tracking settings on `cfg` in place (validated assignments)."""
-        if self.mode not in TRACKING_MODES:
-            raise ValueError(f"WandbTracking.mode must be one of {TRACKING_MODES}, got {self.mode!r}")
+        _require_one_of("WandbTracking.mode", self.mode, TRACKING_MODES)
         if self.mode != "config":
             cfg.tracking.wandb_mode = self.mode
         if self.project:
@@ -232,10 +237,8 @@ class TrainDevice(ConfigurableResource):
 
     def apply(self, cfg: RunConfig) -> None:
         """Set the device settings on `cfg` in place (validated assignments)."""
-        if self.device not in DEVICES:
-            raise ValueError(f"TrainDevice.device must be one of {DEVICES}, got {self.device!r}")
-        if self.launch not in LAUNCHES:
-            raise ValueError(f"TrainDevice.launch must be one of {LAUNCHES}, got {self.launch!r}")
+        _require_one_of("TrainDevice.device", self.device, DEVICES)
+        _require_one_of("TrainDevice.launch", self.launch, LAUNCHES)
         if self.device != "config":
             cfg.train.device = self.device
         if self.num_threads:

@@ -29,23 +29,6 @@ def rank_env_from_slurm(environ: dict[str, str]) -> dict[str, str]:
     }
 
 
-class _ToPipes(logging.Handler):
-    """The library's log records -> the Dagster run's log, through the Pipes message file."""
-
-    def __init__(self, pipes: Any):
-        super().__init__(logging.INFO)
-        self.pipes = pipes
-
-    def emit(self, record: logging.LogRecord) -> None:
-        level = "warning" if record.levelno == logging.WARNING else "info"
-        if record.levelno >= logging.ERROR:
-            level = "error"
-        try:
-            getattr(self.pipes.log, level)(f"{record.name}: {record.getMessage()}")
-        except Exception:  # noqa: BLE001  (a full disk must not stop training)
-            self.handleError(record)
-
-
 def open_pipes(rank: int) -> Any:
     """Rank 0's Dagster Pipes context when Dagster launched the job (its parameters in the environment),
     with the library's log lines forwarded to it; None otherwise."""
@@ -53,8 +36,10 @@ def open_pipes(rank: int) -> Any:
         return None
     from dagster_pipes import open_dagster_pipes
 
+    from a2b_pipeline.launch.logs import ToDagsterLog
+
     pipes = open_dagster_pipes()
-    logging.getLogger("a2b_pipeline").addHandler(_ToPipes(pipes))
+    logging.getLogger("a2b_pipeline").addHandler(ToDagsterLog(pipes.log))
     return pipes
 
 
