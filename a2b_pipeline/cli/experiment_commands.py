@@ -9,6 +9,7 @@ from pathlib import Path
 
 from a2b_pipeline.cli.train_commands import EXIT_STOPPED, train_or_resume
 from a2b_pipeline.configs import ConfigError, check_paths, load_config
+from a2b_pipeline.experiments import CV_SUMMARY_FILE
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -71,7 +72,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
             mean = "n/a" if st["mean"] is None else f"{st['mean']:.4f}"
             std = "n/a" if st["std"] is None else f"{st['std']:.4f}"
             print(f"{key:<48} {mean:>8} {std:>8}  {st['n']}")
-        print(Path(summary["dir"]) / "cv_summary.json")
+        print(Path(summary["dir"]) / CV_SUMMARY_FILE)
     for problem in summary["problems"]:
         print(f"warning: {problem}", file=sys.stderr)
     wanted = set(args.fold or range(summary["folds"]))

@@ -23,9 +23,9 @@ from typing import Any
 
 from a2b_pipeline.checkpoint.directory import STATE_FILE, CheckpointError, list_checkpoints
 from a2b_pipeline.evaluation import REPORT_FILE
+from a2b_pipeline.experiments import CV_SUMMARY_FILE
 from a2b_pipeline.files import MAX_STATE_BYTES, read_json
 
-CV_SUMMARY_FILE = "cv_summary.json"
 BASELINES = ("constant", "other_listeners", "audio_linear")
 DEFAULT_METRIC = "pearson"
 

@@ -31,6 +31,7 @@ from a2b_pipeline.defs.assets.training import ON_A_GPU, run_where_configured, sl
 from a2b_pipeline.defs.common import short_digest, state_sha256, upstream_record
 from a2b_pipeline.defs.partitions import cv_experiments, experiment_folds
 from a2b_pipeline.defs.template import AssetStep, Produced, experiment_asset
+from a2b_pipeline.experiments import CV_SUMMARY_FILE
 
 CV_GROUP = "a2b_cv"
 
@@ -200,7 +201,7 @@ def cv_summary(step: AssetStep) -> Produced:
 
     root = cv_dir(step.exp.cfg, step.exp.dir)
     summary = summarize(step.exp.cfg, root, [_fold_result(step, root, k) for k in range(step.folds)])
-    path = root / "cv_summary.json"
+    path = root / CV_SUMMARY_FILE
     return Produced(
         record={"cv_summary": str(path), "folds_evaluated": summary["folds_evaluated"]},
         version_parts=[summary["stats"]],
