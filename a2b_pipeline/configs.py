@@ -12,7 +12,7 @@ import os
 import reprlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -24,17 +24,21 @@ from pydantic import (
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
+    SerializeAsAny,
     ValidationError,
+    ValidatorFunctionWrapHandler,
     field_validator,
     model_validator,
 )
 
-from a2b_pipeline.data import corpora
+from a2b_pipeline import plugins
 from a2b_pipeline.files import FileRefusedError, open_regular
 from a2b_pipeline.security import literal_secret, redact
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
+    """Every config part: unknown keys fail, assignments are validated."""
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
 
@@ -67,8 +71,8 @@ def map_paths(model: BaseModel, fn: Callable[[str], str]) -> None:
 
 
 def _known_corpus_type(name: str) -> str:
-    if name not in corpora.names():
-        raise ValueError(f"unknown dataset type {name!r}; known: {', '.join(corpora.names())}")
+    if name not in plugins.CORPUS_TYPES.names():
+        raise ValueError(f"unknown dataset type {name!r}; known: {', '.join(plugins.CORPUS_TYPES.names())}")
     return name
 
 
@@ -86,25 +90,59 @@ Width = Annotated[int, Field(gt=0, le=65536)]  # channels, hidden sizes, kernel 
 Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 
-class SyntheticSpec(_Strict):
-    subjects: Annotated[int, Field(gt=0, le=10000)] = 6
-    recordings_per_subject: Annotated[int, Field(gt=0, le=1000)] = 3
-    seconds: Annotated[float, Field(gt=0.0, le=86400.0)] = 30.0
-    seed: Annotated[int, Field(ge=0, lt=2**62)] = 0  # numpy's generators take no negative seed
-    # Distinct stimuli (audio clips) shared by the subjects: recording r of subject s plays clip
-    # (s + r) mod stimuli, so each clip has several listeners. None: every recording its own clip.
-    stimuli: PositiveInt | None = None
+def no_literal_secret(v: str | None) -> str | None:
+    """A path field's validator: the config is persisted (checkpoints, Dagster records, wandb), so a
+    credential goes in as a reference."""
+    if v is not None and literal_secret(v):
+        raise ValueError(
+            f"{redact(v)} carries a credential (userinfo or a token/signature parameter), which would be "
+            "written into every checkpoint and record: name it as ${ENV_VAR} (filled in from the "
+            "environment when the file is opened) or use the storage's credential chain (AWS_*)"
+        )
+    return v
 
 
-class DatasetConfig(_Strict):
+# The options every dataset carried, whatever its type, before each corpus type owned its own (the
+# synthetic generator's settings, HKU956's audio_dir and signal_rates), at their defaults. A dataset of a
+# type without them ignores them, as it always did (a stored checkpoint, an old config, or a dataset whose
+# `type` an override changed spells them out), and hashes (names its run directory) with these values, as
+# it did when they were at their defaults.
+SHARED_OPTIONS_OF_OLD: dict[str, Any] = {
+    "synthetic": {"subjects": 6, "recordings_per_subject": 3, "seconds": 30.0, "seed": 0},
+    "audio_dir": None,
+    "signal_rates": {},
+}
+
+
+class DatasetConfig(Strict):
+    """One dataset of the mixture. Its corpus type (`type`) may add options of its own: a subclass of this
+    class, named by the type's `CorpusType.config`, validates them. A dataset given as data (YAML, a dict)
+    is validated by its type's class; `DatasetConfig(type=...)` builds one of that class too."""
+
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.+-]+$")]
     type: DatasetType = "manifest"
     manifest: OptionalConfigPath = None  # path or URL of a manifest (manifest/synthetic types)
     root: OptionalConfigPath = None  # corpus root: directory or fsspec URL (synthetic/hku956/pmemo2019)
     weight: NonNegativeFloat = 1.0
-    synthetic: SyntheticSpec = SyntheticSpec()
-    audio_dir: OptionalConfigPath = None  # hku956: local directory of <song_id>.mp3
-    signal_rates: dict[str, PositiveFloat] = {}  # hku956: override wristband rates per channel
+
+    def __new__(cls, *args: Any, **data: Any) -> DatasetConfig:
+        own = _own_class(data.get("type", "manifest")) if cls is DatasetConfig else None
+        return super().__new__(own or cls)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _by_type(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> DatasetConfig:
+        if cls is DatasetConfig and isinstance(data, dict):
+            own = _own_class(data.get("type", "manifest"))
+            if own is not None:
+                return own.model_validate(data)
+        if isinstance(data, dict):
+            data = {
+                k: v
+                for k, v in data.items()
+                if not (k in SHARED_OPTIONS_OF_OLD and k not in cls.model_fields)
+            }
+        return handler(data)
 
     @field_validator("weight")
     @classmethod
@@ -113,28 +151,27 @@ class DatasetConfig(_Strict):
             raise ValueError(f"weight must be a finite number >= 0, got {v}")
         return v
 
-    @field_validator("manifest", "root", "audio_dir")
-    @classmethod
-    def _no_literal_secret(cls, v: str | None) -> str | None:
-        # the config is persisted (checkpoints, Dagster records, wandb): a credential goes in as a reference
-        if v is not None and literal_secret(v):
-            raise ValueError(
-                f"{redact(v)} carries a credential (userinfo or a token/signature parameter), which would be "
-                "written into every checkpoint and record: name it as ${ENV_VAR} (filled in from the "
-                "environment when the file is opened) or use the storage's credential chain (AWS_*)"
-            )
-        return v
+    _no_literal_secret = field_validator("manifest", "root")(no_literal_secret)
 
     @model_validator(mode="after")
     def _has_source(self) -> DatasetConfig:
-        sources = corpora.get(self.type).sources
+        sources = plugins.CORPUS_TYPES.get(self.type).sources
         if not any(getattr(self, f) for f in sources):
             need = " or ".join(f"`{f}`" for f in sources)
             raise ValueError(f"dataset {self.name!r} of type {self.type!r} needs {need}")
         return self
 
 
-class SplitConfig(_Strict):
+def _own_class(type_name: Any) -> type[DatasetConfig] | None:
+    """The config class of the corpus type called `type_name` when it has options of its own; None for an
+    unknown type (the `type` field reports it) or one that uses DatasetConfig itself."""
+    if not isinstance(type_name, str) or type_name not in plugins.CORPUS_TYPES.names():
+        return None
+    own = plugins.CORPUS_TYPES.get(type_name).config
+    return None if own is DatasetConfig else own
+
+
+class SplitConfig(Strict):
     """How recordings are split into train/val/test (data/splits.py): `group_by` names what must not be in
     two splits. `subject` keeps listeners apart; `stimulus` keeps songs apart (an audio model could
     otherwise memorise a song heard by many listeners); `subject_and_stimulus` keeps both apart and drops
@@ -154,15 +191,15 @@ class SplitConfig(_Strict):
         return self
 
 
-class WeightMilestone(_Strict):
+class WeightMilestone(Strict):
     """From `step` on, the MetaDataLoader draws with `weights` (one per dataset)."""
 
     step: NonNegativeInt
     weights: list[NonNegativeFloat]
 
 
-class DataConfig(_Strict):
-    datasets: Annotated[list[DatasetConfig], Field(min_length=1)]
+class DataConfig(Strict):
+    datasets: Annotated[list[SerializeAsAny[DatasetConfig]], Field(min_length=1)]
     batch_size: Annotated[int, Field(gt=0, le=65536)] = 16
     num_workers: Annotated[int, Field(ge=0, le=256)] = 0
     channels: Annotated[list[str], Field(min_length=1)] = ["eda"]
@@ -257,38 +294,72 @@ class DataConfig(_Strict):
         return weights
 
 
-# ---- models: a discriminated union on `name` ----
+# ---- models: one config class per model, chosen by `name` (plugins.MODELS) ----
 
 
-class FreezeRule(_Strict):
+class FreezeRule(Strict):
     """Parameters whose names start with `prefix` are frozen until step `until_step`."""
 
     prefix: str
     until_step: NonNegativeInt | None = None  # None: frozen for the whole run
 
 
-class _ModelBase(_Strict):
+class ModelConfig(Strict):
+    """A model's settings. A model is its config class, a subclass whose `name` (a Literal with a default)
+    is the model's, plus its architecture: `architecture` is the nn.Module class (or "module:Class", imported
+    only when a model is built), built as `Class(cfg, models.ModelIO)`. Defining the subclass registers it
+    in plugins.MODELS. A new model is one module holding both, with `MODEL = <its config class>`: under
+    a2b_pipeline/models/ it is found by its name, elsewhere by the `a2b_pipeline.models` entry point group
+    (`name = "package.module"`). The shipped models' classes below name their architectures by string, so
+    validating a config never imports torch. A model given as data (YAML, a dict) is validated by the class
+    its `name` names."""
+
+    name: str
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
     freeze: list[FreezeRule] = []
+    architecture: ClassVar[str | Callable[..., Any]]  # "package.module:Class", or the class itself
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        if isinstance(cls.model_fields["name"].default, str):
+            plugins.MODELS.register(cls)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _by_name(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> ModelConfig:
+        if cls is ModelConfig and isinstance(data, dict) and "name" in data:
+            name = data["name"]
+            if not isinstance(name, str) or name not in plugins.MODELS.names():
+                raise ValueError(f"unknown model {name!r}; known: {', '.join(plugins.MODELS.names())}")
+            try:
+                return plugins.MODELS.get(name).model_validate(data)
+            except ValidationError as e:  # located under the model's name, as a tagged union does
+                errors = [{**err, "loc": (name, *err["loc"])} for err in e.errors(include_url=False)]
+                raise ValidationError.from_exception_data(e.title, errors) from None  # type: ignore[arg-type]
+        return handler(data)
 
 
-class ConvGRUConfig(_ModelBase):
+class ConvGRUConfig(ModelConfig):
     name: Literal["conv_gru"] = "conv_gru"
+    architecture = "a2b_pipeline.models.conv_gru:ConvGRU"
     conv_channels: Width = 64
     hidden: Width = 64
     layers: Count = 1
     bidirectional: bool = False
 
 
-class TCNConfig(_ModelBase):
+class TCNConfig(ModelConfig):
     name: Literal["tcn"] = "tcn"
+    architecture = "a2b_pipeline.models.tcn:TCN"
     channels: Width = 64
     levels: Annotated[int, Field(gt=0, le=32)] = 4  # dilation 2**level
     kernel_size: Width = 3
 
 
-class TransformerConfig(_ModelBase):
+class TransformerConfig(ModelConfig):
     name: Literal["transformer"] = "transformer"
+    architecture = "a2b_pipeline.models.transformer:Transformer"
     d_model: Width = 64
     heads: Count = 4
     layers: Count = 2
@@ -301,10 +372,11 @@ class TransformerConfig(_ModelBase):
         return self
 
 
-class PretrainedEncoderConfig(_ModelBase):
+class PretrainedEncoderConfig(ModelConfig):
     """A frozen audio encoder loaded from a local safetensors file, plus a trained head."""
 
     name: Literal["pretrained_encoder"] = "pretrained_encoder"
+    architecture = "a2b_pipeline.models.pretrained_encoder:PretrainedEncoderModel"
     weights: ConfigPath  # local .safetensors with the encoder's weights; nothing is fetched
     encoder_channels: Width = 64
     encoder_layers: Count = 3
@@ -315,7 +387,7 @@ class PretrainedEncoderConfig(_ModelBase):
 HeadConfig = Annotated[ConvGRUConfig | TCNConfig | TransformerConfig, Field(discriminator="name")]
 
 
-class FinetuneConfig(_Strict):
+class FinetuneConfig(Strict):
     """Fine-tuning an `hf_encoder`'s encoder: the encoder runs in every step (no embedding cache). Every
     option is a pure function of the step, so a resume continues bit for bit."""
 
@@ -326,11 +398,12 @@ class FinetuneConfig(_Strict):
     warmup_steps: NonNegativeInt = 0
 
 
-class HFEncoderConfig(_ModelBase):
+class HFEncoderConfig(ModelConfig):
     """A pretrained audio encoder from Hugging Face `transformers` (`pip install -e '.[encoders]'`), its
     hidden states mapped onto the frame grid (data.frame_rate) and fed to a small sequence head."""
 
     name: Literal["hf_encoder"] = "hf_encoder"
+    architecture = "a2b_pipeline.models.hf_encoder:HFEncoderModel"
     # A hub id (`facebook/wav2vec2-base`: needs `revision`, a commit) or a local directory saved with
     # save_pretrained (model + feature extractor). Not a PathField: a hub id must not be rebased under a
     # data root, so a local directory is absolute or relative to the working directory.
@@ -368,13 +441,7 @@ class HFEncoderConfig(_ModelBase):
         return self
 
 
-ModelConfig = Annotated[
-    ConvGRUConfig | TCNConfig | TransformerConfig | PretrainedEncoderConfig | HFEncoderConfig,
-    Field(discriminator="name"),
-]
-
-
-class OptimizerConfig(_Strict):
+class OptimizerConfig(Strict):
     name: Literal["adamw", "sgd", "adam"] = "adamw"
     lr: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] = 1e-3  # inf would pass `PositiveFloat`
     weight_decay: Finite = 0.0
@@ -383,7 +450,7 @@ class OptimizerConfig(_Strict):
     eps: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] = 1e-8
 
 
-class SchedulerConfig(_Strict):
+class SchedulerConfig(Strict):
     name: Literal["constant", "cosine", "linear", "onecycle", "plateau"] = "cosine"
     warmup_steps: NonNegativeInt = 0
     min_lr_ratio: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
@@ -391,18 +458,18 @@ class SchedulerConfig(_Strict):
     plateau_patience: NonNegativeInt = 2  # in validations
 
 
-class LossTerm(_Strict):
+class LossTerm(Strict):
     name: Literal["mse", "l1", "huber", "ccc", "pearson"]
     weight: NonNegativeFloat = 1.0
 
 
-class LossConfig(_Strict):
+class LossConfig(Strict):
     terms: Annotated[list[LossTerm], Field(min_length=1)] = [LossTerm(name="mse")]
     channel_weights: list[NonNegativeFloat] | None = None
     huber_delta: PositiveFloat = 1.0
 
 
-class TrainConfig(_Strict):
+class TrainConfig(Strict):
     max_steps: PositiveInt | None = None  # optimizer steps; None: run num_epochs
     num_epochs: PositiveInt | None = 10
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
@@ -427,7 +494,7 @@ class TrainConfig(_Strict):
         return self
 
 
-class CheckpointConfig(_Strict):
+class CheckpointConfig(Strict):
     dir: ConfigPath = "runs"  # run directories are created under it
     every_n_steps: PositiveInt | None = None  # None: at each validation
     keep_last: PositiveInt = 2
@@ -445,7 +512,7 @@ class CheckpointConfig(_Strict):
         return v
 
 
-class TrackingConfig(_Strict):
+class TrackingConfig(Strict):
     wandb_mode: Literal["offline", "online", "disabled"] = "offline"
     project: str = "a2b"
     entity: str | None = None
@@ -473,6 +540,8 @@ def drop_defaults(dump: Any, model: Any, path: list[str]) -> None:
             drop_defaults(d, m, path[1:])
         return
     name = path[0]
+    if name not in type(model).model_fields:  # an option of another corpus type (or model) than this one's
+        return
     if len(path) == 1:
         default = type(model).model_fields[name].get_default(call_default_factory=True)
         if getattr(model, name) == default:
@@ -494,11 +563,11 @@ def with_run_settings(cfg: RunConfig, source: RunConfig) -> RunConfig:
     )
 
 
-class RunConfig(_Strict):
+class RunConfig(Strict):
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.+-]+$")] = "run"
     seed: Seed = 0
     data: DataConfig
-    model: ModelConfig = ConvGRUConfig()
+    model: SerializeAsAny[ModelConfig] = ConvGRUConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     train: TrainConfig = TrainConfig()
@@ -521,6 +590,9 @@ class RunConfig(_Strict):
         dump = self.model_dump(mode="json", exclude=NOT_HASHED)
         for path in HASHED_UNLESS_DEFAULT:
             drop_defaults(dump, self, path.split("."))
+        for ds in dump["data"]["datasets"]:
+            for key, default in SHARED_OPTIONS_OF_OLD.items():
+                ds.setdefault(key, default)
         blob = json.dumps(dump, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -1,9 +1,9 @@
 """Files, written whole and read bounded (no torch here: the Dagster definitions import it while loading).
 
-atomic_write: readers see the old file or the new one, never half of one. open_regular / read_bounded /
-read_json: the one way files from run directories, caches and corpora are read (regular files only, size
-capped, JSON nesting limited), so a FIFO, a link to /dev/zero or a gigabyte report never hangs or floods a
-command."""
+atomic_write / atomic_path: readers see the old file or the new one, never half of one. open_regular /
+read_bounded / read_json: the one way files from run directories, caches and corpora are read (regular files
+only, size capped, JSON nesting limited), so a FIFO, a link to /dev/zero or a gigabyte report never hangs or
+floods a command."""
 
 from __future__ import annotations
 
@@ -13,24 +13,35 @@ import os
 import re
 import shutil
 import stat
-import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 
-def atomic_write(path: Path, blob: bytes) -> None:
-    """Write `path` via a synced temporary sibling and a rename."""
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary sibling of `path` for the block to write (by name: a CSV writer, soundfile, a download);
+    when the block ends without error it is synced and renamed onto `path`, else deleted. Readers see the
+    old file or the new one, never half of one. The temporary name starts with a dot and ends in `.tmp`
+    (listings and caches skip such names; a run directory's lock clears them as crash debris), and the file
+    gets the permissions open() gives (the umask's): a corpus or a report is read by others too."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write(path: Path, blob: bytes) -> None:
+    """Write `path` whole (atomic_path): the one way the pipeline writes a file others may be reading."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(blob)
 
 
 class FileRefusedError(OSError, ValueError):

@@ -18,7 +18,7 @@ A fresh run never moves or deletes an earlier one: it gets the next directory `<
 path recorded anywhere (a Dagster materialization, a leaderboard) keeps its meaning. Old runs are removed
 only by :func:`remove_runs` (`a2b runs remove`, with a dry run that lists what it would orphan).
 
-The lock (rundir_lock) is held on the run's first directory from the choice of directory to the end of
+The lock (checkpoint/lock.py) is held on the run's first directory from the choice of directory to the end of
 training, so two fresh launches can't pick the same new directory and nothing changes between the choice
 and the start. The torch.distributed process group a run joins (under torchrun) is left when it ends.
 """
@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from a2b_pipeline.checkpoint.directory import STATE_FILE, CheckpointError, SchemaTooNewError, list_checkpoints
 from a2b_pipeline.configs import ConfigError, with_run_settings
 from a2b_pipeline.files import MAX_RECORD_BYTES, read_bounded
 from a2b_pipeline.security import Grant, check_grant
@@ -50,9 +51,8 @@ log = logging.getLogger(__name__)
 
 ATTEMPT = ".attempt-"  # `<run dir>.attempt-<n>`: the n-th fresh start of the same run
 _ATTEMPT_RE = re.compile(r"^(?P<base>.+)\.attempt-(?P<n>[0-9]+)$")
-STOP_FILE = (
-    "stopped.train_state.json"  # the TrainState of a run that stopped (why, where), beside its checkpoints
-)
+# the TrainState of a run that stopped (why, where), beside its checkpoints
+STOP_FILE = f"stopped.{STATE_FILE}"
 UNREADABLE = "unreadable-"  # prefix of a checkpoint set aside because it does not verify
 LAUNCH_FILE = ".a2b-launch"  # in an attempt a fresh launch started: that launch's id (Dagster's root run id)
 
@@ -125,7 +125,6 @@ def _holds_a_run(run_dir: Path) -> bool:
 
 
 def is_run_dir(path: Path) -> bool:
-    from a2b_pipeline.state import STATE_FILE, list_checkpoints
 
     return bool(list_checkpoints(path)) or (path / STATE_FILE).is_file()
 
@@ -186,7 +185,7 @@ class RunStart:
 
 def _unreadable(run_dir: Path) -> tuple[TrainState | None, list[tuple[Path, str]]]:
     """The newest checkpoint that verifies, and the newer ones that don't (each with why)."""
-    from a2b_pipeline.state import CheckpointError, SchemaTooNewError, TrainState, list_checkpoints
+    from a2b_pipeline.state import TrainState
 
     bad: list[tuple[Path, str]] = []
     for ckpt in reversed(list_checkpoints(run_dir)):
@@ -472,7 +471,7 @@ def resume_training(
     """`a2b resume PATH`: continue the run of a run directory (its newest checkpoint that verifies) or of a
     checkpoint given directly, whatever its config; says why it had stopped."""
     from a2b_pipeline.checkpoint.lock import hold_run_dir
-    from a2b_pipeline.state import STATE_FILE, TrainState
+    from a2b_pipeline.state import TrainState
 
     path = Path(path)
     run_dir = path.parent if (path / STATE_FILE).exists() else path

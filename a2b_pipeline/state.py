@@ -1,10 +1,11 @@
 """TrainState: the checkpoint schema and the one source of truth for a run.
 
-The classes and fields of the seed (../shared/SEED.md: RNGState, ModelState, DataLoaderState,
-MetaDataLoaderState, MetricState, OptimizerState, CheckpointState, TrainState) are here under the seed's
-names and types; what a bit-exact resume needs beyond them (the RunConfig, global step, epoch, every
-rank's RNG, the draw generator, file digests, the metric history, the wandb run id) sits beside them in
-fields of its own. A checkpoint is a directory written atomically (checkpoint_dir.py):
+The classes and fields of the seed (the founding spec: RNGState, ModelState, DataLoaderState,
+MetaDataLoaderState, MetricState, OptimizerState, CheckpointState, TrainState, with from_config,
+from_checkpoint and to_checkpoint) are here under the seed's names and types; what a bit-exact resume needs
+beyond them (the RunConfig, global step, epoch, every rank's RNG, the draw generator, file digests, the
+metric history, the wandb run id) sits beside them in fields of its own. A checkpoint is a directory
+written atomically (checkpoint/directory.py):
 
     step_000000120/
       model.safetensors        weights (the uncompiled, unwrapped module's keys)
@@ -14,14 +15,13 @@ fields of its own. A checkpoint is a directory written atomically (checkpoint_di
                                train_state.json, which every load parses, stays small without them
       train_state.json         this schema, written last: the commit marker, with a digest of every file
 
-Nothing on the load path unpickles: tensors come from safetensors, everything else from JSON. Checkpoints
-of schema 1 (the first layout, with `rng`, `model`, `optimizer`, ... fields) are converted on load, and
-those of schema 2 (the metric history inside train_state.json) read as they are.
+This module is the schema; the disk work of from_checkpoint, to_checkpoint and the metric history is
+checkpoint/store.py's, and the readers of older schemas (1 and 2, converted on load) are
+checkpoint/legacy.py's. Both build on these classes, so the methods import them when called.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import random
 import struct
@@ -45,60 +45,16 @@ from pydantic import (
     model_validator,
 )
 
-from a2b_pipeline.checkpoint.directory import (  # the directory helpers are re-exported: one import for users
+from a2b_pipeline.checkpoint.directory import (
+    MODEL_FILE,
+    OPTIMIZER_FILE,
     STATE_FILE,
-    STEP_DIR,
     CheckpointError,
     SchemaTooNewError,
-    checkpoint_file,
-    checkpoint_name,
-    entry_inside,
-    file_digest,
-    fsync_path,
-    list_checkpoints,
-    prune_checkpoints,
-    read_bounded,
-    read_state_text,
-    read_verified_tensors,
-    set_pointer,
-    tensor_bytes,
-    verify_bytes,
-    verify_file,
-    write_checkpoint_dir,
 )
 from a2b_pipeline.configs import DatasetType, RunConfig, format_validation_error
 
-__all__ = [
-    "STATE_FILE",
-    "STEP_DIR",
-    "CheckpointError",
-    "CheckpointState",
-    "DataLoaderState",
-    "MetaDataLoaderState",
-    "MetricRecord",
-    "MetricState",
-    "ModelState",
-    "OptimizerState",
-    "RNGState",
-    "SchemaTooNewError",
-    "TrainState",
-    "checkpoint_name",
-    "file_digest",
-    "fsync_path",
-    "list_checkpoints",
-    "load_tensors",
-    "prune_checkpoints",
-    "set_pointer",
-    "verify_file",
-]
-
 SCHEMA_VERSION = 3
-MODEL_FILE = "model.safetensors"
-OPTIMIZER_FILE = "optimizer.safetensors"
-EMA_FILE = "ema.safetensors"
-METRICS_FILE = "metrics.jsonl"
-# ~4 million records: far more than a run logs; a bigger history file is refused before it is parsed
-MAX_HISTORY_BYTES = 256 << 20
 # Counters no run reaches (2**53: exact in JSON's doubles too); a checkpoint claiming more is refused.
 MAX_COUNT = 2**53
 Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
@@ -184,7 +140,7 @@ class RNGState(_Schema):
         return cls(
             seed=seed,
             torch_rng_state={"cpu": torch.Generator().manual_seed(seed).get_state().tolist()},
-            numpy_rng_state=_numpy_bytes(keys, pos, has_gauss, cached),
+            numpy_rng_state=numpy_rng_bytes(keys, pos, has_gauss, cached),
             python_rng_state=random.Random(seed).getstate(),
         )
 
@@ -198,7 +154,7 @@ class RNGState(_Schema):
         return cls(
             seed=seed,
             torch_rng_state=torch_states,
-            numpy_rng_state=_numpy_bytes(*np.random.get_state()[1:]),
+            numpy_rng_state=numpy_rng_bytes(*np.random.get_state()[1:]),
             python_rng_state=random.getstate(),
         )
 
@@ -223,7 +179,7 @@ class RNGState(_Schema):
                     torch.cuda.set_rng_state(state, index)
 
 
-def _numpy_bytes(keys: Any, pos: int, has_gauss: int, cached: float) -> bytes:
+def numpy_rng_bytes(keys: Any, pos: int, has_gauss: int, cached: float) -> bytes:
     return np.asarray(keys, dtype="<u4").tobytes() + _NUMPY_TAIL.pack(int(pos), int(has_gauss), float(cached))
 
 
@@ -420,6 +376,8 @@ class TrainState(_Schema):
         """Every logged value, in logging order. A checkpoint keeps it in metrics.jsonl, not in
         train_state.json: it is read (and its digest checked) on first use, not on every load."""
         if self._history is None:
+            from a2b_pipeline.checkpoint.store import read_metric_history
+
             self._history = read_metric_history(*self._history_file) if self._history_file else []
         return self._history
 
@@ -509,12 +467,11 @@ class TrainState(_Schema):
                 f"({SCHEMA_VERSION}); upgrade a2b_pipeline to load it"
             )
         try:
-            if version == 1:
-                raw = _upgrade_v1(raw)
             inline = None
-            if version in (1, 2):  # they kept the history in this file
-                inline = raw.pop("metric_history", [])
-                raw = {**raw, "schema_version": SCHEMA_VERSION}
+            if version in (1, 2):
+                from a2b_pipeline.checkpoint import legacy
+
+                raw, inline = legacy.upgrade(raw, version)
             state = cls.model_validate(raw)
             state._upgraded = version == 1
             if inline is not None:
@@ -561,24 +518,9 @@ class TrainState(_Schema):
         one when the newest is torn, corrupt or leads out of the run directory, as after a crash mid-write
         or a planted symlink). A step_* entry or pointer given directly must lead into its own run
         directory: one that leads into another run is refused, naming that run, before anything is read."""
-        path = Path(checkpoint_path)
-        if (path / STATE_FILE).exists():
-            if STEP_DIR.match(path.name) or path.name in ("last", "best") or path.is_symlink():
-                entry_inside(path.absolute().parent, path)
-            return _load_verified(path)
-        if not path.is_dir():
-            raise CheckpointError(f"{path}: no such checkpoint or run directory")
-        errors = []
-        for ckpt in reversed(list_checkpoints(path)):
-            try:
-                entry_inside(path, ckpt)
-                return _load_verified(ckpt)
-            except SchemaTooNewError:
-                raise
-            except CheckpointError as e:
-                errors.append(str(e))
-        detail = "; ".join(errors) if errors else "it holds no step_* checkpoint"
-        raise CheckpointError(f"{path}: no valid checkpoint ({detail})")
+        from a2b_pipeline.checkpoint import store  # the disk work; it builds on these classes
+
+        return store.load_state(checkpoint_path)
 
     # ---- writing ----
 
@@ -590,243 +532,6 @@ class TrainState(_Schema):
         passes) or, without them, copies of the files this state names (verified against their digests);
         a state that names no weights is refused before anything is written. Once the write has succeeded
         this state describes the new checkpoint (its paths lead there); a failed write leaves it as it was."""
-        path = Path(checkpoint_path).absolute()
-        copies = {} if tensors is not None else self._files_to_copy(path)
-        names = set(tensors or copies)
-        ms, ck = self.model_state, self.checkpoint_state
-        ema = path / EMA_FILE if EMA_FILE in names else None
-        best_here = ck.best_step is not None and ck.best_step == self.global_step
-        new = self.model_copy(
-            update={
-                "model_state": ms.model_copy(
-                    update={
-                        "model_loaded": True,
-                        "last_model_path": path / MODEL_FILE,
-                        "ema_path": ema,
-                        "best_model_path": (ema or path / MODEL_FILE) if best_here else ms.best_model_path,
-                    }
-                ),
-                "optimizer_state": self.optimizer_state.model_copy(
-                    update={"moments_path": path / OPTIMIZER_FILE}
-                ),
-                "checkpoint_state": ck.model_copy(
-                    update={
-                        "checkpoint_dir": path.parent,
-                        "steps_since_last_checkpoint": 0,
-                        "checkpoint_paths": [p for p in ck.checkpoint_paths if p != path and p.exists()]
-                        + [path],
-                    }
-                ),
-                "updated_at": time.time(),
-                "config_hash": self.config.config_hash(),  # checked on load: it must describe the config
-            }
-        )
+        from a2b_pipeline.checkpoint import store
 
-        def state_json(files: dict[str, str]) -> bytes:
-            new.checkpoint_state.files = files
-            return new.to_json().encode()
-
-        history = b"".join(r.__pydantic_serializer__.to_json(r) + b"\n" for r in self.metric_history)
-        write_checkpoint_dir(path, state_json, tensors or {}, copies, {METRICS_FILE: history})
-        for name in ("model_state", "optimizer_state", "checkpoint_state", "updated_at", "config_hash"):
-            setattr(self, name, getattr(new, name))
-
-    def _files_to_copy(self, dest: Path) -> dict[str, tuple[Path, str]]:
-        """(source, digest) of each file of the checkpoint this state was loaded from or written as."""
-        src = self.last_checkpoint
-        if src is None:
-            raise CheckpointError(
-                f"{dest}: this TrainState names no model weights (model_state.model_loaded is False: it "
-                "has not been trained or loaded from a checkpoint); train() it, or pass `tensors`"
-            )
-        files = self.checkpoint_state.files
-        for needed in (MODEL_FILE, OPTIMIZER_FILE):
-            if needed not in files:
-                raise CheckpointError(f"{src}: {needed} is not listed in its {STATE_FILE}")
-        # the history is written from memory: it may have grown since
-        return {n: (checkpoint_file(src, n), d) for n, d in files.items() if n != METRICS_FILE}
-
-
-# ---- loading ----
-
-
-def load_tensors(ckpt_dir: str | Path, name: str, state: TrainState | None = None) -> dict[str, torch.Tensor]:
-    """Read a safetensors file of a checkpoint after checking its digest against the state."""
-    ckpt_dir = Path(ckpt_dir)
-    state = state or TrainState.from_checkpoint(ckpt_dir)
-    expected = state.checkpoint_state.files.get(name)
-    file = checkpoint_file(ckpt_dir, name) if expected is not None else ckpt_dir / name
-    return read_verified_tensors(file, expected, ckpt_dir / STATE_FILE)
-
-
-def _load_verified(ckpt: Path) -> TrainState:
-    state_file = ckpt / STATE_FILE
-    state = TrainState.from_json(read_state_text(state_file), str(state_file))
-    ckpt = ckpt.resolve()
-    for name, digest in state.checkpoint_state.files.items():
-        verify_file(checkpoint_file(ckpt, name), digest)  # only regular files inside it are read
-    _rebase(state, ckpt)
-    if METRICS_FILE in state.checkpoint_state.files:
-        state._history_file = (ckpt / METRICS_FILE, state.checkpoint_state.files[METRICS_FILE])
-    return state
-
-
-def read_metric_history(file: Path, digest: str) -> list[MetricRecord]:
-    """A checkpoint's metrics.jsonl, size-capped and checked against its digest before it is parsed."""
-    blob = read_bounded(file, MAX_HISTORY_BYTES, "more than a run's metric history takes")
-    verify_bytes(file, blob, digest)
-    records = []
-    for number, line in enumerate(io.BytesIO(blob), 1):
-        try:
-            records.append(MetricRecord.model_validate_json(line))
-        except ValidationError as e:
-            raise CheckpointError(format_validation_error(e, f"{file}, line {number}")) from None
-    return records
-
-
-def _pointer_inside(run: Path, name: str) -> bool:
-    try:
-        entry_inside(run, run / name)
-    except (CheckpointError, OSError):
-        return False
-    return True
-
-
-def _rebase(state: TrainState, ckpt: Path) -> None:
-    """Paths point where the checkpoint is now, so a copied or moved run directory still resumes."""
-    ms, ck, files = state.model_state, state.checkpoint_state, state.checkpoint_state.files
-    run = ckpt.parent
-    ck.checkpoint_dir = run
-    ms.model_loaded = MODEL_FILE in files
-    ms.last_model_path = ckpt / MODEL_FILE
-    ms.ema_path = ckpt / ms.ema_path.name if ms.ema_path is not None else None
-    state.optimizer_state.moments_path = ckpt / OPTIMIZER_FILE
-    best_file = ms.ema_path.name if ms.ema_path is not None else MODEL_FILE
-    if ck.best_step is not None and (run / checkpoint_name(ck.best_step) / STATE_FILE).exists():
-        ms.best_model_path = run / checkpoint_name(ck.best_step) / best_file
-    elif _pointer_inside(run, "best"):
-        ms.best_model_path = run / "best" / best_file
-    else:  # no best checkpoint here (a `best` leading into another run is not this run's best)
-        ms.best_model_path = run / checkpoint_name(ck.best_step or 0) / best_file
-    ck.checkpoint_paths = [run / p.name for p in ck.checkpoint_paths if (run / p.name / STATE_FILE).exists()]
-    if state._upgraded and ms.model_loaded:  # schema 1 did not record sizes: read the files' headers
-        ms.model_ram_size_bytes = tensor_bytes(ckpt / MODEL_FILE)[0]
-        if OPTIMIZER_FILE in files:
-            size, dtype = tensor_bytes(ckpt / OPTIMIZER_FILE)
-            state.optimizer_state.moments_ram_size_bytes = size
-            state.optimizer_state.moments_dtype = dtype or torch.float32
-
-
-# ---- schema 1 -> 2 ----
-
-_STATUS_V1 = {"created": "initialized", "running": "in_progress", "failed": "stopped"}
-
-
-def _upgrade_v1(raw: dict[str, Any]) -> dict[str, Any]:
-    """A schema-1 train_state.json (fields rng, model, optimizer, meta_loader, metrics, checkpoint,
-    run_dir) as schema 2. Paths are filled in by _rebase once the directory is known. Long because it is
-    one table from the old fields to the new, read top to bottom; splitting it would scatter the mapping."""
-    import base64
-
-    cfg = RunConfig.model_validate(raw["config"])
-    run = Path(raw["run_dir"])
-    ck = raw.get("checkpoint") or {}
-    last = Path(ck.get("last_path") or run / "last")
-
-    def rng(r: dict[str, Any], rank: int) -> dict[str, Any]:
-        keys = r["numpy_keys"]
-        # pydantic wrote bytes as URL-safe base64
-        torch_states = {"cpu": list(base64.urlsafe_b64decode(r["torch_cpu"]))}
-        for i, s in enumerate(r.get("torch_cuda") or []):
-            torch_states[f"cuda:{i}"] = list(base64.urlsafe_b64decode(s))
-        numpy = _numpy_bytes(keys, r["numpy_pos"], r["numpy_has_gauss"], r["numpy_cached_gaussian"])
-        return {
-            "seed": cfg.seed + rank,
-            "torch_rng_state": torch_states,
-            "numpy_rng_state": numpy,
-            "python_rng_state": r["python"],
-        }
-
-    rngs = [rng(r, i) for i, r in enumerate(raw.get("rng") or [])] or [RNGState.seeded(cfg.seed).model_dump()]
-    model, opt = raw.get("model"), raw.get("optimizer")
-    files = ck.get("files") or {}
-    out: dict[str, Any] = {
-        k: raw[k]
-        for k in (
-            "config",
-            "config_hash",
-            "message",
-            "epoch",
-            "global_step",
-            "samples_seen",
-            "batches_drawn",
-            "world_size",
-            "num_threads",
-            "data_version",
-            "bad_validations",
-            "wandb_run_id",
-            "wandb_run_path",
-            "created_at",
-            "updated_at",
-        )  # fmt: skip
-        if k in raw
-    }
-    status = raw.get("status", "created")
-    out["status"] = _STATUS_V1.get(status, status)
-    if status == "failed":
-        out["stop_reason"] = "error"
-    out["rng_state"], out["rank_rng_states"] = rngs[0], rngs[1:]
-    out["model_state"] = {
-        "model_loaded": model is not None and MODEL_FILE in files,
-        "model_ram_size_bytes": 0,  # filled from the file header below, where it exists
-        "model_dtype": (model or {}).get("dtype", "torch.float32"),
-        "model_device": (model or {}).get("device", "cpu"),
-        "best_model_path": str(run / "best" / MODEL_FILE),
-        "last_model_path": str(last / MODEL_FILE),
-        "architecture": (model or {}).get("name", cfg.model.name),
-        "ema_path": str(last / model["ema_file"]) if model and model.get("ema_file") else None,
-        "num_parameters": (model or {}).get("num_parameters", 0),
-        "input_shape": (model or {}).get("input_shape"),
-        "output_shape": (model or {}).get("output_shape"),
-    }
-    out["optimizer_state"] = {
-        "last_step": raw.get("global_step", 0),
-        "moments_ram_size_bytes": 0,
-        "moments_dtype": "torch.float32",
-        "moments_device": (model or {}).get("device", "cpu"),
-        "moments_path": str(last / OPTIMIZER_FILE),
-        **{k: v for k, v in (opt or {}).items() if k != "file"},
-    }
-    if not opt:
-        out["optimizer_state"].update(name=cfg.optimizer.name, lr=cfg.optimizer.lr)
-    ml = raw.get("meta_loader")
-    types = {d.name: d.type for d in cfg.data.datasets}
-    if ml:
-        loaders = ml.get("loaders") or [{"name": d.name} for d in cfg.data.datasets]
-        out["meta_dataloader_state"] = {
-            "split": ml["split"],
-            "sampling_weights": ml["weights"],
-            "dataloader_states": [
-                {
-                    "last_batch_idx": c - 1,
-                    "dataset": types.get(d.get("name"), cfg.data.datasets[i].type),
-                    "split": ml["split"],
-                    "name": d.get("name"),
-                    "num_batches": d.get("num_batches"),
-                }
-                for i, (c, d) in enumerate(zip(ml["consumed"], loaders, strict=True))
-            ],
-            **{k: ml[k] for k in ("format", "epoch", "seed", "generator_state", "draw_block", "draw_offset")},
-        }
-    else:
-        fresh = TrainState.from_config(cfg, run)
-        out["meta_dataloader_state"] = fresh.meta_dataloader_state.model_dump()
-    history = [m for m in raw.get("metrics") or [] if not m["name"].startswith("test/")]
-    out["metric_history"] = history
-    out["metric_state"] = {"metrics": {m["name"]: m["value"] for m in history}}
-    out["checkpoint_state"] = {
-        "steps_since_last_checkpoint": 0,
-        "checkpoint_dir": str(run),
-        **{k: ck[k] for k in ("best_metric", "best_value", "best_step", "files") if k in ck},
-    }
-    return out  # sizes, which the first layout did not record, are read from the files by _rebase
+        store.save_state(self, checkpoint_path, tensors)

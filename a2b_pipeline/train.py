@@ -2,8 +2,8 @@
 
 Everything a step depends on is in the TrainState (config, step, epoch, RNG, loader positions, optimizer)
 so that a run resumed from any checkpoint continues bit for bit. Saving and restoring the live objects is
-checkpointing.py's; what evaluation shares with training (device, autocast, EMA, a pass over a loader) is
-engine.py's.
+checkpoint/checkpointer.py's; what evaluation shares with training (device, autocast, EMA, a pass over a
+loader) is training/engine.py's.
 """
 
 from __future__ import annotations
@@ -33,11 +33,11 @@ from a2b_pipeline.data.pipeline import (
     prepare_data,
     save_norm_stats,
 )
-from a2b_pipeline.evaluation.metrics import make_loss
 from a2b_pipeline.models import build_model, model_io
 from a2b_pipeline.state import MetricRecord, RNGState, TrainState
 from a2b_pipeline.training.distributed import StopRequest, broadcast_flag, check_ranks_agree, init_distributed
 from a2b_pipeline.training.engine import EMA, autocast_context, evaluate_loader, pick_device
+from a2b_pipeline.training.metrics import make_loss
 from a2b_pipeline.training.preflight import check_runnable
 from a2b_pipeline.training.progress import Progress
 from a2b_pipeline.training.schedule import (

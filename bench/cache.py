@@ -34,11 +34,13 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(1, str(REPO / "tests"))  # the corpus fixture writers live with the tests, not in the package
+
+from corpus_fixtures import write_clip, write_pmemo2019_fixture  # noqa: E402
 
 from a2b_pipeline.configs import DataConfig, DatasetConfig  # noqa: E402
 from a2b_pipeline.data import feature_cache  # noqa: E402
 from a2b_pipeline.data.corpora.pmemo2019 import scan_pmemo2019  # noqa: E402
-from a2b_pipeline.data.corpus_fixtures import write_clip, write_pmemo2019_fixture  # noqa: E402
 from a2b_pipeline.data.datasets import load_recording  # noqa: E402
 
 

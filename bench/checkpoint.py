@@ -61,7 +61,8 @@ def main() -> int:
 
     from a2b_pipeline.checkpoint.checkpointer import CheckpointWriter
     from a2b_pipeline.checkpoint.directory import file_digest, fsync_path
-    from a2b_pipeline.state import TrainState, load_tensors
+    from a2b_pipeline.checkpoint.store import load_tensors
+    from a2b_pipeline.state import TrainState
 
     cfg, model = big_model(args, mb)
     sd = model.state_dict()

@@ -5,7 +5,7 @@
 #   bash bench/gpu-wheels.sh [PYTHON_VERSION]     # default 3.12: the device image's python3
 #
 # The image already holds torch (CUDA), numpy, safetensors, pyyaml, tqdm, xxhash, fsspec, matplotlib, pytest,
-# pytest-timeout and nvidia-ml-py (/work/.library/device/KINDS.md). What `import a2b_pipeline.train` and
+# pytest-timeout and nvidia-ml-py (the GPU machine's documented image). What `import a2b_pipeline.train` and
 # tests/test_gpu.py need beyond them: pydantic and soundfile (libsndfile bundled), with their dependencies.
 # typing-extensions travels too: pydantic-core needs >= 4.16, newer than the image may have. Dagster, wandb
 # and s3fs are imported only where they are used (defs/, tracking not `disabled`, s3:// paths): the check

@@ -329,8 +329,8 @@ def main() -> int:
     names = ["a"] + [a for a in args.arms if a in ARMS and a != "a"]
     C.setup_torch(args.threads)
 
+    from a2b_pipeline.checkpoint.store import load_tensors
     from a2b_pipeline.data.pipeline import prepare_data
-    from a2b_pipeline.state import load_tensors
 
     cfgs = arm_configs(args, steps)
     t0 = C.clocks()

@@ -174,7 +174,7 @@ BUGS = [
         "return max(1, batches_per_epoch)",
         "epoch validation ignores accumulation",
     ),
-    # checkpointing.py
+    # checkpoint/checkpointer.py
     Bug(
         "checkpoint/checkpointer.py",
         "            self.ema.shadow = checked_weights(",
@@ -227,31 +227,31 @@ BUGS = [
     Bug("state.py", "        np.random.set_state((", "        (", "numpy RNG not restored"),
     # metrics.py
     Bug(
-        "evaluation/metrics.py",
+        "training/metrics.py",
         'return F.l1_loss(pred, true, reduction="none").mean((0, 1))',
         'return F.l1_loss(pred, true, reduction="none").sum((0, 1))',
         "l1 summed",
     ),
     Bug(
-        "evaluation/metrics.py",
+        "training/metrics.py",
         "cw = cw / cw.sum() * n_channels",
         "cw = cw / cw.sum()",
         "channel weights not rescaled",
     ),
     Bug(
-        "evaluation/metrics.py",
+        "training/metrics.py",
         "vp, vt = s[2] / n - mp**2, s[3] / n - mt**2",
         "vp, vt = s[2] / n - mp**2, s[3] / n - mp**2",
         "pooled variance of the wrong mean",
     ),
     Bug(
-        "evaluation/metrics.py",
+        "training/metrics.py",
         'out[f"{prefix}/{name}"] = float(per.mean())',
         'out[f"{prefix}/{name}"] = float(per[0])',
         "mean over channels is the first",
     ),
     Bug(
-        "evaluation/metrics.py",
+        "training/metrics.py",
         "return 2 * cov / (pv + tv + (pm - tm).square() + EPS)",
         "return 2 * cov / (pv + tv + EPS)",
         "CCC without the mean term",
@@ -311,7 +311,7 @@ BUGS = [
     ),
     Bug(
         "evaluation/evaluate.py",
-        '    if (path / "best" / "train_state.json").exists():',
+        '    if (path / "best" / STATE_FILE).exists():',
         "    if False:",
         "a run is evaluated at its last checkpoint, not its best",
     ),
@@ -488,14 +488,14 @@ BUGS = [
         "val and test swapped",
     ),
     Bug(
-        "state.py",
-        "        for ckpt in reversed(list_checkpoints(path)):",
-        "        for ckpt in list_checkpoints(path):",
+        "checkpoint/store.py",
+        "    for ckpt in reversed(list_checkpoints(path)):",
+        "    for ckpt in list_checkpoints(path):",
         "a run directory resumes from its oldest checkpoint",
     ),
     Bug(
-        "state.py",
-        "best_here = ck.best_step is not None and ck.best_step == self.global_step",
+        "checkpoint/store.py",
+        "best_here = ck.best_step is not None and ck.best_step == state.global_step",
         "best_here = ck.best_step is not None",
         "every written checkpoint names itself best",
     ),
@@ -736,9 +736,9 @@ BUGS = [
         "tests/test_models.py",
     ),
     Bug(
-        "models/__init__.py",
-        '"tcn": TCN,',
-        '"tcn": ConvGRU,',
+        "configs.py",
+        'architecture = "a2b_pipeline.models.tcn:TCN"',
+        'architecture = "a2b_pipeline.models.conv_gru:ConvGRU"',
         "tcn builds a conv_gru",
         "tests/test_models.py",
     ),
@@ -749,7 +749,7 @@ BUGS = [
         "one channel",
         "tests/test_models.py",
     ),
-    # checkpoint_dir.py
+    # checkpoint/directory.py
     Bug(
         "checkpoint/directory.py",
         'return f"step_{step:09d}"',
@@ -1533,13 +1533,7 @@ BUGS = [
     Bug("checkpoint/lock.py", "    os.ftruncate(fd, 0)\n", "", "owner appended, not replaced"),
     Bug(
         "checkpoint/lock.py",
-        "            return _read_owner(fd)\n        return None\n    finally:",
-        "            return _read_owner(fd)\n        return _read_owner(fd)\n    finally:",
-        "a free directory reported held",
-    ),
-    Bug(
-        "checkpoint/lock.py",
-        '            if not target.exists() and (entry / "train_state.json").exists():',
+        "            if not target.exists() and (entry / STATE_FILE).exists():",
         "            if not target.exists():",
         "uncommitted old step restored",
     ),

@@ -73,6 +73,7 @@ def check_recorded_files(home: Path, partitions: list[str]) -> int:
     """Every file every materialization recorded, against its digest; how many were checked."""
     from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
 
+    from a2b_pipeline.checkpoint.directory import STATE_FILE
     from a2b_pipeline.state import TrainState
 
     checked = 0
@@ -89,7 +90,7 @@ def check_recorded_files(home: Path, partitions: list[str]) -> int:
                     assert Path(md["train_state"]).is_file(), where
                     if "checkpoint" in md:
                         ckpt = Path(md["checkpoint"])
-                        sha = hashlib.sha256((ckpt / "train_state.json").read_bytes()).hexdigest()
+                        sha = hashlib.sha256((ckpt / STATE_FILE).read_bytes()).hexdigest()
                         assert sha.startswith(md["checkpoint_sha256"]), where
                         TrainState.from_checkpoint(ckpt)  # every file against its digest
                     for path_key, sha_key in (("report_path", "report_sha256"), ("plot", "plot_sha256")):

@@ -247,7 +247,8 @@ requeue_mid_training() {
   "$PY" - "$run_dir" "$WORK/uninterrupted" <<'PYTHON'
 import sys
 import torch
-from a2b_pipeline.state import TrainState, load_tensors
+from a2b_pipeline.checkpoint.store import load_tensors
+from a2b_pipeline.state import TrainState
 def weights(run_dir):
     state = TrainState.from_checkpoint(run_dir)
     return state.global_step, load_tensors(state.last_checkpoint, "model.safetensors", state)

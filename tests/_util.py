@@ -14,8 +14,17 @@ from typing import Any
 import torch
 import yaml
 
+from a2b_pipeline.checkpoint.directory import STATE_FILE, checkpoint_name
+from a2b_pipeline.checkpoint.store import load_tensors
 from a2b_pipeline.configs import RunConfig, apply_overrides, config_from_dict
-from a2b_pipeline.state import TrainState, load_tensors
+from a2b_pipeline.state import (
+    DataLoaderState,
+    MetaDataLoaderState,
+    MetricRecord,
+    MetricState,
+    RNGState,
+    TrainState,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 A2B = [sys.executable, "-m", "a2b_pipeline.cli"]
@@ -129,7 +138,7 @@ def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 def wait_for(path: Path, proc: subprocess.Popen[str], timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
-    while not (path / "train_state.json").exists():
+    while not (path / STATE_FILE).exists():
         if proc.poll() is not None:
             err = proc.stderr.read() if proc.stderr else ""
             raise AssertionError(
@@ -298,3 +307,44 @@ def http_server(answer: Callable[[str], tuple[int, bytes]]) -> Iterator[int]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def sample_state(tmp_path: Path) -> TrainState:
+    """A TrainState with every part filled in (no training): for schema and checkpoint-file tests."""
+    cfg = config_from_dict(
+        {
+            "data": {"datasets": [{"name": "a", "type": "synthetic", "root": str(tmp_path)}]},
+            "checkpoint": {"dir": str(tmp_path / "runs")},
+        }
+    )
+    s = TrainState.from_config(cfg)
+    s.rng_state = RNGState.capture(seed=0)
+    s.model_state.model_dtype = torch.bfloat16
+    s.model_state.num_parameters, s.model_state.input_shape = 10, (400, 32)
+    s.optimizer_state.param_groups = [{"lr": 0.1, "betas": [0.9, 0.99], "params": [0]}]
+    s.optimizer_state.scalar_state = {"0": {"step": 3}}
+    s.meta_dataloader_state = MetaDataLoaderState(
+        split="train",
+        sampling_weights=[0.3],
+        dataloader_states=[
+            DataLoaderState(last_batch_idx=0, dataset="synthetic", split="train", name="a", num_batches=9)
+        ],
+        epoch=2,
+        seed=5,
+        generator_state=list(range(16)),
+    )
+    s.metric_history = [
+        MetricRecord(name="train/loss", value=0.5, step=1),
+        MetricRecord(name="val/pearson", value=0.9, step=2),
+    ]
+    s.metric_state = MetricState(metrics={"train/loss": 0.5, "val/pearson": 0.9})
+    s.global_step, s.epoch = 7, 2
+    return s
+
+
+def write_step(s: TrainState, step: int) -> Path:
+    """Write `s` as checkpoint `step` of its run directory, with a 3-value weight tensor of `step`s."""
+    s.global_step = step
+    path = Path(s.run_dir) / checkpoint_name(step)
+    s.to_checkpoint(path, {"model.safetensors": {"w": torch.full((3,), float(step))}})
+    return path

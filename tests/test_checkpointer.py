@@ -1,6 +1,6 @@
-"""checkpointing.py: what a checkpoint saves of a run's live objects comes back into fresh ones (weights,
-optimizer, EMA shadow, GradScaler, plateau state, loader position, and python/numpy/torch generators,
-checked by drawing after the restore); `best` and `last` pointers and retention."""
+"""checkpoint/checkpointer.py: what a checkpoint saves of a run's live objects comes back into fresh ones
+(weights, optimizer, EMA shadow, GradScaler, plateau state, loader position, and python/numpy/torch
+generators, checked by drawing after the restore); `best` and `last` pointers and retention."""
 
 from __future__ import annotations
 

@@ -181,8 +181,11 @@ def _hand_hash(cfg: RunConfig) -> str:
     del dump["checkpoint"]["async_write"], dump["data"]["cache_max_gb"]
     for key in ("split", "allow_outside_paths", "url_schemes"):
         del dump["data"][key]  # at their defaults
-    for ds in dump["data"]["datasets"]:
-        del ds["synthetic"]["stimuli"]
+    for ds in dump["data"]["datasets"]:  # a type's own options; every dataset had them at their defaults
+        ds.setdefault("synthetic", {"subjects": 6, "recordings_per_subject": 3, "seconds": 30.0, "seed": 0})
+        ds["synthetic"].pop("stimuli", None)
+        ds.setdefault("audio_dir", None)
+        ds.setdefault("signal_rates", {})
     return hashlib.sha256(json.dumps(dump, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
@@ -210,6 +213,37 @@ def test_config_hash_by_hand() -> None:
         1e-3,
     )
     assert config_from_dict(yaml.safe_load(cfg.to_yaml())) == cfg
+
+
+def test_a_corpus_types_options_are_its_own_and_old_dumps_still_load() -> None:
+    """Every dataset once carried the synthetic and HKU956 options; a config (or a checkpoint's stored
+    config) written then loads the same, and its hash (the run directory's name) is unchanged."""
+    old = {"synthetic": {"subjects": 6, "recordings_per_subject": 3, "seconds": 30.0, "seed": 0}}
+    old |= {"audio_dir": None, "signal_rates": {}}
+    cfg = _cfg()
+    raw = copy.deepcopy(BASE)
+    raw["data"]["datasets"][0] |= {**old, "synthetic": {**old["synthetic"], "stimuli": None}}
+    assert _cfg(raw=raw) == cfg and _cfg(raw=raw).config_hash() == cfg.config_hash() == _hand_hash(cfg)
+    assert set(yaml.safe_load(cfg.to_yaml())["data"]["datasets"][0]).isdisjoint(old)  # no longer written
+    hku = _cfg(*_hku(), "data.datasets.0.audio_dir=songs")
+    assert (
+        type(hku.data.datasets[0]).__name__ == "HKU956Dataset" and hku.data.datasets[0].audio_dir == "songs"
+    )
+    assert not hasattr(cfg.data.datasets[0], "audio_dir")
+    _refused(
+        r"data.datasets.0.signal_rates.eda: Input should be greater than 0",
+        *_hku(),
+        "data.datasets.0.signal_rates.eda=0",
+    )
+    _refused(
+        r"data.datasets.0.synthetic.seed: Input should be greater",
+        "data.datasets.0.type=synthetic",
+        "data.datasets.0.synthetic.seed=-1",
+    )
+
+
+def _hku() -> tuple[str, str]:
+    return "data.datasets.0.type=hku956", "data.datasets.0.root=r"
 
 
 def test_overrides() -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from corpus_fixtures import write_clip, write_hku956_fixture, write_pmemo2019_fixture
 
 from a2b_pipeline.cli.corpus import corpus_main
 from a2b_pipeline.configs import DataConfig, DatasetConfig, config_from_dict, load_config
@@ -19,7 +20,6 @@ from a2b_pipeline.data import datasets, feature_cache, signal_csv
 from a2b_pipeline.data.corpora import CorpusError, list_recordings
 from a2b_pipeline.data.corpora.hku956 import scan_hku956
 from a2b_pipeline.data.corpora.pmemo2019 import scan_pmemo2019, subject_id_from_header
-from a2b_pipeline.data.corpus_fixtures import write_clip, write_hku956_fixture, write_pmemo2019_fixture
 from a2b_pipeline.data.datasets import load_recording
 from a2b_pipeline.data.manifest import ManifestError
 from a2b_pipeline.data.recording import BadRecordingError
@@ -443,6 +443,16 @@ def test_corpus_cli_text_manifest_and_errors(corpora, tmp_path, capsys):
     assert corpus_main(str(tmp_path / "missing"), "hku956", True, None) == 2
     err = capsys.readouterr().err
     assert str(tmp_path / "missing") in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_corpus_cli_options_are_the_types_own(corpora, capsys):
+    """`--audio-dir` is an option of hku956 (its config says so), refused by a type without it."""
+    audio_dir = corpora["hku"].root.parent / "HKU956_audio"
+    assert corpus_main(str(corpora["hku"].root), "hku956", True, None, audio_dir=str(audio_dir)) == 0
+    assert json.loads(capsys.readouterr().out)["recordings"] == 8
+    assert corpus_main(str(corpora["pmemo"].root), "pmemo2019", True, None, audio_dir=str(audio_dir)) == 2
+    err = capsys.readouterr().err
+    assert "corpus type 'pmemo2019' has no option 'audio_dir' (its options: none)" in err, err
 
 
 # ---- configs ----

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from corpus_fixtures import write_hku956_fixture, write_pmemo2019_fixture
 
 from a2b_pipeline.configs import apply_overrides, config_from_dict
-from a2b_pipeline.data.corpus_fixtures import write_hku956_fixture, write_pmemo2019_fixture
 from a2b_pipeline.data.pipeline import make_loader, prepare_data
 from a2b_pipeline.state import TrainState
 

@@ -488,7 +488,7 @@ sys.exit(0 if r.success else 3)
 
 def _attempt(script: Path, home: Path, env: dict, run_dir: Path, after_step: int, sig: int, log: Path) -> int:
     """Materialize training_run in a subprocess; once a checkpoint past `after_step` exists, send `sig`."""
-    from a2b_pipeline.state import STEP_DIR, list_checkpoints
+    from a2b_pipeline.checkpoint.directory import STEP_DIR, list_checkpoints
 
     with open(log, "w") as out:
         proc = subprocess.Popen(

@@ -1,4 +1,4 @@
-"""checkpoint_dir.py: names, listing, atomic writes with digests, pointers, retention, the bounded and
+"""checkpoint/directory.py: names, listing, atomic writes with digests, pointers, retention, the bounded and
 verified reads, and the refusals (each naming the file)."""
 
 from __future__ import annotations

@@ -12,9 +12,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from a2b_pipeline.checkpoint.directory import CheckpointError
 from a2b_pipeline.configs import config_from_dict
 from a2b_pipeline.data.meta_dataloader import MetaDataLoader, ShardedEpochSampler
-from a2b_pipeline.state import CheckpointError
 from a2b_pipeline.training.engine import EMA, autocast_context, checked_weights, evaluate_loader, pick_device
 
 

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import torch
 
+from a2b_pipeline.checkpoint.store import load_tensors
 from a2b_pipeline.data.pipeline import prepare_data
 from a2b_pipeline.evaluation.evaluate import evaluate_checkpoint, evaluate_report, overlap_add, run_evaluation
 from a2b_pipeline.models import build_model, model_io
-from a2b_pipeline.state import TrainState, load_tensors
+from a2b_pipeline.state import TrainState
 
 
 @pytest.fixture(scope="module")

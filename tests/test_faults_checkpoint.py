@@ -23,8 +23,9 @@ import xxhash
 from _util import tiny_config
 from safetensors.torch import load_file, save_file
 
+from a2b_pipeline.checkpoint.directory import STATE_FILE, checkpoint_name, list_checkpoints
 from a2b_pipeline.cli import main
-from a2b_pipeline.state import SCHEMA_VERSION, STATE_FILE, TrainState, checkpoint_name, list_checkpoints
+from a2b_pipeline.state import SCHEMA_VERSION, TrainState
 from a2b_pipeline.train import train
 
 MARKER = Path("/tmp/a2b_faults_pickle_was_executed")

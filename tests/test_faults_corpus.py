@@ -19,13 +19,14 @@ import soundfile as sf
 import yaml
 from _util import tiny_config
 
+from a2b_pipeline.checkpoint.directory import list_checkpoints
 from a2b_pipeline.cli import main
 from a2b_pipeline.configs import RunConfig
 from a2b_pipeline.data.manifest import ManifestError, read_manifest
 from a2b_pipeline.data.pipeline import prepare_data
 from a2b_pipeline.data.recording import BadRecordingError, Recording
 from a2b_pipeline.data.synthetic import write_synthetic_corpus
-from a2b_pipeline.state import TrainState, list_checkpoints
+from a2b_pipeline.state import TrainState
 
 SECONDS = 12.0  # two 8 s windows per recording (hop 4 s)
 SUBJECTS, PER_SUBJECT = 8, 3

@@ -27,9 +27,11 @@ import torch._inductor.config  # noqa: F401
 import yaml
 from _util import tiny_config
 
+from a2b_pipeline.checkpoint.directory import STEP_DIR, list_checkpoints
+from a2b_pipeline.checkpoint.store import load_tensors
 from a2b_pipeline.cli import main
 from a2b_pipeline.configs import RunConfig
-from a2b_pipeline.state import STEP_DIR, TrainState, list_checkpoints, load_tensors
+from a2b_pipeline.state import TrainState
 from a2b_pipeline.train import train
 
 

@@ -16,8 +16,10 @@ import pytest
 import torch
 from _util import final_tensors, longer_run, losses_after, run_cli, write_config
 
+from a2b_pipeline.checkpoint.directory import checkpoint_name, list_checkpoints
+from a2b_pipeline.checkpoint.store import load_tensors
 from a2b_pipeline.configs import config_from_dict
-from a2b_pipeline.state import TrainState, checkpoint_name, list_checkpoints, load_tensors
+from a2b_pipeline.state import TrainState
 from a2b_pipeline.train import train
 
 DEVICE = os.environ.get("A2B_TEST_GPU_DEVICE", "cuda")

@@ -20,8 +20,9 @@ import pytest
 import soundfile as sf
 from _util import REPO, http_server, tiny_config
 
+from a2b_pipeline.checkpoint.directory import CheckpointError
 from a2b_pipeline.cli import main
-from a2b_pipeline.state import CheckpointError, TrainState
+from a2b_pipeline.state import TrainState
 
 
 @pytest.fixture(scope="module")
@@ -234,7 +235,7 @@ SECRET_FORMS = [
 
 @pytest.mark.parametrize("url", SECRET_FORMS)
 def test_one_redaction_covers_the_usual_credential_forms(url: str) -> None:
-    from a2b_pipeline.data.remote import redact_text  # what every message, log line and record goes through
+    from a2b_pipeline.security import redact_text  # what every message, log line and record goes through
     from a2b_pipeline.security import redact_text as the_one
 
     shown = redact_text(f"failed to read {url} (status 403)")

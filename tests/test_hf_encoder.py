@@ -18,6 +18,8 @@ import torch
 from _util import REPO, run_cli, tiny_config
 from tiny_encoders import save_tiny_encoder
 
+from a2b_pipeline.checkpoint.directory import checkpoint_name
+from a2b_pipeline.checkpoint.store import load_tensors
 from a2b_pipeline.configs import ConfigError, config_from_dict, load_config
 from a2b_pipeline.data import feature_cache
 from a2b_pipeline.data.pipeline import prepare_data
@@ -25,7 +27,7 @@ from a2b_pipeline.evaluation.evaluate import evaluate_checkpoint
 from a2b_pipeline.evaluation.predict import Predictor
 from a2b_pipeline.models import build_model, model_io
 from a2b_pipeline.models import hf_encoder as hf
-from a2b_pipeline.state import TrainState, checkpoint_name, load_tensors
+from a2b_pipeline.state import TrainState
 from a2b_pipeline.train import train
 
 pytest.importorskip("transformers")

@@ -24,9 +24,10 @@ import yaml
 from _util import tiny_config
 from dagster import AssetKey, DagsterInstance, materialize
 
+from a2b_pipeline.checkpoint.directory import list_checkpoints
 from a2b_pipeline.cli import main
 from a2b_pipeline.runs import STOP_FILE, UNREADABLE
-from a2b_pipeline.state import TrainState, list_checkpoints
+from a2b_pipeline.state import TrainState
 
 QUICK = [
     "train.max_steps=4",

@@ -18,7 +18,6 @@ from a2b_pipeline.checkpoint.lock import (
     clean_debris,
     empty_run_dir,
     hold_run_dir,
-    owner_of,
 )
 
 
@@ -37,16 +36,15 @@ def _free(run: Path) -> bool:
 def test_hold_is_exclusive_reentrant_and_released(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.delenv("RANK", raising=False)
     run = tmp_path / "a" / "run"
-    assert owner_of(run) is None
+    assert not run.exists()
     with hold_run_dir(run) as path:
         assert path == run and run.is_dir()
         info = json.loads((run / LOCK_FILE).read_text())
         assert info["pid"] == os.getpid() and info["host"] == os.uname().nodename
-        assert owner_of(run).startswith(f"pid {os.getpid()} on host {info['host']} (since ")
         with hold_run_dir(run):
             assert not _free(run)
         assert not _free(run)  # the inner exit keeps it
-    assert _free(run) and owner_of(run) is None and os.path.realpath(run) not in rl._HELD
+    assert _free(run) and os.path.realpath(run) not in rl._HELD
 
 
 def test_a_second_taker_is_refused_naming_the_owner(tmp_path: Path, monkeypatch) -> None:
@@ -64,7 +62,6 @@ def test_a_second_taker_is_refused_naming_the_owner(tmp_path: Path, monkeypatch)
             hold_run_dir(run),
         ):
             pass
-        assert owner_of(run).startswith("pid 4242 on host elsewhere")
         os.ftruncate(fd, 0)
         with (
             pytest.raises(RunDirBusyError, match=r"in use by another process \(owner unknown\)"),

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from a2b_pipeline.configs import LossConfig
-from a2b_pipeline.evaluation.metrics import MetricAccumulator, make_loss
+from a2b_pipeline.training.metrics import MetricAccumulator, make_loss
 
 
 def _data(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,10 +8,11 @@ import torch
 from _tiny import config
 
 from a2b_pipeline.configs import ConvGRUConfig, TCNConfig, TransformerConfig
-from a2b_pipeline.models import MODELS, ModelIO, build_model, model_io
+from a2b_pipeline.models import ModelIO, build_model, model_io
 from a2b_pipeline.models.conv_gru import ConvGRU
 from a2b_pipeline.models.tcn import TCN
 from a2b_pipeline.models.transformer import Transformer
+from a2b_pipeline.plugins import MODELS
 
 
 @pytest.mark.parametrize(
@@ -27,7 +28,7 @@ def test_build_model_builds_the_named_architecture(cfg, cls) -> None:
     model = build_model(cfg, io)
     assert type(model) is cls
     assert model(torch.randn(1, 16, 3)).shape == (1, 4, 2)
-    assert set(MODELS) == {"conv_gru", "tcn", "transformer", "pretrained_encoder", "hf_encoder"}
+    assert set(MODELS.names()) == {"conv_gru", "tcn", "transformer", "pretrained_encoder", "hf_encoder"}
 
 
 def test_model_io_from_the_data_config(tmp_path) -> None:

@@ -10,10 +10,13 @@ import torch
 from _util import final_tensors, kill_after, longer_run, run_cli, write_config
 from safetensors.torch import save_file
 
+from a2b_pipeline.checkpoint.directory import checkpoint_name
+from a2b_pipeline.checkpoint.store import load_tensors
 from a2b_pipeline.configs import config_from_dict
 from a2b_pipeline.evaluation.evaluate import evaluate_checkpoint, load_model
-from a2b_pipeline.models import MODELS, AudioEncoder, build_model, model_io
-from a2b_pipeline.state import TrainState, checkpoint_name, load_tensors
+from a2b_pipeline.models import AudioEncoder, build_model, model_io
+from a2b_pipeline.plugins import MODELS
+from a2b_pipeline.state import TrainState
 from a2b_pipeline.train import train
 from a2b_pipeline.training.schedule import lr_at
 
@@ -68,7 +71,7 @@ MODEL_CONFIGS = {
 
 
 def test_every_registered_model_has_a_test() -> None:
-    assert set(MODELS) == set(MODEL_CONFIGS) | {"hf_encoder"}  # hf_encoder: tests/test_hf_encoder.py
+    assert set(MODELS.names()) == set(MODEL_CONFIGS) | {"hf_encoder"}  # hf_encoder: tests/test_hf_encoder.py
 
 
 @pytest.mark.parametrize("name", sorted(MODEL_CONFIGS))

@@ -11,6 +11,7 @@ import boto3
 import pytest
 import requests
 import torch
+from corpus_fixtures import write_pmemo2019_fixture
 from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import make_server
@@ -20,7 +21,6 @@ from a2b_pipeline.configs import config_from_dict
 from a2b_pipeline.data import cache_admin, feature_cache, remote
 from a2b_pipeline.data.corpora import CorpusError
 from a2b_pipeline.data.corpora.pmemo2019 import scan_pmemo2019
-from a2b_pipeline.data.corpus_fixtures import write_pmemo2019_fixture
 from a2b_pipeline.data.pipeline import prepare_data
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 from _util import A2B, REPO, http_server, longer_run, run_cli, start_training, wait_for, write_config
 
-from a2b_pipeline.state import TrainState, checkpoint_name, list_checkpoints
+from a2b_pipeline.checkpoint.directory import checkpoint_name, list_checkpoints
+from a2b_pipeline.state import TrainState
 
 # ---- 1. one owner per run directory ----
 
@@ -430,8 +431,9 @@ def test_manifest_rows_stay_in_their_folder_and_urls_need_an_allowed_scheme(tmp_
 
 
 def test_corpus_root_symlinks_out_of_the_root_are_left_out(tmp_path: Path) -> None:
+    from corpus_fixtures import write_pmemo2019_fixture
+
     from a2b_pipeline.data.corpora.pmemo2019 import scan_pmemo2019
-    from a2b_pipeline.data.corpus_fixtures import write_pmemo2019_fixture
 
     root = tmp_path / "PMEmo2019"
     write_pmemo2019_fixture(
@@ -662,7 +664,7 @@ def _edit_state(ckpt: Path, edit) -> None:
 def test_checkpoint_files_must_be_regular_files_inside_the_checkpoint(
     tmp_path: Path, finished_run: Path
 ) -> None:
-    from a2b_pipeline.state import CheckpointError
+    from a2b_pipeline.checkpoint.directory import CheckpointError
 
     (run,) = _runs(tmp_path, finished_run, "run")
     newest = run / "step_000000006"
@@ -694,8 +696,8 @@ def test_checkpoint_files_must_be_regular_files_inside_the_checkpoint(
 
 
 def test_an_edited_config_in_a_checkpoint_is_refused(tmp_path: Path, finished_run: Path) -> None:
+    from a2b_pipeline.checkpoint.directory import CheckpointError
     from a2b_pipeline.cli import main
-    from a2b_pipeline.state import CheckpointError
 
     (run,) = _runs(tmp_path, finished_run, "run")
     elsewhere = tmp_path / "attacker"
@@ -718,7 +720,7 @@ def test_an_edited_config_in_a_checkpoint_is_refused(tmp_path: Path, finished_ru
 def test_huge_or_deep_state_files_are_refused_and_older_checkpoints_used(
     tmp_path: Path, finished_run: Path
 ) -> None:
-    from a2b_pipeline.state import CheckpointError
+    from a2b_pipeline.checkpoint.directory import CheckpointError
 
     (run,) = _runs(tmp_path, finished_run, "run")
     newest = run / "step_000000006"
@@ -769,9 +771,10 @@ def test_disk_full_while_writing_a_checkpoint_is_named(tmp_path: Path) -> None:
 def test_corpus_song_links_need_an_allowed_url_scheme(tmp_path: Path) -> None:
     import csv
 
+    from corpus_fixtures import write_hku956_fixture
+
     from a2b_pipeline.configs import DataConfig, DatasetConfig
     from a2b_pipeline.data.corpora import list_recordings
-    from a2b_pipeline.data.corpus_fixtures import write_hku956_fixture
 
     root = tmp_path / "HKU956"
     write_hku956_fixture(root, participants=2, songs_per_participant=2, seconds=6.0, missing_eda=False)

@@ -1,5 +1,6 @@
-"""The seed's interface (../shared/SEED.md), used as a reader of that text would: its classes, fields, types,
-status values, function signatures and keyword names, and a checkpoint that resumes."""
+"""The seed's interface (the specification the project started from), used as a reader of that text
+would: its classes, fields, types, status values, function signatures and keyword names, and a checkpoint
+that resumes."""
 
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ from _util import tiny_config
 from pydantic import ValidationError
 from torch.utils.data import DataLoader, TensorDataset
 
+from a2b_pipeline.checkpoint.directory import CheckpointError
+from a2b_pipeline.checkpoint.store import load_tensors
 from a2b_pipeline.configs import RunConfig
 from a2b_pipeline.data.meta_dataloader import MetaDataLoader
 from a2b_pipeline.state import (
-    CheckpointError,
     CheckpointState,
     DataLoaderState,
     MetaDataLoaderState,
@@ -27,7 +29,6 @@ from a2b_pipeline.state import (
     OptimizerState,
     RNGState,
     TrainState,
-    load_tensors,
 )
 from a2b_pipeline.train import train
 

@@ -127,7 +127,8 @@ def _messages(instance: DagsterInstance, run_id: str) -> list[str]:
 
 
 def _weights(run_dir: Path) -> dict[str, Any]:
-    from a2b_pipeline.state import TrainState, load_tensors
+    from a2b_pipeline.checkpoint.store import load_tensors
+    from a2b_pipeline.state import TrainState
 
     state = TrainState.from_checkpoint(run_dir)
     return load_tensors(state.last_checkpoint, "model.safetensors", state)
@@ -185,7 +186,7 @@ def _wait_until(what: str, check: Any, timeout: float = 180) -> None:
 
 
 def _checkpoint_past(root: Path, step: int) -> bool:
-    from a2b_pipeline.state import STEP_DIR, list_checkpoints
+    from a2b_pipeline.checkpoint.directory import STEP_DIR, list_checkpoints
 
     return any(
         int(STEP_DIR.match(c.name)[1]) > step for run in root.glob("train-*") for c in list_checkpoints(run)

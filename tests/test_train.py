@@ -21,11 +21,13 @@ from _util import (
     write_config,
 )
 
+from a2b_pipeline.checkpoint.directory import checkpoint_name
+from a2b_pipeline.checkpoint.store import load_tensors
 from a2b_pipeline.configs import config_from_dict
 from a2b_pipeline.data.pipeline import make_loader, prepare_data
-from a2b_pipeline.evaluation.metrics import MetricAccumulator
-from a2b_pipeline.state import TrainState, checkpoint_name, load_tensors
+from a2b_pipeline.state import TrainState
 from a2b_pipeline.train import train
+from a2b_pipeline.training.metrics import MetricAccumulator
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
@@ -157,7 +159,7 @@ def test_failed_background_write_fails_the_run_and_resume_completes(tmp_path: Pa
     background, the run fails naming that checkpoint, and once the directory is back it resumes bit-exact."""
     import shutil
 
-    from a2b_pipeline.state import CheckpointError
+    from a2b_pipeline.checkpoint.directory import CheckpointError
 
     raw = longer_run(tmp_path)
     raw["train"]["max_steps"] = 12

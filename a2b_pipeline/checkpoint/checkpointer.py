@@ -1,6 +1,12 @@
 """Checkpointer: a training run's live objects (model, optimizer, EMA, scaler, loader position, RNG) saved
 into a TrainState plus tensor files, and restored from one. Writes go through a CheckpointWriter, in a
-background thread when `checkpoint.async_write` is on."""
+background thread when `checkpoint.async_write` is on.
+
+As torchtitan's checkpointer asks each of its components for `state_dict()` and hands it back with
+`load_state_dict()`, the Checkpointer knows no component's insides: each stateful part (a `Part`: the
+weights and EMA, the optimizer with its scaler and plateau state, the loader position) fills its own field
+of the TrainState and names the tensor files it adds, and restores itself from them. The generators are
+the Checkpointer's own, as they are gathered from every rank and restored last."""
 
 from __future__ import annotations
 
@@ -8,29 +14,44 @@ import logging
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from a2b_pipeline.checkpoint.directory import CheckpointError, checkpoint_name, prune_checkpoints, set_pointer
-from a2b_pipeline.data.meta_dataloader import MetaDataLoader
-from a2b_pipeline.models import model_io
-from a2b_pipeline.state import (
+from a2b_pipeline.checkpoint.directory import (
     EMA_FILE,
     MODEL_FILE,
     OPTIMIZER_FILE,
-    MetaDataLoaderState,
-    ModelState,
-    OptimizerState,
-    RNGState,
-    TrainState,
-    load_tensors,
+    CheckpointError,
+    checkpoint_name,
+    prune_checkpoints,
+    set_pointer,
 )
+from a2b_pipeline.checkpoint.store import load_tensors
+from a2b_pipeline.data.meta_dataloader import MetaDataLoader
+from a2b_pipeline.models import model_io
+from a2b_pipeline.state import MetaDataLoaderState, ModelState, OptimizerState, RNGState, TrainState
 from a2b_pipeline.training.engine import EMA, checked_weights
 
 log = logging.getLogger("a2b_pipeline.checkpoint.checkpointer")
+
+
+Tensors = dict[str, dict[str, torch.Tensor]]  # file name -> the tensors it holds
+
+
+class Part(Protocol):
+    """A stateful part of a run: gives its state to a checkpoint and takes it back."""
+
+    def save(self, state: TrainState, path: Path, best: bool) -> Tensors:
+        """Set this part's field of `state` (checkpoint `path` being written; `best`: it is the best) and
+        return the tensor files the part adds."""
+        ...
+
+    def restore(self, state: TrainState, ckpt: Path) -> None:
+        """Load this part's state from `state` and the files of its checkpoint `ckpt`."""
+        ...
 
 
 @dataclass
@@ -45,6 +66,14 @@ class Checkpointer:
     loader: MetaDataLoader
     rank: int
     writer: CheckpointWriter = field(default_factory=lambda: CheckpointWriter(background=False))
+    parts: list[Part] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.parts = [
+            WeightsPart(self.model, self.ema),
+            OptimizerPart(self.optimizer, self.scaler, self.plateau, self.model),
+            LoaderPart(self.loader),
+        ]
 
     def save(self, state: TrainState, best: bool) -> None:
         """Checkpoint `state` at its global step (every rank calls this; rank 0 writes)."""
@@ -52,20 +81,37 @@ class Checkpointer:
         if self.rank != 0:
             return
         path = state.run_dir / checkpoint_name(state.global_step)
-        opt_tensors, state.optimizer_state = self._optimizer_state(state, path)
-        state.model_state = self._model_state(state, path, best)
         state.rng_state, state.rank_rng_states = rngs[0], rngs[1:]
-        state.meta_dataloader_state = meta_loader_state(self.loader, state)
-        tensors = {MODEL_FILE: self.model.state_dict(), OPTIMIZER_FILE: opt_tensors}
-        if self.ema:
-            tensors[EMA_FILE] = self.ema.shadow
+        tensors: Tensors = {}
+        for part in self.parts:
+            tensors |= part.save(state, path, best)
         self.writer.save(state, path, tensors, best)
 
-    def _model_state(self, state: TrainState, path: Path, best: bool) -> ModelState:
+    def restore(self, state: TrainState) -> None:
+        """Load everything the state points to; RNG last, so nothing built afterwards shifts it."""
+        ckpt = state.last_checkpoint
+        if ckpt is None:
+            raise CheckpointError(f"{state.run_dir}: the state names no checkpoint to restore")
+        _ = state.metric_history  # read (and checked) now, not at the run's first log, mid-run
+        for part in self.parts:
+            part.restore(state, ckpt)
+        rngs = [state.rng_state, *state.rank_rng_states]
+        if self.rank < len(rngs):
+            rngs[self.rank].restore()
+
+
+@dataclass
+class WeightsPart:
+    """The model's weights and, when enabled, their EMA: ModelState, model.safetensors, ema.safetensors."""
+
+    model: nn.Module
+    ema: EMA | None
+
+    def save(self, state: TrainState, path: Path, best: bool) -> Tensors:
         sd = self.model.state_dict()
         first = next(self.model.parameters())
         io = model_io(state.config)
-        return ModelState(
+        state.model_state = ModelState(
             model_loaded=True,
             model_ram_size_bytes=sum(t.nelement() * t.element_size() for t in sd.values()),
             model_dtype=first.dtype,
@@ -80,10 +126,29 @@ class Checkpointer:
             input_shape=(io.in_frames, io.n_mels),
             output_shape=(io.out_steps, io.channels),
         )
+        return {MODEL_FILE: sd, EMA_FILE: self.ema.shadow} if self.ema else {MODEL_FILE: sd}
 
-    def _optimizer_state(
-        self, state: TrainState, path: Path
-    ) -> tuple[dict[str, torch.Tensor], OptimizerState]:
+    def restore(self, state: TrainState, ckpt: Path) -> None:
+        weights = load_tensors(ckpt, MODEL_FILE, state)
+        self.model.load_state_dict(checked_weights(weights, self.model, ckpt))
+        ema_path = state.model_state.ema_path
+        if self.ema and ema_path is not None:
+            self.ema.shadow = checked_weights(
+                load_tensors(ckpt, ema_path.name, state), self.model, ckpt, ema_path.name
+            )
+
+
+@dataclass
+class OptimizerPart:
+    """The optimizer (its moments in optimizer.safetensors, the rest as JSON), the fp16 GradScaler and the
+    plateau schedule's state: OptimizerState."""
+
+    optimizer: torch.optim.Optimizer
+    scaler: Any  # torch.amp.GradScaler for fp16, else None
+    plateau: dict[str, Any]
+    model: nn.Module  # for the dtype and device recorded before the optimizer has moments
+
+    def save(self, state: TrainState, path: Path, best: bool) -> Tensors:
         sd = self.optimizer.state_dict()
         tensors: dict[str, torch.Tensor] = {}
         scalars: dict[str, dict[str, Any]] = {}
@@ -98,7 +163,7 @@ class Checkpointer:
         ]
         moments = [t for t in tensors.values() if t.dim()] or list(tensors.values())
         first = moments[0] if moments else next(self.model.parameters())
-        return tensors, OptimizerState(
+        state.optimizer_state = OptimizerState(
             last_step=state.global_step,
             moments_ram_size_bytes=sum(t.nelement() * t.element_size() for t in tensors.values()),
             moments_dtype=first.dtype,
@@ -111,31 +176,30 @@ class Checkpointer:
             scaler=self.scaler.state_dict() if self.scaler else None,
             plateau=dict(self.plateau),
         )
+        return {OPTIMIZER_FILE: tensors}
 
-    def restore(self, state: TrainState) -> None:
-        """Load everything the state points to; RNG last, so nothing built afterwards shifts it."""
-        ckpt = state.last_checkpoint
-        if ckpt is None:
-            raise CheckpointError(f"{state.run_dir}: the state names no checkpoint to restore")
-        weights = load_tensors(ckpt, MODEL_FILE, state)
-        self.model.load_state_dict(checked_weights(weights, self.model, ckpt))
+    def restore(self, state: TrainState, ckpt: Path) -> None:
         opt_tensors = load_tensors(ckpt, OPTIMIZER_FILE, state)
         load_optimizer(
             self.optimizer, checked_optimizer(opt_tensors, self.optimizer, ckpt), state.optimizer_state
         )
-        ema_path = state.model_state.ema_path
-        if self.ema and ema_path is not None:
-            self.ema.shadow = checked_weights(
-                load_tensors(ckpt, ema_path.name, state), self.model, ckpt, ema_path.name
-            )
-        _ = state.metric_history  # read (and checked) now, not at the run's first log, mid-run
         if self.scaler and state.optimizer_state.scaler:
             self.scaler.load_state_dict(state.optimizer_state.scaler)
         self.plateau.update(state.optimizer_state.plateau)
+
+
+@dataclass
+class LoaderPart:
+    """The MetaDataLoader's position (every loader's, and the draw generator's): MetaDataLoaderState."""
+
+    loader: MetaDataLoader
+
+    def save(self, state: TrainState, path: Path, best: bool) -> Tensors:
+        state.meta_dataloader_state = meta_loader_state(self.loader, state)
+        return {}
+
+    def restore(self, state: TrainState, ckpt: Path) -> None:
         self.loader.load_state_dict(state.meta_dataloader_state.loader_state_dict())
-        rngs = [state.rng_state, *state.rank_rng_states]
-        if self.rank < len(rngs):
-            rngs[self.rank].restore()
 
 
 def gather_rng(state: TrainState, rank: int) -> list[RNGState]:

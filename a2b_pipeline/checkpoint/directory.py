@@ -1,10 +1,13 @@
 """A checkpoint directory on disk: atomic writes, file digests, `last`/`best` pointers, retention.
 
-Plain file mechanics with no knowledge of what a TrainState holds (state.py and checkpointing.py build
-on them). Digests are xxh3-128 ("xxh3_128:<hex>"): they catch truncated, torn or bit-rotted files at
-~10 GB/s, where sha256 ran at ~1.4 GB/s and cost more than loading the tensors (bench/checkpoint.py).
-They guard integrity, not authenticity: whoever can rewrite a file can rewrite train_state.json beside
-it. A bare 64-hex digest is a sha256, as the first checkpoints recorded.
+Plain file mechanics with no knowledge of what a TrainState holds (state.py, store.py and
+checkpointer.py build on them), and the names of a checkpoint's files. Importing it costs no torch: light
+modules (the Dagster definitions, the leaderboard) take STATE_FILE from here.
+
+Digests are xxh3-128 ("xxh3_128:<hex>"): they catch truncated, torn or bit-rotted files at ~10 GB/s,
+where sha256 ran at ~1.4 GB/s and cost more than loading the tensors (bench/checkpoint.py). They guard
+integrity, not authenticity: whoever can rewrite a file can rewrite train_state.json beside it. A bare
+64-hex digest is a sha256, as the first checkpoints recorded.
 """
 
 from __future__ import annotations
@@ -17,14 +20,21 @@ import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import xxhash
 
 from a2b_pipeline import files
 
-STATE_FILE = "train_state.json"
+if TYPE_CHECKING:
+    import torch
+
+# A checkpoint directory's files (state.py's module docstring describes each)
+STATE_FILE = "train_state.json"  # the TrainState, written last: the commit marker
+MODEL_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
+EMA_FILE = "ema.safetensors"
+METRICS_FILE = "metrics.jsonl"
 STEP_DIR = re.compile(r"^step_(\d{9})$")
 DIGEST_ALGOS = ("xxh3_128", "sha256")
 # A checkpoint from elsewhere is untrusted: the state file it carries is read only up to this size (parsing
@@ -261,6 +271,7 @@ def read_verified_tensors(file: Path, expected: str | None, listing: Path) -> di
 
 def tensor_bytes(file: Path) -> tuple[int, torch.dtype | None]:
     """(bytes of all tensors, dtype of the first) from a safetensors file's header, without loading it."""
+    import torch
     from safetensors import SafetensorError, safe_open
 
     total, dtype = 0, None

@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from a2b_pipeline.checkpoint.directory import STATE_FILE
 from a2b_pipeline.configs import ConfigError
 from a2b_pipeline.files import remove_inside
 
@@ -126,34 +127,13 @@ def _read_owner(fd: int) -> str:
         return "another process (owner unknown)"
 
 
-def owner_of(run_dir: str | os.PathLike[str]) -> str | None:
-    """Who holds `run_dir` now (as in the busy error), or None when nobody does."""
-    import fcntl
-
-    lock = Path(run_dir) / LOCK_FILE
-    try:
-        fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    try:
-        if os.path.realpath(run_dir) in _HELD:
-            return _read_owner(fd)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return _read_owner(fd)
-        return None
-    finally:
-        os.close(fd)  # also drops the shared lock taken to test it
-
-
 def clean_debris(run_dir: Path) -> None:
     """Remove what interrupted writes left; an `.old-step_*` whose step is missing is put back first."""
     for entry in sorted(run_dir.iterdir()):
         name = entry.name
         if name.startswith(".old-step_"):
             target = run_dir / name.removeprefix(".old-")
-            if not target.exists() and (entry / "train_state.json").exists():
+            if not target.exists() and (entry / STATE_FILE).exists():
                 os.replace(entry, target)  # the crash came between the two renames of a rewrite
                 log.warning("restored %s from an interrupted rewrite", target)
                 continue

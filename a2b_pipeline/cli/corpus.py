@@ -29,6 +29,7 @@ from a2b_pipeline.data import remote
 from a2b_pipeline.data.corpora import CorpusError, CorpusScan, scan_corpus, scannable
 from a2b_pipeline.data.recording import BadRecordingError, Recording
 from a2b_pipeline.data.signal_csv import parse_signal_csv, pick_value_column
+from a2b_pipeline.files import atomic_path
 
 __all__ = ["corpus_main", "summarize", "write_manifest"]
 
@@ -117,13 +118,11 @@ def write_manifest(scan: CorpusScan, out_csv: str | os.PathLike[str], cache_dir:
         keep = np.all([np.isfinite(c) for c in cols.values()], axis=0)
         safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in rec.recording_id)
         sig_path = sig_dir / f"{safe}.csv"
-        tmp = sig_path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as f:
+        with atomic_path(sig_path) as tmp, open(tmp, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["time", *channels])
             for i in np.flatnonzero(keep):
                 w.writerow([f"{t[i]:.6f}", *(f"{cols[ch][i]:.6g}" for ch in channels)])
-        os.replace(tmp, sig_path)
         audio = rec.audio_path if remote.is_url(rec.audio_path) else os.path.abspath(rec.audio_path)
         rows.append(
             {
@@ -136,8 +135,7 @@ def write_manifest(scan: CorpusScan, out_csv: str | os.PathLike[str], cache_dir:
                 "stimulus_id": rec.stimulus_id or "",
             }
         )
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(out) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(
             f,
             fieldnames=[
@@ -152,7 +150,6 @@ def write_manifest(scan: CorpusScan, out_csv: str | os.PathLike[str], cache_dir:
         )
         w.writeheader()
         w.writerows(rows)
-    os.replace(tmp, out)
     return len(rows)
 
 
@@ -168,10 +165,8 @@ def corpus_main(
 ) -> int:
     """Entry point of `a2b corpus`. Returns the exit status; prints the summary (or one error line)."""
     try:
-        kwargs: dict[str, Any] = {}
-        if audio_dir and str(type).lower() == "hku956":
-            kwargs["audio_dir"] = audio_dir
-        scan = scan_corpus(root, type, channels=channels, on_bad="skip", cache_dir=cache_dir, **kwargs)
+        options = {"audio_dir": audio_dir} if audio_dir else {}  # the type says whether it takes it
+        scan = scan_corpus(root, type, channels=channels, on_bad="skip", cache_dir=cache_dir, **options)
         summary = summarize(scan)
         if to_manifest:
             summary["manifest"] = str(to_manifest)

@@ -10,6 +10,7 @@ full Dagster and library logs instead (each line once).
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -166,13 +167,8 @@ def run_demo(
     Returns 0 when every asset materialized and every check passed, 1 otherwise, 2 for a bad setup.
     """
     _quiet_python_logs(verbose)  # before the definitions are imported: they warn while loading
-    from dagster import DagsterInstance, Definitions
-
     from a2b_pipeline.configs import ConfigError
-    from a2b_pipeline.defs.assets import ASSETS, experiments
-    from a2b_pipeline.defs.checks import CHECKS
-    from a2b_pipeline.defs.jobs import experiment_job
-    from a2b_pipeline.defs.resources import ExperimentStore, TrainDevice, WandbTracking, default_resources
+    from a2b_pipeline.defs.assets import ASSETS
 
     out = out or sys.stdout
     dagster_home = Path(dagster_home).expanduser().resolve()
@@ -183,9 +179,31 @@ def run_demo(
     if not (dagster_home / "dagster.yaml").exists():
         (dagster_home / "dagster.yaml").write_text(_INSTANCE_YAML)
 
+    resources = _resources(data_root, configs, tracking_mode, device)
+    try:
+        resources["store"].config_path(experiment)
+    except ConfigError as e:
+        print(f"a2b demo: {e}", file=out)
+        return 2
+    result, done, checks = _materialize(dagster_home, experiment, resources, out, verbose)
+
+    # a warning (e.g. the model not reliably ahead of a baseline) is reported, not a failure of the demo
+    ok = result.success and len(done) == len(ASSETS) and all(c.passed or _is_warning(c) for c in checks)
+    _where_to_look(
+        out, done.get("evaluation"), browse_command(dagster_home, data_root, configs), experiment, ok
+    )
+    return 0 if ok else 1
+
+
+def _resources(
+    data_root: Path, configs: Path, tracking_mode: str | None, device: str | None
+) -> dict[str, Any]:
+    """The environment's resources, with the demo's data root and configs, and its tracking and device."""
+    from a2b_pipeline.defs.resources import ExperimentStore, TrainDevice, WandbTracking, default_resources
+
     env = default_resources()
     tracking, compute = env["tracking"], env["compute"]
-    resources = {
+    return {
         **env,
         "store": ExperimentStore(data_root=str(data_root), configs_dir=str(configs)),
         "tracking": WandbTracking(
@@ -193,11 +211,18 @@ def run_demo(
         ),
         "compute": TrainDevice(device=device or compute.device, num_threads=compute.num_threads),
     }
-    try:
-        resources["store"].config_path(experiment)
-    except ConfigError as e:
-        print(f"a2b demo: {e}", file=out)
-        return 2
+
+
+def _materialize(
+    dagster_home: Path, experiment: str, resources: dict[str, Any], out: TextIO, verbose: bool
+) -> tuple[Any, dict[str, Any], list[Any]]:
+    """Run the experiment's job in process on the instance in `dagster_home` (its partition added when
+    new): the result, the materializations by asset name, the check evaluations."""
+    from dagster import DagsterInstance, Definitions
+
+    from a2b_pipeline.defs.assets import ASSETS, experiments
+    from a2b_pipeline.defs.checks import CHECKS
+    from a2b_pipeline.defs.jobs import experiment_job
 
     job_defs = Definitions(
         assets=ASSETS,
@@ -225,13 +250,7 @@ def run_demo(
         mats = [e.event_specific_data.materialization for e in result.get_asset_materialization_events()]
         done = {m.asset_key.to_user_string(): m for m in mats}
         checks = result.get_asset_check_evaluations()
-
-    # a warning (e.g. the model not reliably ahead of a baseline) is reported, not a failure of the demo
-    ok = result.success and len(done) == len(ASSETS) and all(c.passed or _is_warning(c) for c in checks)
-    _where_to_look(
-        out, done.get("evaluation"), browse_command(dagster_home, data_root, configs), experiment, ok
-    )
-    return 0 if ok else 1
+    return result, done, checks
 
 
 def _is_warning(check: Any) -> bool:
@@ -263,3 +282,23 @@ def _where_to_look(out: TextIO, ev: Any, command: str, experiment: str, ok: bool
     print(f"and open http://127.0.0.1:3000/assets (partition {experiment!r}).", file=out)
     if not ok:
         print("a2b demo: some steps failed; `a2b demo -v` or the run's log in the UI says why.", file=out)
+
+
+# ---- the command ----
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    return run_demo(
+        Path(args.dagster_home), Path(args.data_root), experiment=args.experiment, verbose=args.verbose
+    )
+
+
+def add_demo(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser("demo", help="materialize the whole Dagster graph on configs/demo.yaml")
+    s.add_argument("--dagster-home", default=".dagster_home")
+    s.add_argument("--data-root", default=".", help="relative paths in configs resolve under it")
+    s.add_argument("--experiment", default="demo", help="the config <configs dir>/<experiment>.yaml")
+    s.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="the full Dagster logs"
+    )
+    s.set_defaults(fn=cmd_demo)

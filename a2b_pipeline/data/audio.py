@@ -16,13 +16,9 @@ from a2b_pipeline.files import open_regular
 MAX_CORPUS_FILE_BYTES = 8 << 30  # one recording's audio or signal file (a 2-hour 192 kHz stereo WAV is ~5 GB)
 
 
-def is_url(path: str) -> bool:
-    return "://" in path
-
-
 def open_binary(path: str):
     """A binary file object for a local path or any fsspec URL (s3://, https://, file://, memory://)."""
-    if is_url(path):
+    if remote.has_scheme(path):
         # through the download cache (keyed by URL + ETag + size); errors name the bucket and key
         return remote.open_binary(path)
     return open_regular(path, MAX_CORPUS_FILE_BYTES, "more than a corpus file takes", follow_symlinks=True)

@@ -198,14 +198,6 @@ class NormStats:
     def normalize_features(self, x: torch.Tensor) -> torch.Tensor:
         return (x - torch.tensor(self.feature_mean)) / torch.tensor(self.feature_std)
 
-    def normalize_target(self, y: torch.Tensor, dataset: str, subject: str) -> torch.Tensor:
-        mean, std = self.target_stats(dataset, subject)
-        return (y - mean) / std
-
-    def denormalize_target(self, y: torch.Tensor, dataset: str, subject: str) -> torch.Tensor:
-        mean, std = self.target_stats(dataset, subject)
-        return y * std.to(y) + mean.to(y)
-
 
 def _moments(tensors: list[torch.Tensor], width: int) -> tuple[list[float], list[float]]:
     """NaN-ignoring per-column mean and std over the rows of all tensors, accumulated in float64."""

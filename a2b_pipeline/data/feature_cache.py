@@ -35,7 +35,6 @@ import os
 import struct
 import threading
 import time
-import uuid
 import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -47,7 +46,7 @@ import xxhash
 
 from a2b_pipeline.data import remote
 from a2b_pipeline.data.recording import BadRecordingError, Recording
-from a2b_pipeline.files import open_regular
+from a2b_pipeline.files import atomic_write, open_regular
 
 # Bump to invalidate every entry by hand. Entries are also keyed by the source code that computes them (the
 # `code` its caller passes: the modules and functions that decode or resample), so an edit of that code
@@ -171,17 +170,7 @@ def write_entry(path: Path, key: str, arrays: dict[str, np.ndarray], meta: dict[
         {"key": key, "arrays": specs, "meta": meta, "xxh3_128": xxhash.xxh3_128_hexdigest(payload)},
         sort_keys=True,
     ).encode()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(MAGIC + _LEN.pack(len(header)) + header + payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write(path, MAGIC + _LEN.pack(len(header)) + header + payload)
 
 
 class CorruptEntry(ValueError):

@@ -22,9 +22,10 @@ from typing import Any, Literal
 import numpy as np
 import soundfile as sf
 
-from a2b_pipeline.data.audio import is_url, open_binary
+from a2b_pipeline.data.audio import open_binary
 from a2b_pipeline.data.recording import Listing, Recording, SignalSource, Skipped
-from a2b_pipeline.data.remote import redact_text, to_local_path
+from a2b_pipeline.data.remote import has_scheme, to_local_path
+from a2b_pipeline.security import redact_text
 
 REQUIRED = ("recording_id", "subject_id", "audio_path", "signal_path")
 OPTIONAL = ("offset_seconds", "duration_seconds", "signal_rate", "stimulus_id")
@@ -105,12 +106,12 @@ class Confinement:
         self.base = base
         self.allow_outside = allow_outside
         self.url_schemes = {s.lower() for s in url_schemes}
-        self._real_base = None if is_url(base) else os.path.realpath(base)
+        self._real_base = None if has_scheme(base) else os.path.realpath(base)
 
     def resolve(self, col: str, p: str) -> str:
         """The path or URL a row's `col` value names; ValueError (naming the column) when it may not."""
         p = to_local_path(p)
-        if is_url(p):
+        if has_scheme(p):
             scheme = p.split("://", 1)[0].lower()
             if scheme not in self.url_schemes:
                 allowed = sorted(self.url_schemes) or "none"
@@ -119,7 +120,7 @@ class Confinement:
                     f"data.url_schemes: {allowed})"
                 )
             return p
-        if is_url(self.base):  # a relative path under a remote manifest: no way out of its folder
+        if has_scheme(self.base):  # a relative path under a remote manifest: no way out of its folder
             rel = posixpath.normpath(p)
             if not self.allow_outside and (os.path.isabs(p) or rel == ".." or rel.startswith("../")):
                 raise ValueError(self._outside(col, p))
@@ -192,7 +193,7 @@ def read_manifest_listing(
     """
     path = str(path_or_url)
     rows = _read_rows(path)
-    base = posixpath.dirname(path) if is_url(path) else os.path.dirname(os.path.abspath(path))
+    base = posixpath.dirname(path) if has_scheme(path) else os.path.dirname(os.path.abspath(path))
     confine = Confinement(base, allow_outside, url_schemes)
     listing = Listing()
     seen: set[str] = set()
@@ -206,7 +207,7 @@ def read_manifest_listing(
             audio = confine.resolve("audio_path", _text(row, "audio_path"))
             signal = confine.resolve("signal_path", _text(row, "signal_path"))
             for col, p in (("audio_path", audio), ("signal_path", signal)):
-                if not is_url(p) and not os.path.isfile(p):
+                if not has_scheme(p) and not os.path.isfile(p):
                     raise ValueError(f"column {col!r}: file not found: {p}")
             rate = _number(row, "signal_rate", positive=True)
             time_col = None if rate else "time"

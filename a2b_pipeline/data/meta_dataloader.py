@@ -30,6 +30,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from a2b_pipeline.data.splits import SPLITS
+
 __all__ = ["MetaDataLoader", "ShardedEpochSampler", "derive_seed"]
 
 _STATE_FORMAT = 1
@@ -166,9 +168,6 @@ def _validate_weights(weights: Sequence[float], n_loaders: int) -> list[float]:
     if not any(out):
         raise ValueError(f"sampling_weights are all zero ({out}): at least one must be positive")
     return out
-
-
-SPLITS = ("train", "val", "test")
 
 
 class MetaDataLoader:

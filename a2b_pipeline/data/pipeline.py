@@ -29,7 +29,7 @@ from a2b_pipeline.data.datasets import (
 from a2b_pipeline.data.meta_dataloader import MetaDataLoader, ShardedEpochSampler, derive_seed
 from a2b_pipeline.data.recording import BadRecordingError, Listing, Recording, Skipped
 from a2b_pipeline.data.splits import SPLITS, GroupedSplit, group_key, split_fold, split_grouped
-from a2b_pipeline.files import FileRefusedError, read_json
+from a2b_pipeline.files import FileRefusedError, atomic_write, read_json
 
 log = logging.getLogger(__name__)
 
@@ -223,10 +223,7 @@ NORM_FILE = "norm_stats.json"
 def save_norm_stats(data: PreparedData, run_dir: str | Path) -> Path:
     """`<run_dir>/norm_stats.json`: the run's normalisation, so predicting new audio needs no corpus."""
     out = Path(run_dir) / NORM_FILE
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"data_version": data.data_version, "norm": data.norm.to_dict()}))
-    os.replace(tmp, out)
+    atomic_write(out, json.dumps({"data_version": data.data_version, "norm": data.norm.to_dict()}).encode())
     return out
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from a2b_pipeline.data.remote import redact_text
+from a2b_pipeline.security import redact_text
 
 
 @dataclass(frozen=True)

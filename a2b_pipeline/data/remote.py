@@ -21,7 +21,6 @@ import logging
 import os
 import shutil
 import threading
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,19 +28,19 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import unquote, urlsplit
 
-from a2b_pipeline.files import open_regular
-from a2b_pipeline.security import REDACTED, expand_secrets, redact, redact_text
+from a2b_pipeline.files import atomic_path, open_regular
+from a2b_pipeline.security import expand_secrets, redact, redact_text
 
 __all__ = [
     "FileInfo",
     "RemoteAccessError",
     "RemoteError",
-    "REDACTED",
     "RemoteNotFoundError",
     "default_cache_dir",
     "exists",
     "fetch",
     "file_info",
+    "has_scheme",
     "is_url",
     "join",
     "list_tree",
@@ -49,7 +48,6 @@ __all__ = [
     "read_bytes",
     "read_text",
     "redact",
-    "redact_text",
     "to_local_path",
 ]
 
@@ -87,13 +85,16 @@ class FileInfo:
 # ---- paths and URLs ----
 
 
+def has_scheme(path: str | os.PathLike[str]) -> bool:
+    """True for ``scheme://...``, ``file://`` included: a path written as a URL, kept as written."""
+    return "://" in os.fspath(path)
+
+
 def is_url(path: str | os.PathLike[str]) -> bool:
-    """True for ``scheme://...`` other than ``file://`` (which is a local path)."""
+    """True for ``scheme://...`` other than ``file://`` (which is a local path): a file fetched through the
+    download cache."""
     s = os.fspath(path)
-    if "://" not in s:
-        return False
-    scheme = s.split("://", 1)[0].lower()
-    return scheme not in ("file", "local")
+    return has_scheme(s) and s.split("://", 1)[0].lower() not in ("file", "local")
 
 
 def to_local_path(path: str | os.PathLike[str]) -> str:
@@ -453,10 +454,9 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 
 def _download(s: str, info: FileInfo, dest: Path) -> None:
-    """Download to a temporary file beside `dest`, check the size, fsync, rename into place."""
-    tmp = dest.parent / f".{dest.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part"
+    """Download to a temporary file beside `dest`, check the size, fsync, rename into place (atomic_path)."""
     fs, rpath = _filesystem(s)
-    try:
+    with atomic_path(dest) as tmp:
         with _errors(s):
             fs.get_file(rpath, str(tmp))
         got = tmp.stat().st_size
@@ -465,12 +465,6 @@ def _download(s: str, info: FileInfo, dest: Path) -> None:
                 f"{redact(s)}: downloaded {got} bytes, expected {info.size} (changed during the download?)",
                 s,
             )
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def open_binary(path: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None) -> IO[bytes]:

@@ -42,7 +42,6 @@ of the other listeners of a clip and a linear regression on loudness, but only b
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +50,7 @@ import numpy as np
 import soundfile as sf
 
 from a2b_pipeline.data.manifest import summarize_manifest
+from a2b_pipeline.files import atomic_path, atomic_write
 
 __all__ = ["summarize_manifest", "write_synthetic_corpus"]  # summarize_manifest: for `a2b synth`
 
@@ -251,16 +251,9 @@ def _signal(
     )
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    sf.write(tmp, audio, sample_rate, subtype="PCM_16", format="WAV")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        sf.write(tmp, audio, sample_rate, subtype="PCM_16", format="WAV")
 
 
 _STIMULUS_STREAM = 0x5717  # a generator stream of its own per stimulus: [seed, this, stimulus]
@@ -324,12 +317,12 @@ def write_synthetic_corpus(
             ]
             lines = [",".join(["time", *channels])]
             lines += [",".join(f"{v:.5f}" for v in row) for row in zip(*cols, strict=True)]
-            _atomic_write_text(out / "signals" / f"{rid}.csv", "\n".join(lines) + "\n")
+            atomic_write(out / "signals" / f"{rid}.csv", ("\n".join(lines) + "\n").encode())
             row = [rid, sid, f"audio/{wav.name}", f"signals/{rid}.csv", f"{-pre:g}"]
             rows.append(row if stim is None else [*row, stim])
     header = ["recording_id", "subject_id", "audio_path", "signal_path", "offset_seconds"]
     buf = [",".join(header if stimuli is None else [*header, "stimulus_id"])]
     buf += [",".join(r) for r in rows]
     manifest = out / "manifest.csv"
-    _atomic_write_text(manifest, "\n".join(buf) + "\n")
+    atomic_write(manifest, ("\n".join(buf) + "\n").encode())
     return manifest

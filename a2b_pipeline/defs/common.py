@@ -1,5 +1,6 @@
-"""What the assets share: loading an experiment's effective config, JSON records on disk that pin
-what each materialization produced, lineage metadata, fingerprints of corpus files, PNGs as metadata.
+"""What the assets share: loading an experiment's effective config, the library's log lines in the run's
+log, JSON records on disk that pin what each materialization produced, lineage metadata (URLs redacted),
+fingerprints of corpus files, PNGs as metadata.
 
 Nothing here imports torch at module level: the code location loads fast and the heavy modules
 are imported inside asset bodies.
@@ -8,11 +9,14 @@ are imported inside asset bodies.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import json
+import logging
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +31,7 @@ from dagster import (
     TableSchema,
 )
 
+from a2b_pipeline.checkpoint.directory import STATE_FILE
 from a2b_pipeline.defs.resources import ExperimentStore, TrainDevice, WandbTracking
 from a2b_pipeline.files import MAX_RECORD_BYTES, MAX_STATE_BYTES, FileRefusedError, parse_json, read_bounded
 from a2b_pipeline.files import atomic_write as write_file_atomically
@@ -96,6 +101,27 @@ def load_experiment(
     return exp
 
 
+# ---- the run's log ----
+
+
+@contextlib.contextmanager
+def forward_library_logs(context: Any) -> Iterator[None]:
+    """The library's log lines (per-epoch/validation progress) go to the run's log in the UI."""
+    from a2b_pipeline.launch.logs import ToDagsterLog
+
+    logger = logging.getLogger("a2b_pipeline")
+    handler = ToDagsterLog(context.log)
+    old_level = logger.level
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+
+
 # ---- files ----
 
 
@@ -117,7 +143,7 @@ def short_digest(digest: str) -> str:
 
 def state_sha256(checkpoint: Path) -> str:
     """sha256 of a checkpoint's train_state.json, read bounded (files.read_bounded)."""
-    blob = read_bounded(checkpoint / "train_state.json", MAX_STATE_BYTES, "more than a run's state takes")
+    blob = read_bounded(checkpoint / STATE_FILE, MAX_STATE_BYTES, "more than a run's state takes")
     return sha256_bytes(blob)
 
 
@@ -181,7 +207,7 @@ def write_planned_state(
     run_dir = exp.run_dir(data_version) if data_version else exp.dir / f"train-{exp.config_hash}"
     state = TrainState.from_config(exp.cfg, run_dir=run_dir)
     state.data_version = data_version
-    path = materialization_file(exp, asset, run_id, ".train_state.json")
+    path = materialization_file(exp, asset, run_id, f".{STATE_FILE}")
     atomic_write(path, state.to_json().encode())
     return state, path
 
@@ -213,10 +239,27 @@ def config_table(exp: Experiment, state: TrainState) -> MetadataValue:
     )
 
 
+def redacted(metadata: dict[str, Any]) -> dict[str, Any]:
+    """Metadata with every URL shown without its credentials (security.redact_text): texts, markdown, paths,
+    URLs and JSON values alike; numbers and the rest as they are."""
+    out: dict[str, Any] = {}
+    for key, value in metadata.items():
+        if isinstance(value, str):
+            value = redact_text(value)
+        elif isinstance(value, MetadataValue) and isinstance(getattr(value, "value", None), str):
+            value = type(value)(redact_text(value.value))
+        elif isinstance(value, MetadataValue) and isinstance(getattr(value, "value", None), dict | list):
+            text = json.dumps(value.value, default=str)
+            if redact_text(text) != text:
+                value = type(value)(json.loads(redact_text(text)))
+        out[key] = value
+    return out
+
+
 def lineage_metadata(
     exp: Experiment,
-    state: TrainState,
-    state_path: Path,
+    state: TrainState | None,
+    state_path: Path | None,
     data_version: str | None,
     record: tuple[Path, str],
     checkpoint: Path | None = None,
@@ -227,12 +270,13 @@ def lineage_metadata(
     md: dict[str, Any] = {
         "experiment": exp.name,
         "config_file": MetadataValue.path(str(exp.config_file)),
-        "config_hash": state.config_hash,
+        "config_hash": state.config_hash if state else exp.config_hash,
     }
     if data_version:
         md["data_version"] = data_version
-    md["train_state"] = MetadataValue.path(str(state_path))
-    if trained:
+    if state_path:
+        md["train_state"] = MetadataValue.path(str(state_path))
+    if trained and state:
         md["config"] = config_table(exp, state)
         md["status"] = state.status
         md["global_step"] = MetadataValue.int(state.global_step)

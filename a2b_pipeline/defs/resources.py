@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 from dagster import Config, ConfigurableResource
 from pydantic import Field
 
+from a2b_pipeline.data.remote import has_scheme
+
 if TYPE_CHECKING:
     from a2b_pipeline.configs import RunConfig
 
@@ -23,13 +25,15 @@ DEVICES = ("config", "auto", "cpu", "cuda")
 LAUNCHES = ("process", "slurm")
 
 
-def _is_url(path: str) -> bool:
-    return "://" in path
+def _require_one_of(setting: str, value: str, allowed: tuple[str, ...]) -> None:
+    """A resource setting checked where it is applied to a config (the run's failure names it)."""
+    if value not in allowed:
+        raise ValueError(f"{setting} must be one of {allowed}, got {value!r}")
 
 
 def _rebase(path: str, root: Path) -> str:
     """A relative local path -> absolute under `root`; URLs and absolute paths stay as they are."""
-    if _is_url(path):
+    if has_scheme(path):
         return path
     p = Path(path).expanduser()
     return str(p if p.is_absolute() else (root / p).resolve())
@@ -149,7 +153,7 @@ class ExperimentStore(ConfigurableResource):
             return
         root = os.path.realpath(self.root)
         for field, path in (("checkpoint.dir", cfg.checkpoint.dir), ("data.cache_dir", cfg.data.cache_dir)):
-            if path is None or _is_url(path) or Path(path).expanduser().is_absolute():
+            if path is None or has_scheme(path) or Path(path).expanduser().is_absolute():
                 continue
             real = os.path.realpath(Path(root) / path)
             if os.path.commonpath([real, root]) != root:
@@ -176,8 +180,7 @@ class WandbTracking(ConfigurableResource):
 
     def apply(self, cfg: RunConfig) -> None:
         """Set the tracking settings on `cfg` in place (validated assignments)."""
-        if self.mode not in TRACKING_MODES:
-            raise ValueError(f"WandbTracking.mode must be one of {TRACKING_MODES}, got {self.mode!r}")
+        _require_one_of("WandbTracking.mode", self.mode, TRACKING_MODES)
         if self.mode != "config":
             cfg.tracking.wandb_mode = self.mode
         if self.project:
@@ -234,10 +237,8 @@ class TrainDevice(ConfigurableResource):
 
     def apply(self, cfg: RunConfig) -> None:
         """Set the device settings on `cfg` in place (validated assignments)."""
-        if self.device not in DEVICES:
-            raise ValueError(f"TrainDevice.device must be one of {DEVICES}, got {self.device!r}")
-        if self.launch not in LAUNCHES:
-            raise ValueError(f"TrainDevice.launch must be one of {LAUNCHES}, got {self.launch!r}")
+        _require_one_of("TrainDevice.device", self.device, DEVICES)
+        _require_one_of("TrainDevice.launch", self.launch, LAUNCHES)
         if self.device != "config":
             cfg.train.device = self.device
         if self.num_threads:

@@ -1,18 +1,38 @@
-"""The one shape of every experiment asset: `@experiment_asset` wraps a body that only calls the core.
+"""The one shape of every experiment asset: load, call the core, report.
 
-Before the body (the preamble): load the experiment's effective config, read the record of each
-upstream asset the body needs *as the instance recorded it* (path + sha256 of its latest
-materialization of this partition) and refuse one built from another config. During the body: the
-library's log lines go to the run's log. After it (the epilogue): write this materialization's record
-and TrainState as files of its own, build the lineage metadata (config, data, TrainState, checkpoint)
-after the asset's own metadata, and return a `MaterializeResult` whose `DataVersion` folds in the
-config hash, so a changed config or corpus marks everything downstream stale.
+To add an asset, read one asset file (assets/training.py's `best_checkpoint` is a short one) and write:
+
+    @experiment_asset(
+        code_version="1",           # bump it when the body changes what the asset produces
+        reads=["best_checkpoint"],  # the upstream records the body reads; also its deps (the graph's edges)
+        kinds={"pytorch"},          # every other keyword goes to Dagster's `@asset`
+        description="What the asset is, for the UI.",
+    )
+    def my_asset(step: AssetStep) -> Produced:
+        from a2b_pipeline.evaluation import something  # heavy imports inside: the code location loads fast
+
+        best = step.upstream["best_checkpoint"]                     # load
+        result = something(step.exp.cfg, best["checkpoint"])       # call the core
+        return Produced(record={...}, version_parts=[...], metadata={...})  # report
+
+and add it to the file's list of assets (assets/__init__.py's ASSETS, or CV_ASSETS). The body gets an
+`AssetStep`: the experiment of the partition (`step.exp.cfg` is its effective config), the upstream
+records, the launch config and Dagster's context. It returns a `Produced`: the record the next asset reads,
+what its data version is made of, and its metadata. The template does the rest, the same for every asset:
+
+- before the body: load the partition's experiment (a fold partition's fold must exist), read the record of
+  each upstream asset in `reads` as the instance recorded it (path + sha256 of its latest materialization
+  of this partition) and refuse one built from another config;
+- during it: the library's log lines go to the run's log;
+- after it: write this materialization's record (and, for the assets before training, the TrainState a run
+  of this config and data starts from) as files of its own under `<checkpoint.dir>/<experiment>/dagster/
+  <asset>/`; put the lineage metadata (config, data, TrainState, checkpoint) after the asset's own; and
+  return a `MaterializeResult` whose `DataVersion` folds the config hash into `version_parts`, so a
+  changed config or corpus marks everything downstream stale.
 """
 
 # No `from __future__ import annotations`: Dagster reads the asset functions' annotations as objects.
-import contextlib
-import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,14 +44,17 @@ from dagster import (
     DataVersion,
     Failure,
     MaterializeResult,
-    MetadataValue,
+    MultiPartitionKey,
     asset,
 )
 
+from a2b_pipeline.checkpoint.directory import STATE_FILE
 from a2b_pipeline.defs.common import (
     Experiment,
+    forward_library_logs,
     lineage_metadata,
     load_experiment,
+    redacted,
     sha256_json,
     upstream_record,
     write_planned_state,
@@ -47,12 +70,13 @@ RESOURCE_KEYS = {"store", "tracking", "compute"}
 
 @dataclass
 class AssetStep:
-    """What a body gets: the run's context, the experiment, the upstream records it asked for, and
-    the launch config (for assets that take one)."""
+    """What a body gets: the run's context, the experiment (and fold, on an experiment x fold partition),
+    the upstream records it asked for, and the launch config (for assets that take one)."""
 
     context: AssetExecutionContext
     exp: Experiment
-    upstream: dict[str, dict[str, Any]]
+    fold: int | None = None
+    upstream: dict[str, dict[str, Any]] = field(default_factory=dict)
     config: Any = None
 
     @property
@@ -67,6 +91,16 @@ class AssetStep:
     def code_version(self) -> str | None:
         return self.context.assets_def.code_versions_by_key.get(self.context.asset_key)
 
+    @property
+    def folds(self) -> int:
+        """The experiment's number of cross-validation folds (`data.split.folds`); none: a Failure."""
+        from a2b_pipeline.experiments.cv import require_folds
+
+        try:
+            return require_folds(self.exp.cfg)
+        except ValueError as e:  # ConfigError
+            raise Failure(f"experiment {self.exp.name!r}: {e}") from None
+
     def previous_record(self) -> dict[str, Any] | None:
         """This asset's own latest record for the partition (None when there is none or it is unreadable):
         what a body compares its inputs with to skip work that would give the same result."""
@@ -78,58 +112,50 @@ class AssetStep:
 
 @dataclass
 class Produced:
-    """What a body returns; the template turns it into files, metadata and a MaterializeResult."""
+    """What a body reports; the template turns it into files, metadata and a MaterializeResult.
 
-    record: dict[str, Any]  # the asset's own record (experiment and config hash are added)
-    data_version: str | None  # the corpus data version this materialization is about
-    version_parts: list[Any]  # folded with the config hash into the Dagster DataVersion
-    metadata: dict[str, Any] = field(default_factory=dict)  # the asset's own, shown before the lineage
-    state: "TrainState | None" = None  # None: the planned TrainState of a run of this config and data
-    state_path: Path | None = None  # where `state` already lives (a checkpoint's train_state.json)
+    `record` is what the next asset reads (the template adds the experiment, the config hash and the code
+    version); its `data_version`, where it has one, is the corpus data version the materialization is
+    about. `version_parts` are folded with the config hash into the Dagster DataVersion: what the asset
+    produced that matters downstream. `metadata` is the asset's own, shown before the lineage.
+
+    `state` is the TrainState the asset is about: a run's or a checkpoint's (its status, step and best
+    metric are shown), read from `checkpoint`'s train_state.json or else the run directory's. Without one,
+    an asset about the corpus (a record with a data version) gets the TrainState a run of this config and
+    data starts from, written beside its record.
+    """
+
+    record: dict[str, Any]
+    version_parts: list[Any]
+    metadata: dict[str, Any] = field(default_factory=dict)
+    state: "TrainState | None" = None
     checkpoint: Path | None = None
     checks: list[AssetCheckResult] = field(default_factory=list)
-    failure: str | None = None  # set: not a materialization, a Failure with this description
+    failure: str | None = None  # set: not a materialization, a Failure with this description (record kept)
     reused: str | None = None  # set: nothing was recomputed; says what was reused (first metadata row)
-    trained: bool = False  # `state` comes from a training run: status, step, best metric are shown
 
 
-class _ToDagsterLog(logging.Handler):
-    def __init__(self, log: Any):
-        super().__init__(logging.INFO)
-        self.log = log
-
-    def emit(self, record: logging.LogRecord) -> None:
-        level = "warning" if record.levelno == logging.WARNING else "info"
-        if record.levelno >= logging.ERROR:
-            level = "error"
-        getattr(self.log, level)(f"{record.name}: {record.getMessage()}")
-
-
-@contextlib.contextmanager
-def forward_library_logs(context: Any) -> Iterator[None]:
-    """The library's log lines (per-epoch/validation progress) go to the run's log in the UI."""
-    logger = logging.getLogger("a2b_pipeline")
-    handler = _ToDagsterLog(context.log)
-    old_level = logger.level
-    logger.addHandler(handler)
-    if logger.getEffectiveLevel() > logging.INFO:
-        logger.setLevel(logging.INFO)
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
-
-
-def _experiment(context: AssetExecutionContext) -> Experiment:
+def _load_step(context: AssetExecutionContext, config: Any) -> AssetStep:
+    """The partition's experiment: a plain key names it; an experiment x fold key also names a fold of it,
+    which must exist."""
+    key, fold = context.partition_key, None
+    if isinstance(key, MultiPartitionKey):
+        key, fold = key.keys_by_dimension["experiment"], int(key.keys_by_dimension["fold"])
     r = context.resources
     try:
-        return load_experiment(context.partition_key, r.store, r.tracking, r.compute)
+        exp = load_experiment(key, r.store, r.tracking, r.compute)
     except ValueError as e:  # ConfigError, or a resource setting the config rejects
-        raise Failure(f"experiment {context.partition_key!r}: {e}") from None
+        raise Failure(f"experiment {key!r}: {e}") from None
+    step = AssetStep(context=context, exp=exp, fold=fold, config=config)
+    if fold is not None and fold >= step.folds:
+        raise Failure(
+            f"experiment {key!r} has data.split.folds={step.folds}: fold {fold} doesn't exist "
+            f"(0..{step.folds - 1})"
+        )
+    return step
 
 
-def guard_upstream(exp: Experiment, rec: dict[str, Any], asset_name: str) -> None:
+def _guard_upstream(exp: Experiment, rec: dict[str, Any], asset_name: str) -> None:
     if rec.get("config_hash") != exp.config_hash:
         raise Failure(
             f"{exp.config_file} changed since {asset_name} was materialized (config hash "
@@ -137,47 +163,19 @@ def guard_upstream(exp: Experiment, rec: dict[str, Any], asset_name: str) -> Non
         )
 
 
-def redacted(metadata: dict[str, Any]) -> dict[str, Any]:
-    """Metadata with every URL shown without its credentials (remote.redact_text): texts, markdown, paths,
-    URLs and JSON values alike; numbers and the rest as they are."""
-    import json
-
-    from a2b_pipeline.data.remote import redact_text
-
-    out: dict[str, Any] = {}
-    for key, value in metadata.items():
-        if isinstance(value, str):
-            value = redact_text(value)
-        elif isinstance(value, MetadataValue) and isinstance(getattr(value, "value", None), str):
-            value = type(value)(redact_text(value.value))
-        elif isinstance(value, MetadataValue) and isinstance(getattr(value, "value", None), dict | list):
-            text = json.dumps(value.value, default=str)
-            if redact_text(text) != text:
-                value = type(value)(json.loads(redact_text(text)))
-        out[key] = value
-    return out
-
-
-def _materialize(
-    body: Callable[[AssetStep], Produced], reads: Sequence[str], context: AssetExecutionContext, config: Any
-) -> MaterializeResult:
-    name = context.asset_key.to_user_string()
-    exp = _experiment(context)
-    upstream = {}
-    for up in reads:
-        upstream[up] = upstream_record(context, up)
-        guard_upstream(exp, upstream[up], up)
-    step = AssetStep(context=context, exp=exp, upstream=upstream, config=config)
-    with forward_library_logs(context):
-        out = body(step)
-
+def _report(step: AssetStep, out: Produced) -> MaterializeResult:
+    """The epilogue: the record and TrainState files, the metadata, the data version."""
+    exp, name = step.exp, step.context.asset_key.to_user_string()
     head = {"experiment": exp.name, "config_hash": exp.config_hash, "code_version": step.code_version}
     record = write_record(exp, name, step.run_id, {**head, **out.record, "reused": out.reused})
-    state, state_path = out.state, out.state_path
-    if state is None or state_path is None:
-        state, state_path = write_planned_state(exp, name, step.run_id, out.data_version)
+    data_version = out.record.get("data_version")
+    state, state_path = out.state, None
+    if state is not None:
+        state_path = (out.checkpoint or state.run_dir) / STATE_FILE
+    elif data_version:
+        state, state_path = write_planned_state(exp, name, step.run_id, data_version)
     lineage = lineage_metadata(
-        exp, state, state_path, out.data_version, record, checkpoint=out.checkpoint, trained=out.trained
+        exp, state, state_path, data_version, record, checkpoint=out.checkpoint, trained=out.state is not None
     )
     metadata = redacted({**({"reused": out.reused} if out.reused else {}), **out.metadata, **lineage})
     if out.failure:
@@ -185,9 +183,21 @@ def _materialize(
     tags = {}
     if out.reused:  # on the materialization and on the run, where the runs list shows it
         tags = {"a2b/reused": "true"}
-        context.instance.add_run_tags(step.run_id, {f"a2b/reused_{name}": "true"})
+        step.context.instance.add_run_tags(step.run_id, {f"a2b/reused_{name}": "true"})
     version = DataVersion(sha256_json([exp.config_hash, *out.version_parts])[:20])
     return MaterializeResult(metadata=metadata, data_version=version, check_results=out.checks, tags=tags)
+
+
+def _materialize(
+    body: Callable[[AssetStep], Produced], reads: Sequence[str], context: AssetExecutionContext, config: Any
+) -> MaterializeResult:
+    step = _load_step(context, config)
+    for up in reads:
+        step.upstream[up] = upstream_record(context, up)
+        _guard_upstream(step.exp, step.upstream[up], up)
+    with forward_library_logs(context):
+        out = body(step)
+    return _report(step, out)
 
 
 def experiment_asset(
@@ -197,10 +207,11 @@ def experiment_asset(
     config: type[Config] | None = None,
     **asset_kwargs: Any,
 ) -> Callable[[Callable[[AssetStep], Produced]], Any]:
-    """`@experiment_asset(code_version=..., reads=[upstream asset names], deps=[...], ...)` over
-    `def name(step: AssetStep) -> Produced`: a partitioned asset of the group with the shared preamble
-    and epilogue. `config`: the launch config class (shown in the launchpad); other keyword arguments
-    go to `@asset`. Bump the asset's own `code_version` when its body changes what it produces."""
+    """`@experiment_asset(code_version=..., reads=[upstream asset names], ...)` over
+    `def name(step: AssetStep) -> Produced`: an asset of the experiment partitions and group (other
+    `partitions_def` / `group_name` may be given) with the shared preamble and epilogue. Its `deps` are
+    the assets it `reads` unless given. `config`: the launch config class (shown in the launchpad); other
+    keyword arguments go to `@asset`."""
 
     def decorate(body: Callable[[AssetStep], Produced]) -> Any:
         if config is None:
@@ -217,13 +228,12 @@ def experiment_asset(
         # named for the body (not functools.wraps: its __wrapped__ would show Dagster the body's signature)
         for attr in ("__name__", "__qualname__", "__module__", "__doc__"):
             setattr(compute, attr, getattr(body, attr))
+        defaults = {"partitions_def": experiments, "group_name": GROUP, "deps": list(reads)}
         return asset(
             name=body.__name__,
-            partitions_def=experiments,
-            group_name=GROUP,
             code_version=code_version,
             required_resource_keys=RESOURCE_KEYS,
-            **asset_kwargs,
+            **{**defaults, **asset_kwargs},
         )(compute)
 
     return decorate

@@ -14,18 +14,20 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from a2b_pipeline.checkpoint.directory import entry_inside
+from a2b_pipeline.checkpoint.directory import STATE_FILE, CheckpointError, entry_inside
+from a2b_pipeline.checkpoint.store import load_tensors
 from a2b_pipeline.configs import RunConfig
 from a2b_pipeline.data.datasets import WindowDataset
 from a2b_pipeline.data.pipeline import PreparedData, make_loader, prepare_data
+from a2b_pipeline.evaluation import REPORT_FILE
 from a2b_pipeline.evaluation.baselines import BASELINES, Baselines, fit_baselines, normalised_target
-from a2b_pipeline.evaluation.metrics import MetricAccumulator, make_loss
 from a2b_pipeline.evaluation.scoring import N_BOOT, RecordingEval, block
 from a2b_pipeline.files import atomic_write
 from a2b_pipeline.models import build_model, model_io
 from a2b_pipeline.security import Grant, check_grant
-from a2b_pipeline.state import CheckpointError, TrainState, load_tensors
+from a2b_pipeline.state import TrainState
 from a2b_pipeline.training.engine import autocast_context, checked_weights, evaluate_loader
+from a2b_pipeline.training.metrics import MetricAccumulator, make_loss
 
 REPORT_SCHEMA = "a2b.evaluation/1"
 
@@ -33,9 +35,9 @@ REPORT_SCHEMA = "a2b.evaluation/1"
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint directory as given; for a run directory its `best`, else its newest valid checkpoint."""
     path = Path(path)
-    if (path / "train_state.json").exists():
+    if (path / STATE_FILE).exists():
         return path
-    if (path / "best" / "train_state.json").exists():
+    if (path / "best" / STATE_FILE).exists():
         return entry_inside(path, path / "best")  # a `best` leading into another run is refused
     state = TrainState.from_checkpoint(path)
     return state.last_checkpoint or path
@@ -310,7 +312,7 @@ def write_report(report: dict[str, Any]) -> Path:
 
 
 def report_path(report: dict[str, Any]) -> Path:
-    return Path(report["run_dir"]) / f"evaluation-{report['split']}.json"
+    return Path(report["run_dir"]) / REPORT_FILE.format(split=report["split"])
 
 
 _COLORS = {

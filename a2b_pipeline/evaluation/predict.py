@@ -14,7 +14,6 @@ import io
 import json
 import logging
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from a2b_pipeline.data.datasets import NormStats, audio_inputs, fit_frames, read
 from a2b_pipeline.data.features import log_mel
 from a2b_pipeline.data.pipeline import load_norm_stats, prepare_data, save_norm_stats
 from a2b_pipeline.evaluation.evaluate import load_model, overlap_add, resolve_checkpoint
+from a2b_pipeline.files import atomic_write
 from a2b_pipeline.security import Grant, check_grant
 from a2b_pipeline.state import TrainState
 
@@ -156,7 +156,7 @@ class Predictor:
         t = np.arange(len(y)) / d.target_rate
         lines = [",".join(["time", *names])]
         lines += [",".join([f"{ti:.4f}", *(f"{v:.6g}" for v in row)]) for ti, row in zip(t, y, strict=True)]
-        _atomic_text(csv_path, "\n".join(lines) + "\n")
+        atomic_write(csv_path, ("\n".join(lines) + "\n").encode())
         meta = {
             "audio": str(path),
             "checkpoint": str(self.ckpt),
@@ -169,16 +169,10 @@ class Predictor:
             "target_rate": d.target_rate,
             "rows": len(y),
         }
-        _atomic_text(csv_path.with_suffix(".json"), json.dumps(meta, indent=1) + "\n")
+        atomic_write(csv_path.with_suffix(".json"), (json.dumps(meta, indent=1) + "\n").encode())
         png = csv_path.with_suffix(".png")
         png.write_bytes(plot_prediction(y, names, d.target_rate, loud_db, d.frame_rate, f"{path.name}"))
         return Predicted(path, csv_path, png, seconds)
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def predict_files(

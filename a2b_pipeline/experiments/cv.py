@@ -25,7 +25,8 @@ from typing import Any
 from a2b_pipeline.configs import ConfigError, RunConfig
 from a2b_pipeline.data.pipeline import prepare_data
 from a2b_pipeline.data.splits import group_key, group_kinds
-from a2b_pipeline.evaluation.evaluate import evaluate_report, resolve_checkpoint
+from a2b_pipeline.evaluation.evaluate import evaluate_report, report_path, resolve_checkpoint
+from a2b_pipeline.experiments import CV_SUMMARY_FILE
 from a2b_pipeline.files import atomic_write, read_json
 from a2b_pipeline.runs import cv_dir, fold_dir, run_training
 from a2b_pipeline.security import Grant, check_grant
@@ -33,8 +34,6 @@ from a2b_pipeline.state import TrainState
 
 log = logging.getLogger(__name__)
 
-SUMMARY_FILE = "cv_summary.json"
-REPORT_FILE = "evaluation-{split}.json"
 SCHEMA = "a2b.cv/1"
 
 
@@ -100,8 +99,7 @@ def evaluate_fold(
     check_grant(state.config, grant, str(ckpt))
     data = prepare_data(state.config)
     report = evaluate_report(ckpt, "test", data=data, device=device, grant=grant)
-    path = Path(report["run_dir"]) / REPORT_FILE.format(split="test")
-    return report, path, test_groups(data, state.config.data.split.group_by)
+    return report, report_path(report), test_groups(data, state.config.data.split.group_by)
 
 
 def fold_result(fold: int, state: Any, report_path: Path | None, groups: dict[str, list[str]]) -> FoldResult:
@@ -194,7 +192,7 @@ def summarize(cfg: RunConfig, root: Path, results: list[FoldResult]) -> dict[str
         "stats": fold_stats(reports),
         "problems": problems,
     }
-    _atomic_json(root / SUMMARY_FILE, summary)
+    _atomic_json(root / CV_SUMMARY_FILE, summary)
     return summary
 
 
@@ -234,7 +232,7 @@ def run_cv(
 
 def _existing(cfg: RunConfig, root: Path, fold: int) -> list[FoldResult]:
     """A fold not run now: its result from an earlier run's summary, if there is one."""
-    path = root / SUMMARY_FILE
+    path = root / CV_SUMMARY_FILE
     if not path.is_file():
         return []
     for r in read_json(path, what="CV summary").get("fold_results", []):

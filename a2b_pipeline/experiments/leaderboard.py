@@ -1,11 +1,12 @@
 """The leaderboard: one row per experiment (and per cross-validation summary), from evaluation reports.
 
 Rows come from what runs leave on disk: a run directory's newest TrainState (model, datasets, steps,
-config hash, status) and its `evaluation-test.json` (the evaluation report, /work/coord/eval_schema.md:
-per-channel metrics with bootstrap intervals, baselines and the model's margins over them), or a
-cross-validation's `cv_summary.json` (mean and std over folds). Evaluations written before baselines
-existed still give a row, from their pooled per-window `metrics`, without intervals. A run that stopped,
-failed or was never evaluated is a row too, with its status: nothing is dropped silently.
+config hash, status) and its `evaluation-test.json` (the report of evaluation/evaluate.py, schema
+`a2b.evaluation/1`, as README's "Evaluating a model" reads it: per-channel metrics with bootstrap intervals,
+baselines and the model's margins over them), or a cross-validation's `cv_summary.json` (mean and std over
+folds). Evaluations written before baselines existed still give a row, from their pooled per-window
+`metrics`, without intervals. A run that stopped, failed or was never evaluated is a row too, with its
+status: nothing is dropped silently.
 
 `a2b leaderboard RUNS_DIR` and the Dagster `leaderboard` asset both render rows with this module.
 """
@@ -20,10 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from a2b_pipeline.checkpoint.directory import STATE_FILE, CheckpointError, list_checkpoints
+from a2b_pipeline.evaluation import REPORT_FILE
+from a2b_pipeline.experiments import CV_SUMMARY_FILE
 from a2b_pipeline.files import MAX_STATE_BYTES, read_json
 
-EVALUATION_FILE = "evaluation-{split}.json"
-CV_SUMMARY_FILE = "cv_summary.json"
 BASELINES = ("constant", "other_listeners", "audio_linear")
 DEFAULT_METRIC = "pearson"
 
@@ -224,7 +226,7 @@ def _state_facts(state: Any) -> dict[str, Any]:
 
 def row_from_run_dir(run_dir: str | Path, split: str = "test", metric: str = DEFAULT_METRIC) -> Row:
     """The row of one run directory: its evaluation if it has one, else its training status."""
-    from a2b_pipeline.state import CheckpointError, TrainState, list_checkpoints
+    from a2b_pipeline.state import TrainState
 
     run_dir = Path(run_dir)
     name = run_dir.name
@@ -237,7 +239,7 @@ def row_from_run_dir(run_dir: str | Path, split: str = "test", metric: str = DEF
         return missing_row(name, "failed", "no checkpoint was written", checkpoint=str(run_dir))
     facts = _state_facts(state)
     experiment = state.config.name
-    report_path = run_dir / EVALUATION_FILE.format(split=split)
+    report_path = run_dir / REPORT_FILE.format(split=split)
     if state.status != "complete":
         from a2b_pipeline.runs import read_stop
 
@@ -267,11 +269,10 @@ def row_from_run_dir(run_dir: str | Path, split: str = "test", metric: str = DEF
 def _unverified_facts(run_dir: Path, default_name: str) -> tuple[str, dict[str, Any]]:
     """Name, model, datasets, step and hash from the newest train_state.json as written, unverified: what a
     row of a broken run can still say about it."""
-    from a2b_pipeline.state import list_checkpoints
 
     for ckpt in reversed(list_checkpoints(run_dir)):
         try:
-            raw = read_json(ckpt / "train_state.json", MAX_STATE_BYTES, "train state")
+            raw = read_json(ckpt / STATE_FILE, MAX_STATE_BYTES, "train state")
             cfg = raw["config"]
             return cfg.get("name", default_name), {
                 "model": cfg["model"]["name"],

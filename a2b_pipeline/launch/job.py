@@ -29,23 +29,6 @@ def rank_env_from_slurm(environ: dict[str, str]) -> dict[str, str]:
     }
 
 
-class _ToPipes(logging.Handler):
-    """The library's log records -> the Dagster run's log, through the Pipes message file."""
-
-    def __init__(self, pipes: Any):
-        super().__init__(logging.INFO)
-        self.pipes = pipes
-
-    def emit(self, record: logging.LogRecord) -> None:
-        level = "warning" if record.levelno == logging.WARNING else "info"
-        if record.levelno >= logging.ERROR:
-            level = "error"
-        try:
-            getattr(self.pipes.log, level)(f"{record.name}: {record.getMessage()}")
-        except Exception:  # noqa: BLE001  (a full disk must not stop training)
-            self.handleError(record)
-
-
 def open_pipes(rank: int) -> Any:
     """Rank 0's Dagster Pipes context when Dagster launched the job (its parameters in the environment),
     with the library's log lines forwarded to it; None otherwise."""
@@ -53,14 +36,17 @@ def open_pipes(rank: int) -> Any:
         return None
     from dagster_pipes import open_dagster_pipes
 
+    from a2b_pipeline.launch.logs import ToDagsterLog
+
     pipes = open_dagster_pipes()
-    logging.getLogger("a2b_pipeline").addHandler(_ToPipes(pipes))
+    logging.getLogger("a2b_pipeline").addHandler(ToDagsterLog(pipes.log))
     return pipes
 
 
 def run_facts(run_dir: str, world_size: int, seconds: float, code: int) -> dict[str, Any]:
     """What the job reports as metadata: where and how it ran, and what the run directory now holds."""
-    from a2b_pipeline.state import TrainState, list_checkpoints
+    from a2b_pipeline.checkpoint.directory import list_checkpoints
+    from a2b_pipeline.state import TrainState
 
     facts: dict[str, Any] = {
         "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""),
@@ -84,6 +70,7 @@ def main(argv: list[str]) -> int:
     os.environ.update(rank_env_from_slurm(dict(os.environ)))
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     from a2b_pipeline import cli
+    from a2b_pipeline.cli.train_commands import EXIT_STOPPED
 
     run_dir = argv[argv.index("--run-dir") + 1] if "--run-dir" in argv else None
     start = time.monotonic()
@@ -97,7 +84,7 @@ def main(argv: list[str]) -> int:
     except BaseException:
         pipes.close()  # the Dagster side fails the step with Slurm's words and the job log's end
         raise
-    if code == cli.EXIT_STOPPED:
+    if code == EXIT_STOPPED:
         # Stopped by a signal: a requeue (or a cancel) follows. The session stays open: the requeued job
         # writes on in the same message file, and only the run's last job closes it.
         pipes.log.warning(f"Slurm job {job}: training stopped at a checkpoint (exit {code})")

@@ -14,7 +14,7 @@ from torch import nn
 from a2b_pipeline.checkpoint.directory import CheckpointError
 from a2b_pipeline.configs import RunConfig
 from a2b_pipeline.data.meta_dataloader import MetaDataLoader
-from a2b_pipeline.evaluation.metrics import MetricAccumulator
+from a2b_pipeline.training.metrics import MetricAccumulator
 
 
 def pick_device(cfg: RunConfig, local_rank: int = 0) -> torch.device:

@@ -4,23 +4,23 @@ A corpus type is a module that defines ``CORPUS = CorpusType(...)``. The modules
 built-in types, found by name (``manifest``, ``synthetic``, ``pmemo2019``, ``hku956``); a type defined
 elsewhere registers itself with :func:`register` when imported, or is named by an entry point in the
 ``a2b_pipeline.corpora`` group (``name = "package.module"``), which makes it usable from configs, the CLI
-and Dagster once its distribution is installed. Modules whose names start with ``_`` hold shared helpers.
+and Dagster once its distribution is installed (the registry: ``a2b_pipeline.plugins.CORPUS_TYPES``).
+Modules whose names start with ``_`` hold shared helpers.
 
-A config's ``data.datasets[*].type`` is checked against :func:`names` when it is validated. Nothing here
-imports a type's module before it is asked for, and the modules import nothing heavy at module level, so
-validating a config stays fast and free of torch.
+A type with options of its own (HKU956's ``audio_dir``, the synthetic generator's settings) declares them
+in a subclass of ``configs.DatasetConfig``, its ``CorpusType.config``: a config's datasets are validated by
+their type's class. Nothing here imports a type's module before it is asked for, and the modules import
+nothing heavy at module level, so validating a config stays fast and free of torch.
 """
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from functools import cache
-from importlib.metadata import entry_points
-from typing import Any, Protocol
+from typing import Any
 
+from a2b_pipeline import plugins
+from a2b_pipeline.configs import DataConfig, DatasetConfig
 from a2b_pipeline.data.recording import Listing
 from a2b_pipeline.data.remote import FileInfo
 
@@ -38,8 +38,6 @@ __all__ = [
     "scan_dataset",
     "source_of",
 ]
-
-ENTRY_POINT_GROUP = "a2b_pipeline.corpora"
 
 
 class CorpusError(ValueError):
@@ -69,25 +67,10 @@ class CorpusScan:
     files: dict[str, FileInfo] = field(default_factory=dict)  # relative path -> size + ETag/mtime
 
 
-class DatasetConfig(Protocol):
-    """What the registry reads of a configs.DatasetConfig (configs imports this package: no import back)."""
-
-    name: str
-    type: str
-
-
-class DataConfig(Protocol):
-    """What the registry reads of a configs.DataConfig."""
-
-    channels: list[str]
-    on_bad_recording: str
-    cache_dir: str | None
-
-
 # scan(source, *, name, channels, on_bad, cache_dir, measure, **options) -> CorpusScan
 Scanner = Callable[..., CorpusScan]
-# list_recordings(ds, data) with the type's own configs.DatasetConfig and configs.DataConfig
-Lister = Callable[[Any, Any], Listing]
+# list_recordings(ds, data): ds is the type's own config (CorpusType.config)
+Lister = Callable[[Any, DataConfig], Listing]
 
 
 @dataclass(frozen=True)
@@ -96,19 +79,18 @@ class CorpusType:
 
     `sources`: the DatasetConfig fields that can name the corpus (a config must set at least one); the
     first one set is what `scan` reads and, unless `source` says otherwise, what the corpus sensor
-    fingerprints. `path_fields`: the DatasetConfig fields this type reads as local paths or URLs (default:
-    `sources`). `list_recordings(ds, data)`: the Listing training uses; default: `scan` without measuring.
-    `scan`: the `a2b corpus` summary (None: the type has none). `options`: DatasetConfig fields passed to
-    `scan` as keyword arguments. `source(ds)`: the file or directory whose size/mtime/ETag change means a
-    changed corpus.
+    fingerprints. `config`: the type's DatasetConfig subclass when it has options of its own (its fields
+    beyond DatasetConfig's are passed to `scan` as keyword arguments; its path fields are ConfigPaths).
+    `list_recordings(ds, data)`: the Listing training uses; default: `scan` without measuring. `scan`: the
+    `a2b corpus` summary (None: the type has none). `source(ds)`: the file or directory whose
+    size/mtime/ETag change means a changed corpus.
     """
 
     name: str
     sources: tuple[str, ...]
     list_recordings: Lister | None = None
     scan: Scanner | None = None
-    options: tuple[str, ...] = ()
-    path_fields: tuple[str, ...] = ()
+    config: type[DatasetConfig] = DatasetConfig
     source: Callable[[Any], str | None] | None = None
 
     def __post_init__(self) -> None:
@@ -116,32 +98,21 @@ class CorpusType:
             raise ValueError(f"corpus type {self.name!r}: `sources` names no field")
         if self.list_recordings is None and self.scan is None:
             raise ValueError(f"corpus type {self.name!r} needs `list_recordings` or `scan`")
-        if not self.path_fields:
-            object.__setattr__(self, "path_fields", self.sources)
 
-
-_REGISTERED: dict[str, CorpusType] = {}
+    @property
+    def options(self) -> tuple[str, ...]:
+        """The type's own options: its config's fields beyond DatasetConfig's."""
+        return tuple(f for f in self.config.model_fields if f not in DatasetConfig.model_fields)
 
 
 def register(kind: CorpusType) -> CorpusType:
     """Register (or replace) a corpus type defined outside this package; returns it."""
-    _REGISTERED[kind.name] = kind
-    return kind
-
-
-@cache
-def _builtin_names() -> tuple[str, ...]:
-    return tuple(sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")))
-
-
-@cache
-def _entry_points() -> dict[str, str]:
-    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    return plugins.CORPUS_TYPES.register(kind)
 
 
 def names() -> list[str]:
     """Every known corpus type: built-in, registered, or named by an entry point."""
-    return sorted({*_builtin_names(), *_REGISTERED, *_entry_points()})
+    return plugins.CORPUS_TYPES.names()
 
 
 def scannable() -> list[str]:
@@ -151,19 +122,10 @@ def scannable() -> list[str]:
 
 def get(name: str) -> CorpusType:
     """The corpus type called `name` (its module is imported on first use)."""
-    name = str(name)
-    if name not in _REGISTERED:
-        if name in _builtin_names():
-            module = f"{__name__}.{name}"
-        elif name in _entry_points():
-            module = _entry_points()[name].split(":", 1)[0]
-        else:
-            raise CorpusError(f"unknown corpus type {name!r}; expected one of {names()}")
-        kind = getattr(importlib.import_module(module), "CORPUS", None)
-        if not isinstance(kind, CorpusType) or kind.name != name:
-            raise CorpusError(f"module {module} defines no CORPUS = CorpusType(name={name!r}, ...)")
-        _REGISTERED[name] = kind
-    return _REGISTERED[name]
+    try:
+        return plugins.CORPUS_TYPES.get(name)
+    except plugins.UnknownPluginError as e:
+        raise CorpusError(str(e)) from None
 
 
 def _source_field(kind: CorpusType, ds: DatasetConfig) -> str:
@@ -253,5 +215,9 @@ def scan_corpus(
     kind = get(t) if t in names() else None
     if kind is None or kind.scan is None:
         raise CorpusError(f"unknown corpus type {type!r}; expected one of {scannable()}")
+    unknown = sorted(set(options) - set(kind.options))
+    if unknown:
+        known = ", ".join(kind.options) or "none"
+        raise CorpusError(f"corpus type {t!r} has no option {unknown[0]!r} (its options: {known})")
     ch = list(channels) if channels else ["eda"]
     return kind.scan(root, channels=ch, on_bad=on_bad, cache_dir=cache_dir, measure=measure, **options)

@@ -24,15 +24,27 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from pydantic import PositiveFloat, field_validator
+
+from a2b_pipeline.configs import DatasetConfig, OptionalConfigPath, no_literal_secret
 from a2b_pipeline.data import remote
 from a2b_pipeline.data.corpora import ChannelInfo, CorpusError, CorpusScan, CorpusType
 from a2b_pipeline.data.corpora import _layout as layout
 from a2b_pipeline.data.recording import BadRecordingError, Recording, SignalSource
 from a2b_pipeline.data.signal_csv import parse_signal_csv, pick_value_column, valid_length
 
-__all__ = ["CORPUS", "E4_RATES", "scan_hku956"]
+__all__ = ["CORPUS", "E4_RATES", "HKU956Dataset", "scan_hku956"]
 
 E4_RATES: dict[str, float] = {"eda": 4.0, "temp": 4.0, "bvp": 64.0, "hr": 1.0}
+
+
+class HKU956Dataset(DatasetConfig):
+    """An HKU956 dataset's options (beside `root`)."""
+
+    audio_dir: OptionalConfigPath = None  # local directory of <song_id>.mp3
+    signal_rates: dict[str, PositiveFloat] = {}  # override the wristband's rates (E4_RATES) per channel
+
+    _no_literal_secret_in_audio_dir = field_validator("audio_dir")(no_literal_secret)
 
 
 def _seconds(text: str) -> float | None:
@@ -293,6 +305,5 @@ CORPUS = CorpusType(
     name="hku956",
     sources=("root",),
     scan=scan_hku956,
-    options=("audio_dir", "signal_rates"),
-    path_fields=("root", "audio_dir"),
+    config=HKU956Dataset,
 )

@@ -13,27 +13,43 @@ import json
 import os
 import shutil
 import tempfile
-from typing import TYPE_CHECKING, Any
+from typing import Annotated, Any
 
+from pydantic import Field, PositiveInt
+
+from a2b_pipeline.configs import DataConfig, DatasetConfig, Strict
 from a2b_pipeline.data.corpora import CorpusError, CorpusType
 from a2b_pipeline.data.recording import Listing
 
-if TYPE_CHECKING:
-    from a2b_pipeline.configs import DataConfig, DatasetConfig
-
 STAMP = "synthetic.json"
+
+
+class SyntheticSpec(Strict):
+    subjects: Annotated[int, Field(gt=0, le=10000)] = 6
+    recordings_per_subject: Annotated[int, Field(gt=0, le=1000)] = 3
+    seconds: Annotated[float, Field(gt=0.0, le=86400.0)] = 30.0
+    seed: Annotated[int, Field(ge=0, lt=2**62)] = 0  # numpy's generators take no negative seed
+    # Distinct stimuli (audio clips) shared by the subjects: recording r of subject s plays clip
+    # (s + r) mod stimuli, so each clip has several listeners. None: every recording its own clip.
+    stimuli: PositiveInt | None = None
+
+
+class SyntheticDataset(DatasetConfig):
+    """A synthetic dataset's option: the generator's settings (used when it generates `root`)."""
+
+    synthetic: SyntheticSpec = SyntheticSpec()
 
 
 class SyntheticCorpusMismatch(CorpusError):
     """A generated corpus on disk was made with other settings than the config asks for."""
 
 
-def manifest_path(ds: DatasetConfig) -> str:
+def manifest_path(ds: SyntheticDataset) -> str:
     """`manifest` when set, else root/manifest.csv (where the generator writes it)."""
     return ds.manifest or os.path.join(str(ds.root).rstrip("/"), "manifest.csv")
 
 
-def generator_spec(ds: DatasetConfig, data: DataConfig) -> dict[str, Any]:
+def generator_spec(ds: SyntheticDataset, data: DataConfig) -> dict[str, Any]:
     """What a synthetic dataset's files are a function of: its generator settings and the channels written."""
     from a2b_pipeline.data.synthetic import GENERATOR_VERSION
 
@@ -110,7 +126,7 @@ def generate_whole(root: str, ds: DatasetConfig, spec: dict[str, Any]) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def list_synthetic(ds: DatasetConfig, data: DataConfig) -> Listing:
+def list_synthetic(ds: SyntheticDataset, data: DataConfig) -> Listing:
     """Read `manifest` (or root/manifest.csv). When `root` holds no corpus yet, generate it there first;
     a corpus there made with other settings is refused (SyntheticCorpusMismatch), never rewritten."""
     # imported here: config validation imports this module, and this reader pulls in torch and soundfile
@@ -139,7 +155,11 @@ def list_synthetic(ds: DatasetConfig, data: DataConfig) -> Listing:
 
 
 CORPUS = CorpusType(
-    name="synthetic", sources=("root", "manifest"), list_recordings=list_synthetic, source=manifest_path
+    name="synthetic",
+    sources=("root", "manifest"),
+    list_recordings=list_synthetic,
+    config=SyntheticDataset,
+    source=manifest_path,
 )
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, Failure, MetadataValue
 
+from a2b_pipeline.data.splits import SPLITS
 from a2b_pipeline.defs.common import (
     CORPUS_FINGERPRINT,
     corpus_fingerprint,
@@ -18,9 +19,6 @@ from a2b_pipeline.defs.common import (
 )
 from a2b_pipeline.defs.partitions import experiments
 from a2b_pipeline.defs.template import AssetStep, Produced, experiment_asset
-
-SPLITS = ("train", "val", "test")
-
 
 # ---- corpus_manifest ----
 
@@ -64,6 +62,26 @@ def _file_infos(recordings: list[Any]) -> dict[str, Any]:
     return files
 
 
+def _listed(
+    cfg: Any, listings: dict[str, Any], sources: dict[str, str], log: Any
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+    """What corpus_manifest records of the datasets' listings: (datasets with their recordings, the
+    recordings skipped with the reason, a fingerprint of every file)."""
+    datasets: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
+    files: dict[str, Any] = {}
+    for ds in cfg.data.datasets:
+        listing = listings[ds.name]
+        rows = [_recording_row(r) for r in listing.recordings]
+        files.update(_file_infos(listing.recordings))
+        skipped += [{**asdict(s), "dataset": s.dataset or ds.name} for s in listing.skipped]
+        datasets.append(
+            {"name": ds.name, "type": ds.type, "source": sources.get(ds.name), "recordings": rows}
+        )
+        log.info(f"{ds.name}: {len(rows)} recordings, {len(listing.skipped)} skipped")
+    return datasets, skipped, files
+
+
 CORPUS_AVAILABLE = "corpus_available"
 
 
@@ -92,20 +110,9 @@ def corpus_manifest(step: AssetStep) -> Produced:
         raise Failure(
             description=f"{step.exp.name}: the corpus is not on this machine. " + "; ".join(missing)
         )
-    listings: dict[str, Any] = {}
-    datasets: list[dict[str, Any]] = []
-    skipped: list[dict[str, Any]] = []
-    files: dict[str, Any] = {}
     sources = corpus_sources(cfg)
-    for ds in cfg.data.datasets:
-        listing = listings[ds.name] = list_recordings(ds, cfg.data)
-        rows = [_recording_row(r) for r in listing.recordings]
-        files.update(_file_infos(listing.recordings))
-        skipped += [{**asdict(s), "dataset": s.dataset or ds.name} for s in listing.skipped]
-        datasets.append(
-            {"name": ds.name, "type": ds.type, "source": sources.get(ds.name), "recordings": rows}
-        )
-        step.log.info(f"{ds.name}: {len(rows)} recordings, {len(listing.skipped)} skipped")
+    listings = {ds.name: list_recordings(ds, cfg.data) for ds in cfg.data.datasets}
+    datasets, skipped, files = _listed(cfg, listings, sources, step.log)
     # The same version training will record (listing + data settings), computed without decoding anything.
     data_version = compute_data_version(cfg, listings)
     # What the corpus sensor compares with: the corpus as this materialization saw it (after generating a
@@ -119,7 +126,6 @@ def corpus_manifest(step: AssetStep) -> Produced:
             "files": files,
             "on_bad_recording": cfg.data.on_bad_recording,
         },
-        data_version=data_version,
         version_parts=[data_version, skipped],
         metadata={
             "recordings": MetadataValue.int(sum(len(d["recordings"]) for d in datasets)),
@@ -191,10 +197,25 @@ def _split_checks(
     ]
 
 
+def _per_split(prepared: Any) -> tuple[dict[str, Any], dict[str, Any], dict[str, list[str]]]:
+    """Per split: the windows of each dataset, its recordings' ids, and its subjects (`dataset/subject`)."""
+    windows = {s: {n: len(ds) for n, ds in prepared.splits.get(s, {}).items()} for s in SPLITS}
+    recordings = {
+        s: {n: [r.recording_id for r in recs] for n, recs in prepared.recordings.get(s, {}).items()}
+        for s in SPLITS
+    }
+    subjects = {
+        s: sorted(
+            {f"{r.dataset}/{r.subject_id}" for recs in prepared.recordings.get(s, {}).values() for r in recs}
+        )
+        for s in SPLITS
+    }
+    return windows, recordings, subjects
+
+
 @experiment_asset(
     code_version="2",
     reads=["corpus_manifest"],
-    deps=[corpus_manifest],
     kinds={"pytorch"},
     check_specs=[
         AssetCheckSpec(
@@ -221,17 +242,7 @@ def dataset_splits(step: AssetStep) -> Produced:
 
     corpus = step.upstream["corpus_manifest"]
     prepared = prepare_data(step.exp.cfg)
-    windows = {s: {n: len(ds) for n, ds in prepared.splits.get(s, {}).items()} for s in SPLITS}
-    recordings = {
-        s: {n: [r.recording_id for r in recs] for n, recs in prepared.recordings.get(s, {}).items()}
-        for s in SPLITS
-    }
-    subjects = {
-        s: sorted(
-            {f"{r.dataset}/{r.subject_id}" for recs in prepared.recordings.get(s, {}).values() for r in recs}
-        )
-        for s in SPLITS
-    }
+    windows, recordings, subjects = _per_split(prepared)
     skipped = [asdict(s) for s in prepared.skipped]
     split = prepared.split_summary()
     listed = sum(len(d["recordings"]) for d in corpus["datasets"])
@@ -247,7 +258,6 @@ def dataset_splits(step: AssetStep) -> Produced:
             "split": split,
             "norm": prepared.norm.to_dict() if hasattr(prepared.norm, "to_dict") else {},
         },
-        data_version=prepared.data_version,
         version_parts=[prepared.data_version, windows, recordings],
         metadata={
             **{f"{s}_windows": MetadataValue.int(sum(windows[s].values())) for s in SPLITS},
@@ -291,7 +301,6 @@ def _loader_plan(prepared: Any, cfg: Any) -> dict[str, Any]:
 @experiment_asset(
     code_version="1",
     reads=["dataset_splits"],
-    deps=[dataset_splits],
     kinds={"pytorch"},
     description="What the MetaDataLoader will do per split: its loaders (dataset, windows, batches), "
     "sampling weights and their schedule, batch size, seed, and the planned number of optimizer steps.",
@@ -322,7 +331,6 @@ def meta_loader_spec(step: AssetStep) -> Produced:
     }
     return Produced(
         record=spec,
-        data_version=prepared.data_version,
         version_parts=[{"config_hash": step.exp.config_hash, **spec}],
         metadata={
             "planned_steps": MetadataValue.int(planned),

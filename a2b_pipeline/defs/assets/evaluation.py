@@ -8,7 +8,6 @@ from typing import Any
 
 from dagster import Failure, MetadataValue, TableColumn, TableRecord, TableSchema
 
-from a2b_pipeline.defs.assets.training import best_checkpoint
 from a2b_pipeline.defs.common import (
     atomic_write,
     materialization_file,
@@ -65,7 +64,6 @@ def _summary_table(report: dict) -> MetadataValue:
 @experiment_asset(
     code_version="4",
     reads=["best_checkpoint"],
-    deps=[best_checkpoint],
     kinds={"pytorch"},
     description="The best checkpoint (the one best_checkpoint recorded, verified by sha256) and its "
     "baselines (constant, other_listeners, audio_linear) on the test split: per channel, window and whole "
@@ -94,7 +92,6 @@ def evaluation(step: AssetStep) -> Produced:
     metrics = record["metrics"]
     return Produced(
         record=record,
-        data_version=state.data_version,
         version_parts=[ckpt_sha, metrics],
         metadata={
             "plot": png_markdown(png, f"{exp.name}: model and baselines vs true"),
@@ -109,10 +106,8 @@ def evaluation(step: AssetStep) -> Produced:
             "data_version_matches_training": record["evaluated_data_version"] == state.data_version,
         },
         state=state,
-        state_path=ckpt / "train_state.json",
         checkpoint=ckpt,
         reused=reused,
-        trained=True,
     )
 
 

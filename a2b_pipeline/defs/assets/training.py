@@ -10,6 +10,7 @@ from typing import Any
 from dagster import Config, Failure, MetadataValue
 from pydantic import Field
 
+from a2b_pipeline.checkpoint.directory import STATE_FILE
 from a2b_pipeline.defs.assets.data import meta_loader_spec
 from a2b_pipeline.defs.common import plot_loss_curve, png_markdown, rounded, state_sha256
 from a2b_pipeline.defs.template import AssetStep, Produced, experiment_asset
@@ -26,6 +27,7 @@ GPU_TAGS: dict[str, Any] = {
     },
 }
 GPU_POOL = "gpu"  # op concurrency pool: `dagster instance concurrency set gpu 1` on a one-GPU host
+ON_A_GPU: dict[str, Any] = {"op_tags": GPU_TAGS, "pool": GPU_POOL}  # the @asset keywords of a training step
 
 
 class TrainingRunConfig(Config):
@@ -80,7 +82,7 @@ def run_where_configured(
         raise Failure(description=str(e)) from None
 
 
-def _job_dir(step: AssetStep) -> Path:
+def slurm_job_dir(step: AssetStep) -> Path:
     """A launch's Slurm files (script, effective config, job log, Pipes files): one directory per Dagster
     run, beside the experiment's run directories on the shared filesystem."""
     return step.exp.dir / "slurm" / step.run_id
@@ -97,83 +99,90 @@ def _loss_curve(state: Any, name: str) -> dict[str, Any]:
     }
 
 
-@experiment_asset(
-    code_version="1",
-    reads=["dataset_splits", "meta_loader_spec"],
-    config=TrainingRunConfig,
-    deps=[meta_loader_spec],
-    kinds={"pytorch"},
-    op_tags=GPU_TAGS,
-    pool=GPU_POOL,
-    description="Runs `train` for the experiment on the data dataset_splits recorded, in "
-    "`<checkpoint.dir>/<experiment>/train-<config hash>-<data version>`; a relaunch after an interruption "
-    "resumes from that directory's newest valid checkpoint.",
-)
-def training_run(step: AssetStep) -> Produced:
-
+def _splits_data_version(step: AssetStep) -> str:
+    """The data version dataset_splits recorded, which meta_loader_spec must have planned for."""
     data_version = step.upstream["dataset_splits"]["data_version"]
     if step.upstream["meta_loader_spec"]["data_version"] != data_version:
         raise Failure(
             "meta_loader_spec and dataset_splits disagree on the data version: materialize both again"
         )
+    return data_version
+
+
+def _run_record(state: Any, resumed_from: int) -> dict[str, Any]:
+    """What training_run records of the run: best_checkpoint and the leaderboard read it."""
+    last = state.last_checkpoint
+    return {
+        "config_hash": state.config_hash,
+        "data_version": state.data_version,
+        "run_dir": str(state.run_dir),
+        "status": state.status,
+        "stop_reason": state.stop_reason,
+        "global_step": state.global_step,
+        "resumed_from_step": resumed_from,
+        "last_checkpoint": str(last) if last else None,
+        "best_checkpoint": str(state.best_checkpoint or "") or None,
+        "best_metric": state.checkpoint_state.best_metric,
+        "best_value": state.checkpoint_state.best_value,
+        "last_model_path": str(state.model_state.last_model_path),
+        "best_model_path": str(state.model_state.best_model_path),
+        "metric_state": state.metric_state.metrics,
+        "train_state": str((last or state.run_dir) / STATE_FILE),
+        "wandb_run_path": state.wandb_run_path,
+        "message": state.message,
+    }
+
+
+def _not_complete(state: Any) -> str | None:
+    """Why a run that stopped is not a materialization (its checkpoint is kept: launching again resumes)."""
+    if state.status == "complete":
+        return None
+    return (
+        f"training {state.status} at step {state.global_step} ({state.stop_reason}): {state.message}. "
+        f"Launching training_run again resumes from {state.last_checkpoint}"
+        + (
+            ": change what caused the stop first, or it stops the same way again"
+            if state.stop_reason not in (None, "signal")
+            else ""
+        )
+        + " (config `fresh: true` starts over in a new run directory)."
+    )
+
+
+@experiment_asset(
+    code_version="1",
+    reads=["dataset_splits", "meta_loader_spec"],
+    config=TrainingRunConfig,
+    deps=[meta_loader_spec],  # not dataset_splits: it is upstream of meta_loader_spec already
+    kinds={"pytorch"},
+    **ON_A_GPU,
+    description="Runs `train` for the experiment on the data dataset_splits recorded, in "
+    "`<checkpoint.dir>/<experiment>/train-<config hash>-<data version>`; a relaunch after an interruption "
+    "resumes from that directory's newest valid checkpoint.",
+)
+def training_run(step: AssetStep) -> Produced:
+    data_version = _splits_data_version(step)
     result, job_metadata = run_where_configured(
         step.context,
         step.exp.cfg,
         step.exp.run_dir(data_version),
         fresh=step.config.fresh,
-        job_dir=_job_dir(step),
+        job_dir=slurm_job_dir(step),
         say=step.log.info,
     )
-    state, reused, resumed_from = result.state, result.action == "complete", result.from_step
-    run_dir = Path(state.run_dir)
-
-    last = state.last_checkpoint
-    state_path = last / "train_state.json" if last else run_dir / "train_state.json"
-    failure = None
-    if state.status != "complete":
-        # Not a materialization: the checkpoint is kept, and launching again resumes from it.
-        failure = (
-            f"training {state.status} at step {state.global_step} ({state.stop_reason}): {state.message}. "
-            f"Launching training_run again resumes from {last}"
-            + (
-                ": change what caused the stop first, or it stops the same way again"
-                if state.stop_reason not in (None, "signal")
-                else ""
-            )
-            + " (config `fresh: true` starts over in a new run directory)."
-        )
-    elif state.data_version != data_version:
+    state, last = result.state, result.state.last_checkpoint
+    if state.status == "complete" and state.data_version != data_version:
         step.log.warning(
             f"training read data version {state.data_version}, dataset_splits recorded {data_version}: "
             "the corpus changed while the run went on"
         )
-    checkpoint_sha = state_sha256(last) if last else None
     return Produced(
-        record={
-            "config_hash": state.config_hash,
-            "data_version": state.data_version,
-            "run_dir": str(run_dir),
-            "status": state.status,
-            "stop_reason": state.stop_reason,
-            "global_step": state.global_step,
-            "resumed_from_step": resumed_from,
-            "last_checkpoint": str(last) if last else None,
-            "best_checkpoint": str(state.best_checkpoint or "") or None,
-            "best_metric": state.checkpoint_state.best_metric,
-            "best_value": state.checkpoint_state.best_value,
-            "last_model_path": str(state.model_state.last_model_path),
-            "best_model_path": str(state.model_state.best_model_path),
-            "metric_state": state.metric_state.metrics,
-            "train_state": str(state_path),
-            "wandb_run_path": state.wandb_run_path,
-            "message": state.message,
-        },
-        data_version=state.data_version,
-        version_parts=[checkpoint_sha],
+        record=_run_record(state, result.from_step),
+        version_parts=[state_sha256(last) if last else None],
         metadata={
             **_loss_curve(state, step.exp.name),
-            "run_dir": MetadataValue.path(str(run_dir)),
-            "resumed_from_step": MetadataValue.int(resumed_from),
+            "run_dir": MetadataValue.path(str(state.run_dir)),
+            "resumed_from_step": MetadataValue.int(result.from_step),
             "epoch": MetadataValue.int(state.epoch),
             "samples_seen": MetadataValue.int(state.samples_seen),
             **({"message": state.message} if state.message else {}),
@@ -181,29 +190,27 @@ def training_run(step: AssetStep) -> Produced:
             **job_metadata,
         },
         state=state,
-        state_path=state_path,
         checkpoint=last,
-        failure=failure,
+        failure=_not_complete(state),
         reused=(
-            f"yes: the complete run in {run_dir} (step {state.global_step}) was reported, not retrained "
-            "(launch config `fresh: true` trains anew)"
-            if reused
+            f"yes: the complete run in {state.run_dir} (step {state.global_step}) was reported, not "
+            "retrained (launch config `fresh: true` trains anew)"
+            if result.action == "complete"
             else None
         ),
-        trained=True,
     )
 
 
 @experiment_asset(
     code_version="1",
     reads=["training_run"],
-    deps=[training_run],
     kinds={"pytorch"},
     description="The training run's best checkpoint by `checkpoint.metric`, verified (every file's checksum) "
     "and pinned by the sha256 of its train_state.json.",
 )
 def best_checkpoint(step: AssetStep) -> Produced:
-    from a2b_pipeline.state import CheckpointError, TrainState
+    from a2b_pipeline.checkpoint.directory import CheckpointError
+    from a2b_pipeline.state import TrainState
 
     run = step.upstream["training_run"]
     chosen = run.get("best_checkpoint") or run.get("last_checkpoint")
@@ -214,7 +221,6 @@ def best_checkpoint(step: AssetStep) -> Produced:
         state = TrainState.from_checkpoint(ckpt)  # checks every file's digest
     except CheckpointError as e:
         raise Failure(f"best checkpoint of {step.exp.name} does not verify: {e}") from None
-    state_path = ckpt / "train_state.json"
     ckpt_sha = state_sha256(ckpt)
     return Produced(
         record={
@@ -227,11 +233,10 @@ def best_checkpoint(step: AssetStep) -> Produced:
             "step": state.global_step,
             "best_metric": state.checkpoint_state.best_metric,
             "best_value": state.checkpoint_state.best_value,
-            "train_state": str(state_path),
+            "train_state": str(ckpt / STATE_FILE),
             "wandb_run_path": state.wandb_run_path,
             "training_run": run["train_state"],
         },
-        data_version=state.data_version,
         version_parts=[ckpt_sha],
         metadata={
             "step": MetadataValue.int(state.global_step),
@@ -239,7 +244,5 @@ def best_checkpoint(step: AssetStep) -> Produced:
             "is_last_checkpoint": str(ckpt) == str(run.get("last_checkpoint")),
         },
         state=state,
-        state_path=state_path,
         checkpoint=ckpt,
-        trained=True,
     )
