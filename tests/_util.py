@@ -88,6 +88,17 @@ def tiny_config(tmp_path: Path, overrides: list[str] | None = None) -> RunConfig
     return config_from_dict(apply_overrides(raw, overrides or []), "tiny_config")
 
 
+def finished_tiny_run(tmp: Path) -> Path:
+    """A finished tiny run under tmp/template with checkpoints at steps 2, 4 and 6 (and its norm_stats.json):
+    the template the checkpoint-hardening tests copy and edit."""
+    from a2b_pipeline.train import train
+
+    cfg = tiny_config(tmp, ["train.max_steps=6", "checkpoint.every_n_steps=2", "checkpoint.keep_last=3"])
+    state = train(TrainState.from_config(cfg, run_dir=tmp / "template"))
+    assert state.status == "complete", state.message
+    return Path(state.run_dir)
+
+
 def longer_run(tmp_path: Path) -> dict[str, Any]:
     """`tiny_config` made longer, as a dict to edit (the resume and strategy tests): corpora `a` and `b` of
     different sizes weighed 2:1, 4 s windows, a wider model, 40 steps of a warmed-up cosine schedule,

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from _util import REPO, http_server, tiny_config
+from _util import REPO, finished_tiny_run, http_server, tiny_config
 
 from a2b_pipeline.checkpoint.directory import CheckpointError
 from a2b_pipeline.cli import main
@@ -27,14 +27,7 @@ from a2b_pipeline.state import TrainState
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished tiny run with checkpoints at steps 2, 4 and 6, and its norm_stats.json."""
-    from a2b_pipeline.train import train
-
-    tmp = tmp_path_factory.mktemp("hardening")
-    cfg = tiny_config(tmp, ["train.max_steps=6", "checkpoint.every_n_steps=2", "checkpoint.keep_last=3"])
-    state = train(TrainState.from_config(cfg, run_dir=tmp / "template"))
-    assert state.status == "complete"
-    return Path(state.run_dir)
+    return finished_tiny_run(tmp_path_factory.mktemp("hardening"))
 
 
 def _copy(tmp_path: Path, template: Path, name: str = "run") -> Path:

@@ -591,17 +591,9 @@ def test_url_credentials_never_reach_dagster_metadata_or_records(tmp_path: Path)
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished tiny run with checkpoints at steps 2, 4 and 6."""
-    from _util import tiny_config
+    from _util import finished_tiny_run
 
-    from a2b_pipeline.state import TrainState as TS
-    from a2b_pipeline.train import train
-
-    tmp = tmp_path_factory.mktemp("security_ckpt")
-    cfg = tiny_config(tmp, ["train.max_steps=6", "checkpoint.every_n_steps=2", "checkpoint.keep_last=3"])
-    state = train(TS.from_config(cfg, run_dir=tmp / "template"))
-    assert state.status == "complete"
-    return Path(state.run_dir)
+    return finished_tiny_run(tmp_path_factory.mktemp("security_ckpt"))
 
 
 def _runs(tmp_path: Path, template: Path, *names: str) -> list[Path]:
